@@ -1,0 +1,181 @@
+"""The contrastive losses of Tian et al. (2020), as pure functions.
+
+Conventions (DIGEST sections 1-2). For an anchor embedding ``f(x)``::
+
+    r+   = 1/2 ||f(x) - f(x+)||^2      positive: another augmentation of the same x0
+    r_k- = 1/2 ||f(x) - f(x_k-)||^2    negative k = 1..H
+
+Two layers of functions:
+
+* *Distance builders* turn embeddings into ``(r_pos [B], r_neg [B, H])``:
+  :func:`explicit_distances` (H given negatives per anchor) and
+  :func:`in_batch_distances` (SimCLR: every view of a batch of N pairs is an anchor, the
+  other 2N-2 views are its negatives). The in-batch builder takes optional *global*
+  candidates so negatives can be gathered across replicas without changing any loss.
+* *Per-anchor losses* map ``(r_pos [B], r_neg [B, H]) -> [B]``: :func:`simple_loss`,
+  :func:`soft_triplet_loss`, :func:`info_nce_loss`, :func:`exact_cov_loss`, plus the
+  official HLTM code's batch form :func:`batch_mean_nce_loss`.
+
+Everything is computed in float32 even when embeddings are float16/bfloat16 (mixed
+precision), and no large constant masks are used: excluded entries are dropped by index.
+"""
+
+import tensorflow as tf
+
+# Names accepted by ``get_loss_fn`` / ``--loss``.
+LOSS_NAMES = ("simp", "tri", "nce", "ntxent", "cov", "nce_batch")
+
+
+def _f32(x):
+    return tf.cast(x, tf.float32)
+
+
+def half_sq_dist(a, b):
+    """``1/2 ||a - b||^2`` over the last axis. a, b: [..., D] -> [...]."""
+    a, b = _f32(a), _f32(b)
+    return 0.5 * tf.reduce_sum(tf.square(a - b), axis=-1)
+
+
+def explicit_distances(z, z_pos, z_neg):
+    """Distances to one positive and H explicit negatives per anchor.
+
+    Args:
+      z: [B, D] anchor embeddings.
+      z_pos: [B, D] positive embeddings.
+      z_neg: [B, H, D] negative embeddings.
+    Returns:
+      (r_pos [B], r_neg [B, H]) in float32.
+    """
+    return half_sq_dist(z, z_pos), half_sq_dist(z[:, None, :], z_neg)
+
+
+def in_batch_distances(z1, z2, z1_all=None, z2_all=None, offset=0):
+    """SimCLR's in-batch distances: 2N anchors, each with 2G-2 negatives.
+
+    Anchors are the local views ``concat([z1, z2])``; candidates are the global views
+    ``concat([z1_all, z2_all])``. Anchor ``i`` of ``z1`` sits at global row ``offset + i``
+    and its positive is row ``G + offset + i`` (and vice versa for ``z2``). Its own row and
+    its positive are removed, so each anchor sees the other ``2G - 2`` views as negatives.
+
+    Args:
+      z1, z2: [N, D] local embeddings of view 1 and view 2 (row i = same source image).
+      z1_all, z2_all: [G, D] global embeddings (e.g. ``all_gather`` over replicas), with the
+        local rows at ``offset:offset+N``. Default: the local batch (G = N, offset = 0).
+      offset: int or scalar int tensor, position of this replica's rows in the global batch.
+    Returns:
+      (r_pos [2N], r_neg [2N, 2G-2]) in float32; row order is ``concat([z1, z2])``.
+    """
+    z1, z2 = _f32(z1), _f32(z2)
+    z1_all = z1 if z1_all is None else _f32(z1_all)
+    z2_all = z2 if z2_all is None else _f32(z2_all)
+    n = tf.shape(z1)[0]
+    g = tf.shape(z1_all)[0]
+    anchors = tf.concat([z1, z2], axis=0)                      # [2N, D]
+    cands = tf.concat([z1_all, z2_all], axis=0)                # [2G, D]
+    sq_a = tf.reduce_sum(tf.square(anchors), axis=1, keepdims=True)
+    sq_c = tf.reduce_sum(tf.square(cands), axis=1)[None, :]
+    dist = 0.5 * (sq_a + sq_c) - tf.matmul(anchors, cands, transpose_b=True)  # [2N, 2G]
+
+    local = tf.range(n) + tf.cast(offset, tf.int32)
+    self_idx = tf.concat([local, local + g], axis=0)           # [2N]
+    pos_idx = tf.concat([local + g, local], axis=0)            # [2N]
+    r_pos = tf.gather(dist, pos_idx, batch_dims=1)
+
+    # Column j of the kept matrix is original column j, shifted past the two removed ones.
+    lo = tf.minimum(self_idx, pos_idx)[:, None]
+    hi = tf.maximum(self_idx, pos_idx)[:, None]
+    j = tf.range(2 * g - 2)[None, :]
+    cols = j + tf.cast(j >= lo, tf.int32)
+    cols = cols + tf.cast(cols >= hi, tf.int32)
+    r_neg = tf.gather(dist, cols, batch_dims=1)
+    return r_pos, r_neg
+
+
+def simple_loss(r_pos, r_neg):
+    """L_simp = r+ - mean_k r_k-  (the paper's H = 1 form, averaged for H > 1).
+
+    r_pos: [B], r_neg: [B, H] -> [B].
+    """
+    return _f32(r_pos) - tf.reduce_mean(_f32(r_neg), axis=-1)
+
+
+def soft_triplet_loss(r_pos, r_neg, temperature, margin=0.0):
+    """Soft triplet L_tri^tau = tau * log(1 + sum_k exp((r+ - r_k- + r0) / tau)).
+
+    For H = 1 this is the paper's ``tau * log(1 + exp((r+ - r- + r0)/tau))``.
+    r_pos: [B], r_neg: [B, H] -> [B].
+    """
+    r_pos, r_neg = _f32(r_pos), _f32(r_neg)
+    z = (r_pos[:, None] - r_neg + margin) / temperature
+    z = tf.concat([tf.zeros_like(z[:, :1]), z], axis=1)
+    return temperature * tf.reduce_logsumexp(z, axis=1)
+
+
+def info_nce_loss(r_pos, r_neg, temperature, beta=0.0):
+    """InfoNCE L_nce^tau = -tau log(e^{-r+/tau} / (e^{-r+/tau} + sum_k e^{-r_k-/tau})).
+
+    With ``beta != 0`` the positive term is reweighted:
+    ``(L_nce + beta * r+) / (1 + beta)``, the distance form of the generalised loss (for unit
+    embeddings it equals the NT-Xent form ``-(1+beta) s+/tau + lse`` over ``1+beta`` up to a
+    constant, so gradients agree).
+    r_pos: [B], r_neg: [B, H] -> [B].
+    """
+    r_pos, r_neg = _f32(r_pos), _f32(r_neg)
+    logits = -tf.concat([r_pos[:, None], r_neg], axis=1) / temperature
+    loss = temperature * tf.reduce_logsumexp(logits, axis=1) + r_pos
+    if beta:
+        loss = (loss + beta * r_pos) / (1.0 + beta)
+    return loss
+
+
+def exact_cov_loss(r_pos, r_neg, temperature, beta=0.0):
+    """Exact-covariance surrogate L_cov = (1 + beta) w+ r+ - sum_k w_k r_k-.
+
+    ``w_k = stopgrad(sigmoid(-r_k-/tau) / (tau H))`` and ``w+ = sum_k w_k`` (DIGEST section 2):
+    the covariance-operator part of InfoNCE with the augmentation residue dropped. ``beta``
+    unbalances the positive term (generalised loss).
+    r_pos: [B], r_neg: [B, H] -> [B].
+    """
+    r_pos, r_neg = _f32(r_pos), _f32(r_neg)
+    h = tf.cast(tf.shape(r_neg)[1], tf.float32)
+    w = tf.stop_gradient(tf.sigmoid(-r_neg / temperature) / (temperature * h))
+    w_pos = tf.reduce_sum(w, axis=1)
+    return (1.0 + beta) * w_pos * r_pos - tf.reduce_sum(w * r_neg, axis=1)
+
+
+def batch_mean_nce_loss(r_pos, r_neg, temperature, dim):
+    """The official HLTM code's "nce": ``-e^{-r+/tau} / (e^{-r+/tau} + e^{-r-/tau})``.
+
+    ``r+`` and ``r-`` are batch mean squared errors (``torch.nn.MSELoss``: mean over batch
+    *and* feature dims, i.e. ``2 mean_b(r_b) / D``). No log, not per sample. Returned as a
+    [B] vector whose mean is that scalar, so it plugs into the per-anchor interface.
+    r_pos: [B], r_neg: [B, H]; dim: embedding width D.
+    """
+    r_pos, r_neg = _f32(r_pos), _f32(r_neg)
+    mse_pos = 2.0 * tf.reduce_mean(r_pos) / dim
+    mse_neg = 2.0 * tf.reduce_mean(r_neg) / dim
+    value = -tf.sigmoid((mse_neg - mse_pos) / temperature)
+    return tf.fill(tf.shape(r_pos), value)
+
+
+def get_loss_fn(name, temperature=0.5, margin=0.0, beta=0.0, dim=None):
+    """Returns ``fn(r_pos [B], r_neg [B, H]) -> [B]`` for a loss name in ``LOSS_NAMES``.
+
+    ``ntxent`` is SimCLR's NT-Xent: InfoNCE with the ``tau`` prefactor dropped (for unit
+    embeddings ``-r/tau`` and ``cos/tau`` differ by a constant, so the value equals SimCLR's).
+    """
+    if name == "simp":
+        return simple_loss
+    if name == "tri":
+        return lambda rp, rn: soft_triplet_loss(rp, rn, temperature, margin)
+    if name == "nce":
+        return lambda rp, rn: info_nce_loss(rp, rn, temperature, beta)
+    if name == "ntxent":
+        return lambda rp, rn: info_nce_loss(rp, rn, temperature, beta) / temperature
+    if name == "cov":
+        return lambda rp, rn: exact_cov_loss(rp, rn, temperature, beta)
+    if name == "nce_batch":
+        if dim is None:
+            raise ValueError("nce_batch needs the embedding width `dim`.")
+        return lambda rp, rn: batch_mean_nce_loss(rp, rn, temperature, dim)
+    raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}.")
