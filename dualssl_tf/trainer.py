@@ -58,6 +58,10 @@ def run(cfg):
     keras.utils.set_random_seed(cfg.seed)
     exp = experiments.build(cfg)
     train_data = _select_negatives(cfg, exp.train_data)
+    if cfg.analysis_every:
+        # Imported only on request: training never depends on the analysis package.
+        from dualssl_tf.analysis.callback import build_analysis_callback
+        exp.callbacks.append(build_analysis_callback(cfg, exp))
 
     # Nothing is written before every setting has been checked and the data built.
     model_dir = cfg.model_dir

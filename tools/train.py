@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dualssl_tf import config  # noqa: E402  (TensorFlow-free: errors come fast)
 
 HELP = {
-    "dataset": "Data: hltm (generated latent tree, the default; no download).",
+    "dataset": "Data: hltm (generated latent tree, the default; no download) or "
+               "translation1d (the 1-D translation toy of Figure 3).",
     "data_dir": "Directory (or gs:// bucket) holding downloaded datasets.",
     "encoder": "Encoder network; auto = the dataset's own (TreeNet for hltm).",
     "loss": "Contrastive loss: " + ", ".join(config.LOSS_NAMES) + ".",
@@ -42,6 +43,15 @@ HELP = {
     "hltm_delta_upper": "Upper bound of |polarity| in [0, 1].",
     "hltm_samples_per_epoch": "Fresh HLTM samples per training epoch.",
     "hltm_eval_samples": "Held-out HLTM samples for the correlation metric.",
+    "translation1d_length": "Translation toy: circular signal length d (>= 4).",
+    "translation1d_filters": "Translation toy: filters of the one-layer conv encoder.",
+    "translation1d_kernel": "Translation toy: conv kernel size (1..length).",
+    "translation1d_pooling": "Translation toy: pooling over positions, max or avg.",
+    "translation1d_bias": "Translation toy: conv bias (a threshold; without it no filter "
+                          "can fire for '11' alone).",
+    "analysis_every": "Log ||OP_l||_F, ||W_l|| and the alignment of W_l with OP_l's top "
+                      "eigenvector every k epochs (hltm, translation1d); 0 = off.",
+    "analysis_points": "Base points M (x 8 augmentations) for --analysis_every (>= 2).",
 }
 
 

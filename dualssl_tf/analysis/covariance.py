@@ -25,6 +25,27 @@ import numpy as np
 from dualssl_tf.analysis import connections
 
 
+def averaged_connections(conn, x_aug):
+    """Kbar_i^T = 1/A sum_a K_l(x_{i,a})^T for each base point.
+
+    Args:
+      conn: a :class:`connections.Connection`.
+      x_aug: [M, A, ...] inputs.
+    Returns:
+      numpy float64 [M, n_L, P].
+    """
+    x_aug = np.asarray(x_aug)
+    m, a = x_aug.shape[:2]
+    # Average over augmentations chunk by chunk so only [chunk, n_L, P] is alive.
+    per_chunk = max(1, conn.chunk_size // a)
+    kbar = []
+    for s in range(0, m, per_chunk):
+        block = x_aug[s:s + per_chunk]
+        k_t = conn(block.reshape((-1,) + x_aug.shape[2:])).numpy()
+        kbar.append(k_t.reshape((block.shape[0], a) + k_t.shape[1:]).mean(axis=1))
+    return np.concatenate(kbar, axis=0).astype(np.float64)
+
+
 class CovarianceOperator:
     """Low-rank covariance operator of averaged connections.
 
@@ -89,15 +110,8 @@ class CovarianceOperator:
             raise ValueError(f"M: need at least 2 base points to estimate a covariance, got {m}")
         conn = connection_fn or connections.Connection(model, layer, output_fn, index,
                                                        chunk_size)
-        # Average over augmentations chunk by chunk so only [chunk, n_L, P] is alive.
-        per_chunk = max(1, conn.chunk_size // a)
-        kbar = []
-        for s in range(0, m, per_chunk):
-            block = x_aug[s:s + per_chunk]
-            k_t = conn(block.reshape((-1,) + x_aug.shape[2:])).numpy()
-            kbar.append(k_t.reshape((block.shape[0], a) + k_t.shape[1:]).mean(axis=1))
-        kbar = np.concatenate(kbar, axis=0).astype(np.float64)
-        return cls(kbar, xi=xi, weight_vector=conn.weight_vector().numpy())
+        return cls(averaged_connections(conn, x_aug), xi=xi,
+                   weight_vector=conn.weight_vector().numpy())
 
     def weighted(self, xi):
         """The Theorem-4 operator ``OP_xi`` on the same connections. xi: [M, M]."""

@@ -40,8 +40,8 @@ class Experiment:
 
 def _registry():
     # Imported lazily so that building one family never imports another's dependencies.
-    from dualssl_tf.experiments import hltm
-    return {"hltm": hltm.build}
+    from dualssl_tf.experiments import hltm, translation1d
+    return {"hltm": hltm.build, "translation1d": translation1d.build}
 
 
 def build(cfg, start_step=0):
