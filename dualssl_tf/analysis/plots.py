@@ -9,6 +9,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def _integer_x(ax):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _save(fig, path):
@@ -31,6 +36,7 @@ def emergence_curves(epochs, series, path, title="Emergence of latent selectivit
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    _integer_x(ax)
     return _save(fig, path)
 
 
@@ -96,6 +102,7 @@ def op_spectra(spectra, path, title="Covariance operator spectrum", top_k=20):
         style = "--" if "init" in label else "-"
         ax.semilogy(np.arange(1, len(values) + 1), values, style, marker=".", color=color,
                     label=label)
+    _integer_x(ax)
     ax.set_xlabel("eigenvalue index")
     ax.set_ylabel("eigenvalue of OP_l")
     ax.set_title(title)
@@ -117,6 +124,7 @@ def alignment_curves(epochs, series, path, ylabel="|cos(vec W_l, top eigenvector
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    _integer_x(ax)
     return _save(fig, path)
 
 
@@ -154,6 +162,7 @@ def init_selectivity_by_hid(result, path, title="Lucky nodes at init vs group wi
                 label=f"hid={hid} best unit")
         ax.plot(depths, [by_depth[d]["median"] for d in depths], ":", color=color,
                 label=f"hid={hid} median unit")
+    _integer_x(ax)
     ax.set_xlabel("latent depth (1 = lowest, L = root)")
     ax.set_ylabel("|corr(unit, latent)| at initialisation")
     ax.set_title(title)

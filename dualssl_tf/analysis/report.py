@@ -198,13 +198,19 @@ def make_figures(result, out_dir):
     for label, v in _representative(ops).items():
         spectra[f"{label} init"] = v["spectrum_init"]
         spectra[f"{label} trained"] = v["spectrum_final"]
+    grouped = any(".g" in k for k in ops)
     paths["op_spectrum"] = plots.op_spectra(spectra, os.path.join(out_dir, "op_spectrum.png"),
                                             title="Spectrum of OP_l at init (dashed) and "
-                                                  "after training (solid)")
+                                                  "after training (solid)"
+                                                  + ("\n(group 0 of each layer)" if grouped
+                                                     else ""))
     mon = result.get("monitor")
     if mon:
+        title = "Alignment of weights with OP's top eigenvector"
+        if mon["metric"] == "op_align_mean":
+            title += "\n(mean over the latent groups of each depth)"
         paths["alignment"] = plots.alignment_curves(
-            mon["epochs"], mon["series"], os.path.join(out_dir, "alignment.png"))
+            mon["epochs"], mon["series"], os.path.join(out_dir, "alignment.png"), title=title)
     else:
         labels = list(ops)
         paths["alignment"] = plots.alignment_bars(
