@@ -122,6 +122,27 @@ def test_covariance_operator_against_dense_numpy():
     np.testing.assert_allclose(op.weighted(np.ones((7, 7))).dense(), dense, atol=1e-13)
 
 
+def test_covariance_operator_wide_layer_branch():
+    """P > M n_L: the spectrum comes from the (M n_L)^2 Gram matrix, never P x P."""
+    rng = np.random.default_rng(3)
+    kbar = rng.standard_normal((4, 2, 30))                        # M n_L = 8 < P = 30
+    op = CovarianceOperator(kbar)
+    kc = kbar - kbar.mean(0)
+    dense = np.einsum("mnp,mnq->pq", kc, kc) / 4
+    values, vectors = op.top_eigen(10)
+    assert values.size == 6                                       # rank (M - 1) n_L
+    np.testing.assert_allclose(values, np.linalg.eigvalsh(dense)[::-1][:6], rtol=1e-10)
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(6), atol=1e-10)
+    np.testing.assert_allclose(dense @ vectors, vectors * values, atol=1e-10)
+    xi = rng.uniform(0.5, 2.0, (4, 4))
+    diff = kbar[:, None] - kbar[None]
+    dense_xi = np.einsum("ij,ijnp,ijnq->pq", 0.5 * (xi + xi.T), diff, diff) / 32
+    np.testing.assert_allclose(op.weighted(xi).spectrum(),
+                               np.linalg.eigvalsh(dense_xi)[::-1][:6], rtol=1e-9)
+    assert op.weighted(xi).frobenius_norm() == pytest.approx(np.linalg.norm(dense_xi),
+                                                             rel=1e-10)
+
+
 def test_covariance_operator_bad_input():
     with pytest.raises(ValueError, match="^M: need at least 2"):
         CovarianceOperator(np.zeros((1, 2, 3)))
