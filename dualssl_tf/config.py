@@ -64,7 +64,7 @@ class TrainConfig:
     translation1d_bias: bool = True
     # Per-epoch covariance-operator analysis (dualssl_tf.analysis.callback).
     analysis_every: int = 0          # 0 = off
-    analysis_points: int = 64        # M base points (x 8 augmentations) per analysis
+    analysis_points: int = 32        # M base points (x 8 augmentations) per analysis
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")

@@ -69,3 +69,10 @@ def test_hltm_augmented_shares_root():
     for i in range(5):
         for j in range(5):
             assert (x[i, 0] == x[j, 0]).all() == (root[i] == root[j])
+
+
+def test_compiled_hltm_sampler_matches_eager():
+    tree = HLTM(depth=3, num_children=2, delta_lower=0.8, seed=0)
+    x_eager, _ = sampling.hltm_augmented(tree, num_points=6, num_aug=3, seed=4)
+    x_fast = sampling.hltm_sampler(tree, 6, 3)(4)
+    np.testing.assert_array_equal(x_fast, x_eager)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from dualssl_tf import losses
 from dualssl_tf.analysis import connections, theorems
-from dualssl_tf.analysis.covariance import CovarianceOperator
+from dualssl_tf.analysis.covariance import CovarianceOperator, batched_summary
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,19 @@ def test_covariance_operator_wide_layer_branch():
                                np.linalg.eigvalsh(dense_xi)[::-1][:6], rtol=1e-9)
     assert op.weighted(xi).frobenius_norm() == pytest.approx(np.linalg.norm(dense_xi),
                                                              rel=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 2, 5), (2, 3, 2, 9)])   # P <= M n_L and P > M n_L
+def test_batched_summary_matches_operator(shape):
+    rng = np.random.default_rng(4)
+    kbar = rng.standard_normal(shape)
+    w = rng.standard_normal((shape[0], shape[-1]))
+    stats = batched_summary(kbar, w)
+    for g in range(shape[0]):
+        op = CovarianceOperator(kbar[g], weight_vector=w[g])
+        assert stats["frobenius"][g] == pytest.approx(op.frobenius_norm(), rel=1e-10)
+        assert stats["top_value"][g] == pytest.approx(op.top_eigen(1)[0][0], rel=1e-10)
+        assert stats["alignment"][g] == pytest.approx(op.alignment(k=1)[0], rel=1e-8)
 
 
 def test_covariance_operator_bad_input():

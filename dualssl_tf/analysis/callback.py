@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from dualssl_tf.analysis import connections, sampling
-from dualssl_tf.analysis.covariance import CovarianceOperator, averaged_connections
+from dualssl_tf.analysis.covariance import batched_summary
 from dualssl_tf.config import ConfigError
 
 # Augmentations per base point for the per-epoch estimate.
@@ -49,35 +49,37 @@ class CovarianceMonitor(keras.callbacks.Callback):
         self.sampler = sampler
         self.every = int(every)
         self.seed = int(seed)
-        self.layers = []
-        output_fn = lambda x: encoder(x, training=False)  # noqa: E731
-        for name, grouped in layers:
-            conn = connections.Connection(encoder, name, output_fn)
-            self.layers.append((name, bool(grouped), conn))
+        self.layers = [(name, bool(grouped)) for name, grouped in layers]
+        # One forward pass per example for all monitored layers.
+        self.connections = connections.MultiConnection(
+            encoder, [name for name, _ in layers], lambda x: encoder(x, training=False),
+            chunk_size=1024)
 
     def compute(self, epoch=0):
         """Returns the log dict for one analysis (fresh sample seeded by ``epoch``)."""
         x_aug = self.sampler(self.seed + epoch)
         logs = {}
-        for name, grouped, conn in self.layers:
-            kbar = averaged_connections(conn, x_aug)                  # [M, n_L, P]
-            w = np.asarray(conn.variable.numpy(), np.float64)
+        m, a = x_aug.shape[:2]
+        k_all = self.connections(x_aug.reshape((m * a,) + x_aug.shape[2:]))
+        for (name, grouped), k_t, var in zip(self.layers, k_all, self.connections.variables):
+            k_t = k_t.numpy()
+            kbar = k_t.reshape((m, a) + k_t.shape[1:]).mean(axis=1)   # [M, n_L, P]
+            w = np.asarray(var.numpy(), np.float64)
             if grouped:
                 g = w.shape[0]
-                kbar = kbar.reshape(kbar.shape[0], kbar.shape[1], g, -1)
-                parts = [(f"{name}.g{k}", kbar[:, :, k], w[k].ravel()) for k in range(g)]
+                kbar = np.moveaxis(kbar.reshape(kbar.shape[0], kbar.shape[1], g, -1), 2, 0)
+                labels = [f"{name}.g{k}" for k in range(g)]
+                vecs = w.reshape(g, -1)
             else:
-                parts = [(name, kbar, w.ravel())]
-            aligns = []
-            for label, kb, vec in parts:
-                op = CovarianceOperator(kb, weight_vector=vec)
-                align = float(op.alignment(k=1)[0]) if op.spectrum().size else 0.0
-                logs[f"op_norm/{label}"] = op.frobenius_norm()
-                logs[f"w_norm/{label}"] = float(np.linalg.norm(vec))
-                logs[f"op_align/{label}"] = align
-                aligns.append(align)
+                kbar, labels, vecs = kbar[None], [name], w.reshape(1, -1)
+            # All groups of a layer in one batched Gram + eigh (see batched_summary).
+            stats = batched_summary(kbar, vecs)
+            for k, label in enumerate(labels):
+                logs[f"op_norm/{label}"] = float(stats["frobenius"][k])
+                logs[f"w_norm/{label}"] = float(np.linalg.norm(vecs[k]))
+                logs[f"op_align/{label}"] = float(stats["alignment"][k])
             if grouped:
-                logs[f"op_align_mean/{name}"] = float(np.mean(aligns))
+                logs[f"op_align_mean/{name}"] = float(np.mean(stats["alignment"]))
         return logs
 
     def initial_logs(self):
@@ -102,9 +104,7 @@ def build_analysis_callback(cfg, exp):
         from dualssl_tf.data.hltm import HLTM
         tree = HLTM.from_dict(exp.metadata["hltm"])
         layers = [(level.name, True) for level in exp.encoder.levels]
-
-        def sampler(seed):
-            return sampling.hltm_augmented(tree, cfg.analysis_points, NUM_AUG, seed)[0]
+        sampler = sampling.hltm_sampler(tree, cfg.analysis_points, NUM_AUG)
     elif cfg.dataset == "translation1d":
         from dualssl_tf.data.translation1d import Translation1D
         toy = Translation1D(exp.metadata["translation1d"]["length"])

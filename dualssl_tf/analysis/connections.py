@@ -141,6 +141,44 @@ class Connection:
         return tf.reshape(w, [-1])
 
 
+class MultiConnection:
+    """Connections of several layers from one forward pass per example.
+
+    ``x [B, ...] -> [K_{l_1}(x)^T [B, n_L, P_1], ...]``; cheaper than one
+    :class:`Connection` per layer when many layers are monitored (the per-epoch callback).
+
+    Args:
+      model, output_fn, chunk_size: as :class:`Connection`.
+      layers: list of layer names / Layers / variables.
+
+    Example:
+      >>> conns = MultiConnection(net, ["depth_1", "depth_2"])
+      >>> k1, k2 = conns(x)
+    """
+
+    def __init__(self, model, layers, output_fn=None, chunk_size=512):
+        self.variables = [resolve_variable(model, layer) for layer in layers]
+        self.num_params = [int(np.prod(v.shape)) for v in self.variables]
+        self.chunk_size = int(chunk_size)
+        self.output_fn = output_fn or (lambda x: model(x, training=False))
+        tvars = [_tf_var(v) for v in self.variables]
+
+        def one(xb):
+            with tf.GradientTape() as tape:
+                y = tf.reshape(self.output_fn(xb[None]), [-1])
+            jacs = tape.jacobian(y, tvars, experimental_use_pfor=True)
+            return [tf.reshape(j, [tf.shape(y)[0], p]) for j, p in zip(jacs, self.num_params)]
+
+        self._fn = tf.function(lambda x: tf.vectorized_map(one, x), reduce_retracing=True)
+
+    def __call__(self, x):
+        """x: [B, ...] -> list of tf.Tensor [B, n_L, P_i]."""
+        x = tf.convert_to_tensor(x)
+        n = int(x.shape[0])
+        parts = [self._fn(x[s:s + self.chunk_size]) for s in range(0, n, self.chunk_size)]
+        return [tf.concat([p[i] for p in parts], axis=0) for i in range(len(self.variables))]
+
+
 def connection(model, layer, x, output_fn=None, index=None, chunk_size=512):
     """``K_l(x)^T = d f_L(x) / d vec(W_l)``, per example, vectorised.
 

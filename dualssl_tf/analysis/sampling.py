@@ -9,6 +9,19 @@ import numpy as np
 import tensorflow as tf
 
 
+def hltm_sampler(tree, num_points, num_aug):
+    """A compiled ``seed (int) -> x_aug [M, A, c**L]`` for repeated use (per-epoch monitor)."""
+    def draw(seed):
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([tf.cast(seed, tf.int64), tf.constant(7919, tf.int64)]), 2)
+        _, lat = tree.sample(num_points, seeds[0])
+        root = tf.repeat(lat[tree.depth], num_aug, axis=0)
+        x, _ = tree.sample(num_points * num_aug, seeds[1], root=root)
+        return tf.reshape(x, [num_points, num_aug, tree.num_leaves])
+    fn = tf.function(draw)
+    return lambda seed: fn(tf.constant(seed, tf.int64)).numpy()
+
+
 def hltm_augmented(tree, num_points, num_aug, seed):
     """M HLTM base points (root values), A augmented leaf samples of each.
 
