@@ -14,9 +14,9 @@ The P x P matrix is never formed. The operator is stored as the centred factor
     OP_xi = F ((L_xi (x) I_{n_L}) / M^2) F^T,   L_xi = diag(xi_s 1) - xi_s,  xi_s = (xi + xi^T)/2
 
 (the Laplacian form follows by expanding the square; with ``xi = 1`` it reduces to OP
-because the centred factor sums to zero). The spectrum comes from the smaller Gram matrix of F (P x P or M n_L x M n_L, whichever
-is smaller): its eigenvectors V span range(F), and ``OP = V (B^T core B) V^T`` with
-``B = F^T V`` is an r x r eigenproblem, r <= min(P, M n_L).
+because the centred factor sums to zero). The spectrum comes from the smaller Gram matrix
+of F (P x P or M n_L x M n_L, whichever is smaller): its eigenvectors V span range(F), and
+``OP = V (B^T core B) V^T`` with ``B = F^T V`` is an r x r eigenproblem, r <= min(P, M n_L).
 
 Arrays are NumPy float64; the heavy products and eigendecompositions run through TensorFlow
 (Eigen threads), which stays fast when the CPU is shared, where multi-threaded OpenBLAS
