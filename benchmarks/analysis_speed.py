@@ -95,7 +95,13 @@ if __name__ == "__main__":
     parser.add_argument("--augmentations", type=int, default=8)
     parser.add_argument("--monitor_points", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--parts", default="operator,monitor",
+                        help="comma list of parts to run: operator, monitor")
     args = parser.parse_args()
+    parts = args.parts.split(",")
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    bench_operator(args.points, args.augmentations, args.repeats)
-    bench_callback(args.repeats, args.monitor_points)
+    if "operator" in parts:
+        bench_operator(args.points, args.augmentations, args.repeats)
+    if "monitor" in parts:
+        bench_callback(args.repeats, args.monitor_points)
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")

@@ -16,9 +16,10 @@ the theory). This module is imported by the trainer only when the user asks for 
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from dualssl_tf.analysis import connections, sampling
-from dualssl_tf.analysis.covariance import batched_summary
+from dualssl_tf.analysis.covariance import batched_summary_tf
 from dualssl_tf.config import ConfigError
 
 # Augmentations per base point for the per-epoch estimate.
@@ -50,33 +51,42 @@ class CovarianceMonitor(keras.callbacks.Callback):
         self.every = int(every)
         self.seed = int(seed)
         self.layers = [(name, bool(grouped)) for name, grouped in layers]
-        # One forward pass per example for all monitored layers.
+        # One forward pass per example for all monitored layers, and the whole analysis in
+        # one graph: the monitor must cost a small fraction of an epoch.
         self.connections = connections.MultiConnection(
-            encoder, [name for name, _ in layers], lambda x: encoder(x, training=False),
-            chunk_size=1024)
+            encoder, [name for name, _ in layers], lambda x: encoder(x, training=False))
+        self._analyse = tf.function(self._analyse_graph, reduce_retracing=True)
+
+    def _analyse_graph(self, x_aug):
+        """x_aug [M, A, ...] -> list per layer of batched_summary_tf dicts ([G] tensors)."""
+        m, a = x_aug.shape[0], x_aug.shape[1]
+        k_all = self.connections.graph_fn(tf.reshape(x_aug, [m * a] + x_aug.shape[2:]))
+        out = []
+        for (name, grouped), k_t, var in zip(self.layers, k_all, self.connections.variables):
+            n_out, p = k_t.shape[1], k_t.shape[2]
+            kbar = tf.reduce_mean(tf.reshape(k_t, [m, a, n_out, p]), axis=1)   # [M, n_L, P]
+            w = tf.convert_to_tensor(var)
+            g = w.shape[0] if grouped else 1
+            kbar = tf.transpose(tf.reshape(kbar, [m, n_out, g, p // g]), [2, 0, 1, 3])
+            vecs = tf.reshape(w, [g, p // g])
+            stats = batched_summary_tf(kbar, vecs)
+            stats["w_norm"] = tf.norm(tf.cast(vecs, tf.float64), axis=1)
+            out.append(stats)
+        return out
 
     def compute(self, epoch=0):
         """Returns the log dict for one analysis (fresh sample seeded by ``epoch``)."""
         x_aug = self.sampler(self.seed + epoch)
+        if x_aug.shape[0] < 2:
+            raise ValueError(f"M: need at least 2 base points, got {x_aug.shape[0]}")
         logs = {}
-        m, a = x_aug.shape[:2]
-        k_all = self.connections(x_aug.reshape((m * a,) + x_aug.shape[2:]))
-        for (name, grouped), k_t, var in zip(self.layers, k_all, self.connections.variables):
-            k_t = k_t.numpy()
-            kbar = k_t.reshape((m, a) + k_t.shape[1:]).mean(axis=1)   # [M, n_L, P]
-            w = np.asarray(var.numpy(), np.float64)
-            if grouped:
-                g = w.shape[0]
-                kbar = np.moveaxis(kbar.reshape(kbar.shape[0], kbar.shape[1], g, -1), 2, 0)
-                labels = [f"{name}.g{k}" for k in range(g)]
-                vecs = w.reshape(g, -1)
-            else:
-                kbar, labels, vecs = kbar[None], [name], w.reshape(1, -1)
-            # All groups of a layer in one batched Gram + eigh (see batched_summary).
-            stats = batched_summary(kbar, vecs)
+        for (name, grouped), stats in zip(self.layers, self._analyse(tf.constant(x_aug))):
+            stats = {k: v.numpy() for k, v in stats.items()}
+            labels = ([f"{name}.g{k}" for k in range(len(stats["frobenius"]))] if grouped
+                      else [name])
             for k, label in enumerate(labels):
                 logs[f"op_norm/{label}"] = float(stats["frobenius"][k])
-                logs[f"w_norm/{label}"] = float(np.linalg.norm(vecs[k]))
+                logs[f"w_norm/{label}"] = float(stats["w_norm"][k])
                 logs[f"op_align/{label}"] = float(stats["alignment"][k])
             if grouped:
                 logs[f"op_align_mean/{name}"] = float(np.mean(stats["alignment"]))

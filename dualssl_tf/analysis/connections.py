@@ -169,7 +169,9 @@ class MultiConnection:
             jacs = tape.jacobian(y, tvars, experimental_use_pfor=True)
             return [tf.reshape(j, [tf.shape(y)[0], p]) for j, p in zip(jacs, self.num_params)]
 
-        self._fn = tf.function(lambda x: tf.vectorized_map(one, x), reduce_retracing=True)
+        #: graph-mode ``x -> list of [B, n_L, P_i]`` (usable inside another tf.function).
+        self.graph_fn = lambda x: tf.vectorized_map(one, x)
+        self._fn = tf.function(self.graph_fn, reduce_retracing=True)
 
     def __call__(self, x):
         """x: [B, ...] -> list of tf.Tensor [B, n_L, P_i]."""

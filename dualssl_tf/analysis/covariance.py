@@ -276,10 +276,17 @@ def batched_summary(kbar, weight_vectors):
     Returns:
       dict of numpy [G] arrays: ``frobenius``, ``top_value``, ``alignment``.
     """
-    kbar = tf.constant(kbar, tf.float64)
+    if np.shape(kbar)[1] < 2:
+        raise ValueError("M: need at least 2 base points to estimate a covariance, got "
+                         f"{np.shape(kbar)[1]}")
+    out = batched_summary_tf(tf.convert_to_tensor(kbar), tf.convert_to_tensor(weight_vectors))
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def batched_summary_tf(kbar, weight_vectors):
+    """Graph-friendly core of :func:`batched_summary` (tensors in, float64 tensors out)."""
+    kbar = tf.cast(kbar, tf.float64)
     g, m, n, p = kbar.shape
-    if m < 2:
-        raise ValueError(f"M: need at least 2 base points to estimate a covariance, got {m}")
     ft = tf.reshape(kbar - tf.reduce_mean(kbar, axis=1, keepdims=True), [g, m * n, p])
     # Nonzero spectrum of F F^T / M from the smaller Gram matrix.
     if p <= m * n:
@@ -292,8 +299,8 @@ def batched_summary(kbar, weight_vectors):
     if p > m * n:   # map the top eigenvector of F^T F back into weight space
         top = tf.einsum("gkp,gk->gp", ft, top)
         top = top / (tf.norm(top, axis=1, keepdims=True) + 1e-300)
-    w = tf.constant(weight_vectors, tf.float64)
+    w = tf.cast(weight_vectors, tf.float64)
     align = tf.abs(tf.reduce_sum(top * w, axis=1)) / (tf.norm(w, axis=1) + 1e-300)
     align = tf.where(top_value > 0, align, tf.zeros_like(align))
-    return {"frobenius": tf.norm(gram, axis=[1, 2]).numpy(),
-            "top_value": top_value.numpy(), "alignment": align.numpy()}
+    return {"frobenius": tf.norm(gram, axis=[1, 2]), "top_value": top_value,
+            "alignment": align}
