@@ -33,10 +33,7 @@ def toy_run(tmp_path_factory):
     return model_dir
 
 
-def test_analyze_writes_json_and_figures(toy_run, tmp_path):
-    out = str(tmp_path / "out")
-    res = _tool(f"--model_dir={toy_run}", f"--out_dir={out}")
-    assert res.returncode == 0, res.stderr[-2000:]
+def _check_outputs(out, toy_run):
     names = set(os.listdir(out))
     assert {"analysis.json", "emergence.png", "selectivity.png", "op_spectrum.png",
             "alignment.png", "filter_alignment.png"} <= names
@@ -58,6 +55,28 @@ def test_analyze_writes_json_and_figures(toy_run, tmp_path):
     assert op["align_final"] == pytest.approx(metrics[-1]["op_align"]["conv"], rel=1e-4)
 
 
+def test_report_in_process(toy_run, tmp_path):
+    """What analyze.py runs, in-process (the subprocess version is marked slow)."""
+    from dualssl_tf.analysis import report, runs
+    run = runs.load_run(toy_run)
+    result = report.analyze_run(run, ["conv"], progress=lambda msg: None)
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    report.make_figures(result, out)
+    with open(os.path.join(out, "analysis.json"), "w") as f:
+        json.dump(result, f)
+    _check_outputs(out, toy_run)
+
+
+@pytest.mark.slow
+def test_analyze_tool_end_to_end(toy_run, tmp_path):
+    out = str(tmp_path / "out")
+    res = _tool(f"--model_dir={toy_run}", f"--out_dir={out}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    _check_outputs(out, toy_run)
+
+
+@pytest.mark.slow
 def test_unknown_layer_is_one_line_exit_2(toy_run, tmp_path):
     out = str(tmp_path / "bad")
     res = _tool(f"--model_dir={toy_run}", "--layers=conv,nope", f"--out_dir={out}")
@@ -67,6 +86,18 @@ def test_unknown_layer_is_one_line_exit_2(toy_run, tmp_path):
     assert lines[0].startswith("analyze.py: error: --layers: no layer named 'nope' in model")
     assert "Traceback" not in res.stderr
     assert not os.path.exists(out)                                   # nothing half-written
+
+
+def test_library_errors_map_onto_flags():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("analyze_tool", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool._flag_error(ValueError("layer: no layer named 'x'")) == \
+        "--layers: no layer named 'x'"
+    assert tool._flag_error(ValueError("M: need at least 2")) == "--points: need at least 2"
+    assert tool._flag_error(ValueError("model_dir: no saved_model/")) == \
+        "--model_dir: no saved_model/"
 
 
 def test_layer_without_kernel_is_rejected_before_work(toy_run):
