@@ -2,7 +2,7 @@
 
 1. Covariance operator OP_l of one latent group from M = 2000 base points x A = 8
    augmentations (16000 per-example Jacobians): sampling, connections (vectorised autodiff,
-   averaged over augmentations), thin SVD -> ||OP||_F, top-10 spectrum, alignment.
+   averaged over augmentations), Gram eigh -> ||OP||_F, top-10 spectrum, alignment.
 2. Overhead of the per-epoch monitor (--analysis_every=1, 64 points x 8 augmentations, all 31
    latent groups) relative to one HLTM training epoch (64000 samples, batch 128, SGD, NCE).
 
@@ -43,7 +43,7 @@ def bench_operator(points, augs, repeats):
     net = exp.encoder
     print(f"\n1) OP of one latent group, M={points} x A={augs} "
           f"({points * augs} Jacobians); median of {repeats}")
-    print(f"{'layer':<9} {'P':>4} {'sample s':>9} {'connect s':>10} {'svd+stats s':>12} "
+    print(f"{'layer':<9} {'P':>4} {'sample s':>9} {'connect s':>10} {'eig+stats s':>12} "
           f"{'total s':>8} {'||OP||_F':>10} {'align':>6}")
     for level in net.levels:
         conn = Connection(net, level.name, lambda x: net(x, training=False), index=0,
