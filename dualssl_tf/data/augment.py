@@ -138,12 +138,16 @@ def color_jitter(image, seed, strength):
         return image
     seeds = split_seed(seed, len(_JITTER_OPS) + 1)
     order = tf.argsort(_uniform(seeds[-1], 0.0, 1.0, [len(_JITTER_OPS)]))
-    for step in range(len(_JITTER_OPS)):
-        # Each op keeps its own seed, so only the order depends on the permutation.
-        branches = [
-            (lambda name=name, s=seeds[i]: _jitter_op(name, image, s, strength))
-            for i, name in enumerate(_JITTER_OPS)]
-        image = tf.switch_case(order[step], branches)
+
+    def step(k, img):
+        # Each op keeps its own seed, so only the order depends on the permutation. A loop
+        # over one switch traces the four ops once (not once per position).
+        branches = [(lambda name=name, s=seeds[i]: _jitter_op(name, img, s, strength))
+                    for i, name in enumerate(_JITTER_OPS)]
+        return k + 1, tf.ensure_shape(tf.switch_case(order[k], branches), img.shape)
+
+    _, image = tf.while_loop(lambda k, _: k < len(_JITTER_OPS), step,
+                             (tf.constant(0), image))
     return image
 
 
@@ -230,6 +234,23 @@ def simclr_view(image, seed, size, color_jitter_strength=1.0, blur=False, crop=T
         image = tf.cond(_bernoulli(s[5], blur_prob), lambda: random_blur(image, s[6], size),
                         lambda: image)
     return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def center_resize(image, size):
+    """Deterministic eval transform: resize the shorter side to ``size``, centre crop.
+
+    image: [H, W, C] float -> [size, size, C] float32; an image already ``size x size``
+    is returned unchanged (no resampling).
+    """
+    if image.shape[0] == size and image.shape[1] == size:
+        return tf.cast(image, tf.float32)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = size / tf.reduce_min(shape)
+    new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
+    image = tf.image.resize(image, new, method="bilinear")
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    out = tf.slice(image, tf.stack([top, left, 0]), tf.stack([size, size, -1]))
+    return tf.ensure_shape(out, [size, size, image.shape[-1]])
 
 
 def two_views(image, seed, size, **kwargs):
