@@ -18,22 +18,10 @@ exclude BatchNorm parameters by path (see :mod:`dualssl_tf.optim.lars`).
 
 import keras
 
-STEMS = ("cifar", "imagenet", "auto")
+from dualssl_tf.models.stems import MIN_IMAGE_SIZE, STEMS, resolve_stem  # noqa: F401
+
 # Blocks per stage and block type for each depth.
 _SPECS = {18: ((2, 2, 2, 2), "basic"), 50: ((3, 4, 6, 3), "bottleneck")}
-# Smallest input side for each stem: the last stage must keep at least a 2x2 map.
-MIN_IMAGE_SIZE = {"cifar": 8, "imagenet": 64}
-# Image side from which "auto" picks the ImageNet stem.
-AUTO_IMAGENET_FROM = 96
-
-
-def resolve_stem(stem, image_size):
-    """``"auto"`` -> ``"imagenet"`` (image_size >= 96) or ``"cifar"``; others unchanged."""
-    if stem not in STEMS:
-        raise ValueError(f"stem={stem!r}: allowed {', '.join(STEMS)}")
-    if stem == "auto":
-        return "imagenet" if image_size >= AUTO_IMAGENET_FROM else "cifar"
-    return stem
 
 
 def _conv(filters, kernel, stride, name):

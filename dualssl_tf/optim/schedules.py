@@ -9,6 +9,7 @@ from dualssl_tf.optim.lars import DEFAULT_EXCLUDE, LARS
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 LR_SCALINGS = ("none", "linear", "sqrt")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @keras.saving.register_keras_serializable(package="dualssl_tf")
@@ -70,6 +71,29 @@ def scale_learning_rate(learning_rate, batch_size, scaling="none"):
     if scaling == "sqrt":
         return learning_rate * math.sqrt(batch_size)
     raise ValueError(f"lr_scaling={scaling!r}: allowed {', '.join(LR_SCALINGS)}")
+
+
+def learning_rate_schedule(learning_rate, batch_size=256, scaling="none",
+                           schedule="constant", total_steps=1, warmup_steps=0):
+    """The learning rate of a run: scaled by batch size, then scheduled.
+
+    Args:
+      learning_rate: base rate (before batch-size scaling).
+      batch_size, scaling: see :func:`scale_learning_rate`.
+      schedule: ``constant`` (after an optional linear warmup) or ``cosine``
+        (:class:`WarmupCosineDecay` to 0 at ``total_steps``).
+      total_steps, warmup_steps: schedule length and warmup, in optimizer steps.
+    Returns:
+      a float (constant, no warmup) or a LearningRateSchedule.
+    """
+    lr = scale_learning_rate(learning_rate, batch_size, scaling)
+    if schedule == "cosine":
+        return WarmupCosineDecay(lr, max(total_steps, 1), min(warmup_steps, total_steps))
+    if schedule != "constant":
+        raise ValueError(f"lr_schedule={schedule!r}: allowed {', '.join(LR_SCHEDULES)}")
+    if warmup_steps > 0:  # alpha = 1: warmup, then flat
+        return WarmupCosineDecay(lr, max(total_steps, warmup_steps), warmup_steps, alpha=1.0)
+    return lr
 
 
 def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0,

@@ -83,3 +83,14 @@ def test_build_optimizer_names():
                       keras.optimizers.AdamW)
     with pytest.raises(ValueError, match="optimizer='rmsprop'"):
         schedules.build_optimizer("rmsprop", 0.1)
+
+
+def test_learning_rate_schedule_combinations():
+    assert schedules.learning_rate_schedule(0.1) == 0.1
+    flat = schedules.learning_rate_schedule(0.3, 512, "linear", "constant", 100, 10)
+    assert [float(flat(t)) for t in (0, 5, 10, 99, 200)] == pytest.approx(
+        [0.0, 0.3, 0.6, 0.6, 0.6])
+    cos = schedules.learning_rate_schedule(0.075, 4096, "sqrt", "cosine", 100, 0)
+    assert float(cos(0)) == pytest.approx(4.8) and float(cos(50)) == pytest.approx(2.4)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        schedules.learning_rate_schedule(0.1, schedule="step")
