@@ -7,6 +7,9 @@ naming the flag, which tools print as one line and exit with status 2.
 
 import dataclasses
 import os
+import re
+
+from dualssl_tf.models import stems
 
 # Kept free of TensorFlow so tools can reject bad flags in a fraction of a second.
 LOSS_NAMES = ("simp", "tri", "nce", "ntxent", "cov", "nce_batch")
@@ -56,10 +59,46 @@ class TrainConfig:
     hltm_delta_upper: float = 1.0
     hltm_samples_per_epoch: int = 64000
     hltm_eval_samples: int = 64000
+    # Image data sets (generated_images, folder, any tfds name; DIGEST section 6).
+    image_size: int = 0              # 0 = the data set's own size (32 for generated)
+    stem: str = "auto"               # cifar | imagenet | auto (imagenet from 96 px)
+    width_multiplier: float = 1.0
+    sync_bn: bool = False
+    proj_dim: int = 128
+    proj_hidden_dim: int = 512
+    proj_layers: int = 2
+    probe: bool = True               # online linear probe where the data has labels
+    color_jitter_strength: float = 1.0
+    blur: bool = False
+    shuffle_buffer: int = 10000
+    skip_corrupt_images: bool = False
+    generated_examples: int = 10000
+    generated_classes: int = 6
+    # Learning-rate schedule and LARS.
+    lr_schedule: str = "constant"    # constant | cosine (after warmup)
+    warmup_epochs: float = 0.0
+    lr_scaling: str = "none"         # none | linear (lr B/256) | sqrt (lr sqrt(B))
+    lars_eta: float = 0.001
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 NEGATIVES = ("auto", "batch", "explicit")
+LR_SCHEDULES = ("constant", "cosine")
+LR_SCALINGS = ("none", "linear", "sqrt")
+# --dataset values with their own builder; any other valid name is a tfds data set.
+IMAGE_DATASETS = ("generated_images", "folder")
+# Non-image families (ARCHITECTURE.md); their own validation lives beside hltm's.
+NON_IMAGE_DATASETS = ("hltm", "translation1d")
+IMAGE_ENCODERS = ("auto", "resnet18", "resnet50")
+# tfds names: lower-case identifier, optional /config and :version.
+_TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?(:[0-9.*]+)?$")
+# Native image side of the paper's data sets (used when --image_size=0).
+NATIVE_IMAGE_SIZE = {"stl10": 96, "cifar10": 32, "cifar100": 32, "generated_images": 32}
+
+
+def is_image_dataset(name):
+    """True for generated_images, folder and (names shaped like) tfds data sets."""
+    return name not in NON_IMAGE_DATASETS
 
 
 def _require(cond, flag, message):
@@ -88,6 +127,13 @@ def validate(cfg):
              f"got {cfg.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
     _require(cfg.learning_rate > 0, "learning_rate", f"must be > 0, got {cfg.learning_rate}")
     _require(0 <= cfg.momentum < 1, "momentum", f"must be in [0, 1), got {cfg.momentum}")
+    _require(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule",
+             f"got {cfg.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
+    _require(cfg.lr_scaling in LR_SCALINGS, "lr_scaling",
+             f"got {cfg.lr_scaling!r}; allowed: {', '.join(LR_SCALINGS)}")
+    _require(0 <= cfg.warmup_epochs <= max(cfg.epochs, 0), "warmup_epochs",
+             f"must be in [0, --epochs={cfg.epochs}], got {cfg.warmup_epochs}")
+    _require(cfg.lars_eta > 0, "lars_eta", f"must be > 0, got {cfg.lars_eta}")
     _require(cfg.weight_decay >= 0, "weight_decay", f"must be >= 0, got {cfg.weight_decay}")
     _require(cfg.steps_per_execution >= 1, "steps_per_execution",
              f"must be >= 1, got {cfg.steps_per_execution}")
@@ -95,7 +141,55 @@ def validate(cfg):
     _check_writable(cfg.model_dir)
     if cfg.dataset == "hltm":
         _validate_hltm(cfg)
+    elif is_image_dataset(cfg.dataset):
+        _validate_images(cfg)
     return cfg
+
+
+def image_size(cfg):
+    """The image side a run uses: --image_size, else the data set's native size (0 when
+    unknown before the data is opened, e.g. a folder or another tfds data set)."""
+    return cfg.image_size or NATIVE_IMAGE_SIZE.get(cfg.dataset.split(":")[0], 0)
+
+
+def _validate_images(cfg):
+    """Checks of the image path that need no data (the builder checks the rest)."""
+    _require(cfg.dataset in IMAGE_DATASETS or _TFDS_NAME.match(cfg.dataset), "dataset",
+             f"unknown dataset {cfg.dataset!r}; allowed: hltm, generated_images, folder or "
+             "a TensorFlow Datasets name such as stl10, cifar10, cifar100")
+    _require(cfg.dataset != "folder" or cfg.data_dir, "data_dir",
+             "is required with --dataset=folder: a directory of images, one sub-folder "
+             "per class")
+    _require(cfg.encoder in IMAGE_ENCODERS, "encoder",
+             f"got {cfg.encoder!r}; allowed for image data: {', '.join(IMAGE_ENCODERS)}")
+    _require(cfg.stem in stems.STEMS, "stem",
+             f"got {cfg.stem!r}; allowed: {', '.join(stems.STEMS)}")
+    _require(cfg.image_size >= 0, "image_size", f"must be >= 0, got {cfg.image_size}")
+    size = image_size(cfg)
+    if size:
+        stem = stems.resolve_stem(cfg.stem, size)
+        low = stems.MIN_IMAGE_SIZE[stem]
+        _require(size >= low, "image_size",
+                 f"{size} px is too small for the {stem} stem (needs >= {low}); use "
+                 "--stem=cifar or a larger --image_size")
+    _require(cfg.width_multiplier > 0, "width_multiplier",
+             f"must be > 0, got {cfg.width_multiplier}")
+    for flag in ("proj_dim", "proj_hidden_dim"):
+        _require(getattr(cfg, flag) >= 1, flag, f"must be >= 1, got {getattr(cfg, flag)}")
+    _require(cfg.proj_layers >= 0, "proj_layers",
+             f"must be >= 0 (0 = no head), got {cfg.proj_layers}")
+    _require(cfg.color_jitter_strength >= 0, "color_jitter_strength",
+             f"must be >= 0, got {cfg.color_jitter_strength}")
+    _require(cfg.shuffle_buffer >= 1, "shuffle_buffer",
+             f"must be >= 1, got {cfg.shuffle_buffer}")
+    _require(cfg.negatives != "explicit", "negatives",
+             "image data sets use in-batch negatives; use --negatives=batch or auto")
+    if cfg.dataset == "generated_images":
+        _require(2 <= cfg.generated_classes <= 6, "generated_classes",
+                 f"must be in [2, 6], got {cfg.generated_classes}")
+        _require(cfg.generated_examples >= cfg.batch_size, "batch_size",
+                 f"{cfg.batch_size} is larger than the generated data set "
+                 f"(--generated_examples={cfg.generated_examples}); lower --batch_size")
 
 
 def _validate_hltm(cfg):

@@ -9,16 +9,18 @@ import tensorflow as tf
 from dualssl_tf import callbacks, config, experiments
 from dualssl_tf.dual import DualModel
 from dualssl_tf.export import export_encoder
+from dualssl_tf.optim import schedules
 
 
-def build_optimizer(cfg):
-    """Keras optimizer named by ``cfg.optimizer`` (sgd | adam | adamw)."""
-    if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(cfg.learning_rate, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay or None)
-    if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(cfg.learning_rate, weight_decay=cfg.weight_decay or None)
-    return keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay)
+def build_optimizer(cfg, steps_per_epoch=1):
+    """Keras optimizer named by ``cfg.optimizer`` (sgd | adam | adamw | lars) with the
+    run's learning-rate scaling, warmup and schedule (:mod:`dualssl_tf.optim`)."""
+    lr = schedules.learning_rate_schedule(
+        cfg.learning_rate, cfg.batch_size, cfg.lr_scaling, cfg.lr_schedule,
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)))
+    return schedules.build_optimizer(cfg.optimizer, lr, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
 
 
 def _select_negatives(cfg, dataset):
@@ -39,8 +41,8 @@ def build_model(cfg, exp):
     model = DualModel(exp.encoder, exp.head, loss=cfg.loss, temperature=cfg.temperature,
                       margin=cfg.margin, beta=cfg.beta, norm_eps=exp.norm_eps,
                       probe=exp.probe, name="dual")
-    model.compile(optimizer=build_optimizer(cfg), steps_per_execution=cfg.steps_per_execution,
-                  jit_compile=cfg.jit_compile)
+    model.compile(optimizer=build_optimizer(cfg, exp.steps_per_epoch),
+                  steps_per_execution=cfg.steps_per_execution, jit_compile=cfg.jit_compile)
     return model
 
 

@@ -14,9 +14,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dualssl_tf import config  # noqa: E402  (TensorFlow-free: errors come fast)
 
 HELP = {
-    "dataset": "Data: hltm (generated latent tree, the default; no download).",
+    "dataset": "Data: hltm (generated latent tree, the default; no download), "
+               "generated_images (generated shapes; no download), folder (--data_dir of "
+               "class sub-folders) or a TensorFlow Datasets name (stl10, cifar10, cifar100).",
     "data_dir": "Directory (or gs:// bucket) holding downloaded datasets.",
-    "encoder": "Encoder network; auto = the dataset's own (TreeNet for hltm).",
+    "encoder": "Encoder network; auto = the dataset's own (TreeNet for hltm, ResNet-18 "
+               "for images); images: resnet18 | resnet50.",
     "loss": "Contrastive loss: " + ", ".join(config.LOSS_NAMES) + ".",
     "negatives": "auto | explicit (H sampled negatives per anchor) | batch (SimCLR 2N-2).",
     "temperature": "tau of the soft-triplet, InfoNCE, NT-Xent and cov losses (> 0).",
@@ -26,10 +29,11 @@ HELP = {
     "batch_size": "Global batch size (pairs per step).",
     "epochs": "Training epochs.",
     "steps_per_epoch": "Steps per epoch; 0 = the dataset's natural epoch.",
-    "optimizer": "sgd | adam | adamw.",
+    "optimizer": "sgd | adam | adamw | lars.",
     "learning_rate": "Base learning rate (> 0).",
     "momentum": "SGD momentum in [0, 1).",
-    "weight_decay": "Decoupled weight decay (>= 0).",
+    "weight_decay": "Weight decay (>= 0): decoupled for sgd/adam/adamw, added to the "
+                    "gradient for lars; biases and BatchNorm are exempt.",
     "seed": "Random seed: tree polarities, initialisation and data order.",
     "steps_per_execution": "Train steps per tf.function call (cuts host overhead).",
     "jit_compile": "Compile the train step with XLA.",
@@ -42,6 +46,29 @@ HELP = {
     "hltm_delta_upper": "Upper bound of |polarity| in [0, 1].",
     "hltm_samples_per_epoch": "Fresh HLTM samples per training epoch.",
     "hltm_eval_samples": "Held-out HLTM samples for the correlation metric.",
+    "image_size": "Image side in pixels; 0 = the data set's own (96 stl10, 32 cifar, 32 "
+                  "generated). Required for folders of mixed sizes.",
+    "stem": "ResNet stem: cifar (3x3/1, no max-pool) | imagenet (7x7/2 + max-pool) | "
+            "auto (imagenet from 96 px).",
+    "width_multiplier": "ResNet width multiplier (> 0; 1 = 64..512 channels).",
+    "sync_bn": "Cross-replica BatchNorm under a distribution strategy.",
+    "proj_dim": "Projection head output size D.",
+    "proj_hidden_dim": "Projection head hidden width.",
+    "proj_layers": "Projection head Dense layers (0 = no head; 2 = Linear-BN-ReLU-Linear).",
+    "probe": "Train an online linear probe on stop_gradient(representation) where the "
+             "data has labels; reports probe_acc and probe_test_acc.",
+    "color_jitter_strength": "SimCLR colour jitter strength s (1.0 stl10, 0.5 cifar; 0 off).",
+    "blur": "SimCLR Gaussian blur with p 0.5 (used for stl10).",
+    "shuffle_buffer": "Shuffle buffer of the image pipeline, in examples.",
+    "skip_corrupt_images": "Folder data: leave out files that do not decode (counted) "
+                           "instead of stopping.",
+    "generated_examples": "Training examples of the generated image data set.",
+    "generated_classes": "Shape classes of the generated image data set (2..6).",
+    "lr_schedule": "constant | cosine (decay to 0 over the run, after the warmup).",
+    "warmup_epochs": "Linear learning-rate warmup, in epochs.",
+    "lr_scaling": "Batch-size scaling of --learning_rate: none | linear (lr*B/256) | "
+                  "sqrt (lr*sqrt(B)).",
+    "lars_eta": "LARS trust coefficient.",
 }
 
 
