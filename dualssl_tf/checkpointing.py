@@ -186,7 +186,7 @@ class RunCheckpoints:
             prefix = os.path.join(self.directory, f"ckpt-{number}")
             try:
                 epoch, step = self.verify(number, found[number])
-            except (ValueError, tf.errors.OpError) as e:
+            except Exception as e:  # noqa: BLE001  any failure to read = unusable (IndexError, DataLossError, ...)
                 rejected.append(prefix)
                 older = [n for n in found if n < number]
                 fallback = (f"falling back to ckpt-{max(older)}" if older
