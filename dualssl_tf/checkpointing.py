@@ -55,13 +55,13 @@ def _first_line(error):
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training hit a NaN/Inf loss; ``step`` is the global step (1-based) it showed at."""
+    """Training hit a NaN/Inf loss (or weights); ``step`` is the global step (1-based)."""
 
-    def __init__(self, step, value, first_step=None):
+    def __init__(self, step, value, first_step=None, what="loss"):
         where = (f"step {step}" if first_step is None or first_step == step
                  else f"steps {first_step}-{step} (one execution of --steps_per_execution)")
-        super().__init__(f"non-finite loss ({value}) at {where}; training stopped, the last "
-                         "good checkpoint is kept; lower --learning_rate and re-run")
+        super().__init__(f"non-finite {what} ({value}) at {where}; training stopped, the "
+                         "last good checkpoint is kept; lower --learning_rate and re-run")
         self.step = step
         self.value = value
 
@@ -243,7 +243,15 @@ class RunCheckpoints:
                 tf.io.gfile.rename(src, src + ".corrupt", overwrite=True)
 
     def save(self, epoch):
-        """Writes ``ckpt-<epoch>`` (atomically) and drops the ones beyond max_to_keep."""
+        """Writes ``ckpt-<epoch>`` (atomically) and drops the ones beyond max_to_keep.
+
+        Raises NonFiniteLossError instead if a weight is NaN/Inf: a checkpoint is only ever
+        written of a state training can continue from.
+        """
+        if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self._model.variables
+                   if keras.backend.is_float_dtype(v.dtype)):
+            step = int(keras.ops.convert_to_numpy(self._model.optimizer.iterations))
+            raise NonFiniteLossError(step, "nan/inf", what="weights")
         self._epoch.assign(epoch)
         self._step.assign(tf.cast(self._model.optimizer.iterations, tf.int64))
         return self._manager.save(checkpoint_number=epoch)
