@@ -83,6 +83,15 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     lr_scaling: str = "none"         # none | linear (lr B/256) | sqrt (lr sqrt(B))
     lars_eta: float = 0.001
+    # 1-D translation toy (DIGEST section 5).
+    translation1d_length: int = 12
+    translation1d_filters: int = 8
+    translation1d_kernel: int = 3
+    translation1d_pooling: str = "max"   # max | avg over positions
+    translation1d_bias: bool = True
+    # Per-epoch covariance-operator analysis (dualssl_tf.analysis.callback).
+    analysis_every: int = 0          # 0 = off
+    analysis_points: int = 64        # M base points (x 8 augmentations) per analysis
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
@@ -162,8 +171,14 @@ def validate(cfg):
     _require(0 <= cfg.seed < 2 ** 32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
     _require(bool(cfg.model_dir), "model_dir", "is required: a directory for the run's outputs")
     _check_writable(cfg.model_dir)
+    _require(cfg.analysis_every >= 0, "analysis_every",
+             f"must be >= 0 (0 = off, k = every k epochs), got {cfg.analysis_every}")
+    _require(cfg.analysis_points >= 2, "analysis_points",
+             f"must be >= 2 (a covariance needs M >= 2 base points), got {cfg.analysis_points}")
     if cfg.dataset == "hltm":
         _validate_hltm(cfg)
+    elif cfg.dataset == "translation1d":
+        _validate_translation1d(cfg)
     elif is_image_dataset(cfg.dataset):
         _validate_images(cfg)
     check_resume_compatible(cfg)
@@ -214,6 +229,20 @@ def _validate_images(cfg):
         _require(cfg.generated_examples >= cfg.batch_size, "batch_size",
                  f"{cfg.batch_size} is larger than the generated data set "
                  f"(--generated_examples={cfg.generated_examples}); lower --batch_size")
+
+
+def _validate_translation1d(cfg):
+    _require(cfg.translation1d_length >= 4, "translation1d_length",
+             f"must be >= 4 to hold the object '101', got {cfg.translation1d_length}")
+    _require(cfg.translation1d_filters >= 1, "translation1d_filters",
+             f"must be >= 1, got {cfg.translation1d_filters}")
+    _require(1 <= cfg.translation1d_kernel <= cfg.translation1d_length, "translation1d_kernel",
+             f"must be in [1, --translation1d_length={cfg.translation1d_length}], "
+             f"got {cfg.translation1d_kernel}")
+    _require(cfg.translation1d_pooling in ("max", "avg"), "translation1d_pooling",
+             f"got {cfg.translation1d_pooling!r}; allowed: max, avg")
+    _require(cfg.negatives != "explicit", "negatives",
+             "translation1d has no explicit negatives; use --negatives=auto or batch")
 
 
 def _validate_hltm(cfg):

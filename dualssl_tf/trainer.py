@@ -77,6 +77,10 @@ def run(cfg):
     start_epoch, start_step = (found["epoch"], found["step"]) if found else (0, 0)
     exp = experiments.build(cfg, start_step=start_step)
     train_data = _select_negatives(cfg, exp.train_data)
+    if cfg.analysis_every:
+        # Imported only on request: training never depends on the analysis package.
+        from dualssl_tf.analysis.callback import build_analysis_callback
+        exp.callbacks.append(build_analysis_callback(cfg, exp))
 
     # Nothing is written before every setting has been checked and the data built.
     model_dir = cfg.model_dir

@@ -19,8 +19,9 @@ from dualssl_tf import config  # noqa: E402  (TensorFlow-free: errors come fast)
 
 HELP = {
     "dataset": "Data: hltm (generated latent tree, the default; no download), "
-               "generated_images (generated shapes; no download), folder (--data_dir of "
-               "class sub-folders) or a TensorFlow Datasets name (stl10, cifar10, cifar100).",
+               "translation1d (the 1-D translation toy of Figure 3), generated_images "
+               "(generated shapes; no download), folder (--data_dir of class sub-folders) "
+               "or a TensorFlow Datasets name (stl10, cifar10, cifar100).",
     "data_dir": "Directory (or gs:// bucket) holding downloaded datasets.",
     "encoder": "Encoder network; auto = the dataset's own (TreeNet for hltm, ResNet-18 "
                "for images); images: resnet18 | resnet50.",
@@ -79,6 +80,15 @@ HELP = {
     "lr_scaling": "Batch-size scaling of --learning_rate: none | linear (lr*B/256) | "
                   "sqrt (lr*sqrt(B)).",
     "lars_eta": "LARS trust coefficient.",
+    "translation1d_length": "Translation toy: circular signal length d (>= 4).",
+    "translation1d_filters": "Translation toy: filters of the one-layer conv encoder.",
+    "translation1d_kernel": "Translation toy: conv kernel size (1..length).",
+    "translation1d_pooling": "Translation toy: pooling over positions, max or avg.",
+    "translation1d_bias": "Translation toy: conv bias (a threshold; without it no filter "
+                          "can fire for '11' alone).",
+    "analysis_every": "Log ||OP_l||_F, ||W_l|| and the alignment of W_l with OP_l's top "
+                      "eigenvector every k epochs (hltm, translation1d); 0 = off.",
+    "analysis_points": "Base points M (x 8 augmentations) for --analysis_every (>= 2).",
 }
 
 

@@ -45,8 +45,9 @@ def _build_images(cfg, start_step=0):
 
 def _registry():
     # Imported lazily so that building one family never imports another's dependencies.
-    from dualssl_tf.experiments import hltm
-    return {"hltm": hltm.build, "generated_images": _build_images, "folder": _build_images}
+    from dualssl_tf.experiments import hltm, translation1d
+    return {"hltm": hltm.build, "translation1d": translation1d.build,
+            "generated_images": _build_images, "folder": _build_images}
 
 
 def build(cfg, start_step=0):
