@@ -6,7 +6,7 @@ import os
 import keras
 import tensorflow as tf
 
-from dualssl_tf import callbacks, config, experiments
+from dualssl_tf import callbacks, config, distribute, experiments
 from dualssl_tf.dual import DualModel
 from dualssl_tf.export import export_encoder
 
@@ -36,11 +36,18 @@ def _select_negatives(cfg, dataset):
 
 
 def build_model(cfg, exp):
+    """DualModel + optimizer; call inside ``strategy.scope()``."""
+    gather_fn = None if cfg.local_negatives else distribute.cross_replica_candidates
     model = DualModel(exp.encoder, exp.head, loss=cfg.loss, temperature=cfg.temperature,
                       margin=cfg.margin, beta=cfg.beta, norm_eps=exp.norm_eps,
-                      probe=exp.probe, name="dual")
-    model.compile(optimizer=build_optimizer(cfg), steps_per_execution=cfg.steps_per_execution,
-                  jit_compile=cfg.jit_compile)
+                      probe=exp.probe, gather_fn=gather_fn, name="dual")
+    optimizer = build_optimizer(cfg)
+    if cfg.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # dynamic loss scale
+    # TPUStrategy compiles the replica step with XLA itself; Keras' jit_compile is for
+    # one device (multi-replica mirrored + jit_compile is rejected in run()).
+    model.compile(optimizer=optimizer, steps_per_execution=cfg.steps_per_execution,
+                  jit_compile=cfg.jit_compile and cfg.strategy != "tpu")
     return model
 
 
@@ -55,9 +62,18 @@ def run(cfg):
     Returns dict with ``initial`` and ``final`` logs and a printable ``summary``.
     """
     config.validate(cfg)
+    strategy = distribute.make_strategy(cfg.strategy, cfg.tpu, cfg.num_gpus)
+    replicas = strategy.num_replicas_in_sync
+    if cfg.jit_compile and replicas > 1 and cfg.strategy != "tpu":
+        raise config.ConfigError("jit_compile", f"Keras compiles the whole step for one "
+                                 f"device; with {replicas} {cfg.strategy} replicas use "
+                                 "--jit_compile=false (TPUs always compile with XLA)")
+    distribute.set_precision(cfg.mixed_precision)
     keras.utils.set_random_seed(cfg.seed)
-    exp = experiments.build(cfg)
-    train_data = _select_negatives(cfg, exp.train_data)
+    with strategy.scope():  # networks, DualModel and optimizer all live on the replicas
+        exp = experiments.build(cfg)
+    train_data = distribute.train_input(strategy, cfg.batch_size, exp,
+                                        lambda ds: _select_negatives(cfg, ds))
 
     # Nothing is written before every setting has been checked and the data built.
     model_dir = cfg.model_dir
@@ -67,7 +83,8 @@ def run(cfg):
     with tf.io.gfile.GFile(os.path.join(model_dir, "run.json"), "w") as f:
         json.dump(exp.metadata, f)
 
-    model = build_model(cfg, exp)
+    with strategy.scope():
+        model = build_model(cfg, exp)
     logger = callbacks.MetricsLogger(os.path.join(model_dir, "metrics.jsonl"))
     initial = {}
     for cb in exp.callbacks:
