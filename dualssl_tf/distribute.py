@@ -64,7 +64,7 @@ def cross_replica_candidates(z1, z2):
       z1, z2: [N, D] this replica's embeddings of view 1 and view 2.
     Returns:
       ``(z1_all [R*N, D], z2_all [R*N, D], offset)``: both views of all R replicas in
-      replica order, and ``offset = replica_id * N``, the row of this replica's first pair
+      replica order (float32; with several replicas z1, z2 are returned as float32 too), and ``offset = replica_id * N``, the row of this replica's first pair
       in the global batch (the layout :func:`dualssl_tf.losses.in_batch_distances` expects).
       With one replica it returns ``(z1, z2, 0)``.
 
@@ -75,6 +75,8 @@ def cross_replica_candidates(z1, z2):
     ctx = _replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return z1, z2, 0
+    # The losses run in float32 anyway, and CPU/GPU collectives reject bfloat16.
+    z1, z2 = tf.cast(z1, tf.float32), tf.cast(z2, tf.float32)
     z1_all, z2_all = ctx.all_gather([z1, z2], axis=0)
     offset = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * tf.shape(z1)[0]
     return z1_all, z2_all, offset
@@ -116,11 +118,27 @@ def make_strategy(name, tpu=None, num_gpus=None):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(_mirrored_devices(num_gpus))
-    if name == "multi_worker":
-        check_tf_config(os.environ.get("TF_CONFIG", ""))
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return _tpu_strategy(tpu)
+        key = (name, tuple(_mirrored_devices(num_gpus)))
+    elif name == "multi_worker":
+        raw = os.environ.get("TF_CONFIG", "")
+        check_tf_config(raw)
+        key = (name, raw)
+    else:
+        key = (name, tpu)
+    # One strategy per setting and process: a second strategy over the same devices
+    # reuses the same collective keys, and its all-gathers/all-reduces would collide
+    # with the first one's (e.g. trainer.run called twice in a notebook).
+    if key not in _STRATEGY_CACHE:
+        if name == "mirrored":
+            _STRATEGY_CACHE[key] = tf.distribute.MirroredStrategy(list(key[1]))
+        elif name == "multi_worker":
+            _STRATEGY_CACHE[key] = tf.distribute.MultiWorkerMirroredStrategy()
+        else:
+            _STRATEGY_CACHE[key] = _tpu_strategy(tpu)
+    return _STRATEGY_CACHE[key]
+
+
+_STRATEGY_CACHE = {}
 
 
 def _mirrored_devices(num_gpus):
