@@ -41,7 +41,15 @@ HELP = {
                     "gradient for lars; biases and BatchNorm are exempt.",
     "seed": "Random seed: tree polarities, initialisation and data order.",
     "steps_per_execution": "Train steps per tf.function call (cuts host overhead).",
-    "jit_compile": "Compile the train step with XLA.",
+    "jit_compile": "Compile the train step with XLA (one device; TPUs always use XLA).",
+    "strategy": "tf.distribute strategy: default (one device) | mirrored (local GPUs) | "
+                "multi_worker (machines listed in TF_CONFIG) | tpu (needs --tpu).",
+    "tpu": "Cloud TPU name, grpc://HOST:8470 address or 'local' (TPU VM); --strategy=tpu.",
+    "num_gpus": "GPUs for --strategy=mirrored; 0 = all visible GPUs.",
+    "local_negatives": "In-batch negatives from the replica's own batch only (default: "
+                       "the global batch, gathered across replicas).",
+    "mixed_precision": "none | bfloat16 (TPU/Ampere) | float16 (dynamic loss scaling); "
+                       "losses stay float32.",
     "model_dir": "Output directory: flags.txt, metrics.jsonl, logs/, saved_model/.",
     "verbose": "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
     "checkpoint_every": "Epochs between checkpoints in model_dir/checkpoints (and after the "
