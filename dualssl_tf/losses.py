@@ -22,8 +22,7 @@ precision), and no large constant masks are used: excluded entries are dropped b
 
 import tensorflow as tf
 
-# Names accepted by ``get_loss_fn`` / ``--loss``.
-LOSS_NAMES = ("simp", "tri", "nce", "ntxent", "cov", "nce_batch")
+from dualssl_tf.config import LOSS_NAMES  # names accepted by get_loss_fn / --loss
 
 
 def _f32(x):

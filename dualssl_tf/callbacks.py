@@ -1,0 +1,98 @@
+"""Keras callbacks of the training loop: the metrics.jsonl log and the HLTM correlation."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dualssl_tf import correlation
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if tf.is_tensor(value):
+        return value.numpy().tolist()
+    return value
+
+
+def current_learning_rate(optimizer):
+    """The learning rate in force at the optimizer's current step, as a float."""
+    lr = optimizer.learning_rate
+    if callable(lr):
+        lr = lr(optimizer.iterations)
+    return float(keras.ops.convert_to_numpy(lr))
+
+
+class MetricsLogger(keras.callbacks.Callback):
+    """Appends one JSON object per epoch to ``path`` (``metrics.jsonl``).
+
+    Line fields: ``epoch`` (0 = at initialisation, written by :meth:`log_initial`),
+    ``learning_rate`` and every scalar in Keras' epoch logs. Keys ``<name>/<k>`` are grouped
+    into a dict, so ``best_corr/1 .. best_corr/L`` become ``"best_corr": {"1": .., "L": ..}``.
+    The file is flushed every epoch so a crash loses at most the running epoch.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    @staticmethod
+    def group(logs):
+        out = {}
+        for key, value in logs.items():
+            value = _jsonable(value)
+            if "/" in key:
+                head, tail = key.split("/", 1)
+                out.setdefault(head, {})[tail] = value
+            else:
+                out[key] = value
+        return out
+
+    def write(self, record):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def log_initial(self, logs):
+        """Writes the epoch-0 line (metrics at initialisation)."""
+        self.write({"epoch": 0, **self.group(logs)})
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": epoch + 1,
+                  "learning_rate": current_learning_rate(self.model.optimizer)}
+        record.update(self.group(logs or {}))
+        self.write(record)
+
+
+class HLTMCorrelation(keras.callbacks.Callback):
+    """Adds the per-depth best correlation ``best_corr/<d>`` to the epoch logs.
+
+    Evaluated on a fixed held-out HLTM sample (never trained on), so epochs are comparable.
+
+    Args:
+      net: the :class:`TreeNet` being trained.
+      x: [n, c**L] held-out leaves; latents: dict depth -> [n, c**(L-d)].
+    """
+
+    def __init__(self, net, x, latents):
+        super().__init__()
+        self.net = net
+        self.x = x
+        self.latents = latents
+
+    def compute(self):
+        corr = correlation.best_correlation_by_depth(self.net, self.x, self.latents)
+        return {f"best_corr/{d}": v for d, v in corr.items()}
+
+    def initial_logs(self):
+        return self.compute()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self.compute())

@@ -1,0 +1,46 @@
+"""Correlation of hidden units with latent variables (the HLTM "best correlation" metric)."""
+
+import tensorflow as tf
+
+
+def pearson_per_unit(z, acts):
+    """Pearson correlation of each unit with its group's latent.
+
+    Args:
+      z: [n, g] latent values (any numeric dtype).
+      acts: [n, g, h] unit activations (pre-activations in the paper).
+    Returns:
+      [g, h] float64 correlations; a constant unit or latent gives 0, not NaN.
+    """
+    z = tf.cast(z, tf.float64)
+    a = tf.cast(acts, tf.float64)
+    zc = z - tf.reduce_mean(z, axis=0)
+    ac = a - tf.reduce_mean(a, axis=0)
+    cov = tf.einsum("ng,ngh->gh", zc, ac)
+    var_z = tf.reduce_sum(zc * zc, axis=0)[:, None]
+    var_a = tf.reduce_sum(ac * ac, axis=0)
+    return tf.math.divide_no_nan(cov, tf.sqrt(var_z * var_a))
+
+
+def best_correlation(z, acts):
+    """max over a group's units of |corr(unit, latent)|. z: [n, g], acts: [n, g, h] -> [g]."""
+    return tf.reduce_max(tf.abs(pearson_per_unit(z, acts)), axis=1)
+
+
+def best_correlation_by_depth(net, x, latents, batch_size=8192):
+    """Mean best correlation per latent depth for a :class:`TreeNet`.
+
+    Args:
+      net: TreeNet.
+      x: [n, c**L] leaves.
+      latents: dict depth -> [n, c**(L-d)] (as returned by ``HLTM.sample``).
+    Returns:
+      dict {depth (int, 1 = lowest latents): float}.
+    """
+    n = int(x.shape[0])
+    chunks = [net.pre_activations(x[i:i + batch_size]) for i in range(0, n, batch_size)]
+    out = {}
+    for d in range(1, net.depth + 1):
+        acts = tf.concat([c[d - 1] for c in chunks], axis=0)
+        out[d] = float(tf.reduce_mean(best_correlation(latents[d], acts)))
+    return out

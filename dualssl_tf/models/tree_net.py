@@ -1,0 +1,58 @@
+"""The ReLU network matched to an HLTM tree (DIGEST section 4)."""
+
+import keras
+from keras import ops
+
+from dualssl_tf.models.grouped_dense import GroupedDense
+
+
+@keras.saving.register_keras_serializable(package="dualssl_tf")
+class TreeNet(keras.Model):
+    """One group of ``hid`` ReLU units per non-leaf latent, wired like the tree.
+
+    Depth d = 1..L has ``c**(L-d)`` groups; group g at depth d is fully connected (with
+    bias) to the concatenated ReLU outputs of its c children's groups at depth d-1 (the leaf
+    inputs directly for d = 1). The output is the root group's pre-activation [B, hid]
+    (normalisation happens in :class:`dualssl_tf.dual.DualModel`).
+
+    Args:
+      depth: L, tree depth.
+      num_children: c.
+      hid: units per latent group.
+      use_bias: biases in every group (the paper's network has them).
+
+    Example:
+      >>> net = TreeNet(depth=5, num_children=2, hid=10)
+      >>> f = net(keras.ops.zeros([8, 32]))          # [8, 10]
+      >>> pre = net.pre_activations(x)                # list: depth d -> [8, 2**(5-d), 10]
+    """
+
+    def __init__(self, depth=5, num_children=2, hid=10, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.depth = depth
+        self.num_children = num_children
+        self.hid = hid
+        self.use_bias = use_bias
+        self.levels = [GroupedDense(num_children ** (depth - d), hid, use_bias=use_bias,
+                                    name=f"depth_{d}") for d in range(1, depth + 1)]
+
+    def pre_activations(self, x):
+        """x: [B, c**L] -> list over depth d = 1..L of [B, c**(L-d), hid]."""
+        b = ops.shape(x)[0]
+        h = ops.reshape(x, (b, self.num_children ** (self.depth - 1), self.num_children))
+        pres = []
+        for d, layer in enumerate(self.levels, start=1):
+            pre = layer(h)
+            pres.append(pre)
+            if d < self.depth:
+                h = ops.reshape(ops.relu(pre),
+                                (b, self.num_children ** (self.depth - d - 1),
+                                 self.num_children * self.hid))
+        return pres
+
+    def call(self, x):
+        return self.pre_activations(x)[-1][:, 0, :]
+
+    def get_config(self):
+        return {"depth": self.depth, "num_children": self.num_children, "hid": self.hid,
+                "use_bias": self.use_bias, "name": self.name}
