@@ -27,6 +27,7 @@ Example:
   >>> enc(images)["representation"]        # [B, R]
 """
 
+import dataclasses
 import datetime
 import json
 import os
@@ -132,6 +133,37 @@ def _jsonable(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
+
+
+def default_intermediates(encoder):
+    """The encoder's own transfer taps, for :func:`export_encoder`'s intermediate_layers.
+
+    * an encoder method ``transfer_outputs(x, training) -> {name: [B, ...]}`` is used as is;
+    * an encoder with ``pre_activations(x) -> [per depth [B, groups, hid]]`` (the HLTM
+      :class:`~dualssl_tf.models.tree_net.TreeNet`) exports ``depth_<d>``: the ReLU
+      activations of depth d flattened to [B, groups * hid] (the root is the representation);
+    * otherwise None (no intermediate outputs).
+    """
+    if callable(getattr(encoder, "transfer_outputs", None)):
+        return encoder.transfer_outputs
+    if callable(getattr(encoder, "pre_activations", None)):
+        def tree_taps(x, training):
+            pres = encoder.pre_activations(x)
+            return {f"depth_{d}": tf.reshape(tf.nn.relu(p), [tf.shape(p)[0], -1])
+                    for d, p in enumerate(pres[:-1], start=1)}
+        return tree_taps
+    return None
+
+
+def run_model_card(cfg, metadata=None, final_metrics=None):
+    """Model card of a training run: its flags, dataset, epochs, final metrics, metadata.
+
+    cfg: a TrainConfig dataclass (or a plain dict of flags); metadata: JSON-able run facts
+    (e.g. the HLTM polarities, needed to probe the same tree); final_metrics: dict.
+    """
+    flags = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    return {"flags": flags, "dataset": flags.get("dataset"), "epochs": flags.get("epochs"),
+            "final_metrics": dict(final_metrics or {}), "metadata": dict(metadata or {})}
 
 
 def export_encoder(encoder, head, export_dir, input_shape, model_card=None,

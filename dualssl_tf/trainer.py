@@ -6,9 +6,8 @@ import os
 import keras
 import tensorflow as tf
 
-from dualssl_tf import callbacks, config, experiments
+from dualssl_tf import callbacks, config, experiments, export
 from dualssl_tf.dual import DualModel
-from dualssl_tf.export import export_encoder
 
 
 def build_optimizer(cfg):
@@ -77,9 +76,11 @@ def run(cfg):
     board = keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, "logs"))
     model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=exp.steps_per_epoch,
               callbacks=exp.callbacks + [logger, board], verbose=cfg.verbose)
-    export_encoder(exp.encoder, exp.head, os.path.join(model_dir, "saved_model"),
-                   exp.input_shape)
     final = _last_logged(logger.path)
+    export.export_encoder(
+        exp.encoder, exp.head, os.path.join(model_dir, "saved_model"), exp.input_shape,
+        model_card=export.run_model_card(cfg, exp.metadata, final),
+        intermediate_layers=export.default_intermediates(exp.encoder))
     summary = exp.summarize(initial, final) if exp.summarize else ""
     return {"initial": initial, "final": final, "summary": summary}
 
