@@ -25,6 +25,7 @@ Example:
 import hashlib
 import json
 import os
+import re
 import uuid
 
 import keras
@@ -182,7 +183,7 @@ def standardize(train, *others, eps=1e-6):
 # ----------------------------------------------------------------------------- linear
 
 def train_linear(x, y, num_classes, weight_decay=0.0, epochs=100, batch_size=1024,
-                 learning_rate=1e-2, seed=0):
+                 learning_rate=1e-2, seed=0, min_steps=500):
     """Softmax regression by Adam with an L2 penalty ``weight_decay / 2 * ||W||^2``.
 
     The penalised objective is strictly convex for weight_decay > 0, so its solution does not
@@ -190,6 +191,7 @@ def train_linear(x, y, num_classes, weight_decay=0.0, epochs=100, batch_size=102
 
     Args:
       x: [N, F] float32 (standardised); y: [N] int labels in [0, num_classes).
+      epochs, batch_size: Adam steps = max(epochs * ceil(N / batch_size), min_steps).
     Returns:
       (W [F, C], b [C]) numpy arrays.
     """
@@ -197,22 +199,31 @@ def train_linear(x, y, num_classes, weight_decay=0.0, epochs=100, batch_size=102
     y = tf.convert_to_tensor(y, tf.int64)
     n, f = x.shape
     batch_size = min(batch_size, n)
-    steps = epochs * -(-n // batch_size)
+    # Small train sets still get enough steps to converge (full-batch when N <= batch).
+    steps = max(epochs * -(-n // batch_size), min_steps)
     w = tf.Variable(tf.zeros([f, num_classes]))
     b = tf.Variable(tf.zeros([num_classes]))
     opt = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
-    ds = (tf.data.Dataset.from_tensor_slices((x, y))
-          .shuffle(n, seed=seed, reshuffle_each_iteration=True)
-          .batch(batch_size).repeat(epochs))
+    opt.build([w, b])
+
+    def loss_fn(xb, yb):
+        logits = tf.matmul(xb, w) + b
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=yb, logits=logits)) + 0.5 * weight_decay * tf.reduce_sum(w * w)
 
     @tf.function
     def fit():
-        # One traced loop over every step: no Python overhead per step.
-        for xb, yb in ds:
+        # One traced loop over all steps (no per-step Python or tf.data overhead);
+        # minibatches are drawn with replacement from a stateless seed stream.
+        for step in tf.range(steps):
+            if batch_size < n:
+                idx = tf.random.stateless_uniform([batch_size], [seed, step], 0, n,
+                                                  dtype=tf.int32)
+                xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+            else:
+                xb, yb = x, y
             with tf.GradientTape() as tape:
-                logits = tf.matmul(xb, w) + b
-                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                    labels=yb, logits=logits)) + 0.5 * weight_decay * tf.reduce_sum(w * w)
+                loss = loss_fn(xb, yb)
             opt.apply_gradients(zip(tape.gradient(loss, [w, b]), [w, b]))
     fit()
     return w.numpy(), b.numpy()
@@ -313,6 +324,28 @@ def knn_probe(train_x, train_y, test_x, test_y, num_classes, k=200, temperature=
 
 # ----------------------------------------------------------------------------- fine-tuning
 
+class TrainableTFSMLayer(keras.layers.TFSMLayer):
+    """``keras.layers.TFSMLayer`` whose weights Keras optimizers can train.
+
+    TFSMLayer names its Keras weights after the restored ``tf.Variable`` names, which end in
+    ``:0``; Keras 3.15 optimizers then fail to create slot variables ("not a valid scope
+    name"). This subclass drops the ``:0``. The weights still wrap the SavedModel's own
+    variables, so training them changes the loaded functions.
+
+    Args: as ``keras.layers.TFSMLayer``.
+
+    Example:
+      >>> layer = TrainableTFSMLayer("run/saved_model", call_endpoint="serve",
+      ...                            call_training_endpoint="train_mode", trainable=True)
+    """
+
+    def _add_existing_weight(self, weight):
+        variable = keras.Variable(initializer=weight, trainable=weight.trainable,
+                                  dtype=weight.dtype, shape=weight.shape,
+                                  name=re.sub(r"[/:]", "_", weight.name))
+        self._track_variable(variable)
+
+
 class FineTuneClassifier(keras.Model):
     """A SavedModel encoder (its own variables, trainable) + a linear head.
 
@@ -341,9 +374,9 @@ class FineTuneClassifier(keras.Model):
         self.num_classes = num_classes
         self.output_key = output
         self.encoder_lr_scale = float(encoder_lr_scale)
-        self.encoder = keras.layers.TFSMLayer(saved_model, call_endpoint=export.SERVE,
-                                              call_training_endpoint=export.TRAIN_MODE,
-                                              trainable=True, name="encoder")
+        self.encoder = TrainableTFSMLayer(saved_model, call_endpoint=export.SERVE,
+                                          call_training_endpoint=export.TRAIN_MODE,
+                                          trainable=True, name="encoder")
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
         self.encoder_optimizer = None
 
@@ -363,7 +396,7 @@ class FineTuneClassifier(keras.Model):
         self.encoder_optimizer = type(self.optimizer).from_config(config)
 
     def train_step(self, data):
-        x, y = data
+        x, y = data[0], data[1]   # train_on_batch adds a (None) sample weight
         with tf.GradientTape() as tape:
             logits = self(x, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=logits)
