@@ -182,6 +182,47 @@ def standardize(train, *others, eps=1e-6):
 
 # ----------------------------------------------------------------------------- linear
 
+@tf.function(reduce_retracing=True)
+def _adam_softmax(x, y, w, b, steps, batch_size, learning_rate, weight_decay, seed):
+    """Adam (Keras defaults: beta 0.9 / 0.999, eps 1e-7) with cosine-decayed learning rate on
+    ``mean CE(x W + b, y) + weight_decay / 2 ||W||^2``; returns the final (W, b).
+
+    A module-level function with tensor arguments, so the grid of fits reuses one trace.
+    Minibatches are drawn with replacement from the stateless stream (seed, step); with
+    batch_size >= N every step is full-batch.
+    """
+    n = tf.shape(x)[0]
+    steps_f = tf.cast(steps, tf.float32)
+    params = [w, b]
+    m = [tf.zeros_like(p) for p in params]
+    v = [tf.zeros_like(p) for p in params]
+    for step in tf.range(steps):
+        if batch_size < n:
+            idx = tf.random.stateless_uniform([batch_size], tf.stack([seed, step]), 0, n,
+                                              dtype=tf.int32)
+            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+        else:
+            xb, yb = x, y
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            logits = tf.matmul(xb, params[0]) + params[1]
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=yb, logits=logits)) + 0.5 * weight_decay * tf.reduce_sum(
+                    params[0] * params[0])
+        grads = tape.gradient(loss, params)
+        t = tf.cast(step, tf.float32) + 1.0
+        lr = learning_rate * 0.5 * (1.0 + tf.cos(np.pi * (t - 1.0) / steps_f))
+        new_params = []
+        for k in range(2):
+            m[k] = 0.9 * m[k] + 0.1 * grads[k]
+            v[k] = 0.999 * v[k] + 0.001 * tf.square(grads[k])
+            m_hat = m[k] / (1.0 - 0.9 ** t)
+            v_hat = v[k] / (1.0 - 0.999 ** t)
+            new_params.append(params[k] - lr * m_hat / (tf.sqrt(v_hat) + 1e-7))
+        params = new_params
+    return params[0], params[1]
+
+
 def train_linear(x, y, num_classes, weight_decay=0.0, epochs=100, batch_size=1024,
                  learning_rate=1e-2, seed=0, min_steps=500):
     """Softmax regression by Adam with an L2 penalty ``weight_decay / 2 * ||W||^2``.
@@ -191,41 +232,20 @@ def train_linear(x, y, num_classes, weight_decay=0.0, epochs=100, batch_size=102
 
     Args:
       x: [N, F] float32 (standardised); y: [N] int labels in [0, num_classes).
-      epochs, batch_size: Adam steps = max(epochs * ceil(N / batch_size), min_steps).
+      epochs, batch_size: Adam steps = max(epochs * ceil(N / batch_size), min_steps)
+        (small train sets still get enough steps to converge).
     Returns:
       (W [F, C], b [C]) numpy arrays.
     """
     x = tf.convert_to_tensor(x, tf.float32)
-    y = tf.convert_to_tensor(y, tf.int64)
     n, f = x.shape
     batch_size = min(batch_size, n)
-    # Small train sets still get enough steps to converge (full-batch when N <= batch).
     steps = max(epochs * -(-n // batch_size), min_steps)
-    w = tf.Variable(tf.zeros([f, num_classes]))
-    b = tf.Variable(tf.zeros([num_classes]))
-    opt = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
-    opt.build([w, b])
-
-    def loss_fn(xb, yb):
-        logits = tf.matmul(xb, w) + b
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=yb, logits=logits)) + 0.5 * weight_decay * tf.reduce_sum(w * w)
-
-    @tf.function
-    def fit():
-        # One traced loop over all steps (no per-step Python or tf.data overhead);
-        # minibatches are drawn with replacement from a stateless seed stream.
-        for step in tf.range(steps):
-            if batch_size < n:
-                idx = tf.random.stateless_uniform([batch_size], [seed, step], 0, n,
-                                                  dtype=tf.int32)
-                xb, yb = tf.gather(x, idx), tf.gather(y, idx)
-            else:
-                xb, yb = x, y
-            with tf.GradientTape() as tape:
-                loss = loss_fn(xb, yb)
-            opt.apply_gradients(zip(tape.gradient(loss, [w, b]), [w, b]))
-    fit()
+    w, b = _adam_softmax(x, tf.convert_to_tensor(y, tf.int64),
+                         tf.zeros([f, num_classes]), tf.zeros([num_classes]),
+                         tf.constant(steps), tf.constant(batch_size),
+                         tf.constant(learning_rate, tf.float32),
+                         tf.constant(weight_decay, tf.float32), tf.constant(seed))
     return w.numpy(), b.numpy()
 
 

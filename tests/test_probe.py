@@ -92,6 +92,23 @@ def test_linear_probe_weight_decay_shrinks_weights():
     assert np.linalg.norm(w1) < 0.5 * np.linalg.norm(w0)
 
 
+def test_train_linear_reaches_the_penalised_optimum():
+    """Stationarity of mean CE + wd/2 ||W||^2: the NumPy gradient vanishes at the result."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    wd = 0.1
+    w, b = probe.train_linear(x, y, 3, weight_decay=wd, epochs=1, min_steps=3000,
+                              learning_rate=0.05)
+    logits = x @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    err = (p - np.eye(3)[y]) / len(x)
+    grad_w, grad_b = x.T @ err + wd * w, err.sum(0)
+    assert np.abs(grad_w).max() < 1e-4 and np.abs(grad_b).max() < 1e-4
+    assert np.abs(w).max() > 0.05                       # not the trivial zero solution
+
+
 def test_probe_rejects_out_of_range_labels():
     x, y = _blobs(20, 0)
     with pytest.raises(ValueError, match="num_classes"):
