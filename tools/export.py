@@ -125,7 +125,7 @@ def main(argv):
                  f"{model_dir} or its checkpoints/; pass --checkpoint=PATH")
         exp = experiments.build(cfg)
         model = trainer.build_model(cfg, exp)
-        model.embed(tf.zeros([1, *exp.input_shape]))   # create every weight before loading
+        model(tf.zeros([1, *exp.input_shape]))   # create every weight before loading
         try:
             load_weights(model, checkpoint)
         except Exception as e:  # wrong architecture or corrupt file: one line

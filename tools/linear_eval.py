@@ -183,6 +183,9 @@ def main(argv):
     if not os.path.isdir(FLAGS.saved_model):
         fail(f"--saved_model: {FLAGS.saved_model} is not a directory; pass a SavedModel "
              "written by tools/export.py")
+    if not os.path.exists(os.path.join(FLAGS.saved_model, "saved_model.pb")):
+        fail(f"--saved_model: {FLAGS.saved_model} is not a SavedModel (no saved_model.pb); "
+             "pass the directory written by tools/export.py")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         run(decays)
