@@ -82,7 +82,7 @@ def extract_features(encoder, ds, output="representation", pool="auto", verbose=
     Args:
       encoder: :class:`dualssl_tf.export.ExportedEncoder`.
       ds: finite tf.data of (x [B, *input_shape], label [B] or [B, 1]) batches; uint8 images
-        are scaled to [0, 1].
+        are scaled to [0, 1]; examples with label < 0 (unlabelled) are dropped.
       output: which output of the signature to use (``representation``, ``projection`` or
         an intermediate name).
       pool: how outputs of rank > 2 become vectors (see :func:`_pool`).
@@ -105,10 +105,12 @@ def extract_features(encoder, ds, output="representation", pool="auto", verbose=
         if x.dtype == tf.uint8:
             x = tf.cast(x, tf.float32) / 255.0
         out = encoder(tf.cast(x, tf.float32), training=False)[output]
-        feats.append(_pool(out, pool).numpy().astype(np.float32))
-        labels.append(np.reshape(np.asarray(y), [-1]).astype(np.int64))
+        y = np.reshape(np.asarray(y), [-1]).astype(np.int64)
+        keep = y >= 0   # label -1 marks unlabelled images (e.g. STL-10 unlabeled)
+        feats.append(_pool(out, pool).numpy().astype(np.float32)[keep])
+        labels.append(y[keep])
         bar.update(i + 1)
-    if not feats or sum(len(f) for f in feats) == 0:
+    if sum(len(f) for f in feats) == 0:
         raise ValueError("dataset: the split is empty; nothing to extract features from")
     return np.concatenate(feats), np.concatenate(labels)
 

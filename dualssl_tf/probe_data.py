@@ -102,11 +102,20 @@ def _from_experiment(dataset, data_dir, image_size, batch_size, model_card):
     if image_size and "image_size" in known:
         flags["image_size"] = image_size
     exp = experiments.build(config.TrainConfig(**flags))
-    if not exp.eval_data:
-        raise ValueError(f"--dataset: {dataset!r} has no labelled eval data to probe with")
-    train, test = exp.eval_data
-    return train, test, getattr(exp, "num_classes", None) or (
-        (exp.metadata or {}).get("num_classes"))
+    train, test = exp.eval_data if exp.eval_data else (None, None)
+    if train is None or test is None:
+        missing = "labelled eval data" if train is None else "a test split"
+        raise ValueError(f"--dataset: {dataset!r} has no {missing} to probe with")
+    return train, test, _metadata_num_classes(exp.metadata or {})
+
+
+def _metadata_num_classes(metadata):
+    """``num_classes`` from an experiment's metadata (top level or one level down)."""
+    candidates = [metadata] + [v for v in metadata.values() if isinstance(v, dict)]
+    for d in candidates:
+        if isinstance(d.get("num_classes"), int) and d["num_classes"] > 0:
+            return d["num_classes"]
+    return None
 
 
 def probe_datasets(dataset, data_dir="", image_size=None, batch_size=256, model_card=None,

@@ -157,6 +157,17 @@ def test_extract_features_matches_encoder_and_pools_maps(image_export):
     np.testing.assert_allclose(feats8, enc(x8 / 255.0, training=False).numpy(), atol=1e-5)
 
 
+def test_extract_features_drops_unlabelled(image_export):
+    enc, path = image_export
+    x, y, _ = _image_ds(10, 3)
+    y = np.where(np.arange(10) % 3 == 0, -1, y)      # label -1: unlabelled
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    feats, labels = probe.extract_features(export.load_encoder(path), ds, verbose=0)
+    keep = y >= 0
+    np.testing.assert_array_equal(labels, y[keep])
+    np.testing.assert_allclose(feats, enc(x[keep], training=False).numpy(), atol=1e-6)
+
+
 def test_feature_cache_is_shared_and_invalidated_by_reexport(image_export, tmp_path,
                                                              monkeypatch):
     enc, src = image_export
