@@ -75,7 +75,7 @@ def run(cfg):
     logger.log_initial(initial)
     board = keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, "logs"))
     model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=exp.steps_per_epoch,
-              callbacks=exp.callbacks + [logger, board], verbose=cfg.verbose)
+              callbacks=exp.callbacks + [logger, board], verbose=cfg.verbose, shuffle=False)
     final = _last_logged(logger.path)
     export.export_encoder(
         exp.encoder, exp.head, os.path.join(model_dir, "saved_model"), exp.input_shape,
