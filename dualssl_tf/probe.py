@@ -380,6 +380,9 @@ class FineTuneClassifier(keras.Model):
       num_classes: C.
       output: the signature output feeding the head.
       encoder_lr_scale: encoder learning rate / head learning rate.
+      feature_mean, feature_variance: optional [F] statistics of the pretrained features;
+        when given, the head sees ``(h - mean) / sqrt(variance)`` (fixed, not learned), so
+        its learning rate does not depend on the feature scale.
 
     Example:
       >>> model = FineTuneClassifier("run/saved_model", num_classes=10)
@@ -390,7 +393,7 @@ class FineTuneClassifier(keras.Model):
     """
 
     def __init__(self, saved_model, num_classes, output="representation",
-                 encoder_lr_scale=0.1, **kwargs):
+                 encoder_lr_scale=0.1, feature_mean=None, feature_variance=None, **kwargs):
         super().__init__(**kwargs)
         self.saved_model = saved_model
         self.num_classes = num_classes
@@ -400,11 +403,19 @@ class FineTuneClassifier(keras.Model):
                                           call_training_endpoint=export.TRAIN_MODE,
                                           trainable=True, name="encoder")
         self.classifier = keras.layers.Dense(num_classes, name="classifier")
+        # Fixed numpy constants (not weights): the head's input scaling is not trained.
+        self.feature_mean = (None if feature_mean is None else
+                             np.asarray(feature_mean, np.float32).reshape(-1))
+        self.feature_std = (None if feature_mean is None else
+                            np.sqrt(np.asarray(feature_variance, np.float32)).reshape(-1))
         self.encoder_optimizer = None
 
     def call(self, x, training=False):
-        h = self.encoder(tf.cast(x, tf.float32), training=training)[self.output_key]
-        return self.classifier(_pool(h, "auto"))
+        h = _pool(self.encoder(tf.cast(x, tf.float32), training=training)[self.output_key],
+                  "auto")
+        if self.feature_mean is not None:
+            h = (h - self.feature_mean) / self.feature_std
+        return self.classifier(h)
 
     def compile(self, optimizer="adam", **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
@@ -438,6 +449,10 @@ class FineTuneClassifier(keras.Model):
     def get_config(self):
         return {"saved_model": self.saved_model, "num_classes": self.num_classes,
                 "output": self.output_key, "encoder_lr_scale": self.encoder_lr_scale,
+                "feature_mean": None if self.feature_mean is None else
+                self.feature_mean.tolist(),
+                "feature_variance": None if self.feature_mean is None else
+                (self.feature_std ** 2).tolist(),
                 "name": self.name}
 
 
@@ -452,21 +467,33 @@ def _xy(ds):
 
 
 def finetune(saved_model, train_ds, test_ds, num_classes, epochs=5, learning_rate=1e-3,
-             encoder_lr_scale=0.1, weight_decay=0.0, output="representation", verbose=1):
+             encoder_lr_scale=0.1, weight_decay=0.0, output="representation", verbose=1,
+             min_steps=200):
     """Fine-tunes encoder + linear head on (x, label) batches and reports test top-1.
 
     Args:
       saved_model: export directory.
       train_ds, test_ds: finite tf.data of (x [B, *input_shape], label [B]) batches.
       num_classes: C.
-      epochs, learning_rate: Adam for the head; the encoder uses
+      epochs: passes over train_ds; raised so that at least ``min_steps`` steps are taken
+        (tiny data sets such as the translation toy have one batch per epoch).
+      learning_rate: Adam for the head; the encoder uses
         ``learning_rate * encoder_lr_scale``; ``weight_decay`` is AdamW's decoupled decay.
     Returns:
       dict ``top1``, ``top5`` (None if C <= 5), ``train_loss`` (per-epoch list),
       ``initial_test_loss``, ``test_loss``, ``epochs``, ``learning_rate``,
       ``encoder_learning_rate``.
     """
-    model = FineTuneClassifier(saved_model, num_classes, output, encoder_lr_scale)
+    # Standardise the head's input with the pretrained train features (one extra pass).
+    feats, _ = extract_features(export.load_encoder(saved_model), train_ds, output,
+                                verbose=0)
+    model = FineTuneClassifier(saved_model, num_classes, output, encoder_lr_scale,
+                               feature_mean=feats.mean(0),
+                               # One scale for all units (their mean variance): per-unit
+                               # scaling would blow up units that are constant on the train
+                               # split as soon as fine-tuning moves them.
+                               feature_variance=np.full(feats.shape[1],
+                                                        feats.var(0).mean() + 1e-12))
     opt = (keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay) if weight_decay
            else keras.optimizers.Adam(learning_rate))
     model.compile(optimizer=opt,
@@ -474,7 +501,10 @@ def finetune(saved_model, train_ds, test_ds, num_classes, epochs=5, learning_rat
                   metrics=[keras.metrics.SparseTopKCategoricalAccuracy(1, name="top1")])
     train_ds, test_ds = _xy(train_ds), _xy(test_ds)
     initial = model.evaluate(test_ds, verbose=0, return_dict=True)
-    history = model.fit(train_ds, epochs=epochs, verbose=verbose)
+    batches = int(train_ds.cardinality())
+    if batches > 0 and epochs * batches < min_steps:
+        epochs = -(-min_steps // batches)
+    history = model.fit(train_ds, epochs=epochs, verbose=verbose, shuffle=False)
     scores, labels = [], []
     for x, y in test_ds:
         scores.append(model(x, training=False).numpy())

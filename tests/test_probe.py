@@ -226,7 +226,8 @@ def test_finetuning_reduces_loss(tmp_path):
     test = tf.data.Dataset.from_tensor_slices((xt, yt)).batch(64)
 
     result = probe.finetune(path, train, test, 3, epochs=4, learning_rate=1e-2,
-                            encoder_lr_scale=0.1, verbose=0)
+                            encoder_lr_scale=0.1, verbose=0, min_steps=0)
+    assert result["epochs"] == 4
     assert result["test_loss"] < 0.7 * result["initial_test_loss"]
     assert result["train_loss"][-1] < result["train_loss"][0]
     assert result["top1"] > 0.6                      # chance is 1/3
