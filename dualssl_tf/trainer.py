@@ -6,9 +6,8 @@ import os
 import keras
 import tensorflow as tf
 
-from dualssl_tf import callbacks, checkpointing, config, distribute, experiments
+from dualssl_tf import callbacks, checkpointing, config, distribute, experiments, export
 from dualssl_tf.dual import DualModel
-from dualssl_tf.export import export_encoder
 from dualssl_tf.optim import schedules
 
 
@@ -130,10 +129,12 @@ def run(cfg):
     model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=exp.steps_per_epoch,
               initial_epoch=start_epoch, verbose=cfg.verbose, shuffle=False,
               callbacks=[guard] + exp.callbacks + [logger, saver, board])
-    export_encoder(exp.encoder, exp.head, os.path.join(model_dir, "saved_model"),
-                   exp.input_shape)
-    ckpts.mark_finished(max(cfg.epochs, start_epoch))
     final = _last_logged(logger.path)
+    export.export_encoder(
+        exp.encoder, exp.head, os.path.join(model_dir, "saved_model"), exp.input_shape,
+        model_card=export.run_model_card(cfg, exp.metadata, final),
+        intermediate_layers=export.default_intermediates(exp.encoder))
+    ckpts.mark_finished(max(cfg.epochs, start_epoch))
     summary = exp.summarize(initial, final) if exp.summarize and initial else ""
     return {"initial": initial, "final": final, "summary": summary, "finished": False}
 
