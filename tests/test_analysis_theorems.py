@@ -196,9 +196,9 @@ def test_theorem4_cov_exact(mlp, data, towers):
                                   towers=towers)
     assert res["rel_error"] < 1e-10
     assert res["xi_spread"] == 0.0
-    # exact_cov_loss's weights are DIGEST's sigma(-r/tau)/tau (to float32 rounding), and
+    # exact_cov_loss's weights are DIGEST's sigma(-r/tau)/tau (to rounding), and
     # they are far from uniform, so this is not Theorem 3 in disguise.
-    assert res["xi_formula_error"] < 1e-6
+    assert res["xi_formula_error"] < 1e-12
     assert res["xi"].max() / res["xi"].min() > 1.2
     simp = theorems.theorem3_check(mlp, "dense_1", x_aug, towers=towers)
     cosine = res["grad"] @ simp["grad"] / np.linalg.norm(res["grad"]) / np.linalg.norm(
@@ -212,7 +212,7 @@ def test_theorem4_residue_grows_with_augmentation(mlp, data, loss):
     rows = theorems.residue_vs_strength(mlp, "dense_1", x0, [0.0, 0.1, 0.5], num_aug=3,
                                         loss=loss, margin=0.2)
     res = [r["rel_residue"] for r in rows]
-    assert res[0] < 1e-6     # no augmentation: no residue (floor: float32 loss weights)
+    assert res[0] < 1e-10    # no augmentation: no residue
     assert 1e-3 < res[1] < res[2]
 
 

@@ -86,7 +86,10 @@ def main(argv):
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import json  # noqa: E402
-    from dualssl_tf.analysis import report, runs  # noqa: E402  (TensorFlow only when valid)
+    import tensorflow as tf  # noqa: E402  (TensorFlow only when the flags are valid)
+    from dualssl_tf.analysis import report, runs  # noqa: E402
+    # Retracing / pfor-fallback notices are expected here (one connection function per layer).
+    tf.get_logger().setLevel("ERROR")
 
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, "analysis")
     try:

@@ -46,16 +46,27 @@ def read_metrics(path):
 
 
 def load_savedmodel_weights(model, saved_model_dir, prefix="encoder"):
-    """Copies the ``prefix`` object's variables of a SavedModel into ``model``.
+    """Copies the encoder's variables of an exported SavedModel into the rebuilt ``model``.
 
-    The SavedModel checkpoint names variables by object path (``encoder/levels/0/kernel``,
-    ``encoder/_operations/1/kernel``); the same attribute path is followed on the rebuilt
-    model. Returns the number of variables restored; raises ValueError if a path does not
-    resolve or a model weight stays unrestored.
+    Two layouts are understood: the Keras ExportArchive of :mod:`dualssl_tf.export`
+    (``variables/<i>``: the encoder's variables first, in ``model.variables`` order, then the
+    head's) and a plain ``tf.Module`` export (``<prefix>/levels/0/kernel``: the same
+    attribute path is followed on the rebuilt model). Returns the number of variables
+    restored; raises ValueError("model_dir: ...") when the export does not match the model.
     """
     ckpt = os.path.join(saved_model_dir, "variables", "variables")
+    keys = dict(tf.train.list_variables(ckpt))
+    listed = [f"variables/{i}{VARIABLE_SUFFIX}" for i in range(len(model.variables))]
+    if all(k in keys for k in listed):
+        for var, key in zip(model.variables, listed):
+            if tuple(keys[key]) != tuple(var.shape):
+                raise ValueError(f"model_dir: exported variable {key} has shape {keys[key]}, "
+                                 f"the rebuilt {var.path} {tuple(var.shape)}; were the flags "
+                                 "changed after training?")
+            var.assign(tf.train.load_variable(ckpt, key))
+        return len(listed)
     restored = set()
-    for key, _ in tf.train.list_variables(ckpt):
+    for key in keys:
         if not key.startswith(prefix + "/") or not key.endswith(VARIABLE_SUFFIX):
             continue
         obj = model

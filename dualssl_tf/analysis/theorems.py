@@ -11,11 +11,10 @@ Towers: ``"anchor"`` back-propagates only through the anchor ``f(x_{i,a})`` (pos
 negatives are stop-gradient); ``"all"`` through every view (shared weights, as trained), which
 doubles the symmetric operators.
 
-Losses come from :mod:`dualssl_tf.losses`. They compute in float32 (mixed precision), but the
-gradient of a float32 loss w.r.t. float64 distances is exact whenever the loss's derivative
-w.r.t. the distances is exactly representable (L_simp: +-1), and for the weighted losses the
-weights xi below are read back from the loss itself, so every identity is checked to float64
-rounding. Run the model in float64 (``keras.config.set_floatx("float64")`` or ``dtype=``).
+Losses come from :mod:`dualssl_tf.losses`, which keep float64 inputs in float64; the weights
+xi of the weighted losses are read back from the loss itself (:func:`loss_weights`), so every
+identity is checked to float64 rounding. Run the model in float64
+(``keras.config.set_floatx("float64")`` or ``dtype=``, as :func:`bias_free_mlp` does).
 """
 
 import numpy as np
@@ -173,9 +172,9 @@ def expected_loss_gradient(model, layer, x_aug, loss_fn, towers="anchor", output
         evaluate the loss once per pair i <= j on augmentation-averaged distances,
         ``r+ = (E r+_i + E r+_j)/2``, ``r- = (E r-_ij + E r-_ji)/2``, counted twice when
         i < j. By linearity this is the same expectation. It also makes the loss compute
-        each float32 weight exactly once per pair: element-wise float32 kernels can differ
+        each weight exactly once per pair: element-wise kernels (vectorised vs tail) can differ
         by an ulp between positions of a tensor, and a weight with xi_ij != xi_ji would leak
-        the augmentation second moment into the all-towers gradient at the 1e-9 level.
+        the augmentation second moment into the all-towers gradient (1e-9 with float32).
     Returns:
       (grad [P] float64, coeffs, idx): ``coeffs`` = ``-dL/dr-`` per tuple [T] (or per pair
       i <= j when pooled) and ``idx`` the matching index arrays ``(i, a, a', j, a'')`` (or
@@ -209,9 +208,9 @@ def expected_loss_gradient(model, layer, x_aug, loss_fn, towers="anchor", output
             r_neg = shown + (r_neg - tf.stop_gradient(r_neg))
         per = loss_fn(r_pos, r_neg[:, None])
         if mult is not None:
-            per = per * mult                                # x2 is exact in float32
-        # Sum, not mean: the cast's gradient casts the upstream gradient to float32, which
-        # is exact for 1.0 but would round 1/T. The 1/T is applied in float64 below.
+            per = per * mult                                # x2 is exact
+        # Sum, not mean: should a loss compute in float32, the cast's gradient is exactly 1.0
+        # (1/T would be rounded). The 1/T is applied in float64 below.
         total = tf.cast(tf.reduce_sum(per), r_pos.dtype)
     grad, d_neg = tape.gradient(total, [tvar, r_neg])
     t = m * m if pooled else int(r_pos.shape[0])
@@ -252,7 +251,7 @@ def base_distances(model, x0, output_fn=None):
 def loss_weights(loss_fn, r0):
     """xi[i, j] = -dL/dr- at (r+ = 0, r- = r0[i, j]): the loss's weight without augmentation.
 
-    Evaluated through ``loss_fn`` itself (float32), so the numbers are the ones the loss uses,
+    Evaluated through ``loss_fn`` itself, so the numbers are the ones the loss uses,
     once per unordered pair i <= j (the layout :func:`expected_loss_gradient` uses when
     pooled), so xi is exactly symmetric. r0: [M, M] symmetric -> xi [M, M] float64.
     """

@@ -63,6 +63,7 @@ def build(cfg, start_step=0):
                              cfg.translation1d_kernel, pooling=cfg.translation1d_pooling,
                              use_bias=cfg.translation1d_bias, seed=cfg.seed)
     probe = keras.layers.Dense(toy.num_objects, name="probe")
+    probe.build((None, cfg.translation1d_filters))   # built before the optimizer sees it
     return Experiment(
         train_data=toy.dataset(cfg.batch_size, cfg.seed, start_step=start_step),
         steps_per_epoch=cfg.steps_per_epoch or DEFAULT_STEPS,
