@@ -32,11 +32,11 @@ import datetime
 import json
 import os
 import re
-import shutil
 import uuid
 
 import keras
 import tensorflow as tf
+gfile = tf.io.gfile
 
 import dualssl_tf
 
@@ -142,10 +142,20 @@ def default_intermediates(encoder):
     * an encoder with ``pre_activations(x) -> [per depth [B, groups, hid]]`` (the HLTM
       :class:`~dualssl_tf.models.tree_net.TreeNet`) exports ``depth_<d>``: the ReLU
       activations of depth d flattened to [B, groups * hid] (the root is the representation);
+    * a functional encoder with ResNet stage naming (``layer<s>_<b>_out``, as
+      :mod:`dualssl_tf.models.resnet` builds it) exports ``layer<s>``: the output of each
+      stage's last block, [B, h, w, c];
     * otherwise None (no intermediate outputs).
     """
     if callable(getattr(encoder, "transfer_outputs", None)):
         return encoder.transfer_outputs
+    stages = {}
+    for layer in getattr(encoder, "layers", []):
+        match = re.fullmatch(r"(layer\d+)_(\d+)_out", layer.name)
+        if match and int(match.group(2)) >= stages.get(match.group(1), (-1, ""))[0]:
+            stages[match.group(1)] = (int(match.group(2)), layer.name)
+    if stages and getattr(encoder, "inputs", None):
+        return {stage: name for stage, (_, name) in sorted(stages.items())}
     if callable(getattr(encoder, "pre_activations", None)):
         def tree_taps(x, training):
             pres = encoder.pre_activations(x)
@@ -194,8 +204,11 @@ def export_encoder(encoder, head, export_dir, input_shape, model_card=None,
                          f"{input_shape}")
     if model_card is not None and not isinstance(model_card, dict):
         raise ValueError(f"model_card: expected a dict, got {type(model_card).__name__}")
-    export_dir = os.path.abspath(os.fspath(export_dir))
-    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+    export_dir = os.fspath(export_dir)
+    if "://" not in export_dir:   # gs:// and other tf.io.gfile file systems stay as given
+        export_dir = os.path.abspath(export_dir)
+    export_dir = export_dir.rstrip("/")
+    if gfile.exists(export_dir) and not gfile.isdir(export_dir):
         raise ValueError(f"export_dir: {export_dir} exists and is not a directory")
 
     forward = _forward_fn(encoder, head, intermediate_layers)
@@ -225,27 +238,38 @@ def export_encoder(encoder, head, export_dir, input_shape, model_card=None,
     })
 
     parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
+    gfile.makedirs(parent)
     base = os.path.basename(export_dir)
     tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
     old = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:8]}")
     try:
         archive.write_out(tmp, verbose=False)
-        with open(os.path.join(tmp, MODEL_CARD), "w") as f:
+        with gfile.GFile(os.path.join(tmp, MODEL_CARD), "w") as f:
             json.dump(card, f, indent=2, sort_keys=True)
         # Linux has no portable atomic directory swap: move the old export aside, move the
         # new one in, then delete the old one. Only between the two renames is the target
         # absent (the old export then sits complete at `old`); never is it half-written.
-        if os.path.exists(export_dir):
-            os.rename(export_dir, old)
-        os.rename(tmp, export_dir)
+        # (On object stores such as gs:// a directory rename copies object by object, so
+        # there the swap is not atomic.)
+        if gfile.exists(export_dir):
+            gfile.rename(export_dir, old)
+        gfile.rename(tmp, export_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if os.path.exists(old) and not os.path.exists(export_dir):
-            os.rename(old, export_dir)
+        _rmtree(tmp)
+        if gfile.exists(old) and not gfile.exists(export_dir):
+            gfile.rename(old, export_dir)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _rmtree(old)
     return card
+
+
+def _rmtree(path):
+    """Best-effort recursive delete (a leftover temporary dir must not mask the real error)."""
+    try:
+        if gfile.exists(path):
+            gfile.rmtree(path)
+    except tf.errors.OpError:
+        pass
 
 
 class ExportedEncoder:
@@ -293,11 +317,11 @@ def load_encoder(path):
         ``serving_default`` signature / ``representation`` output.
     """
     path = os.fspath(path)
-    if not os.path.isdir(path):
+    if not gfile.isdir(path):
         raise ValueError(f"{path}: no such directory; pass a SavedModel directory written by "
                          "tools/export.py")
-    if not (os.path.exists(os.path.join(path, "saved_model.pb"))
-            or os.path.exists(os.path.join(path, "saved_model.pbtxt"))):
+    if not (gfile.exists(os.path.join(path, "saved_model.pb"))
+            or gfile.exists(os.path.join(path, "saved_model.pbtxt"))):
         raise ValueError(f"{path}: not a SavedModel (no saved_model.pb); pass the directory "
                          "written by tools/export.py")
     try:
@@ -322,8 +346,8 @@ def load_encoder(path):
                          f"{spec.dtype.name} {spec.shape}")
     card = {}
     card_path = os.path.join(path, MODEL_CARD)
-    if os.path.exists(card_path):
-        with open(card_path) as f:
+    if gfile.exists(card_path):
+        with gfile.GFile(card_path) as f:
             card = json.load(f)
     return ExportedEncoder(path, module, tuple(spec.shape[1:].as_list()),
                            sorted(outputs), card)
