@@ -10,8 +10,9 @@ An export is a TF SavedModel directory with
   one entry per requested intermediate output (e.g. block outputs ``[None, h, w, c]``).
 * ``train_mode``: the same function in training mode (BatchNorm batch statistics, and its
   moving averages updated), for fine-tuning.
-* trainable variables (``variables``, ``trainable_variables``) so a loaded model can be
-  fine-tuned with ``tf.GradientTape`` or as ``keras.layers.TFSMLayer(..., trainable=True)``.
+* trainable variables, checkpointed under ``encoder/...`` and ``head/...``, so a loaded
+  model can be fine-tuned with ``tf.GradientTape`` or as
+  ``keras.layers.TFSMLayer(..., trainable=True)``.
 * ``model_card.json`` next to ``saved_model.pb`` (inside the directory, so the card and the
   weights are replaced together): run facts (flags, dataset, epochs, final metrics) plus the
   package version, input shape and output shapes.
@@ -216,13 +217,22 @@ def export_encoder(encoder, head, export_dir, input_shape, model_card=None,
     # Trace once eagerly-shaped to learn the output shapes and fail early on bad layers.
     probe_out = forward(tf.zeros([1, *input_shape]), False)
 
-    archive = keras.export.ExportArchive()
-    archive.track(encoder)
+    # A plain tf.Module root with the networks as its first children: each variable is
+    # checkpointed under its object path (encoder/<attribute path>/...), which is how
+    # tools that rebuild the networks from flags read trained weights back
+    # (dualssl_tf.analysis.runs). keras.export.ExportArchive would file them under
+    # variables/<i> instead.
+    root = tf.Module()
+    root.encoder = encoder
     if head is not None:
-        archive.track(head)
-    # The first endpoint is also registered as serving_default.
-    archive.add_endpoint(SERVE, lambda x: forward(x, False), input_signature=[spec])
-    archive.add_endpoint(TRAIN_MODE, lambda x: forward(x, True), input_signature=[spec])
+        root.head = head
+    root.serve = tf.function(lambda x: forward(x, False), input_signature=[spec],
+                             autograph=False)
+    root.train_mode = tf.function(lambda x: forward(x, True), input_signature=[spec],
+                                  autograph=False)
+    serve_fn = root.serve.get_concrete_function()
+    signatures = {SIGNATURE: serve_fn, SERVE: serve_fn,
+                  TRAIN_MODE: root.train_mode.get_concrete_function()}
 
     card = _jsonable(dict(model_card or {}))
     card.update({
@@ -243,7 +253,7 @@ def export_encoder(encoder, head, export_dir, input_shape, model_card=None,
     tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
     old = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:8]}")
     try:
-        archive.write_out(tmp, verbose=False)
+        tf.saved_model.save(root, tmp, signatures=signatures)
         with gfile.GFile(os.path.join(tmp, MODEL_CARD), "w") as f:
             json.dump(card, f, indent=2, sort_keys=True)
         # Linux has no portable atomic directory swap: move the old export aside, move the
@@ -290,9 +300,28 @@ class ExportedEncoder:
         self.output_keys = output_keys
         self.model_card = model_card
 
+    def _function_variables(self, trainable):
+        # The restored endpoints know the variables they capture; no separate list is saved
+        # (a root-level list would become the variables' checkpoint path, see export).
+        seen, out = set(), []
+        for name in (SERVE, TRAIN_MODE):
+            fn = getattr(self.module, name, None)
+            for cf in (getattr(fn, "concrete_functions", None) or []):
+                for v in (cf.trainable_variables if trainable else cf.variables):
+                    if id(v) not in seen:
+                        seen.add(id(v))
+                        out.append(v)
+        return out
+
+    @property
+    def variables(self):
+        """All variables of the export (BatchNorm statistics included)."""
+        return self._function_variables(trainable=False)
+
     @property
     def trainable_variables(self):
-        return list(getattr(self.module, "trainable_variables", []))
+        """The variables to fine-tune (tf.Variables of the loaded SavedModel)."""
+        return self._function_variables(trainable=True)
 
     def __call__(self, x, training=False):
         """x: [B, *input_shape] float32 -> dict of [B, ...] float32 tensors."""

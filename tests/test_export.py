@@ -259,3 +259,14 @@ def test_default_intermediates_picks_last_block_of_each_stage():
                                                  "layer2": "layer2_1_out"}
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     assert export.default_intermediates(plain) is None
+
+
+def test_checkpoint_keys_follow_object_paths(exported):
+    """Variables are filed under encoder/... and head/... (what analysis.runs reads back)."""
+    enc, head, path, _ = exported
+    keys = [k for k, _ in tf.train.list_variables(os.path.join(path, "variables",
+                                                               "variables"))
+            if k.endswith("/.ATTRIBUTES/VARIABLE_VALUE")]
+    assert len(keys) == len(enc.weights) + len(head.weights)
+    assert sum(k.startswith("encoder/") for k in keys) == len(enc.weights)
+    assert sum(k.startswith("head/") for k in keys) == len(head.weights)
