@@ -6,7 +6,9 @@ naming the flag, which tools print as one line and exit with status 2.
 """
 
 import dataclasses
+import math
 import os
+import tempfile
 
 # Kept free of TensorFlow so tools can reject bad flags in a fraction of a second.
 LOSS_NAMES = ("simp", "tri", "nce", "ntxent", "cov", "nce_batch")
@@ -80,6 +82,7 @@ def _require(cond, flag, message):
 
 def validate(cfg):
     """Raises ConfigError for the first bad setting; returns cfg unchanged otherwise."""
+    _validate_types(cfg)
     _require(cfg.loss in LOSS_NAMES, "loss",
              f"got {cfg.loss!r}; allowed: {', '.join(LOSS_NAMES)}")
     _require(cfg.negatives in NEGATIVES, "negatives",
@@ -122,6 +125,21 @@ def validate(cfg):
     return cfg
 
 
+def _validate_types(cfg):
+    """Every field has its default's type, floats are finite and ints fit in int32."""
+    for field in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, field.name), type(field.default)
+        if kind in (bool, str):
+            ok = isinstance(value, kind)
+        else:  # an int is a fine float; a bool is neither
+            ok = isinstance(value, (int, kind)) and not isinstance(value, bool)
+        _require(ok, field.name, f"must be a {kind.__name__}, got {value!r}")
+        if kind is float:
+            _require(math.isfinite(value), field.name, f"must be a finite number, got {value}")
+        if kind is int:
+            _require(abs(value) < 2 ** 31, field.name, f"must be below 2**31, got {value}")
+
+
 def _validate_hltm(cfg):
     _require(cfg.hltm_depth >= 1, "hltm_depth", f"must be >= 1, got {cfg.hltm_depth}")
     _require(cfg.hltm_children >= 2, "hltm_children", f"must be >= 2, got {cfg.hltm_children}")
@@ -156,7 +174,14 @@ def _check_writable(path):
             break
         probe = parent
     _require(os.path.isdir(probe), "model_dir", f"{probe} exists and is not a directory")
-    _require(os.access(probe, os.W_OK | os.X_OK), "model_dir",
+    writable = os.access(probe, os.W_OK | os.X_OK)
+    if writable:  # os.access says yes to root everywhere; a real probe file settles it
+        try:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError:
+            writable = False
+    _require(writable, "model_dir",
              f"{probe} is not writable; choose a directory you can write to")
 
 

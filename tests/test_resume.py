@@ -225,3 +225,21 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
         assert equal, (what, detail, points)
     again = kill_resume.run_to_end(flags, tmp_path / "killed")
     assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_empty_dataset_is_a_config_error_before_any_write(tmp_path, monkeypatch):
+    import keras
+    from dualssl_tf import experiments
+
+    def empty_experiment(cfg, start_step=0):
+        batch = {"view1": tf.zeros([16, 8]), "view2": tf.zeros([16, 8])}
+        encoder = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        return experiments.Experiment(
+            train_data=tf.data.Dataset.from_tensors(batch).take(0).repeat(),
+            steps_per_epoch=4, encoder=encoder, input_shape=(8,))
+
+    monkeypatch.setattr(experiments, "build", empty_experiment)
+    with pytest.raises(config.ConfigError, match=r"^--dataset: 'hltm' yields no batch of "
+                                                 r"--batch_size=16"):
+        train(tmp_path / "run", epochs=2)
+    assert not (tmp_path / "run").exists()
