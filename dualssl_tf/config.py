@@ -6,12 +6,18 @@ naming the flag, which tools print as one line and exit with status 2.
 """
 
 import dataclasses
+import json
 import math
 import os
+import re
 import tempfile
+
+from dualssl_tf.models import stems
 
 # Kept free of TensorFlow so tools can reject bad flags in a fraction of a second.
 LOSS_NAMES = ("simp", "tri", "nce", "ntxent", "cov", "nce_batch")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")   # --strategy (distribute.py)
+MIXED_PRECISION = ("none", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -47,6 +53,12 @@ class TrainConfig:
     seed: int = 1
     steps_per_execution: int = 1
     jit_compile: bool = False
+    # Scale-out (dualssl_tf/distribute.py).
+    strategy: str = "default"        # default | mirrored | multi_worker | tpu
+    tpu: str = ""
+    num_gpus: int = 0                # mirrored: 0 = all local GPUs
+    local_negatives: bool = False    # True: in-batch negatives from the local replica only
+    mixed_precision: str = "none"    # none | bfloat16 | float16
     # Output.
     model_dir: str = ""
     verbose: int = 1
@@ -62,16 +74,64 @@ class TrainConfig:
     hltm_delta_upper: float = 1.0
     hltm_samples_per_epoch: int = 64000
     hltm_eval_samples: int = 64000
+    # Image data sets (generated_images, folder, any tfds name; DIGEST section 6).
+    image_size: int = 0              # 0 = the data set's own size (32 for generated)
+    stem: str = "auto"               # cifar | imagenet | auto (imagenet from 96 px)
+    width_multiplier: float = 1.0
+    sync_bn: bool = False
+    proj_dim: int = 128
+    proj_hidden_dim: int = 512
+    proj_layers: int = 2
+    probe: bool = True               # online linear probe where the data has labels
+    color_jitter_strength: float = 1.0
+    blur: bool = False
+    shuffle_buffer: int = 10000
+    skip_corrupt_images: bool = False
+    generated_examples: int = 10000
+    generated_classes: int = 6
+    # Learning-rate schedule and LARS.
+    lr_schedule: str = "constant"    # constant | cosine (after warmup)
+    warmup_epochs: float = 0.0
+    lr_scaling: str = "none"         # none | linear (lr B/256) | sqrt (lr sqrt(B))
+    lars_eta: float = 0.001
+    # 1-D translation toy (DIGEST section 5).
+    translation1d_length: int = 12
+    translation1d_filters: int = 8
+    translation1d_kernel: int = 3
+    translation1d_pooling: str = "max"   # max | avg over positions
+    translation1d_bias: bool = True
+    # Per-epoch covariance-operator analysis (dualssl_tf.analysis.callback).
+    analysis_every: int = 0          # 0 = off
+    analysis_points: int = 64        # M base points (x 8 augmentations) per analysis
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 NEGATIVES = ("auto", "batch", "explicit")
+LR_SCHEDULES = ("constant", "cosine")
+LR_SCALINGS = ("none", "linear", "sqrt")
+# --dataset values with their own builder; any other valid name is a tfds data set.
+IMAGE_DATASETS = ("generated_images", "folder")
+# Non-image families (ARCHITECTURE.md); their own validation lives beside hltm's.
+NON_IMAGE_DATASETS = ("hltm", "translation1d")
+IMAGE_ENCODERS = ("auto", "resnet18", "resnet50")
+# tfds names: lower-case identifier, optional /config and :version.
+_TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?(:[0-9.*]+)?$")
+# Native image side of the paper's data sets (used when --image_size=0).
+NATIVE_IMAGE_SIZE = {"stl10": 96, "cifar10": 32, "cifar100": 32, "generated_images": 32}
+
+
+def is_image_dataset(name):
+    """True for generated_images, folder and (names shaped like) tfds data sets."""
+    return name not in NON_IMAGE_DATASETS
 # Flags that may differ when a run in an existing --model_dir is resumed: they change how
-# the run executes or how long it goes on, not what is trained. Every other flag must equal
-# the value recorded in model_dir/flags.txt (see check_resume_compatible).
+# the run executes (devices, monitoring, fault handling) or how long it goes on, not what is
+# trained. Every other flag must equal the value recorded in model_dir/flags.txt (see
+# check_resume_compatible); mixed_precision is not here because float16 adds loss-scale
+# variables to the optimizer state.
 RESUMABLE_FLAGS = frozenset({"epochs", "verbose", "model_dir", "data_dir", "checkpoint_every",
                              "keep_checkpoints", "steps_per_execution", "jit_compile",
-                             "deterministic"})
+                             "deterministic", "strategy", "tpu", "num_gpus", "analysis_every",
+                             "analysis_points", "skip_corrupt_images"})
 MAX_HLTM_LEAVES = 2 ** 20  # c**L inputs; beyond this one batch no longer fits in memory
 
 
@@ -108,6 +168,13 @@ def validate(cfg):
              f"got {cfg.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
     _require(cfg.learning_rate > 0, "learning_rate", f"must be > 0, got {cfg.learning_rate}")
     _require(0 <= cfg.momentum < 1, "momentum", f"must be in [0, 1), got {cfg.momentum}")
+    _require(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule",
+             f"got {cfg.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
+    _require(cfg.lr_scaling in LR_SCALINGS, "lr_scaling",
+             f"got {cfg.lr_scaling!r}; allowed: {', '.join(LR_SCALINGS)}")
+    _require(0 <= cfg.warmup_epochs <= max(cfg.epochs, 0), "warmup_epochs",
+             f"must be in [0, --epochs={cfg.epochs}], got {cfg.warmup_epochs}")
+    _require(cfg.lars_eta > 0, "lars_eta", f"must be > 0, got {cfg.lars_eta}")
     _require(cfg.weight_decay >= 0, "weight_decay", f"must be >= 0, got {cfg.weight_decay}")
     _require(cfg.steps_per_execution >= 1, "steps_per_execution",
              f"must be >= 1, got {cfg.steps_per_execution}")
@@ -117,10 +184,19 @@ def validate(cfg):
     _require(cfg.keep_checkpoints >= 2, "keep_checkpoints",
              f"must be >= 2 (a fallback if the newest is corrupt), got {cfg.keep_checkpoints}")
     _require(0 <= cfg.seed < 2 ** 32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
+    _validate_distribution(cfg)
     _require(bool(cfg.model_dir), "model_dir", "is required: a directory for the run's outputs")
     _check_writable(cfg.model_dir)
+    _require(cfg.analysis_every >= 0, "analysis_every",
+             f"must be >= 0 (0 = off, k = every k epochs), got {cfg.analysis_every}")
+    _require(cfg.analysis_points >= 2, "analysis_points",
+             f"must be >= 2 (a covariance needs M >= 2 base points), got {cfg.analysis_points}")
     if cfg.dataset == "hltm":
         _validate_hltm(cfg)
+    elif cfg.dataset == "translation1d":
+        _validate_translation1d(cfg)
+    elif is_image_dataset(cfg.dataset):
+        _validate_images(cfg)
     check_resume_compatible(cfg)
     return cfg
 
@@ -138,6 +214,135 @@ def _validate_types(cfg):
             _require(math.isfinite(value), field.name, f"must be a finite number, got {value}")
         if kind is int:
             _require(abs(value) < 2 ** 31, field.name, f"must be below 2**31, got {value}")
+
+
+def image_size(cfg):
+    """The image side a run uses: --image_size, else the data set's native size (0 when
+    unknown before the data is opened, e.g. a folder or another tfds data set)."""
+    return cfg.image_size or NATIVE_IMAGE_SIZE.get(cfg.dataset.split(":")[0], 0)
+
+
+def _validate_images(cfg):
+    """Checks of the image path that need no data (the builder checks the rest)."""
+    _require(cfg.dataset in IMAGE_DATASETS or _TFDS_NAME.match(cfg.dataset), "dataset",
+             f"unknown dataset {cfg.dataset!r}; allowed: hltm, generated_images, folder or "
+             "a TensorFlow Datasets name such as stl10, cifar10, cifar100")
+    _require(cfg.dataset != "folder" or cfg.data_dir, "data_dir",
+             "is required with --dataset=folder: a directory of images, one sub-folder "
+             "per class")
+    _require(cfg.encoder in IMAGE_ENCODERS, "encoder",
+             f"got {cfg.encoder!r}; allowed for image data: {', '.join(IMAGE_ENCODERS)}")
+    _require(cfg.stem in stems.STEMS, "stem",
+             f"got {cfg.stem!r}; allowed: {', '.join(stems.STEMS)}")
+    _require(cfg.image_size >= 0, "image_size", f"must be >= 0, got {cfg.image_size}")
+    size = image_size(cfg)
+    if size:
+        stem = stems.resolve_stem(cfg.stem, size)
+        low = stems.MIN_IMAGE_SIZE[stem]
+        _require(size >= low, "image_size",
+                 f"{size} px is too small for the {stem} stem (needs >= {low}); use "
+                 "--stem=cifar or a larger --image_size")
+    _require(cfg.width_multiplier > 0, "width_multiplier",
+             f"must be > 0, got {cfg.width_multiplier}")
+    for flag in ("proj_dim", "proj_hidden_dim"):
+        _require(getattr(cfg, flag) >= 1, flag, f"must be >= 1, got {getattr(cfg, flag)}")
+    _require(cfg.proj_layers >= 0, "proj_layers",
+             f"must be >= 0 (0 = no head), got {cfg.proj_layers}")
+    _require(cfg.color_jitter_strength >= 0, "color_jitter_strength",
+             f"must be >= 0, got {cfg.color_jitter_strength}")
+    _require(cfg.shuffle_buffer >= 1, "shuffle_buffer",
+             f"must be >= 1, got {cfg.shuffle_buffer}")
+    _require(cfg.negatives != "explicit", "negatives",
+             "image data sets use in-batch negatives; use --negatives=batch or auto")
+    if cfg.dataset == "generated_images":
+        _require(2 <= cfg.generated_classes <= 6, "generated_classes",
+                 f"must be in [2, 6], got {cfg.generated_classes}")
+        _require(cfg.generated_examples >= cfg.batch_size, "batch_size",
+                 f"{cfg.batch_size} is larger than the generated data set "
+                 f"(--generated_examples={cfg.generated_examples}); lower --batch_size")
+
+
+def _validate_translation1d(cfg):
+    _require(cfg.translation1d_length >= 4, "translation1d_length",
+             f"must be >= 4 to hold the object '101', got {cfg.translation1d_length}")
+    _require(cfg.translation1d_filters >= 1, "translation1d_filters",
+             f"must be >= 1, got {cfg.translation1d_filters}")
+    _require(1 <= cfg.translation1d_kernel <= cfg.translation1d_length, "translation1d_kernel",
+             f"must be in [1, --translation1d_length={cfg.translation1d_length}], "
+             f"got {cfg.translation1d_kernel}")
+    _require(cfg.translation1d_pooling in ("max", "avg"), "translation1d_pooling",
+             f"got {cfg.translation1d_pooling!r}; allowed: max, avg")
+    _require(cfg.negatives != "explicit", "negatives",
+             "translation1d has no explicit negatives; use --negatives=auto or batch")
+
+
+def _validate_distribution(cfg):
+    _require(cfg.strategy in STRATEGIES, "strategy",
+             f"got {cfg.strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    _require(cfg.strategy != "tpu" or cfg.tpu, "tpu",
+             "--strategy=tpu needs --tpu=NAME, --tpu=grpc://HOST:8470 or --tpu=local")
+    _require(cfg.strategy == "tpu" or not cfg.tpu, "tpu",
+             f"--tpu is only used with --strategy=tpu (got --strategy={cfg.strategy})")
+    _require(cfg.num_gpus >= 0, "num_gpus", f"must be >= 0 (0 = all), got {cfg.num_gpus}")
+    _require(cfg.strategy == "mirrored" or not cfg.num_gpus, "num_gpus",
+             f"is only used with --strategy=mirrored (got --strategy={cfg.strategy})")
+    if cfg.strategy == "multi_worker":
+        check_tf_config(os.environ.get("TF_CONFIG", ""))
+    _require(cfg.mixed_precision in MIXED_PRECISION, "mixed_precision",
+             f"got {cfg.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
+    if cfg.mixed_precision == "float16":
+        _check_float16(cfg)
+
+
+# ln(65504): e^x overflows float16 (max 65504) above this.
+FLOAT16_MAX_EXP = math.log(65504.0)
+
+
+def max_loss_exponent(loss, temperature, margin=0.0):
+    """Largest exponent e^x the loss forms for unit embeddings (distances in [0, 2]).
+
+    nce/ntxent: logsumexp of -r/tau; cov: sigmoid(-r/tau); tri: (r+ - r- + r0)/tau; simp and
+    nce_batch (batch means divided by the width) form no large exponent: 0.
+    """
+    if loss in ("nce", "ntxent", "cov"):
+        return 2.0 / temperature
+    if loss == "tri":
+        return (2.0 + margin) / temperature
+    return 0.0
+
+
+def _check_float16(cfg):
+    """float16 (max 65504) cannot hold e^x for x > 11.09.
+
+    DualModel computes losses in float32, so this is a conservative guard: it keeps every
+    exponent the loss forms representable in the float16 compute dtype (and thus the
+    loss-scaled values of any float16 loss code path); bfloat16 has float32's range and
+    has no such limit.
+    """
+    x = max_loss_exponent(cfg.loss, cfg.temperature, cfg.margin)
+    if x > FLOAT16_MAX_EXP:
+        need = (2.0 + (cfg.margin if cfg.loss == "tri" else 0.0)) / FLOAT16_MAX_EXP
+        raise ConfigError("mixed_precision",
+                          f"float16 overflows with --loss={cfg.loss} at --temperature="
+                          f"{cfg.temperature} (e^{x:.1f} > 65504); use "
+                          f"--mixed_precision=bfloat16 or --temperature >= {math.ceil(need * 1000) / 1000}")
+
+
+def check_tf_config(raw):
+    """Raises ConfigError(strategy) unless ``raw`` is a usable multi-worker TF_CONFIG."""
+    fix = ('set it on every worker, e.g. TF_CONFIG=\'{"cluster": {"worker": '
+           '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\'')
+    _require(bool(raw), "strategy", f"multi_worker needs the TF_CONFIG environment variable; "
+             f"{fix}")
+    try:
+        spec = json.loads(raw)
+        workers = spec["cluster"]["worker"]
+        ok = (isinstance(workers, list) and len(workers) > 0
+              and spec["task"]["type"] in ("worker", "chief")
+              and 0 <= int(spec["task"]["index"]) < len(spec["cluster"][spec["task"]["type"]]))
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    _require(ok, "strategy", f"TF_CONFIG is not a valid cluster spec ({raw!r}); {fix}")
 
 
 def _validate_hltm(cfg):

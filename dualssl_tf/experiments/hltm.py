@@ -5,7 +5,7 @@ import functools
 
 import tensorflow as tf
 
-from dualssl_tf import callbacks
+from dualssl_tf import callbacks, distribute
 from dualssl_tf.data.hltm import HLTM
 from dualssl_tf.experiments import Experiment
 from dualssl_tf.models.tree_net import TreeNet
@@ -20,17 +20,31 @@ def build(cfg, start_step=0):
     net = TreeNet(cfg.hltm_depth, cfg.hltm_children, cfg.hltm_hid, name="tree_net")
     net(tf.zeros([1, tree.num_leaves]))
     x_eval, latents = tree.sample(cfg.hltm_eval_samples, seed=[cfg.seed, EVAL_SEED_OFFSET])
+    steps = cfg.steps_per_epoch or cfg.hltm_samples_per_epoch // cfg.batch_size
     return Experiment(
-        train_data=tree.dataset(cfg.batch_size, cfg.num_negatives, cfg.seed,
+        train_data=tree.dataset(cfg.batch_size, cfg.num_negatives, cfg.seed, steps,
                                 start_step=start_step),
-        steps_per_epoch=cfg.steps_per_epoch or cfg.hltm_samples_per_epoch // cfg.batch_size,
+        steps_per_epoch=steps,
         encoder=net,
         callbacks=[callbacks.HLTMCorrelation(net, x_eval, latents)],
         input_shape=(tree.num_leaves,),
         norm_eps=1e-4,
         metadata={"hltm": tree.to_dict()},
         summarize=functools.partial(correlation_table,
-                                    num_children=cfg.hltm_children))
+                                    num_children=cfg.hltm_children),
+        make_train_data=functools.partial(_replica_data, tree, cfg.num_negatives, cfg.seed,
+                                          start_step))
+
+
+def _replica_data(tree, num_negatives, seed, start_step, batch_size, input_context):
+    """Per-replica HLTM batches for one input pipeline (Experiment.make_train_data).
+
+    The pipeline's seed folds in its id; its replicas take consecutive batches, so
+    ``start_step`` global steps are ``start_step * replicas_per_pipeline`` batches.
+    """
+    per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    return tree.dataset(batch_size, num_negatives, distribute.replica_seed(seed, input_context),
+                        start_step=start_step * per_pipeline)
 
 
 def correlation_table(initial, final, num_children=2):
