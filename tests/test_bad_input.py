@@ -85,6 +85,16 @@ CASES = [
     ("beta_with_simp", ["--loss=simp", "--beta=0.5"], "--beta"),
     ("beta_minus_1", ["--loss=nce", "--beta=-1"], "--beta"),
     ("nce_batch_in_batch", ["--loss=nce_batch", "--negatives=batch"], "--negatives"),
+    # Other families and scale-out (checked by config.validate before TensorFlow too).
+    ("unknown_strategy", ["--strategy=gpu"], "--strategy"),
+    ("tpu_strategy_without_tpu", ["--strategy=tpu"], "--tpu"),
+    ("float16_overflow", ["--mixed_precision=float16", "--temperature=0.1"],
+     "--mixed_precision"),
+    ("folder_without_data_dir", ["--dataset=folder"], "--data_dir"),
+    ("image_too_small_for_stem", ["--dataset=generated_images", "--image_size=32",
+                                  "--stem=imagenet"], "--image_size"),
+    ("explicit_negatives_for_images", ["--dataset=generated_images", "--negatives=explicit"],
+     "--negatives"),
     # The model dir.
     ("model_dir_empty", ["--model_dir="], "--model_dir"),
     ("model_dir_under_a_file", ["--model_dir={tmp}/afile/run"], "afile"),
