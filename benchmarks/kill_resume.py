@@ -70,6 +70,15 @@ def _count_lines(path):
         return 0
 
 
+def _stamp(path):
+    """Identity of the file's current content (replaced or appended => different)."""
+    try:
+        st = os.stat(path)
+        return st.st_ino, st.st_mtime_ns, st.st_size
+    except FileNotFoundError:
+        return None
+
+
 def _has_checkpoint(model_dir):
     d = os.path.join(model_dir, "checkpoints")
     return os.path.isdir(d) and any(n.endswith(".index") for n in os.listdir(d))
@@ -106,15 +115,18 @@ def run_with_kills(flags, model_dir, kills, epochs, rng, max_delay=2.0, timeout=
         fraction = rng.random()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 env=_env(), text=True)
-        start = time.time()
+        start, stale = time.time(), _stamp(metrics)
         seen, changed_at, epoch_time = None, None, 0.0
         while proc.poll() is None and time.time() - start < timeout:
+            # Only lines this start wrote count: it first cuts the file back to its
+            # checkpoint (or deletes it), which changes the file's stamp.
             lines, now = _count_lines(metrics), time.time()
             if lines != seen:
                 if changed_at is not None:
                     epoch_time = now - changed_at
                 seen, changed_at = lines, now
-            if _has_checkpoint(model_dir) and lines >= target:
+            if (_has_checkpoint(model_dir) and lines >= target
+                    and _stamp(metrics) != stale):
                 break
             time.sleep(0.005)
         delay = min(fraction * epoch_time, max_delay)
