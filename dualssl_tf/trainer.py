@@ -51,6 +51,10 @@ def _check_not_empty(cfg, exp, dataset):
 def build_model(cfg, exp):
     """DualModel + optimizer; call inside ``strategy.scope()``."""
     gather_fn = None if cfg.local_negatives else distribute.cross_replica_candidates
+    if exp.probe is not None and not exp.probe.built:
+        # Built now, so the optimizer and the checkpoints know its variables from step 0.
+        rep = exp.encoder(tf.zeros([1, *exp.input_shape]), training=False)
+        exp.probe.build(rep.shape)
     model = DualModel(exp.encoder, exp.head, loss=cfg.loss, temperature=cfg.temperature,
                       margin=max(cfg.margin, 0.0),  # -1 = not given; only tri uses it
                       beta=cfg.beta, norm_eps=exp.norm_eps,
