@@ -74,6 +74,7 @@ class TrainConfig:
     skip_corrupt_images: bool = False
     generated_examples: int = 10000
     generated_classes: int = 6
+    generated_view_jitter: float = 0.5
     # Learning-rate schedule and LARS.
     lr_schedule: str = "constant"    # constant | cosine (after warmup)
     warmup_epochs: float = 0.0
@@ -187,6 +188,8 @@ def _validate_images(cfg):
     if cfg.dataset == "generated_images":
         _require(2 <= cfg.generated_classes <= 6, "generated_classes",
                  f"must be in [2, 6], got {cfg.generated_classes}")
+        _require(0 <= cfg.generated_view_jitter <= 1, "generated_view_jitter",
+                 f"must be in [0, 1], got {cfg.generated_view_jitter}")
         _require(cfg.generated_examples >= cfg.batch_size, "batch_size",
                  f"{cfg.batch_size} is larger than the generated data set "
                  f"(--generated_examples={cfg.generated_examples}); lower --batch_size")

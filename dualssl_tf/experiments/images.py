@@ -41,7 +41,7 @@ def build(cfg, start_step=0):
                                     num_classes=cfg.generated_classes,
                                     num_examples=cfg.generated_examples,
                                     num_test=max(cfg.generated_examples // 5, cfg.batch_size),
-                                    seed=cfg.seed)
+                                    view_jitter=cfg.generated_view_jitter, seed=cfg.seed)
     pretrain, probe_train, probe_test = images.sources(
         cfg.dataset, cfg.data_dir, seed=cfg.seed, skip_corrupt=cfg.skip_corrupt_images,
         generated=generated)
