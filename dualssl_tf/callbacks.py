@@ -85,9 +85,12 @@ class HLTMCorrelation(keras.callbacks.Callback):
         self.net = net
         self.x = x
         self.latents = latents
+        # Compiled once: the held-out sample has a fixed shape, so there is one trace.
+        self._pre_activations = tf.function(net.pre_activations)
 
     def compute(self):
-        corr = correlation.best_correlation_by_depth(self.net, self.x, self.latents)
+        corr = correlation.best_correlation_by_depth(self._pre_activations, self.x,
+                                                     self.latents)
         return {f"best_corr/{d}": v for d, v in corr.items()}
 
     def initial_logs(self):

@@ -34,7 +34,7 @@ class TrainConfig:
     loss: str = "nce"
     negatives: str = "auto"          # auto | batch | explicit
     temperature: float = 0.1
-    margin: float = 0.0
+    margin: float = -1.0             # -1 = not given; --loss=tri requires it
     beta: float = 0.0
     num_negatives: int = 1
     # Optimisation.
@@ -51,6 +51,10 @@ class TrainConfig:
     # Output.
     model_dir: str = ""
     verbose: int = 1
+    # Fault tolerance (dualssl_tf/checkpointing.py).
+    checkpoint_every: int = 1        # epochs between checkpoints (and always after the last)
+    keep_checkpoints: int = 3        # >= 2, so a corrupt newest one has a fallback
+    deterministic: bool = True       # tf.config.experimental.enable_op_determinism()
     # HLTM (DIGEST section 4).
     hltm_depth: int = 5
     hltm_children: int = 2
@@ -100,6 +104,13 @@ NATIVE_IMAGE_SIZE = {"stl10": 96, "cifar10": 32, "cifar100": 32, "generated_imag
 def is_image_dataset(name):
     """True for generated_images, folder and (names shaped like) tfds data sets."""
     return name not in NON_IMAGE_DATASETS
+# Flags that may differ when a run in an existing --model_dir is resumed: they change how
+# the run executes or how long it goes on, not what is trained. Every other flag must equal
+# the value recorded in model_dir/flags.txt (see check_resume_compatible).
+RESUMABLE_FLAGS = frozenset({"epochs", "verbose", "model_dir", "data_dir", "checkpoint_every",
+                             "keep_checkpoints", "steps_per_execution", "jit_compile",
+                             "deterministic"})
+MAX_HLTM_LEAVES = 2 ** 20  # c**L inputs; beyond this one batch no longer fits in memory
 
 
 def _require(cond, flag, message):
@@ -114,7 +125,13 @@ def validate(cfg):
     _require(cfg.negatives in NEGATIVES, "negatives",
              f"got {cfg.negatives!r}; allowed: {', '.join(NEGATIVES)}")
     _require(cfg.temperature > 0, "temperature", f"must be > 0, got {cfg.temperature}")
-    _require(cfg.margin >= 0, "margin", f"must be >= 0, got {cfg.margin}")
+    if cfg.loss == "tri":
+        _require(cfg.margin != -1.0, "margin", "--loss=tri needs the margin r0 given "
+                 "explicitly (>= 0), e.g. --margin=0.5")
+        _require(cfg.margin >= 0, "margin", f"must be >= 0, got {cfg.margin}")
+    else:
+        _require(cfg.margin == -1.0, "margin", f"only --loss=tri uses a margin, got "
+                 f"--margin={cfg.margin} with --loss={cfg.loss}; drop --margin")
     _require(cfg.beta > -1, "beta", f"must be > -1 (the loss divides by 1 + beta), got {cfg.beta}")
     _require(cfg.beta == 0 or cfg.loss in ("nce", "ntxent", "cov"), "beta",
              f"the generalised loss exists for nce, ntxent and cov, not {cfg.loss!r}; "
@@ -138,12 +155,19 @@ def validate(cfg):
     _require(cfg.weight_decay >= 0, "weight_decay", f"must be >= 0, got {cfg.weight_decay}")
     _require(cfg.steps_per_execution >= 1, "steps_per_execution",
              f"must be >= 1, got {cfg.steps_per_execution}")
+    _require(cfg.verbose in (0, 1, 2), "verbose", f"must be 0, 1 or 2, got {cfg.verbose}")
+    _require(cfg.checkpoint_every >= 1, "checkpoint_every",
+             f"must be >= 1 (epochs between checkpoints), got {cfg.checkpoint_every}")
+    _require(cfg.keep_checkpoints >= 2, "keep_checkpoints",
+             f"must be >= 2 (a fallback if the newest is corrupt), got {cfg.keep_checkpoints}")
+    _require(0 <= cfg.seed < 2 ** 32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
     _require(bool(cfg.model_dir), "model_dir", "is required: a directory for the run's outputs")
     _check_writable(cfg.model_dir)
     if cfg.dataset == "hltm":
         _validate_hltm(cfg)
     elif is_image_dataset(cfg.dataset):
         _validate_images(cfg)
+    check_resume_compatible(cfg)
     return cfg
 
 
@@ -202,6 +226,11 @@ def _validate_hltm(cfg):
     for flag in ("hltm_delta_lower", "hltm_delta_upper"):
         value = getattr(cfg, flag)
         _require(0.0 <= value <= 1.0, flag, f"must be in [0, 1], got {value}")
+    _require(cfg.hltm_children ** cfg.hltm_depth <= MAX_HLTM_LEAVES, "hltm_depth",
+             f"--hltm_children={cfg.hltm_children} ** --hltm_depth={cfg.hltm_depth} leaves "
+             f"exceed {MAX_HLTM_LEAVES}; use a smaller tree")
+    _require(cfg.encoder == "auto", "encoder",
+             f"hltm trains its tree network; use --encoder=auto, got {cfg.encoder!r}")
     _require(cfg.hltm_delta_lower <= cfg.hltm_delta_upper, "hltm_delta_lower",
              f"must be <= --hltm_delta_upper ({cfg.hltm_delta_upper}), "
              f"got {cfg.hltm_delta_lower}")
@@ -228,12 +257,53 @@ def _check_writable(path):
              f"{probe} is not writable; choose a directory you can write to")
 
 
+def _format(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def to_flagfile(cfg):
     """Text of a flagfile that reproduces cfg (``--name=value`` lines)."""
-    lines = []
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        lines.append(f"--{field.name}={value}")
+    lines = [f"--{field.name}={_format(getattr(cfg, field.name))}"
+             for field in dataclasses.fields(cfg)]
     return "\n".join(lines) + "\n"
+
+
+def read_flagfile(path):
+    """{name: value string} of a flagfile written by :func:`to_flagfile`."""
+    values = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("--") and "=" in line:
+                name, value = line[2:].split("=", 1)
+                values[name] = value
+    return values
+
+
+def check_resume_compatible(cfg):
+    """Refuses a --model_dir holding a run made with other (non-resumable) flags.
+
+    A run directory records its flags in ``flags.txt``; continuing it with, say, another
+    tree depth would restore mismatched weights or mix two experiments in metrics.jsonl.
+    Only :data:`RESUMABLE_FLAGS` may change. Flags absent from an older flags.txt are not
+    compared. Remote (``gs://``) directories are not checked here.
+    """
+    path = os.path.join(cfg.model_dir, "flags.txt")
+    if "://" in cfg.model_dir or not os.path.isfile(path):
+        return
+    try:
+        recorded = read_flagfile(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("model_dir", f"cannot read {path} ({e.__class__.__name__}); "
+                          "use a new --model_dir") from None
+    for field in dataclasses.fields(cfg):
+        name = field.name
+        if name in RESUMABLE_FLAGS or name not in recorded:
+            continue
+        now = _format(getattr(cfg, name))
+        _require(recorded[name] == now, name,
+                 f"{cfg.model_dir} holds a run made with --{name}={recorded[name]}, not "
+                 f"{now}; pass --{name}={recorded[name]} to resume it, or use a new "
+                 "--model_dir")

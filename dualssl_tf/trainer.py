@@ -6,7 +6,7 @@ import os
 import keras
 import tensorflow as tf
 
-from dualssl_tf import callbacks, config, experiments
+from dualssl_tf import callbacks, checkpointing, config, experiments
 from dualssl_tf.dual import DualModel
 from dualssl_tf.export import export_encoder
 from dualssl_tf.optim import schedules
@@ -39,7 +39,8 @@ def _select_negatives(cfg, dataset):
 
 def build_model(cfg, exp):
     model = DualModel(exp.encoder, exp.head, loss=cfg.loss, temperature=cfg.temperature,
-                      margin=cfg.margin, beta=cfg.beta, norm_eps=exp.norm_eps,
+                      margin=max(cfg.margin, 0.0),  # -1 = not given; only tri uses it
+                      beta=cfg.beta, norm_eps=exp.norm_eps,
                       probe=exp.probe, name="dual")
     model.compile(optimizer=build_optimizer(cfg, exp.steps_per_epoch),
                   steps_per_execution=cfg.steps_per_execution, jit_compile=cfg.jit_compile)
@@ -47,18 +48,34 @@ def build_model(cfg, exp):
 
 
 def run(cfg):
-    """Trains per ``cfg`` and writes into ``cfg.model_dir``.
+    """Trains per ``cfg`` and writes into ``cfg.model_dir``; resumes a run found there.
 
     Writes ``flags.txt`` (a re-usable flagfile), ``run.json`` (metadata such as the HLTM
     polarities), ``metrics.jsonl`` (epoch 0 = at initialisation), TensorBoard logs under
-    ``logs/`` and the encoder SavedModel under ``saved_model/``.
+    ``logs/``, checkpoints under ``checkpoints/`` (every ``cfg.checkpoint_every`` epochs),
+    the encoder SavedModel under ``saved_model/`` and, last, ``finished.json``. Re-running
+    continues from the newest readable checkpoint (see :mod:`dualssl_tf.checkpointing`);
+    re-running a finished run does nothing.
 
-    Raises ConfigError before anything is written if a setting is bad.
-    Returns dict with ``initial`` and ``final`` logs and a printable ``summary``.
+    Raises ConfigError before anything is written if a setting is bad, and
+    checkpointing.NonFiniteLossError if the loss turns NaN/Inf (checkpoints and export of
+    the last good epoch are left as they were).
+    Returns dict with ``initial`` and ``final`` logs, a printable ``summary`` and
+    ``finished`` (True when there was nothing left to do).
     """
     config.validate(cfg)
+    ckpts = checkpointing.RunCheckpoints(cfg.model_dir, max_to_keep=cfg.keep_checkpoints)
+    done = ckpts.finished_epochs()
+    if done is not None and done >= cfg.epochs:
+        return {"initial": {}, "final": {}, "finished": True,
+                "summary": f"Run in {cfg.model_dir} is already finished ({done} epochs); "
+                           "nothing to do (raise --epochs to train further)."}
     keras.utils.set_random_seed(cfg.seed)
-    exp = experiments.build(cfg)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    found = ckpts.find_latest()
+    start_epoch, start_step = (found["epoch"], found["step"]) if found else (0, 0)
+    exp = experiments.build(cfg, start_step=start_step)
     train_data = _select_negatives(cfg, exp.train_data)
 
     # Nothing is written before every setting has been checked and the data built.
@@ -70,26 +87,43 @@ def run(cfg):
         json.dump(exp.metadata, f)
 
     model = build_model(cfg, exp)
+    ckpts.attach(model)
     logger = callbacks.MetricsLogger(os.path.join(model_dir, "metrics.jsonl"))
-    initial = {}
-    for cb in exp.callbacks:
-        if hasattr(cb, "initial_logs"):
-            initial.update(cb.initial_logs())
-    logger.log_initial(initial)
+    if found:
+        ckpts.restore(found)
+        ckpts.clear_finished()
+        initial = _flatten(checkpointing.truncate_metrics(logger.path, start_epoch) or {})
+        print(f"Resuming {model_dir} at epoch {start_epoch} (step {start_step}) "
+              f"from {found['path']}")
+    else:
+        checkpointing.reset_metrics(logger.path)
+        initial = {}
+        for cb in exp.callbacks:
+            if hasattr(cb, "initial_logs"):
+                initial.update(cb.initial_logs())
+        logger.log_initial(initial)
     board = keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, "logs"))
+    guard = checkpointing.NonFiniteLossGuard(cfg.steps_per_execution)
+    saver = ckpts.callback(cfg.checkpoint_every, cfg.epochs)  # after logger: see Checkpointer
     model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=exp.steps_per_epoch,
-              callbacks=exp.callbacks + [logger, board], verbose=cfg.verbose)
+              initial_epoch=start_epoch, verbose=cfg.verbose, shuffle=False,
+              callbacks=[guard] + exp.callbacks + [logger, saver, board])
     export_encoder(exp.encoder, exp.head, os.path.join(model_dir, "saved_model"),
                    exp.input_shape)
+    ckpts.mark_finished(max(cfg.epochs, start_epoch))
     final = _last_logged(logger.path)
-    summary = exp.summarize(initial, final) if exp.summarize else ""
-    return {"initial": initial, "final": final, "summary": summary}
+    summary = exp.summarize(initial, final) if exp.summarize and initial else ""
+    return {"initial": initial, "final": final, "summary": summary, "finished": False}
 
 
 def _last_logged(path):
     """The last metrics.jsonl record, flattened back to ``name/key`` form."""
     with tf.io.gfile.GFile(path) as f:
-        record = json.loads(f.read().strip().splitlines()[-1])
+        return _flatten(json.loads(f.read().strip().splitlines()[-1]))
+
+
+def _flatten(record):
+    """A metrics.jsonl record back in ``name/key`` form."""
     flat = {}
     for k, v in record.items():
         if isinstance(v, dict):

@@ -2,6 +2,10 @@
 
 Every field of dualssl_tf.config.TrainConfig is a flag of the same name. Bad flags or values
 end with one line on stderr naming the flag, and exit status 2, before anything is written.
+
+Re-running the same command resumes the run in --model_dir from its newest readable
+checkpoint, or says it is finished (exit 0). A NaN/Inf loss stops the run with one line
+naming the step and exit status 3; the last good checkpoint and export are kept.
 """
 
 import dataclasses
@@ -23,7 +27,7 @@ HELP = {
     "loss": "Contrastive loss: " + ", ".join(config.LOSS_NAMES) + ".",
     "negatives": "auto | explicit (H sampled negatives per anchor) | batch (SimCLR 2N-2).",
     "temperature": "tau of the soft-triplet, InfoNCE, NT-Xent and cov losses (> 0).",
-    "margin": "r0 of the soft-triplet loss (>= 0).",
+    "margin": "r0 of the soft-triplet loss (>= 0); required with --loss=tri, only there.",
     "beta": "Generalised-loss weight of the positive term (nce, ntxent, cov; > -1).",
     "num_negatives": "H, explicit negatives per anchor.",
     "batch_size": "Global batch size (pairs per step).",
@@ -39,6 +43,12 @@ HELP = {
     "jit_compile": "Compile the train step with XLA.",
     "model_dir": "Output directory: flags.txt, metrics.jsonl, logs/, saved_model/.",
     "verbose": "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
+    "checkpoint_every": "Epochs between checkpoints in model_dir/checkpoints (and after the "
+                        "last epoch); a re-run resumes from the newest readable one.",
+    "keep_checkpoints": "Checkpoints kept (>= 2: a corrupt newest one falls back to the "
+                        "previous).",
+    "deterministic": "Deterministic TF ops (bit-identical resume on CPU); "
+                     "--nodeterministic may be faster on GPU.",
     "hltm_depth": "HLTM depth L (>= 1).",
     "hltm_children": "HLTM children per latent (>= 2).",
     "hltm_hid": "Hidden units per latent group of the tree network (>= 1).",
@@ -83,9 +93,13 @@ def define_flags():
                                       HELP.get(field.name, field.name))
 
 
-def fail(message):
+EXIT_BAD_INPUT = 2     # a flag, config or file is wrong; nothing was written
+EXIT_NON_FINITE = 3    # the loss became NaN/Inf; the last good checkpoint is kept
+
+
+def fail(message, status=EXIT_BAD_INPUT):
     sys.stderr.write(f"train.py: error: {message}\n")
-    sys.exit(2)
+    sys.exit(status)
 
 
 def parse_flags(argv):
@@ -108,10 +122,16 @@ def main(argv):
     try:
         config.validate(cfg)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from dualssl_tf import trainer  # TensorFlow is imported only for valid settings
-        result = trainer.run(cfg)
+        from dualssl_tf import checkpointing, trainer  # TensorFlow only for valid settings
+        try:
+            result = trainer.run(cfg)
+        except checkpointing.NonFiniteLossError as e:
+            fail(str(e), EXIT_NON_FINITE)
     except config.ConfigError as e:
         fail(str(e))
+    if result["finished"]:
+        print(result["summary"])
+        return
     if result["summary"]:
         print("\n" + result["summary"])
     print(f"\nRun written to {cfg.model_dir}")
