@@ -117,9 +117,12 @@ class ProbeAccuracy(keras.callbacks.Callback):
         self.encoder = encoder
         self.probe = probe
         self.dataset = dataset
-        self._predict = tf.function(lambda x: tf.argmax(
-            self.probe(self.encoder(x, training=False), training=False), axis=-1,
-            output_type=tf.int32))
+        self._predict = tf.function(self._predict_batch, autograph=False)
+
+    def _predict_batch(self, x):
+        """x [B, ...] -> predicted class [B] int32."""
+        logits = self.probe(self.encoder(x, training=False), training=False)
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     def compute(self):
         correct, total = 0, 0
