@@ -167,3 +167,27 @@ class EmbeddingSpread(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs.update(self.compute())
+
+
+class ViewSummary(keras.callbacks.Callback):
+    """Writes a few training pairs to TensorBoard as images when training starts.
+
+    Args:
+      log_dir: TensorBoard directory (e.g. ``model_dir/logs/views``).
+      batch: one training batch dict with ``view1``, ``view2`` [B, H, W, 3] in [0, 1].
+      max_pairs: pairs shown; each image is view 1 and view 2 side by side.
+    """
+
+    def __init__(self, log_dir, batch, max_pairs=8):
+        super().__init__()
+        self.log_dir = log_dir
+        n = min(max_pairs, int(batch["view1"].shape[0]))
+        self.pairs = tf.concat([batch["view1"][:n], batch["view2"][:n]], axis=2)  # [n, H, 2W, 3]
+
+    def on_train_begin(self, logs=None):
+        writer = tf.summary.create_file_writer(self.log_dir)
+        with writer.as_default():
+            tf.summary.image("augmented_pairs", self.pairs, step=0,
+                             max_outputs=int(self.pairs.shape[0]))
+        writer.flush()
+        writer.close()

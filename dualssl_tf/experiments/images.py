@@ -1,6 +1,8 @@
 """The image experiment (DIGEST section 6): SimCLR views of tfds data sets, image folders or
 the generated shapes, a ResNet encoder, a projection head and an online linear probe."""
 
+import os
+
 from dualssl_tf import callbacks, config
 from dualssl_tf.config import ConfigError
 from dualssl_tf.data import images
@@ -72,6 +74,13 @@ def build(cfg, start_step=0):
     cbs.append(callbacks.EmbeddingSpread(encoder, head, spread_x, norm_eps=1e-4))
     if probe is not None and eval_test is not None:
         cbs.append(callbacks.ProbeAccuracy(encoder, probe, eval_test))
+    if cfg.model_dir:
+        # A few pairs made exactly like the training pairs, shown in TensorBoard.
+        first = next(iter(images.pretrain_dataset(
+            pretrain, min(cfg.batch_size, 8), size, seed=cfg.seed, start_step=0,
+            color_jitter_strength=cfg.color_jitter_strength, blur=cfg.blur,
+            shuffle_buffer=min(cfg.shuffle_buffer, 64), with_labels=False).take(1)))
+        cbs.append(callbacks.ViewSummary(os.path.join(cfg.model_dir, "logs", "views"), first))
 
     return Experiment(
         train_data=train_data,
