@@ -6,6 +6,8 @@ naming the flag, which tools print as one line and exit with status 2.
 """
 
 import dataclasses
+import json
+import math
 import os
 import re
 
@@ -13,6 +15,8 @@ from dualssl_tf.models import stems
 
 # Kept free of TensorFlow so tools can reject bad flags in a fraction of a second.
 LOSS_NAMES = ("simp", "tri", "nce", "ntxent", "cov", "nce_batch")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")   # --strategy (distribute.py)
+MIXED_PRECISION = ("none", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -48,6 +52,12 @@ class TrainConfig:
     seed: int = 1
     steps_per_execution: int = 1
     jit_compile: bool = False
+    # Scale-out (dualssl_tf/distribute.py).
+    strategy: str = "default"        # default | mirrored | multi_worker | tpu
+    tpu: str = ""
+    num_gpus: int = 0                # mirrored: 0 = all local GPUs
+    local_negatives: bool = False    # True: in-batch negatives from the local replica only
+    mixed_precision: str = "none"    # none | bfloat16 | float16
     # Output.
     model_dir: str = ""
     verbose: int = 1
@@ -84,6 +94,15 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     lr_scaling: str = "none"         # none | linear (lr B/256) | sqrt (lr sqrt(B))
     lars_eta: float = 0.001
+    # 1-D translation toy (DIGEST section 5).
+    translation1d_length: int = 12
+    translation1d_filters: int = 8
+    translation1d_kernel: int = 3
+    translation1d_pooling: str = "max"   # max | avg over positions
+    translation1d_bias: bool = True
+    # Per-epoch covariance-operator analysis (dualssl_tf.analysis.callback).
+    analysis_every: int = 0          # 0 = off
+    analysis_points: int = 64        # M base points (x 8 augmentations) per analysis
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
@@ -161,10 +180,17 @@ def validate(cfg):
     _require(cfg.keep_checkpoints >= 2, "keep_checkpoints",
              f"must be >= 2 (a fallback if the newest is corrupt), got {cfg.keep_checkpoints}")
     _require(0 <= cfg.seed < 2 ** 32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
+    _validate_distribution(cfg)
     _require(bool(cfg.model_dir), "model_dir", "is required: a directory for the run's outputs")
     _check_writable(cfg.model_dir)
+    _require(cfg.analysis_every >= 0, "analysis_every",
+             f"must be >= 0 (0 = off, k = every k epochs), got {cfg.analysis_every}")
+    _require(cfg.analysis_points >= 2, "analysis_points",
+             f"must be >= 2 (a covariance needs M >= 2 base points), got {cfg.analysis_points}")
     if cfg.dataset == "hltm":
         _validate_hltm(cfg)
+    elif cfg.dataset == "translation1d":
+        _validate_translation1d(cfg)
     elif is_image_dataset(cfg.dataset):
         _validate_images(cfg)
     check_resume_compatible(cfg)
@@ -217,6 +243,89 @@ def _validate_images(cfg):
         _require(cfg.generated_examples >= cfg.batch_size, "batch_size",
                  f"{cfg.batch_size} is larger than the generated data set "
                  f"(--generated_examples={cfg.generated_examples}); lower --batch_size")
+
+
+def _validate_translation1d(cfg):
+    _require(cfg.translation1d_length >= 4, "translation1d_length",
+             f"must be >= 4 to hold the object '101', got {cfg.translation1d_length}")
+    _require(cfg.translation1d_filters >= 1, "translation1d_filters",
+             f"must be >= 1, got {cfg.translation1d_filters}")
+    _require(1 <= cfg.translation1d_kernel <= cfg.translation1d_length, "translation1d_kernel",
+             f"must be in [1, --translation1d_length={cfg.translation1d_length}], "
+             f"got {cfg.translation1d_kernel}")
+    _require(cfg.translation1d_pooling in ("max", "avg"), "translation1d_pooling",
+             f"got {cfg.translation1d_pooling!r}; allowed: max, avg")
+    _require(cfg.negatives != "explicit", "negatives",
+             "translation1d has no explicit negatives; use --negatives=auto or batch")
+
+
+def _validate_distribution(cfg):
+    _require(cfg.strategy in STRATEGIES, "strategy",
+             f"got {cfg.strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    _require(cfg.strategy != "tpu" or cfg.tpu, "tpu",
+             "--strategy=tpu needs --tpu=NAME, --tpu=grpc://HOST:8470 or --tpu=local")
+    _require(cfg.strategy == "tpu" or not cfg.tpu, "tpu",
+             f"--tpu is only used with --strategy=tpu (got --strategy={cfg.strategy})")
+    _require(cfg.num_gpus >= 0, "num_gpus", f"must be >= 0 (0 = all), got {cfg.num_gpus}")
+    _require(cfg.strategy == "mirrored" or not cfg.num_gpus, "num_gpus",
+             f"is only used with --strategy=mirrored (got --strategy={cfg.strategy})")
+    if cfg.strategy == "multi_worker":
+        check_tf_config(os.environ.get("TF_CONFIG", ""))
+    _require(cfg.mixed_precision in MIXED_PRECISION, "mixed_precision",
+             f"got {cfg.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
+    if cfg.mixed_precision == "float16":
+        _check_float16(cfg)
+
+
+# ln(65504): e^x overflows float16 (max 65504) above this.
+FLOAT16_MAX_EXP = math.log(65504.0)
+
+
+def max_loss_exponent(loss, temperature, margin=0.0):
+    """Largest exponent e^x the loss forms for unit embeddings (distances in [0, 2]).
+
+    nce/ntxent: logsumexp of -r/tau; cov: sigmoid(-r/tau); tri: (r+ - r- + r0)/tau; simp and
+    nce_batch (batch means divided by the width) form no large exponent: 0.
+    """
+    if loss in ("nce", "ntxent", "cov"):
+        return 2.0 / temperature
+    if loss == "tri":
+        return (2.0 + margin) / temperature
+    return 0.0
+
+
+def _check_float16(cfg):
+    """float16 (max 65504) cannot hold e^x for x > 11.09.
+
+    DualModel computes losses in float32, so this is a conservative guard: it keeps every
+    exponent the loss forms representable in the float16 compute dtype (and thus the
+    loss-scaled values of any float16 loss code path); bfloat16 has float32's range and
+    has no such limit.
+    """
+    x = max_loss_exponent(cfg.loss, cfg.temperature, cfg.margin)
+    if x > FLOAT16_MAX_EXP:
+        need = (2.0 + (cfg.margin if cfg.loss == "tri" else 0.0)) / FLOAT16_MAX_EXP
+        raise ConfigError("mixed_precision",
+                          f"float16 overflows with --loss={cfg.loss} at --temperature="
+                          f"{cfg.temperature} (e^{x:.1f} > 65504); use "
+                          f"--mixed_precision=bfloat16 or --temperature >= {math.ceil(need * 1000) / 1000}")
+
+
+def check_tf_config(raw):
+    """Raises ConfigError(strategy) unless ``raw`` is a usable multi-worker TF_CONFIG."""
+    fix = ('set it on every worker, e.g. TF_CONFIG=\'{"cluster": {"worker": '
+           '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\'')
+    _require(bool(raw), "strategy", f"multi_worker needs the TF_CONFIG environment variable; "
+             f"{fix}")
+    try:
+        spec = json.loads(raw)
+        workers = spec["cluster"]["worker"]
+        ok = (isinstance(workers, list) and len(workers) > 0
+              and spec["task"]["type"] in ("worker", "chief")
+              and 0 <= int(spec["task"]["index"]) < len(spec["cluster"][spec["task"]["type"]]))
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    _require(ok, "strategy", f"TF_CONFIG is not a valid cluster spec ({raw!r}); {fix}")
 
 
 def _validate_hltm(cfg):

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from dualssl_tf import losses
+from dualssl_tf import distribute, losses
 
 
 def local_candidates(z1, z2):
@@ -72,7 +72,11 @@ class DualModel(keras.Model):
         return list(self._trackers.values())
 
     def call(self, x, training=False):
-        """Normalised embedding. x: [B, ...] -> [B, D]."""
+        """Normalised embedding. x: [B, ...] (or a batch dict: its ``view1``) -> [B, D]."""
+        if isinstance(x, dict):
+            # Keras builds a model under a tf.distribute strategy by calling it on one
+            # (symbolic) training batch before the first step.
+            x = x["view1"]
         return self.embed(x, training=training)
 
     def embed(self, x, training=False, return_representation=False):
@@ -84,8 +88,10 @@ class DualModel(keras.Model):
 
     def _get_loss_fn(self, dim):
         if self._loss_fn is None:
+            # Batch means (nce_batch) are global-batch means when running on replicas.
             self._loss_fn = losses.get_loss_fn(self.loss_name, self.temperature,
-                                               self.margin, self.beta, dim=dim)
+                                               self.margin, self.beta, dim=dim,
+                                               mean_fn=distribute.cross_replica_mean)
         return self._loss_fn
 
     def contrastive_terms(self, data, training):

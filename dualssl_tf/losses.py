@@ -144,26 +144,30 @@ def exact_cov_loss(r_pos, r_neg, temperature, beta=0.0):
     return (1.0 + beta) * w_pos * r_pos - tf.reduce_sum(w * r_neg, axis=1)
 
 
-def batch_mean_nce_loss(r_pos, r_neg, temperature, dim):
+def batch_mean_nce_loss(r_pos, r_neg, temperature, dim, mean_fn=tf.reduce_mean):
     """The official HLTM code's "nce": ``-e^{-r+/tau} / (e^{-r+/tau} + e^{-r-/tau})``.
 
     ``r+`` and ``r-`` are batch mean squared errors (``torch.nn.MSELoss``: mean over batch
     *and* feature dims, i.e. ``2 mean_b(r_b) / D``). No log, not per sample. Returned as a
     [B] vector whose mean is that scalar, so it plugs into the per-anchor interface.
-    r_pos: [B], r_neg: [B, H]; dim: embedding width D.
+    r_pos: [B], r_neg: [B, H]; dim: embedding width D; mean_fn: tensor -> scalar batch
+    mean (``distribute.cross_replica_mean`` makes it the global-batch mean on replicas).
     """
     r_pos, r_neg = _f32(r_pos), _f32(r_neg)
-    mse_pos = 2.0 * tf.reduce_mean(r_pos) / dim
-    mse_neg = 2.0 * tf.reduce_mean(r_neg) / dim
+    mse_pos = 2.0 * mean_fn(r_pos) / dim
+    mse_neg = 2.0 * mean_fn(r_neg) / dim
     value = -tf.sigmoid((mse_neg - mse_pos) / temperature)
     return tf.fill(tf.shape(r_pos), value)
 
 
-def get_loss_fn(name, temperature=0.5, margin=0.0, beta=0.0, dim=None):
+def get_loss_fn(name, temperature=0.5, margin=0.0, beta=0.0, dim=None,
+                mean_fn=tf.reduce_mean):
     """Returns ``fn(r_pos [B], r_neg [B, H]) -> [B]`` for a loss name in ``LOSS_NAMES``.
 
     ``ntxent`` is SimCLR's NT-Xent: InfoNCE with the ``tau`` prefactor dropped (for unit
     embeddings ``-r/tau`` and ``cos/tau`` differ by a constant, so the value equals SimCLR's).
+    ``mean_fn`` is the batch mean of ``nce_batch`` (the one loss that is not a sum of
+    per-anchor terms).
     """
     if name == "simp":
         return simple_loss
@@ -178,5 +182,5 @@ def get_loss_fn(name, temperature=0.5, margin=0.0, beta=0.0, dim=None):
     if name == "nce_batch":
         if dim is None:
             raise ValueError("nce_batch needs the embedding width `dim`.")
-        return lambda rp, rn: batch_mean_nce_loss(rp, rn, temperature, dim)
+        return lambda rp, rn: batch_mean_nce_loss(rp, rn, temperature, dim, mean_fn)
     raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}.")

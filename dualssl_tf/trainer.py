@@ -6,9 +6,8 @@ import os
 import keras
 import tensorflow as tf
 
-from dualssl_tf import callbacks, checkpointing, config, experiments
+from dualssl_tf import callbacks, checkpointing, config, distribute, experiments, export
 from dualssl_tf.dual import DualModel
-from dualssl_tf.export import export_encoder
 from dualssl_tf.optim import schedules
 
 
@@ -38,12 +37,19 @@ def _select_negatives(cfg, dataset):
 
 
 def build_model(cfg, exp):
+    """DualModel + optimizer; call inside ``strategy.scope()``."""
+    gather_fn = None if cfg.local_negatives else distribute.cross_replica_candidates
     model = DualModel(exp.encoder, exp.head, loss=cfg.loss, temperature=cfg.temperature,
                       margin=max(cfg.margin, 0.0),  # -1 = not given; only tri uses it
                       beta=cfg.beta, norm_eps=exp.norm_eps,
-                      probe=exp.probe, name="dual")
-    model.compile(optimizer=build_optimizer(cfg, exp.steps_per_epoch),
-                  steps_per_execution=cfg.steps_per_execution, jit_compile=cfg.jit_compile)
+                      probe=exp.probe, gather_fn=gather_fn, name="dual")
+    optimizer = build_optimizer(cfg, exp.steps_per_epoch)
+    if cfg.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # dynamic loss scale
+    # TPUStrategy compiles the replica step with XLA itself; Keras' jit_compile is for
+    # one device (multi-replica mirrored + jit_compile is rejected in run()).
+    model.compile(optimizer=optimizer, steps_per_execution=cfg.steps_per_execution,
+                  jit_compile=cfg.jit_compile and cfg.strategy != "tpu")
     return model
 
 
@@ -70,13 +76,26 @@ def run(cfg):
         return {"initial": {}, "final": {}, "finished": True,
                 "summary": f"Run in {cfg.model_dir} is already finished ({done} epochs); "
                            "nothing to do (raise --epochs to train further)."}
+    strategy = distribute.make_strategy(cfg.strategy, cfg.tpu, cfg.num_gpus)
+    replicas = strategy.num_replicas_in_sync
+    if cfg.jit_compile and replicas > 1 and cfg.strategy != "tpu":
+        raise config.ConfigError("jit_compile", f"Keras compiles the whole step for one "
+                                 f"device; with {replicas} {cfg.strategy} replicas use "
+                                 "--jit_compile=false (TPUs always compile with XLA)")
+    distribute.set_precision(cfg.mixed_precision)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     found = ckpts.find_latest()
     start_epoch, start_step = (found["epoch"], found["step"]) if found else (0, 0)
-    exp = experiments.build(cfg, start_step=start_step)
-    train_data = _select_negatives(cfg, exp.train_data)
+    with strategy.scope():  # networks, DualModel and optimizer all live on the replicas
+        exp = experiments.build(cfg, start_step=start_step)
+    train_data = distribute.train_input(strategy, cfg.batch_size, exp,
+                                        lambda ds: _select_negatives(cfg, ds))
+    if cfg.analysis_every:
+        # Imported only on request: training never depends on the analysis package.
+        from dualssl_tf.analysis.callback import build_analysis_callback
+        exp.callbacks.append(build_analysis_callback(cfg, exp))
 
     # Nothing is written before every setting has been checked and the data built.
     model_dir = cfg.model_dir
@@ -86,11 +105,13 @@ def run(cfg):
     with tf.io.gfile.GFile(os.path.join(model_dir, "run.json"), "w") as f:
         json.dump(exp.metadata, f)
 
-    model = build_model(cfg, exp)
-    ckpts.attach(model)
+    with strategy.scope():
+        model = build_model(cfg, exp)
+        ckpts.attach(model)
     logger = callbacks.MetricsLogger(os.path.join(model_dir, "metrics.jsonl"))
     if found:
-        ckpts.restore(found)
+        with strategy.scope():
+            ckpts.restore(found)
         ckpts.clear_finished()
         initial = _flatten(checkpointing.truncate_metrics(logger.path, start_epoch) or {})
         print(f"Resuming {model_dir} at epoch {start_epoch} (step {start_step}) "
@@ -108,10 +129,12 @@ def run(cfg):
     model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=exp.steps_per_epoch,
               initial_epoch=start_epoch, verbose=cfg.verbose, shuffle=False,
               callbacks=[guard] + exp.callbacks + [logger, saver, board])
-    export_encoder(exp.encoder, exp.head, os.path.join(model_dir, "saved_model"),
-                   exp.input_shape)
-    ckpts.mark_finished(max(cfg.epochs, start_epoch))
     final = _last_logged(logger.path)
+    export.export_encoder(
+        exp.encoder, exp.head, os.path.join(model_dir, "saved_model"), exp.input_shape,
+        model_card=export.run_model_card(cfg, exp.metadata, final),
+        intermediate_layers=export.default_intermediates(exp.encoder))
+    ckpts.mark_finished(max(cfg.epochs, start_epoch))
     summary = exp.summarize(initial, final) if exp.summarize and initial else ""
     return {"initial": initial, "final": final, "summary": summary, "finished": False}
 

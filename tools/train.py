@@ -19,8 +19,9 @@ from dualssl_tf import config  # noqa: E402  (TensorFlow-free: errors come fast)
 
 HELP = {
     "dataset": "Data: hltm (generated latent tree, the default; no download), "
-               "generated_images (generated shapes; no download), folder (--data_dir of "
-               "class sub-folders) or a TensorFlow Datasets name (stl10, cifar10, cifar100).",
+               "translation1d (the 1-D translation toy of Figure 3), generated_images "
+               "(generated shapes; no download), folder (--data_dir of class sub-folders) "
+               "or a TensorFlow Datasets name (stl10, cifar10, cifar100).",
     "data_dir": "Directory (or gs:// bucket) holding downloaded datasets.",
     "encoder": "Encoder network; auto = the dataset's own (TreeNet for hltm, ResNet-18 "
                "for images); images: resnet18 | resnet50.",
@@ -40,7 +41,15 @@ HELP = {
                     "gradient for lars; biases and BatchNorm are exempt.",
     "seed": "Random seed: tree polarities, initialisation and data order.",
     "steps_per_execution": "Train steps per tf.function call (cuts host overhead).",
-    "jit_compile": "Compile the train step with XLA.",
+    "jit_compile": "Compile the train step with XLA (one device; TPUs always use XLA).",
+    "strategy": "tf.distribute strategy: default (one device) | mirrored (local GPUs) | "
+                "multi_worker (machines listed in TF_CONFIG) | tpu (needs --tpu).",
+    "tpu": "Cloud TPU name, grpc://HOST:8470 address or 'local' (TPU VM); --strategy=tpu.",
+    "num_gpus": "GPUs for --strategy=mirrored; 0 = all visible GPUs.",
+    "local_negatives": "In-batch negatives from the replica's own batch only (default: "
+                       "the global batch, gathered across replicas).",
+    "mixed_precision": "none | bfloat16 (TPU/Ampere) | float16 (dynamic loss scaling); "
+                       "losses stay float32.",
     "model_dir": "Output directory: flags.txt, metrics.jsonl, logs/, saved_model/.",
     "verbose": "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
     "checkpoint_every": "Epochs between checkpoints in model_dir/checkpoints (and after the "
@@ -81,6 +90,15 @@ HELP = {
     "lr_scaling": "Batch-size scaling of --learning_rate: none | linear (lr*B/256) | "
                   "sqrt (lr*sqrt(B)).",
     "lars_eta": "LARS trust coefficient.",
+    "translation1d_length": "Translation toy: circular signal length d (>= 4).",
+    "translation1d_filters": "Translation toy: filters of the one-layer conv encoder.",
+    "translation1d_kernel": "Translation toy: conv kernel size (1..length).",
+    "translation1d_pooling": "Translation toy: pooling over positions, max or avg.",
+    "translation1d_bias": "Translation toy: conv bias (a threshold; without it no filter "
+                          "can fire for '11' alone).",
+    "analysis_every": "Log ||OP_l||_F, ||W_l|| and the alignment of W_l with OP_l's top "
+                      "eigenvector every k epochs (hltm, translation1d); 0 = off.",
+    "analysis_points": "Base points M (x 8 augmentations) for --analysis_every (>= 2).",
 }
 
 

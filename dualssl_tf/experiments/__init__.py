@@ -24,6 +24,14 @@ class Experiment:
     metadata: JSON-able facts saved with the run (e.g. the HLTM polarities).
     summarize: optional ``(initial_logs, final_logs) -> str`` printed at the end.
     eval_data: optional ``(train, test)`` tf.data of (x, label) for probing.
+    make_train_data: optional ``(per_replica_batch_size, input_context) -> tf.data`` of
+      endless per-replica batches for ``strategy.distribute_datasets_from_function``
+      (several replicas). It must give each input pipeline (host) its own stream, e.g. by
+      ``distribute.replica_seed(seed, input_context)``; without it the trainer splits
+      ``train_data``'s global batches across replicas.
+
+    Builders run inside ``strategy.scope()``: models with BatchNorm should pass
+    ``sync_bn=distribute.use_sync_bn()`` (True with more than one replica).
     """
     train_data: Any
     steps_per_epoch: int
@@ -36,6 +44,7 @@ class Experiment:
     metadata: dict = dataclasses.field(default_factory=dict)
     summarize: Optional[Callable] = None
     eval_data: Any = None
+    make_train_data: Optional[Callable] = None
 
 
 def _build_images(cfg, start_step=0):
@@ -45,8 +54,9 @@ def _build_images(cfg, start_step=0):
 
 def _registry():
     # Imported lazily so that building one family never imports another's dependencies.
-    from dualssl_tf.experiments import hltm
-    return {"hltm": hltm.build, "generated_images": _build_images, "folder": _build_images}
+    from dualssl_tf.experiments import hltm, translation1d
+    return {"hltm": hltm.build, "translation1d": translation1d.build,
+            "generated_images": _build_images, "folder": _build_images}
 
 
 def build(cfg, start_step=0):

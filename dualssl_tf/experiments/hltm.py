@@ -5,7 +5,7 @@ import functools
 
 import tensorflow as tf
 
-from dualssl_tf import callbacks
+from dualssl_tf import callbacks, distribute
 from dualssl_tf.data.hltm import HLTM
 from dualssl_tf.experiments import Experiment
 from dualssl_tf.models.tree_net import TreeNet
@@ -31,7 +31,20 @@ def build(cfg, start_step=0):
         norm_eps=1e-4,
         metadata={"hltm": tree.to_dict()},
         summarize=functools.partial(correlation_table,
-                                    num_children=cfg.hltm_children))
+                                    num_children=cfg.hltm_children),
+        make_train_data=functools.partial(_replica_data, tree, cfg.num_negatives, cfg.seed,
+                                          start_step))
+
+
+def _replica_data(tree, num_negatives, seed, start_step, batch_size, input_context):
+    """Per-replica HLTM batches for one input pipeline (Experiment.make_train_data).
+
+    The pipeline's seed folds in its id; its replicas take consecutive batches, so
+    ``start_step`` global steps are ``start_step * replicas_per_pipeline`` batches.
+    """
+    per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    return tree.dataset(batch_size, num_negatives, distribute.replica_seed(seed, input_context),
+                        start_step=start_step * per_pipeline)
 
 
 def correlation_table(initial, final, num_children=2):

@@ -1,0 +1,269 @@
+"""Scale-out on tf.distribute: strategies, cross-replica negatives and per-replica input.
+
+Everything here runs on TensorFlow's own engine; nothing is home-made:
+
+* :func:`make_strategy` builds ``default | mirrored | multi_worker | tpu`` strategies and
+  turns every setup mistake into a one-line :class:`~dualssl_tf.config.ConfigError`.
+* :func:`cross_replica_candidates` is the ``DualModel(gather_fn=...)`` hook: it gathers both
+  views' embeddings from all replicas with the replica context's ``all_gather``, so every
+  in-batch loss sees the *global* batch as negatives.
+* :func:`cross_replica_mean` gives batch-mean losses (``nce_batch``) the global-batch mean.
+* :func:`distributed_dataset` feeds each replica its own ``global / replicas`` batch through
+  ``strategy.distribute_datasets_from_function``, one input pipeline per host.
+
+Why the update equals the single-device update on the global batch
+-----------------------------------------------------------------
+Let ``L = (1/A_g) sum_a l_a`` be the global-batch loss (``A_g`` anchors in all). Replica
+``r`` computes ``L_r = (1/A_g) sum_{a in r} l_a`` (``DualModel._step`` divides its local sum
+by ``local anchors * replicas``), so ``L = sum_r L_r``. ``ReplicaContext.all_gather`` is
+differentiable: its gradient (TF 2.21, ``distribute_lib.ReplicaContext.all_gather``) is the
+SUM all-reduce of the upstream gradients of all replicas, sliced back to the local rows.
+So the gradient replica ``r`` sees at its own embeddings is ``dL/dz_r`` (its anchors' direct
+terms plus every replica's use of ``z_r`` as a negative), and its variable gradient is
+``dL/dz_r * dz_r/dtheta``. Keras' TF optimizer all-reduces gradients with SUM
+(``keras/src/backend/tensorflow/optimizer.py: _all_reduce_sum_gradients``), which gives
+``sum_r dL/dz_r * dz_r/dtheta = dL/dtheta``: the single-device gradient. Weight decay is
+decoupled (applied once to the mirrored variable) and regularisation losses are divided by
+the replica count in ``_step``, so both also match. ``all_reduce`` (synchronised BatchNorm,
+:func:`cross_replica_mean`) has the same SUM-of-gradients rule, so those match too.
+"""
+
+import os
+import socket
+
+import keras
+import tensorflow as tf
+
+from dualssl_tf.config import STRATEGIES, ConfigError, check_tf_config
+
+
+def _replica_context():
+    """The replica context, or None in cross-replica context."""
+    return tf.distribute.get_replica_context()
+
+
+def num_replicas():
+    """Replicas in sync of the current strategy (1 outside any strategy)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def use_sync_bn():
+    """Whether models built now should use synchronised BatchNorm.
+
+    True when the strategy whose ``scope()`` is active has more than one replica: the
+    trainer builds experiments inside ``strategy.scope()``, so builders pass
+    ``sync_bn=distribute.use_sync_bn()`` to ``BatchNormalization(synchronized=...)``.
+    """
+    return num_replicas() > 1
+
+
+def cross_replica_candidates(z1, z2):
+    """Negatives from the whole global batch: the ``DualModel(gather_fn=...)`` hook.
+
+    Args:
+      z1, z2: [N, D] this replica's embeddings of view 1 and view 2.
+    Returns:
+      ``(z1_all [R*N, D], z2_all [R*N, D], offset)``: both views of all R replicas in
+      replica order (float32; with several replicas z1, z2 are returned as float32 too), and ``offset = replica_id * N``, the row of this replica's first pair
+      in the global batch (the layout :func:`dualssl_tf.losses.in_batch_distances` expects).
+      With one replica it returns ``(z1, z2, 0)``.
+
+    The gather is differentiable (see the module docstring), so gradients flow back to the
+    replica that produced each negative. Every replica must hold the same N (static,
+    ``drop_remainder`` batches), which :func:`distributed_dataset` guarantees.
+    """
+    ctx = _replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return z1, z2, 0
+    # The losses run in float32 anyway, and CPU/GPU collectives reject bfloat16.
+    z1, z2 = tf.cast(z1, tf.float32), tf.cast(z2, tf.float32)
+    z1_all, z2_all = ctx.all_gather([z1, z2], axis=0)
+    offset = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * tf.shape(z1)[0]
+    return z1_all, z2_all, offset
+
+
+def cross_replica_mean(x):
+    """Mean of ``x`` over every element on every replica (equal-sized local tensors).
+
+    x: any shape -> scalar. ``tf.reduce_mean`` with one replica; otherwise a SUM
+    all-reduce of the local sums (differentiable: the gradient is summed back), divided by
+    ``size * replicas``. Used by batch-mean losses, whose value is not a sum of per-anchor
+    terms (``nce_batch``).
+    """
+    ctx = _replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return tf.reduce_mean(x)
+    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(x))
+    count = tf.cast(tf.size(x) * ctx.num_replicas_in_sync, x.dtype)
+    return total / count
+
+
+def make_strategy(name, tpu=None, num_gpus=None):
+    """Builds the tf.distribute strategy named by ``--strategy``.
+
+    Args:
+      name: ``default`` (one device, no distribution), ``mirrored`` (all, or
+        ``num_gpus``, local GPUs; without GPUs, the local logical CPU devices),
+        ``multi_worker`` (MultiWorkerMirroredStrategy; the cluster comes from the
+        ``TF_CONFIG`` environment variable) or ``tpu`` (TPUStrategy on ``tpu``).
+      tpu: TPU name, ``grpc://host:port`` address or ``local`` (TPU VM); tpu only.
+      num_gpus: for ``mirrored``: how many local GPUs to use; None or 0 = all.
+    Returns:
+      A ``tf.distribute.Strategy``.
+    Raises:
+      ConfigError naming the flag to fix (``strategy``, ``tpu``, ``num_gpus``).
+    """
+    if name not in STRATEGIES:
+        raise ConfigError("strategy", f"got {name!r}; allowed: {', '.join(STRATEGIES)}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        key = (name, tuple(_mirrored_devices(num_gpus)))
+    elif name == "multi_worker":
+        raw = os.environ.get("TF_CONFIG", "")
+        check_tf_config(raw)
+        key = (name, raw)
+    else:
+        key = (name, tpu)
+    # One strategy per setting and process: a second strategy over the same devices
+    # reuses the same collective keys, and its all-gathers/all-reduces would collide
+    # with the first one's (e.g. trainer.run called twice in a notebook).
+    if key not in _STRATEGY_CACHE:
+        if name == "mirrored":
+            _STRATEGY_CACHE[key] = tf.distribute.MirroredStrategy(list(key[1]))
+        elif name == "multi_worker":
+            _STRATEGY_CACHE[key] = tf.distribute.MultiWorkerMirroredStrategy()
+        else:
+            _STRATEGY_CACHE[key] = _tpu_strategy(tpu)
+    return _STRATEGY_CACHE[key]
+
+
+_STRATEGY_CACHE = {}
+
+
+def _mirrored_devices(num_gpus):
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if gpus:
+        if num_gpus and num_gpus > len(gpus):
+            raise ConfigError("num_gpus", f"asked for {num_gpus} GPUs but this machine has "
+                              f"{len(gpus)}; use --num_gpus={len(gpus)} or fewer")
+        return gpus[:num_gpus] if num_gpus else gpus
+    if num_gpus:
+        raise ConfigError("num_gpus", f"asked for {num_gpus} GPUs but TensorFlow sees none; "
+                          "drop --num_gpus (to mirror the CPU devices) or use a GPU machine")
+    # No GPU: mirror the logical CPU devices (one unless the CPU was split, as in tests).
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def _tpu_strategy(tpu, timeout=10.0):
+    if not tpu:
+        raise ConfigError("tpu", "--strategy=tpu needs --tpu=NAME (Cloud TPU name), "
+                          "--tpu=grpc://HOST:8470 or --tpu=local (on a TPU VM)")
+    if tpu.startswith("grpc://"):
+        # connect_to_cluster blocks for minutes on a dead address; probe it first.
+        host, _, port = tpu[len("grpc://"):].rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+        except (OSError, ValueError) as e:
+            raise ConfigError("tpu", f"cannot reach TPU at {tpu} ({e}); check the address "
+                              "and that the TPU is running") from None
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    except Exception as e:  # resolver/URL/gRPC errors have no common base class
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError("tpu", f"cannot reach TPU {tpu!r} ({first}); check --tpu and "
+                          "that the TPU exists in this project/zone") from None
+
+
+def per_replica_batch_size(global_batch_size, replicas):
+    """``global / replicas``; ConfigError naming --batch_size when not divisible."""
+    if global_batch_size % replicas:
+        lo = global_batch_size // replicas * replicas
+        raise ConfigError("batch_size", f"global batch {global_batch_size} is not divisible "
+                          f"by the {replicas} replicas; use a multiple of {replicas} "
+                          f"(e.g. {max(lo, replicas)} or {lo + replicas})")
+    return global_batch_size // replicas
+
+
+def replica_seed(seed, input_context):
+    """Seed of one input pipeline: ``seed`` itself with one pipeline, else a distinct one.
+
+    Folds ``input_context.input_pipeline_id`` into ``seed`` so each host draws different
+    augmentations / samples; a single pipeline keeps ``seed`` so single-host runs reproduce
+    single-device runs' data exactly. Returns a Python int.
+    """
+    if input_context is None or input_context.num_input_pipelines == 1:
+        return int(seed)
+    # 2**31 - 1 is prime: distinct pipeline ids give distinct seeds for any seed.
+    return int((int(seed) * 1_000_003 + 7919 * (input_context.input_pipeline_id + 1))
+               % (2 ** 31 - 1))
+
+
+def distributed_dataset(strategy, global_batch_size, make_train_data):
+    """Per-replica input: one pipeline per host, each replica gets ``global / R`` pairs.
+
+    Args:
+      strategy: the tf.distribute strategy.
+      global_batch_size: pairs per step over all replicas (``--batch_size``).
+      make_train_data: ``(per_replica_batch_size, input_context) -> tf.data.Dataset`` of
+        endless per-replica batch dicts (the :class:`~dualssl_tf.experiments.Experiment`
+        contract). It must draw a different stream per ``input_context.input_pipeline_id``
+        (see :func:`replica_seed`); the replicas of one host take consecutive batches.
+    Returns:
+      A ``tf.distribute.DistributedDataset`` for ``Model.fit``.
+    Raises:
+      ConfigError naming --batch_size when it is not divisible by the replicas.
+    """
+    per_replica = per_replica_batch_size(global_batch_size, strategy.num_replicas_in_sync)
+
+    def dataset_fn(input_context):
+        return make_train_data(per_replica, input_context)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def train_input(strategy, global_batch_size, experiment, transform=None):
+    """The training input ``Model.fit`` gets under ``strategy``.
+
+    One replica: ``experiment.train_data`` unchanged (global batches). Several replicas:
+    :func:`distributed_dataset` over ``experiment.make_train_data`` when the experiment has
+    it (per-host pipelines, per-replica batches), else ``train_data``'s global batches split
+    across replicas by ``strategy.experimental_distribute_dataset``.
+
+    Args:
+      strategy: the tf.distribute strategy.
+      global_batch_size: ``--batch_size``; must be divisible by the replicas.
+      experiment: a :class:`~dualssl_tf.experiments.Experiment`.
+      transform: optional ``tf.data.Dataset -> tf.data.Dataset`` applied to every pipeline
+        (e.g. dropping explicit negatives).
+    Raises:
+      ConfigError naming --batch_size when it is not divisible by the replicas.
+    """
+    transform = transform or (lambda ds: ds)
+    replicas = strategy.num_replicas_in_sync
+    per_replica_batch_size(global_batch_size, replicas)
+    if replicas == 1:
+        return transform(experiment.train_data)
+    if experiment.make_train_data is not None:
+        return distributed_dataset(
+            strategy, global_batch_size,
+            lambda batch, ctx: transform(experiment.make_train_data(batch, ctx)))
+    return strategy.experimental_distribute_dataset(transform(experiment.train_data))
+
+
+POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def set_precision(mixed_precision):
+    """Sets Keras' global dtype policy for ``--mixed_precision`` (none|bfloat16|float16).
+
+    Must run before the networks are built. Layers then compute in bfloat16/float16 with
+    float32 variables; DualModel computes the losses in float32. Returns the previous
+    policy name, so callers can restore it.
+    """
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(POLICIES[mixed_precision])
+    return previous

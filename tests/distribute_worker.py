@@ -1,0 +1,246 @@
+"""Subprocess half of tests/test_distribute.py (not collected by pytest).
+
+Splitting the CPU into logical devices, and MultiWorkerMirroredStrategy, must happen before
+TensorFlow initialises its devices, so each configuration runs in a fresh process:
+
+  python tests/distribute_worker.py equality R OUT.json
+      CPU split into R logical devices; one SGD step under MirroredStrategy on R replicas
+      vs one step on one device with the same global batch, for every loss; local
+      negatives; SyncBN statistics vs the global batch. Writes max |difference| per case.
+  python tests/distribute_worker.py train OUT.npz
+      Multi-worker run (TF_CONFIG set by the caller) or, without TF_CONFIG, the
+      single-process reference: STEPS SGD steps on fixed global batches; saves weights.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+GLOBAL_BATCH = 8      # pairs per step; divisible by 2 and 4 replicas
+IN_DIM, WIDTH, OUT_DIM = 6, 16, 8
+STEPS = 3             # multi-worker steps
+LR = 0.5              # big enough that a wrong gradient scale moves weights visibly
+
+# name -> DualModel / data settings. Every loss, both negative sources, beta variants,
+# weight decay + L2 regularisation, and BatchNorm (synchronised on replicas).
+CASES = {
+    "simp": dict(loss="simp"),
+    "tri": dict(loss="tri", margin=0.2, temperature=0.5),
+    "nce": dict(loss="nce", temperature=0.5),
+    "ntxent": dict(loss="ntxent", temperature=0.5),
+    "cov": dict(loss="cov", temperature=0.5),
+    "ntxent_beta": dict(loss="ntxent", temperature=0.5, beta=0.5, base="ntxent"),
+    "cov_beta": dict(loss="cov", temperature=0.5, beta=-0.5, base="cov"),
+    "nce_explicit": dict(loss="nce", temperature=0.5, negatives=3),
+    "tri_explicit": dict(loss="tri", temperature=0.5, negatives=1),
+    "nce_batch_explicit": dict(loss="nce_batch", temperature=0.1, negatives=1),
+    "ntxent_wd_l2": dict(loss="ntxent", temperature=0.5, weight_decay=0.1, l2=0.05,
+                         base="ntxent"),
+    "ntxent_syncbn": dict(loss="ntxent", temperature=0.5, bn=True),
+}
+# Cases checked on 4 replicas too (all of them on 2, to keep the test fast).
+CASES_4 = ("ntxent", "cov", "nce_explicit", "nce_batch_explicit", "ntxent_wd_l2",
+           "ntxent_syncbn")
+
+
+def make_batches(n_steps, negatives=0, seed=0):
+    """Fixed global batches: list of dicts of float32 arrays [GLOBAL_BATCH, ...]."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_steps):
+        b = {"view1": rng.normal(size=(GLOBAL_BATCH, IN_DIM)),
+             "view2": rng.normal(size=(GLOBAL_BATCH, IN_DIM))}
+        if negatives:
+            b["negatives"] = rng.normal(size=(GLOBAL_BATCH, negatives, IN_DIM))
+        out.append({k: v.astype(np.float32) for k, v in b.items()})
+    return out
+
+
+def build(case, gather_fn=None):
+    """Tiny MLP DualModel + SGD, built in the current strategy scope with fixed init."""
+    import keras
+    from dualssl_tf import distribute
+    from dualssl_tf.dual import DualModel
+
+    keras.utils.set_random_seed(1)
+    reg = keras.regularizers.L2(case["l2"]) if case.get("l2") else None
+    layers = [keras.Input((IN_DIM,)), keras.layers.Dense(WIDTH, kernel_regularizer=reg)]
+    if case.get("bn"):
+        layers.append(keras.layers.BatchNormalization(
+            momentum=0.5, synchronized=distribute.use_sync_bn()))
+    layers += [keras.layers.ReLU(), keras.layers.Dense(OUT_DIM)]
+    encoder = keras.Sequential(layers)
+    model = DualModel(encoder, None, loss=case["loss"], temperature=case.get("temperature", 0.5),
+                      margin=case.get("margin", 0.0), beta=case.get("beta", 0.0),
+                      gather_fn=gather_fn)
+    model.compile(optimizer=keras.optimizers.SGD(
+        LR, weight_decay=case.get("weight_decay") or None),
+        run_eagerly=os.environ.get("DIST_TEST_EAGER") == "1")
+    return model
+
+
+def weights(model):
+    """All variables (trainable and BN moving statistics), as numpy, in a fixed order."""
+    return [np.array(v.numpy()) for v in model.variables if "iteration" not in v.path
+            and "learning_rate" not in v.path]
+
+
+def fit_single(case, batches):
+    import tensorflow as tf
+    model = build(case)
+    ds = tf.data.Dataset.from_tensor_slices(_stack(batches))
+    model.fit(ds, epochs=1, steps_per_epoch=len(batches), verbose=0)
+    return weights(model)
+
+
+def fit_replicas(strategy, case, batches, gather_fn):
+    """Trains under ``strategy`` with distribute.distributed_dataset; replica r of step t
+    gets rows [r*b, (r+1)*b) of global batch t (one pipeline: consecutive elements go to
+    consecutive replicas; several pipelines: pipeline p reads its own rows)."""
+    import tensorflow as tf
+    from dualssl_tf import distribute
+
+    with strategy.scope():
+        model = build(case, gather_fn)
+    r = strategy.num_replicas_in_sync
+
+    def make(per_replica, ctx):
+        per_pipeline = r // ctx.num_input_pipelines
+        first = ctx.input_pipeline_id * per_pipeline
+        pieces = [{k: v[(first + i) * per_replica:(first + i + 1) * per_replica]
+                   for k, v in b.items()} for b in batches for i in range(per_pipeline)]
+        return tf.data.Dataset.from_tensor_slices(_stack(pieces))
+
+    ds = distribute.distributed_dataset(strategy, GLOBAL_BATCH, make)
+    model.fit(ds, epochs=1, steps_per_epoch=len(batches), verbose=0)
+    return weights(model)
+
+
+def _stack(dicts):
+    return {k: np.stack([d[k] for d in dicts]) for k in dicts[0]}
+
+
+def _maxdiff(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+def syncbn_check(strategy):
+    """Max |difference| of SyncBN outputs / moving statistics vs the global batch."""
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(GLOBAL_BATCH, 5)) * [1, 2, 3, 4, 5] + [0, 1, -1, 2, 5]
+         ).astype(np.float32)
+    r = strategy.num_replicas_in_sync
+    b = GLOBAL_BATCH // r
+    with strategy.scope():
+        bn = keras.layers.BatchNormalization(momentum=0.5, epsilon=1e-3, synchronized=True)
+        bn.build((None, 5))
+
+    @tf.function
+    def step():
+        ctx = tf.distribute.get_replica_context()
+        i = ctx.replica_id_in_sync_group
+        return bn(tf.gather(x, tf.range(i * b, (i + 1) * b)), training=True)
+
+    out = strategy.run(step)
+    y = np.concatenate([t.numpy() for t in strategy.experimental_local_results(out)])
+    mean, var = x.mean(0), x.var(0)
+    want = (x - mean) / np.sqrt(var + 1e-3)
+    return {"output": float(np.max(np.abs(y - want))),
+            "moving_mean": float(np.max(np.abs(bn.moving_mean.numpy() - 0.5 * mean))),
+            "moving_var": float(np.max(np.abs(bn.moving_variance.numpy()
+                                              - (0.5 + 0.5 * var))))}
+
+
+def trainer_checks(model_dir):
+    """trainer.run under the active device split: a tiny HLTM run on all replicas with
+    bfloat16 mixed precision, and the one-line errors that need the replica count."""
+    import keras
+    from dualssl_tf import config, trainer
+
+    def cfg(**kw):
+        base = dict(dataset="hltm", strategy="mirrored", loss="ntxent", temperature=0.5,
+                    batch_size=8, epochs=1, steps_per_epoch=2, hltm_depth=2, hltm_hid=4,
+                    hltm_samples_per_epoch=64, hltm_eval_samples=64, verbose=0,
+                    model_dir=model_dir, negatives="batch")
+        base.update(kw)
+        return config.TrainConfig(**base)
+
+    out = {}
+    for name, kw in {"batch_size": dict(batch_size=7),
+                     "jit_compile": dict(jit_compile=True)}.items():
+        try:
+            trainer.run(cfg(**kw))
+            out[name] = "no error"
+        except config.ConfigError as e:
+            out[name] = str(e)
+    out["wrote_before_error"] = os.path.exists(model_dir)
+    try:
+        result = trainer.run(cfg(mixed_precision="bfloat16"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    out["final_loss"] = result["final"]["loss"]
+    out["files"] = sorted(os.listdir(model_dir))
+    return out
+
+
+def equality(replicas, out_path, names="", model_dir=""):
+    """One process per replica count: two MirroredStrategy objects over different device
+    sets in one process collide on collective group keys."""
+    import tensorflow as tf
+    replicas = int(replicas)
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    from dualssl_tf import distribute
+
+    strategy = distribute.make_strategy("mirrored")   # no GPU: the logical CPU devices
+    result = {"replicas": strategy.num_replicas_in_sync, "cases": {}}
+    refs = {}
+    for name in (names.split(",") if names else CASES):
+        case = CASES[name]
+        batches = make_batches(1, case.get("negatives", 0))
+        refs[name] = ref = fit_single(case, batches)
+        got = fit_replicas(strategy, case, batches, distribute.cross_replica_candidates)
+        result["cases"][name] = {"diff": _maxdiff(ref, got),
+                                 # how far one step moves the weights (scale of the test)
+                                 "moved": _maxdiff(ref, weights(build(case)))}
+        if "base" in case:  # the variant (beta, decay) really changes the update
+            base = refs.get(case["base"]) or fit_single(CASES[case["base"]], batches)
+            result["cases"][name]["effect"] = _maxdiff(ref, base)
+    case = CASES["ntxent"]
+    batches = make_batches(1)
+    result["local_negatives"] = _maxdiff(fit_single(case, batches),
+                                         fit_replicas(strategy, case, batches, None))
+    result["syncbn"] = syncbn_check(strategy)
+    if model_dir:
+        result["trainer"] = trainer_checks(model_dir)
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
+def train(out_path):
+    """Multi-worker (TF_CONFIG set) or single-process reference training."""
+    import tensorflow as tf
+    from dualssl_tf import distribute
+
+    case = CASES["ntxent"]
+    batches = make_batches(STEPS, seed=7)
+    if os.environ.get("TF_CONFIG"):
+        strategy = distribute.make_strategy("multi_worker")
+        got = fit_replicas(strategy, case, batches, distribute.cross_replica_candidates)
+    else:
+        got = fit_single(case, batches)
+    del tf
+    np.savez(out_path, *got)
+
+
+if __name__ == "__main__":
+    {"equality": equality, "train": train}[sys.argv[1]](*sys.argv[2:])
