@@ -121,8 +121,11 @@ NATIVE_IMAGE_SIZE = {"stl10": 96, "cifar10": 32, "cifar100": 32, "generated_imag
 
 
 def is_image_dataset(name):
-    """True for generated_images, folder and (names shaped like) tfds data sets."""
-    return name not in NON_IMAGE_DATASETS
+    """True for generated_images, folder and names shaped like tfds data sets
+    (``name[/config][:version]``, lower case); whether tfds knows the name is checked when
+    the data is opened."""
+    return name in IMAGE_DATASETS or (name not in NON_IMAGE_DATASETS
+                                      and bool(_TFDS_NAME.match(name)))
 # Flags that may differ when a run in an existing --model_dir is resumed: they change how
 # the run executes or how long it goes on, not what is trained. Every other flag must equal
 # the value recorded in model_dir/flags.txt (see check_resume_compatible).
@@ -193,6 +196,10 @@ def validate(cfg):
         _validate_translation1d(cfg)
     elif is_image_dataset(cfg.dataset):
         _validate_images(cfg)
+    else:
+        raise ConfigError("dataset", f"unknown dataset {cfg.dataset!r}; allowed: hltm, "
+                          "translation1d, generated_images, folder or a TensorFlow Datasets "
+                          "name such as stl10, cifar10, cifar100")
     check_resume_compatible(cfg)
     return cfg
 
@@ -205,9 +212,6 @@ def image_size(cfg):
 
 def _validate_images(cfg):
     """Checks of the image path that need no data (the builder checks the rest)."""
-    _require(cfg.dataset in IMAGE_DATASETS or _TFDS_NAME.match(cfg.dataset), "dataset",
-             f"unknown dataset {cfg.dataset!r}; allowed: hltm, generated_images, folder or "
-             "a TensorFlow Datasets name such as stl10, cifar10, cifar100")
     _require(cfg.dataset != "folder" or cfg.data_dir, "data_dir",
              "is required with --dataset=folder: a directory of images, one sub-folder "
              "per class")

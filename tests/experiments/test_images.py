@@ -34,6 +34,16 @@ def test_generated_experiment_parts(tmp_path):
     x, y = next(iter(test_eval))
     assert x.shape[1:] == (16, 16, 3) and y.dtype == tf.int32
     assert exp.steps_per_epoch == 2
+    # Two hosts with one replica each: per-replica batches from disjoint example shards,
+    # with distinct augmentation seeds.
+    streams = []
+    for pid in (0, 1):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid,
+                                         num_replicas_in_sync=2)
+        ds = exp.make_train_data(8, ctx)
+        assert ds.element_spec["view1"].shape == (8, 16, 16, 3)
+        streams.append(next(iter(ds))["view1"].numpy())
+    assert np.abs(streams[0] - streams[1]).max() > 0.1
     assert build(_cfg(tmp_path, steps_per_epoch=0)).steps_per_epoch == 64 // 16
 
 
