@@ -174,20 +174,28 @@ class ViewSummary(keras.callbacks.Callback):
 
     Args:
       log_dir: TensorBoard directory (e.g. ``model_dir/logs/views``).
-      batch: one training batch dict with ``view1``, ``view2`` [B, H, W, 3] in [0, 1].
+      data: the training tf.data of batch dicts with ``view1``, ``view2`` [B, H, W, 3] in
+        [0, 1]; one batch is drawn when training starts (a fresh iterator, so training's
+        own stream is untouched).
       max_pairs: pairs shown; each image is view 1 and view 2 side by side.
     """
 
-    def __init__(self, log_dir, batch, max_pairs=8):
+    def __init__(self, log_dir, data, max_pairs=8):
         super().__init__()
         self.log_dir = log_dir
-        n = min(max_pairs, int(batch["view1"].shape[0]))
-        self.pairs = tf.concat([batch["view1"][:n], batch["view2"][:n]], axis=2)  # [n, H, 2W, 3]
+        self.data = data
+        self.max_pairs = max_pairs
+
+    def pairs(self):
+        """[n, H, 2W, 3]: view 1 | view 2 of the first n pairs of one batch."""
+        batch = next(iter(self.data.take(1)))
+        n = min(self.max_pairs, int(batch["view1"].shape[0]))
+        return tf.concat([batch["view1"][:n], batch["view2"][:n]], axis=2)
 
     def on_train_begin(self, logs=None):
+        pairs = self.pairs()
         writer = tf.summary.create_file_writer(self.log_dir)
         with writer.as_default():
-            tf.summary.image("augmented_pairs", self.pairs, step=0,
-                             max_outputs=int(self.pairs.shape[0]))
+            tf.summary.image("augmented_pairs", pairs, step=0, max_outputs=int(pairs.shape[0]))
         writer.flush()
         writer.close()

@@ -49,9 +49,12 @@ def test_embedding_spread_matches_numpy_and_detects_collapse():
 def test_view_summary_writes_side_by_side_pairs(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
     batch = {"view1": tf.zeros([10, 4, 5, 3]), "view2": tf.ones([10, 4, 5, 3])}
-    cb = callbacks.ViewSummary(str(tmp_path), batch, max_pairs=3)
-    assert cb.pairs.shape == (3, 4, 10, 3)
-    np.testing.assert_array_equal(cb.pairs[:, :, 5:].numpy(), 1.0)
+    cb = callbacks.ViewSummary(str(tmp_path), tf.data.Dataset.from_tensors(batch).repeat(),
+                               max_pairs=3)
+    pairs = cb.pairs().numpy()
+    assert pairs.shape == (3, 4, 10, 3)
+    np.testing.assert_array_equal(pairs[:, :, :5], 0.0)
+    np.testing.assert_array_equal(pairs[:, :, 5:], 1.0)
     cb.on_train_begin()
     acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     acc.Reload()

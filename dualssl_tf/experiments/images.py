@@ -75,12 +75,8 @@ def build(cfg, start_step=0):
     if probe is not None and eval_test is not None:
         cbs.append(callbacks.ProbeAccuracy(encoder, probe, eval_test))
     if cfg.model_dir:
-        # A few pairs made exactly like the training pairs, shown in TensorBoard.
-        first = next(iter(images.pretrain_dataset(
-            pretrain, min(cfg.batch_size, 8), size, seed=cfg.seed, start_step=0,
-            color_jitter_strength=cfg.color_jitter_strength, blur=cfg.blur,
-            shuffle_buffer=min(cfg.shuffle_buffer, 64), with_labels=False).take(1)))
-        cbs.append(callbacks.ViewSummary(os.path.join(cfg.model_dir, "logs", "views"), first))
+        cbs.append(callbacks.ViewSummary(os.path.join(cfg.model_dir, "logs", "views"),
+                                         train_data))
 
     return Experiment(
         train_data=train_data,
