@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import tempfile
 
 from dualssl_tf.models import stems
 
@@ -127,11 +128,14 @@ def is_image_dataset(name):
     return name in IMAGE_DATASETS or (name not in NON_IMAGE_DATASETS
                                       and bool(_TFDS_NAME.match(name)))
 # Flags that may differ when a run in an existing --model_dir is resumed: they change how
-# the run executes or how long it goes on, not what is trained. Every other flag must equal
-# the value recorded in model_dir/flags.txt (see check_resume_compatible).
+# the run executes (devices, monitoring, fault handling) or how long it goes on, not what is
+# trained. Every other flag must equal the value recorded in model_dir/flags.txt (see
+# check_resume_compatible); mixed_precision is not here because float16 adds loss-scale
+# variables to the optimizer state.
 RESUMABLE_FLAGS = frozenset({"epochs", "verbose", "model_dir", "data_dir", "checkpoint_every",
                              "keep_checkpoints", "steps_per_execution", "jit_compile",
-                             "deterministic"})
+                             "deterministic", "strategy", "tpu", "num_gpus", "analysis_every",
+                             "analysis_points", "skip_corrupt_images"})
 MAX_HLTM_LEAVES = 2 ** 20  # c**L inputs; beyond this one batch no longer fits in memory
 
 
@@ -142,6 +146,7 @@ def _require(cond, flag, message):
 
 def validate(cfg):
     """Raises ConfigError for the first bad setting; returns cfg unchanged otherwise."""
+    _validate_types(cfg)
     _require(cfg.loss in LOSS_NAMES, "loss",
              f"got {cfg.loss!r}; allowed: {', '.join(LOSS_NAMES)}")
     _require(cfg.negatives in NEGATIVES, "negatives",
@@ -202,6 +207,21 @@ def validate(cfg):
                           "name such as stl10, cifar10, cifar100")
     check_resume_compatible(cfg)
     return cfg
+
+
+def _validate_types(cfg):
+    """Every field has its default's type, floats are finite and ints fit in int32."""
+    for field in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, field.name), type(field.default)
+        if kind in (bool, str):
+            ok = isinstance(value, kind)
+        else:  # an int is a fine float; a bool is neither
+            ok = isinstance(value, (int, kind)) and not isinstance(value, bool)
+        _require(ok, field.name, f"must be a {kind.__name__}, got {value!r}")
+        if kind is float:
+            _require(math.isfinite(value), field.name, f"must be a finite number, got {value}")
+        if kind is int:
+            _require(abs(value) < 2 ** 31, field.name, f"must be below 2**31, got {value}")
 
 
 def image_size(cfg):
@@ -366,7 +386,14 @@ def _check_writable(path):
             break
         probe = parent
     _require(os.path.isdir(probe), "model_dir", f"{probe} exists and is not a directory")
-    _require(os.access(probe, os.W_OK | os.X_OK), "model_dir",
+    writable = os.access(probe, os.W_OK | os.X_OK)
+    if writable:  # os.access says yes to root everywhere; a real probe file settles it
+        try:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError:
+            writable = False
+    _require(writable, "model_dir",
              f"{probe} is not writable; choose a directory you can write to")
 
 

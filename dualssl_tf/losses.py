@@ -17,7 +17,8 @@ Two layers of functions:
   official HLTM code's batch form :func:`batch_mean_nce_loss`.
 
 Everything is computed in at least float32 (float16/bfloat16 embeddings from mixed
-precision are promoted; float64 stays float64 for exact checks), and no large constant masks are used: excluded entries are dropped by index.
+precision are promoted; float64 stays float64 for exact checks), and no large constant
+masks are used: excluded entries are dropped by index.
 """
 
 import tensorflow as tf

@@ -120,12 +120,32 @@ def fail(message, status=EXIT_BAD_INPUT):
     sys.exit(status)
 
 
+def _flagfile_holding(name, argv):
+    """The --flagfile among argv whose lines set --name (for naming the culprit file)."""
+    for arg in argv:
+        if arg.startswith("--flagfile="):
+            path = arg.split("=", 1)[1]
+            try:
+                with open(path) as f:
+                    if any(line.strip().lstrip("-").split("=")[0] in (name, "no" + name)
+                           for line in f):
+                        return path
+            except OSError:
+                pass
+    return None
+
+
 def parse_flags(argv):
     """Parses argv; any flag error is one line on stderr and exit status 2."""
     try:
         return flags.FLAGS(argv)
-    except flags.Error as e:
-        fail(str(e).splitlines()[0])
+    except (flags.Error, ValueError) as e:  # absl raises ValueError for --noflag=value
+        message = str(e).splitlines()[0].replace("ERROR:: ", "")
+        if isinstance(e, flags.UnrecognizedFlagError):
+            path = _flagfile_holding(e.flagname, argv[1:])
+            message = (f"--{e.flagname}: unknown flag" + (f" in flagfile {path}" if path else "")
+                       + "; see --helpfull for the flags of train.py")
+        fail(message)
 
 
 def config_from_flags():

@@ -144,8 +144,9 @@ def common_property(loss_fn, r_pos, r_neg):
       dict ``d_pos`` [B] (should be > 0), ``d_neg`` [B, H] (< 0) and ``balance`` [B] =
       ``d_pos + sum_k d_neg`` (0 for L_simp, L_tri, L_nce), as float64 arrays.
     """
-    r_pos = tf.convert_to_tensor(r_pos, tf.float32)
-    r_neg = tf.convert_to_tensor(r_neg, tf.float32)
+    # float64 in, float64 out: the losses keep float64, so weights are exact for the checks.
+    r_pos = tf.convert_to_tensor(r_pos, tf.float64)
+    r_neg = tf.convert_to_tensor(r_neg, tf.float64)
     with tf.GradientTape() as tape:
         tape.watch([r_pos, r_neg])
         total = tf.reduce_sum(loss_fn(r_pos, r_neg))  # anchors are independent
@@ -199,7 +200,7 @@ def expected_loss_gradient(model, layer, x_aug, loss_fn, towers="anchor", output
             pair = np.stack(idx, 1)
             r_pos = 0.5 * (tf.gather(pos_i, idx[0]) + tf.gather(pos_i, idx[1]))
             r_neg = 0.5 * (tf.gather_nd(neg_ij, pair) + tf.gather_nd(neg_ij, pair[:, ::-1]))
-            mult = tf.constant(np.where(idx[0] == idx[1], 1.0, 2.0), tf.float32)
+            mult = tf.constant(np.where(idx[0] == idx[1], 1.0, 2.0), r_pos.dtype)
         else:
             pair = np.stack([idx[0], idx[3]], 1)
         if neg_override is not None:
