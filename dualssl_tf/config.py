@@ -89,6 +89,7 @@ class TrainConfig:
     skip_corrupt_images: bool = False
     generated_examples: int = 10000
     generated_classes: int = 6
+    generated_view_jitter: float = 0.5
     # Learning-rate schedule and LARS.
     lr_schedule: str = "constant"    # constant | cosine (after warmup)
     warmup_epochs: float = 0.0
@@ -121,8 +122,11 @@ NATIVE_IMAGE_SIZE = {"stl10": 96, "cifar10": 32, "cifar100": 32, "generated_imag
 
 
 def is_image_dataset(name):
-    """True for generated_images, folder and (names shaped like) tfds data sets."""
-    return name not in NON_IMAGE_DATASETS
+    """True for generated_images, folder and names shaped like tfds data sets
+    (``name[/config][:version]``, lower case); whether tfds knows the name is checked when
+    the data is opened."""
+    return name in IMAGE_DATASETS or (name not in NON_IMAGE_DATASETS
+                                      and bool(_TFDS_NAME.match(name)))
 # Flags that may differ when a run in an existing --model_dir is resumed: they change how
 # the run executes (devices, monitoring, fault handling) or how long it goes on, not what is
 # trained. Every other flag must equal the value recorded in model_dir/flags.txt (see
@@ -197,6 +201,10 @@ def validate(cfg):
         _validate_translation1d(cfg)
     elif is_image_dataset(cfg.dataset):
         _validate_images(cfg)
+    else:
+        raise ConfigError("dataset", f"unknown dataset {cfg.dataset!r}; allowed: hltm, "
+                          "translation1d, generated_images, folder or a TensorFlow Datasets "
+                          "name such as stl10, cifar10, cifar100")
     check_resume_compatible(cfg)
     return cfg
 
@@ -224,9 +232,6 @@ def image_size(cfg):
 
 def _validate_images(cfg):
     """Checks of the image path that need no data (the builder checks the rest)."""
-    _require(cfg.dataset in IMAGE_DATASETS or _TFDS_NAME.match(cfg.dataset), "dataset",
-             f"unknown dataset {cfg.dataset!r}; allowed: hltm, generated_images, folder or "
-             "a TensorFlow Datasets name such as stl10, cifar10, cifar100")
     _require(cfg.dataset != "folder" or cfg.data_dir, "data_dir",
              "is required with --dataset=folder: a directory of images, one sub-folder "
              "per class")
@@ -257,6 +262,8 @@ def _validate_images(cfg):
     if cfg.dataset == "generated_images":
         _require(2 <= cfg.generated_classes <= 6, "generated_classes",
                  f"must be in [2, 6], got {cfg.generated_classes}")
+        _require(0 <= cfg.generated_view_jitter <= 1, "generated_view_jitter",
+                 f"must be in [0, 1], got {cfg.generated_view_jitter}")
         _require(cfg.generated_examples >= cfg.batch_size, "batch_size",
                  f"{cfg.batch_size} is larger than the generated data set "
                  f"(--generated_examples={cfg.generated_examples}); lower --batch_size")

@@ -90,6 +90,10 @@ def _from_hltm(model_card, batch_size, num_train, num_test):
 
 def _from_experiment(dataset, data_dir, image_size, batch_size, model_card):
     from dualssl_tf import config, experiments
+    registry = experiments._registry()
+    if dataset not in registry and not config.is_image_dataset(dataset):
+        raise ValueError(f"--dataset: unknown dataset {dataset!r}; allowed: npz:PATH, "
+                         f"{', '.join(sorted(set(registry) | {'hltm'}))}")
     known = {f.name for f in dataclasses.fields(config.TrainConfig)}
     flags = {k: v for k, v in ((model_card or {}).get("flags") or {}).items() if k in known}
     flags.update(dataset=dataset, batch_size=batch_size)

@@ -83,6 +83,8 @@ HELP = {
                            "instead of stopping.",
     "generated_examples": "Training examples of the generated image data set.",
     "generated_classes": "Shape classes of the generated image data set (2..6).",
+    "generated_view_jitter": "Generated images: how far each view's position/scale/colour "
+                             "moves from the example's own towards a fresh draw (0..1).",
     "lr_schedule": "constant | cosine (decay to 0 over the run, after the warmup).",
     "warmup_epochs": "Linear learning-rate warmup, in epochs.",
     "lr_scaling": "Batch-size scaling of --learning_rate: none | linear (lr*B/256) | "
