@@ -70,6 +70,15 @@ def _count_lines(path):
         return 0
 
 
+def _stamp(path):
+    """Identity of the file's current content (replaced or appended => different)."""
+    try:
+        st = os.stat(path)
+        return st.st_ino, st.st_mtime_ns, st.st_size
+    except FileNotFoundError:
+        return None
+
+
 def _has_checkpoint(model_dir):
     d = os.path.join(model_dir, "checkpoints")
     return os.path.isdir(d) and any(n.endswith(".index") for n in os.listdir(d))
@@ -84,13 +93,15 @@ def _latest_checkpoint_epoch(model_dir):
     return max(nums, default=0)
 
 
-def run_with_kills(flags, model_dir, kills, epochs, rng, max_delay=0.6, timeout=600):
+def run_with_kills(flags, model_dir, kills, epochs, rng, max_delay=2.0, timeout=600):
     """Starts the tool ``kills`` times and SIGKILLs each start at a random point.
 
-    A kill point: wait until the run has at least one checkpoint and its metrics.jsonl has
-    reached a random target line count (so kills spread over the epochs), then sleep a
-    random 0..max_delay s (so they land anywhere inside an epoch, including between a
-    metrics line and its checkpoint) and kill. Afterwards the command runs to the end.
+    A kill point: wait until the run has a checkpoint and its metrics.jsonl has reached a
+    random target line count at least one epoch past the newest checkpoint (so this start
+    has trained, and kills spread over the epochs), then sleep a random fraction of the
+    last observed epoch time (capped at max_delay s), so the kill lands anywhere inside the
+    next epoch, including between a metrics line and its checkpoint, or in the final
+    checkpoint/export. Afterwards the command runs to the end.
 
     Returns (list of kill-point dicts, final CompletedProcess).
     """
@@ -98,18 +109,27 @@ def run_with_kills(flags, model_dir, kills, epochs, rng, max_delay=0.6, timeout=
     cmd = [sys.executable, TOOL, *flags, f"--model_dir={model_dir}"]
     metrics = os.path.join(model_dir, "metrics.jsonl")
     for i in range(kills):
-        # Metrics lines to wait for: at least one epoch more than now, so this start has
-        # trained past its restored checkpoint (lines = epochs done + 1 for epoch 0).
-        low = max(_count_lines(metrics) + 1, 2)
-        target = rng.randint(low, max(low, epochs))
-        delay = rng.uniform(0.0, max_delay)
+        # Lines = epochs done + 1 (epoch 0); the restart resumes at the newest checkpoint.
+        low = _latest_checkpoint_epoch(model_dir) + 2
+        target = rng.randint(min(low, epochs + 1), epochs + 1)
+        fraction = rng.random()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 env=_env(), text=True)
-        start = time.time()
+        start, stale = time.time(), _stamp(metrics)
+        seen, changed_at, epoch_time = None, None, 0.0
         while proc.poll() is None and time.time() - start < timeout:
-            if _has_checkpoint(model_dir) and _count_lines(metrics) >= target:
+            # Only lines this start wrote count: it first cuts the file back to its
+            # checkpoint (or deletes it), which changes the file's stamp.
+            lines, now = _count_lines(metrics), time.time()
+            if lines != seen:
+                if changed_at is not None:
+                    epoch_time = now - changed_at
+                seen, changed_at = lines, now
+            if (_has_checkpoint(model_dir) and lines >= target
+                    and _stamp(metrics) != stale):
                 break
-            time.sleep(0.01)
+            time.sleep(0.005)
+        delay = min(fraction * epoch_time, max_delay)
         time.sleep(delay)
         point = {"kill": i + 1, "target_lines": target, "delay_s": round(delay, 3)}
         if proc.poll() is None:
@@ -169,7 +189,8 @@ def main():
     parser.add_argument("--steps_per_epoch", type=int, default=20)
     parser.add_argument("--checkpoint_every", type=int, default=2)
     parser.add_argument("--steps_per_execution", type=int, default=2)
-    parser.add_argument("--max_delay", type=float, default=1.0)
+    parser.add_argument("--max_delay", type=float, default=2.0,
+                        help="cap (s) of the random delay after the target epoch")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points")
     parser.add_argument("--workdir", default="", help="default: a new temporary directory")
     args = parser.parse_args()

@@ -108,7 +108,7 @@ def fit_rate(data):
     clock = _Clock()
     ds = tf.data.Dataset.from_tensors(data).repeat()
     model.fit(ds, epochs=1, steps_per_epoch=FLAGS.warmup + FLAGS.steps, callbacks=[clock],
-              verbose=0)
+              verbose=0, shuffle=False)
     t = clock.times
     return FLAGS.steps * FLAGS.batch_size / (t[-1] - t[FLAGS.warmup - 1])
 

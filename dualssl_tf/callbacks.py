@@ -117,9 +117,12 @@ class ProbeAccuracy(keras.callbacks.Callback):
         self.encoder = encoder
         self.probe = probe
         self.dataset = dataset
-        self._predict = tf.function(lambda x: tf.argmax(
-            self.probe(self.encoder(x, training=False), training=False), axis=-1,
-            output_type=tf.int32))
+        self._predict = tf.function(self._predict_batch, autograph=False)
+
+    def _predict_batch(self, x):
+        """x [B, ...] -> predicted class [B] int32."""
+        logits = self.probe(self.encoder(x, training=False), training=False)
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     def compute(self):
         correct, total = 0, 0
@@ -164,3 +167,35 @@ class EmbeddingSpread(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs.update(self.compute())
+
+
+class ViewSummary(keras.callbacks.Callback):
+    """Writes a few training pairs to TensorBoard as images when training starts.
+
+    Args:
+      log_dir: TensorBoard directory (e.g. ``model_dir/logs/views``).
+      data: the training tf.data of batch dicts with ``view1``, ``view2`` [B, H, W, 3] in
+        [0, 1]; one batch is drawn when training starts (a fresh iterator, so training's
+        own stream is untouched).
+      max_pairs: pairs shown; each image is view 1 and view 2 side by side.
+    """
+
+    def __init__(self, log_dir, data, max_pairs=8):
+        super().__init__()
+        self.log_dir = log_dir
+        self.data = data
+        self.max_pairs = max_pairs
+
+    def pairs(self):
+        """[n, H, 2W, 3]: view 1 | view 2 of the first n pairs of one batch."""
+        batch = next(iter(self.data.take(1)))
+        n = min(self.max_pairs, int(batch["view1"].shape[0]))
+        return tf.concat([batch["view1"][:n], batch["view2"][:n]], axis=2)
+
+    def on_train_begin(self, logs=None):
+        pairs = self.pairs()
+        writer = tf.summary.create_file_writer(self.log_dir)
+        with writer.as_default():
+            tf.summary.image("augmented_pairs", pairs, step=0, max_outputs=int(pairs.shape[0]))
+        writer.flush()
+        writer.close()

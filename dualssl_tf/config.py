@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import tempfile
 
 from dualssl_tf.models import stems
 
@@ -88,6 +89,7 @@ class TrainConfig:
     skip_corrupt_images: bool = False
     generated_examples: int = 10000
     generated_classes: int = 6
+    generated_view_jitter: float = 0.5
     # Learning-rate schedule and LARS.
     lr_schedule: str = "constant"    # constant | cosine (after warmup)
     warmup_epochs: float = 0.0
@@ -120,14 +122,20 @@ NATIVE_IMAGE_SIZE = {"stl10": 96, "cifar10": 32, "cifar100": 32, "generated_imag
 
 
 def is_image_dataset(name):
-    """True for generated_images, folder and (names shaped like) tfds data sets."""
-    return name not in NON_IMAGE_DATASETS
+    """True for generated_images, folder and names shaped like tfds data sets
+    (``name[/config][:version]``, lower case); whether tfds knows the name is checked when
+    the data is opened."""
+    return name in IMAGE_DATASETS or (name not in NON_IMAGE_DATASETS
+                                      and bool(_TFDS_NAME.match(name)))
 # Flags that may differ when a run in an existing --model_dir is resumed: they change how
-# the run executes or how long it goes on, not what is trained. Every other flag must equal
-# the value recorded in model_dir/flags.txt (see check_resume_compatible).
+# the run executes (devices, monitoring, fault handling) or how long it goes on, not what is
+# trained. Every other flag must equal the value recorded in model_dir/flags.txt (see
+# check_resume_compatible); mixed_precision is not here because float16 adds loss-scale
+# variables to the optimizer state.
 RESUMABLE_FLAGS = frozenset({"epochs", "verbose", "model_dir", "data_dir", "checkpoint_every",
                              "keep_checkpoints", "steps_per_execution", "jit_compile",
-                             "deterministic"})
+                             "deterministic", "strategy", "tpu", "num_gpus", "analysis_every",
+                             "analysis_points", "skip_corrupt_images"})
 MAX_HLTM_LEAVES = 2 ** 20  # c**L inputs; beyond this one batch no longer fits in memory
 
 
@@ -138,6 +146,7 @@ def _require(cond, flag, message):
 
 def validate(cfg):
     """Raises ConfigError for the first bad setting; returns cfg unchanged otherwise."""
+    _validate_types(cfg)
     _require(cfg.loss in LOSS_NAMES, "loss",
              f"got {cfg.loss!r}; allowed: {', '.join(LOSS_NAMES)}")
     _require(cfg.negatives in NEGATIVES, "negatives",
@@ -192,8 +201,27 @@ def validate(cfg):
         _validate_translation1d(cfg)
     elif is_image_dataset(cfg.dataset):
         _validate_images(cfg)
+    else:
+        raise ConfigError("dataset", f"unknown dataset {cfg.dataset!r}; allowed: hltm, "
+                          "translation1d, generated_images, folder or a TensorFlow Datasets "
+                          "name such as stl10, cifar10, cifar100")
     check_resume_compatible(cfg)
     return cfg
+
+
+def _validate_types(cfg):
+    """Every field has its default's type, floats are finite and ints fit in int32."""
+    for field in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, field.name), type(field.default)
+        if kind in (bool, str):
+            ok = isinstance(value, kind)
+        else:  # an int is a fine float; a bool is neither
+            ok = isinstance(value, (int, kind)) and not isinstance(value, bool)
+        _require(ok, field.name, f"must be a {kind.__name__}, got {value!r}")
+        if kind is float:
+            _require(math.isfinite(value), field.name, f"must be a finite number, got {value}")
+        if kind is int:
+            _require(abs(value) < 2 ** 31, field.name, f"must be below 2**31, got {value}")
 
 
 def image_size(cfg):
@@ -204,9 +232,6 @@ def image_size(cfg):
 
 def _validate_images(cfg):
     """Checks of the image path that need no data (the builder checks the rest)."""
-    _require(cfg.dataset in IMAGE_DATASETS or _TFDS_NAME.match(cfg.dataset), "dataset",
-             f"unknown dataset {cfg.dataset!r}; allowed: hltm, generated_images, folder or "
-             "a TensorFlow Datasets name such as stl10, cifar10, cifar100")
     _require(cfg.dataset != "folder" or cfg.data_dir, "data_dir",
              "is required with --dataset=folder: a directory of images, one sub-folder "
              "per class")
@@ -237,6 +262,8 @@ def _validate_images(cfg):
     if cfg.dataset == "generated_images":
         _require(2 <= cfg.generated_classes <= 6, "generated_classes",
                  f"must be in [2, 6], got {cfg.generated_classes}")
+        _require(0 <= cfg.generated_view_jitter <= 1, "generated_view_jitter",
+                 f"must be in [0, 1], got {cfg.generated_view_jitter}")
         _require(cfg.generated_examples >= cfg.batch_size, "batch_size",
                  f"{cfg.batch_size} is larger than the generated data set "
                  f"(--generated_examples={cfg.generated_examples}); lower --batch_size")
@@ -359,7 +386,14 @@ def _check_writable(path):
             break
         probe = parent
     _require(os.path.isdir(probe), "model_dir", f"{probe} exists and is not a directory")
-    _require(os.access(probe, os.W_OK | os.X_OK), "model_dir",
+    writable = os.access(probe, os.W_OK | os.X_OK)
+    if writable:  # os.access says yes to root everywhere; a real probe file settles it
+        try:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError:
+            writable = False
+    _require(writable, "model_dir",
              f"{probe} is not writable; choose a directory you can write to")
 
 

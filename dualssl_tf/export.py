@@ -10,8 +10,9 @@ An export is a TF SavedModel directory with
   one entry per requested intermediate output (e.g. block outputs ``[None, h, w, c]``).
 * ``train_mode``: the same function in training mode (BatchNorm batch statistics, and its
   moving averages updated), for fine-tuning.
-* trainable variables (``variables``, ``trainable_variables``) so a loaded model can be
-  fine-tuned with ``tf.GradientTape`` or as ``keras.layers.TFSMLayer(..., trainable=True)``.
+* trainable variables, checkpointed under ``encoder/...`` and ``head/...``, so a loaded
+  model can be fine-tuned with ``tf.GradientTape`` or as
+  ``keras.layers.TFSMLayer(..., trainable=True)``.
 * ``model_card.json`` next to ``saved_model.pb`` (inside the directory, so the card and the
   weights are replaced together): run facts (flags, dataset, epochs, final metrics) plus the
   package version, input shape and output shapes.
@@ -32,11 +33,11 @@ import datetime
 import json
 import os
 import re
-import shutil
 import uuid
 
 import keras
 import tensorflow as tf
+gfile = tf.io.gfile
 
 import dualssl_tf
 
@@ -142,10 +143,20 @@ def default_intermediates(encoder):
     * an encoder with ``pre_activations(x) -> [per depth [B, groups, hid]]`` (the HLTM
       :class:`~dualssl_tf.models.tree_net.TreeNet`) exports ``depth_<d>``: the ReLU
       activations of depth d flattened to [B, groups * hid] (the root is the representation);
+    * a functional encoder with ResNet stage naming (``layer<s>_<b>_out``, as
+      :mod:`dualssl_tf.models.resnet` builds it) exports ``layer<s>``: the output of each
+      stage's last block, [B, h, w, c];
     * otherwise None (no intermediate outputs).
     """
     if callable(getattr(encoder, "transfer_outputs", None)):
         return encoder.transfer_outputs
+    stages = {}
+    for layer in getattr(encoder, "layers", []):
+        match = re.fullmatch(r"(layer\d+)_(\d+)_out", layer.name)
+        if match and int(match.group(2)) >= stages.get(match.group(1), (-1, ""))[0]:
+            stages[match.group(1)] = (int(match.group(2)), layer.name)
+    if stages and getattr(encoder, "inputs", None):
+        return {stage: name for stage, (_, name) in sorted(stages.items())}
     if callable(getattr(encoder, "pre_activations", None)):
         def tree_taps(x, training):
             pres = encoder.pre_activations(x)
@@ -194,8 +205,11 @@ def export_encoder(encoder, head, export_dir, input_shape, model_card=None,
                          f"{input_shape}")
     if model_card is not None and not isinstance(model_card, dict):
         raise ValueError(f"model_card: expected a dict, got {type(model_card).__name__}")
-    export_dir = os.path.abspath(os.fspath(export_dir))
-    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+    export_dir = os.fspath(export_dir)
+    if "://" not in export_dir:   # gs:// and other tf.io.gfile file systems stay as given
+        export_dir = os.path.abspath(export_dir)
+    export_dir = export_dir.rstrip("/")
+    if gfile.exists(export_dir) and not gfile.isdir(export_dir):
         raise ValueError(f"export_dir: {export_dir} exists and is not a directory")
 
     forward = _forward_fn(encoder, head, intermediate_layers)
@@ -203,13 +217,22 @@ def export_encoder(encoder, head, export_dir, input_shape, model_card=None,
     # Trace once eagerly-shaped to learn the output shapes and fail early on bad layers.
     probe_out = forward(tf.zeros([1, *input_shape]), False)
 
-    archive = keras.export.ExportArchive()
-    archive.track(encoder)
+    # A plain tf.Module root with the networks as its first children: each variable is
+    # checkpointed under its object path (encoder/<attribute path>/...), which is how
+    # tools that rebuild the networks from flags read trained weights back
+    # (dualssl_tf.analysis.runs). keras.export.ExportArchive would file them under
+    # variables/<i> instead.
+    root = tf.Module()
+    root.encoder = encoder
     if head is not None:
-        archive.track(head)
-    # The first endpoint is also registered as serving_default.
-    archive.add_endpoint(SERVE, lambda x: forward(x, False), input_signature=[spec])
-    archive.add_endpoint(TRAIN_MODE, lambda x: forward(x, True), input_signature=[spec])
+        root.head = head
+    root.serve = tf.function(lambda x: forward(x, False), input_signature=[spec],
+                             autograph=False)
+    root.train_mode = tf.function(lambda x: forward(x, True), input_signature=[spec],
+                                  autograph=False)
+    serve_fn = root.serve.get_concrete_function()
+    signatures = {SIGNATURE: serve_fn, SERVE: serve_fn,
+                  TRAIN_MODE: root.train_mode.get_concrete_function()}
 
     card = _jsonable(dict(model_card or {}))
     card.update({
@@ -225,27 +248,38 @@ def export_encoder(encoder, head, export_dir, input_shape, model_card=None,
     })
 
     parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
+    gfile.makedirs(parent)
     base = os.path.basename(export_dir)
     tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
     old = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:8]}")
     try:
-        archive.write_out(tmp, verbose=False)
-        with open(os.path.join(tmp, MODEL_CARD), "w") as f:
+        tf.saved_model.save(root, tmp, signatures=signatures)
+        with gfile.GFile(os.path.join(tmp, MODEL_CARD), "w") as f:
             json.dump(card, f, indent=2, sort_keys=True)
         # Linux has no portable atomic directory swap: move the old export aside, move the
         # new one in, then delete the old one. Only between the two renames is the target
         # absent (the old export then sits complete at `old`); never is it half-written.
-        if os.path.exists(export_dir):
-            os.rename(export_dir, old)
-        os.rename(tmp, export_dir)
+        # (On object stores such as gs:// a directory rename copies object by object, so
+        # there the swap is not atomic.)
+        if gfile.exists(export_dir):
+            gfile.rename(export_dir, old)
+        gfile.rename(tmp, export_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if os.path.exists(old) and not os.path.exists(export_dir):
-            os.rename(old, export_dir)
+        _rmtree(tmp)
+        if gfile.exists(old) and not gfile.exists(export_dir):
+            gfile.rename(old, export_dir)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _rmtree(old)
     return card
+
+
+def _rmtree(path):
+    """Best-effort recursive delete (a leftover temporary dir must not mask the real error)."""
+    try:
+        if gfile.exists(path):
+            gfile.rmtree(path)
+    except tf.errors.OpError:
+        pass
 
 
 class ExportedEncoder:
@@ -266,9 +300,28 @@ class ExportedEncoder:
         self.output_keys = output_keys
         self.model_card = model_card
 
+    def _function_variables(self, trainable):
+        # The restored endpoints know the variables they capture; no separate list is saved
+        # (a root-level list would become the variables' checkpoint path, see export).
+        seen, out = set(), []
+        for name in (SERVE, TRAIN_MODE):
+            fn = getattr(self.module, name, None)
+            for cf in (getattr(fn, "concrete_functions", None) or []):
+                for v in (cf.trainable_variables if trainable else cf.variables):
+                    if id(v) not in seen:
+                        seen.add(id(v))
+                        out.append(v)
+        return out
+
+    @property
+    def variables(self):
+        """All variables of the export (BatchNorm statistics included)."""
+        return self._function_variables(trainable=False)
+
     @property
     def trainable_variables(self):
-        return list(getattr(self.module, "trainable_variables", []))
+        """The variables to fine-tune (tf.Variables of the loaded SavedModel)."""
+        return self._function_variables(trainable=True)
 
     def __call__(self, x, training=False):
         """x: [B, *input_shape] float32 -> dict of [B, ...] float32 tensors."""
@@ -293,11 +346,11 @@ def load_encoder(path):
         ``serving_default`` signature / ``representation`` output.
     """
     path = os.fspath(path)
-    if not os.path.isdir(path):
+    if not gfile.isdir(path):
         raise ValueError(f"{path}: no such directory; pass a SavedModel directory written by "
                          "tools/export.py")
-    if not (os.path.exists(os.path.join(path, "saved_model.pb"))
-            or os.path.exists(os.path.join(path, "saved_model.pbtxt"))):
+    if not (gfile.exists(os.path.join(path, "saved_model.pb"))
+            or gfile.exists(os.path.join(path, "saved_model.pbtxt"))):
         raise ValueError(f"{path}: not a SavedModel (no saved_model.pb); pass the directory "
                          "written by tools/export.py")
     try:
@@ -322,8 +375,8 @@ def load_encoder(path):
                          f"{spec.dtype.name} {spec.shape}")
     card = {}
     card_path = os.path.join(path, MODEL_CARD)
-    if os.path.exists(card_path):
-        with open(card_path) as f:
+    if gfile.exists(card_path):
+        with gfile.GFile(card_path) as f:
             card = json.load(f)
     return ExportedEncoder(path, module, tuple(spec.shape[1:].as_list()),
                            sorted(outputs), card)

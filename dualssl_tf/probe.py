@@ -128,14 +128,21 @@ def feature_cache_path(saved_model, dataset, split, output="representation", poo
                        cache_dir=None):
     """Path of the .npz cache for one (SavedModel, dataset, split, output).
 
-    Defaults to ``<dir of the SavedModel>/feature_cache/``; the name carries the SavedModel
-    name and a hash of its absolute path and fingerprint, dataset, split, output and pool.
+    Defaults to ``<dir of the SavedModel>/feature_cache/`` (``~/.cache/dualssl_tf/
+    feature_cache/`` for remote SavedModels); the name carries the SavedModel name and a hash
+    of its absolute path and content fingerprint, dataset, split, output and pool.
     """
-    saved_model = os.path.abspath(saved_model)
+    remote = "://" in saved_model
+    if not remote:
+        saved_model = os.path.abspath(saved_model)
     key = json.dumps([saved_model, _fingerprint(saved_model), str(dataset), str(split),
                       output, pool])
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    cache_dir = cache_dir or os.path.join(os.path.dirname(saved_model), "feature_cache")
+    if not cache_dir:
+        # Features of a remote (gs://) SavedModel are cached on the local disk.
+        cache_dir = (os.path.join(os.path.expanduser("~"), ".cache", "dualssl_tf",
+                                  "feature_cache") if remote else
+                     os.path.join(os.path.dirname(saved_model), "feature_cache"))
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(dataset))
     return os.path.join(cache_dir, f"{os.path.basename(saved_model)}-{safe}-{split}-"
                                    f"{output}-{digest}.npz")

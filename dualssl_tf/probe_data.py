@@ -91,7 +91,7 @@ def _from_hltm(model_card, batch_size, num_train, num_test):
 def _from_experiment(dataset, data_dir, image_size, batch_size, model_card):
     from dualssl_tf import config, experiments
     registry = experiments._registry()
-    if dataset not in registry:
+    if dataset not in registry and not config.is_image_dataset(dataset):
         raise ValueError(f"--dataset: unknown dataset {dataset!r}; allowed: npz:PATH, "
                          f"{', '.join(sorted(set(registry) | {'hltm'}))}")
     known = {f.name for f in dataclasses.fields(config.TrainConfig)}
@@ -101,7 +101,12 @@ def _from_experiment(dataset, data_dir, image_size, batch_size, model_card):
         flags["data_dir"] = data_dir
     if image_size and "image_size" in known:
         flags["image_size"] = image_size
-    exp = experiments.build(config.TrainConfig(**flags))
+    try:
+        exp = experiments.build(config.TrainConfig(**flags))
+    except config.ConfigError as e:
+        if e.flag == "dataset":   # unknown name: also offer the probe-only sources
+            raise ValueError(f"{e}; or npz:PATH") from None
+        raise
     train, test = exp.eval_data if exp.eval_data else (None, None)
     if train is None or test is None:
         missing = "labelled eval data" if train is None else "a test split"

@@ -36,9 +36,25 @@ def _select_negatives(cfg, dataset):
     return dataset
 
 
+def _check_not_empty(cfg, exp, dataset):
+    """An empty training set is a bad setting: reject it before anything is written.
+
+    Uses the static cardinality (free; 0 for e.g. ``empty.repeat()``); a pipeline whose size
+    is unknown (filtered) and turns out empty ends fit early with Keras' "ran out of data".
+    """
+    if exp.steps_per_epoch < 1 or int(dataset.cardinality()) == 0:
+        raise config.ConfigError("dataset", f"{cfg.dataset!r} yields no batch of "
+                                 f"--batch_size={cfg.batch_size}; check --data_dir and the "
+                                 "dataset's files, or lower --batch_size")
+
+
 def build_model(cfg, exp):
     """DualModel + optimizer; call inside ``strategy.scope()``."""
     gather_fn = None if cfg.local_negatives else distribute.cross_replica_candidates
+    if exp.probe is not None and not exp.probe.built:
+        # Built now, so the optimizer and the checkpoints know its variables from step 0.
+        rep = exp.encoder(tf.zeros([1, *exp.input_shape]), training=False)
+        exp.probe.build(rep.shape)
     model = DualModel(exp.encoder, exp.head, loss=cfg.loss, temperature=cfg.temperature,
                       margin=max(cfg.margin, 0.0),  # -1 = not given; only tri uses it
                       beta=cfg.beta, norm_eps=exp.norm_eps,
@@ -90,6 +106,7 @@ def run(cfg):
     start_epoch, start_step = (found["epoch"], found["step"]) if found else (0, 0)
     with strategy.scope():  # networks, DualModel and optimizer all live on the replicas
         exp = experiments.build(cfg, start_step=start_step)
+    _check_not_empty(cfg, exp, exp.train_data)
     train_data = distribute.train_input(strategy, cfg.batch_size, exp,
                                         lambda ds: _select_negatives(cfg, ds))
     if cfg.analysis_every:
@@ -100,8 +117,10 @@ def run(cfg):
     # Nothing is written before every setting has been checked and the data built.
     model_dir = cfg.model_dir
     tf.io.gfile.makedirs(model_dir)
-    with tf.io.gfile.GFile(os.path.join(model_dir, "flags.txt"), "w") as f:
-        f.write(config.to_flagfile(cfg))
+    flagfile = os.path.join(model_dir, "flags.txt")
+    with tf.io.gfile.GFile(flagfile + ".tmp", "w") as f:  # renamed: a kill never leaves
+        f.write(config.to_flagfile(cfg))                  # half a flags.txt to resume from
+    tf.io.gfile.rename(flagfile + ".tmp", flagfile, overwrite=True)
     with tf.io.gfile.GFile(os.path.join(model_dir, "run.json"), "w") as f:
         json.dump(exp.metadata, f)
 

@@ -245,3 +245,28 @@ def test_bad_arguments(tmp_path):
         export.export_encoder(enc, None, str(tmp_path / "a"), (5,),
                               intermediate_layers=["nope"])
     assert not os.path.exists(tmp_path / "a")
+
+
+def test_default_intermediates_picks_last_block_of_each_stage():
+    inp = keras.Input((8, 8, 3))
+    h = inp
+    for stage in (1, 2):
+        for block in (0, 1):
+            h = keras.layers.Conv2D(2, 3, padding="same", name=f"layer{stage}_{block}_conv")(h)
+            h = keras.layers.ReLU(name=f"layer{stage}_{block}_out")(h)
+    enc = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(h))
+    assert export.default_intermediates(enc) == {"layer1": "layer1_1_out",
+                                                 "layer2": "layer2_1_out"}
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    assert export.default_intermediates(plain) is None
+
+
+def test_checkpoint_keys_follow_object_paths(exported):
+    """Variables are filed under encoder/... and head/... (what analysis.runs reads back)."""
+    enc, head, path, _ = exported
+    keys = [k for k, _ in tf.train.list_variables(os.path.join(path, "variables",
+                                                               "variables"))
+            if k.endswith("/.ATTRIBUTES/VARIABLE_VALUE")]
+    assert len(keys) == len(enc.weights) + len(head.weights)
+    assert sum(k.startswith("encoder/") for k in keys) == len(enc.weights)
+    assert sum(k.startswith("head/") for k in keys) == len(head.weights)

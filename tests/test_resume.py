@@ -127,6 +127,21 @@ def test_truncated_newest_checkpoint_falls_back_to_previous(runs, tmp_path, capf
     assert "ckpt-3.data-00000-of-00001.corrupt" in names and "ckpt-4.index" in names
 
 
+def test_kill_between_last_checkpoint_and_export_only_exports(runs, tmp_path):
+    run = copy_three(runs, tmp_path)
+    shutil.rmtree(run / "saved_model")
+    os.remove(run / "finished.json")
+    metrics = metrics_bytes(run)
+    out = train(run, epochs=3)
+    assert not out["finished"] and metrics_bytes(run) == metrics
+    assert json.load(open(run / "finished.json")) == {"epochs": 3}
+    x = tf.constant(np.eye(8, dtype=np.float32))
+    got = tf.saved_model.load(str(run / "saved_model")).signatures["serving_default"](x)
+    want = tf.saved_model.load(str(runs / "three" / "saved_model")).signatures[
+        "serving_default"](x)
+    np.testing.assert_array_equal(got["representation"], want["representation"])
+
+
 @pytest.mark.parametrize("damage,reason", [
     ("missing_index", "index file missing"),
     ("missing_data", "data file missing"),
@@ -194,6 +209,7 @@ def test_resume_refuses_other_model_shape(runs, tmp_path):
         train(run, epochs=4, hltm_hid=5)
 
 
+@pytest.mark.slow  # a TensorFlow subprocess: ~10 s alone, ~25 s on the shared CPU
 def test_tool_resumes_past_missing_index_with_one_line_no_traceback(runs, tmp_path):
     run = copy_three(runs, tmp_path)
     os.remove(run / "finished.json")
@@ -225,3 +241,21 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
         assert equal, (what, detail, points)
     again = kill_resume.run_to_end(flags, tmp_path / "killed")
     assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_empty_dataset_is_a_config_error_before_any_write(tmp_path, monkeypatch):
+    import keras
+    from dualssl_tf import experiments
+
+    def empty_experiment(cfg, start_step=0):
+        batch = {"view1": tf.zeros([16, 8]), "view2": tf.zeros([16, 8])}
+        encoder = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        return experiments.Experiment(
+            train_data=tf.data.Dataset.from_tensors(batch).take(0).repeat(),
+            steps_per_epoch=4, encoder=encoder, input_shape=(8,))
+
+    monkeypatch.setattr(experiments, "build", empty_experiment)
+    with pytest.raises(config.ConfigError, match=r"^--dataset: 'hltm' yields no batch of "
+                                                 r"--batch_size=16"):
+        train(tmp_path / "run", epochs=2)
+    assert not (tmp_path / "run").exists()

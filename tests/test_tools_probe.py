@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf import config, experiments, export, trainer
+from dualssl_tf import checkpointing, config, experiments, export, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
@@ -35,19 +35,20 @@ def assert_one_line_error(proc, *needles):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A small HLTM run dir as tools/train.py leaves it, plus a weights checkpoint whose
-    values differ from any fresh initialisation."""
+    """A small HLTM run dir as tools/train.py leaves it, with a trainer checkpoint whose
+    weights differ from any fresh initialisation."""
     model_dir = str(tmp_path_factory.mktemp("tools") / "run")
     cfg = config.TrainConfig(dataset="hltm", hltm_depth=3, hltm_hid=4, batch_size=32,
                              hltm_samples_per_epoch=256, hltm_eval_samples=64, seed=5,
                              model_dir=model_dir)
     exp = experiments.build(cfg)
     model = trainer.build_model(cfg, exp)
-    model(tf.zeros([1, *exp.input_shape]))
+    ckpts = checkpointing.RunCheckpoints(model_dir)   # the trainer's checkpoint layout
+    ckpts.attach(model)
     rng = np.random.default_rng(0)
     for v in model.weights:
         v.assign(rng.normal(size=v.shape).astype(np.float32))
-    os.makedirs(os.path.join(model_dir, "checkpoints"))
+    os.makedirs(model_dir)
     with open(os.path.join(model_dir, "flags.txt"), "w") as f:
         f.write(config.to_flagfile(cfg))
     with open(os.path.join(model_dir, "run.json"), "w") as f:
@@ -55,7 +56,7 @@ def run_dir(tmp_path_factory):
     with open(os.path.join(model_dir, "metrics.jsonl"), "w") as f:
         f.write(json.dumps({"epoch": 0, "loss": 1.0}) + "\n")
         f.write(json.dumps({"epoch": 3, "loss": 0.25}) + "\n")
-    model.save_weights(os.path.join(model_dir, "checkpoints", "last.weights.h5"))
+    ckpts.save(epoch=3)
     return model_dir, exp
 
 
@@ -77,7 +78,7 @@ def test_export_tool_reproduces_checkpoint_weights(run_dir, exported):
     assert card["flags"]["seed"] == 5 and card["dataset"] == "hltm"
     assert card["final_metrics"] == {"epoch": 3, "loss": 0.25}
     assert card["metadata"] == json.loads(json.dumps(exp.metadata))
-    assert card["checkpoint"].endswith("last.weights.h5")
+    assert card["checkpoint"].endswith(os.path.join("checkpoints", "ckpt-3"))
     assert {"depth_1", "depth_2"} <= set(loaded.output_keys)   # TreeNet taps
 
 
@@ -127,7 +128,7 @@ def test_export_tool_bad_input(run_dir, tmp_path):
                           "--checkpoint", "does not exist")
     (tmp_path / "flags.txt").write_text("--dataset=hltm\n--bogus=1\n")
     assert_one_line_error(run_tool("export.py", f"--model_dir={tmp_path}"),
-                          "--model_dir", "line 2")
+                          "--model_dir", "--bogus")
 
 
 def test_linear_eval_tool_bad_input_before_tensorflow(tmp_path):

@@ -2,10 +2,10 @@
 [--checkpoint=FILE] [--export_dir=DIR]
 
 Rebuilds the networks from ``model_dir/flags.txt``, loads the weights of ``--checkpoint`` (a
-``.weights.h5`` written by ``DualModel.save_weights``, or a ``tf.train.Checkpoint`` prefix
-holding ``model=DualModel``; default: the newest checkpoint in ``model_dir`` or
-``model_dir/checkpoints``) and writes ``model_dir/saved_model`` (or ``--export_dir``)
-atomically, with model_card.json (flags, metrics.jsonl's last record, run.json metadata).
+trainer checkpoint prefix such as ``model_dir/checkpoints/ckpt-8``, or a ``.weights.h5``
+written by ``DualModel.save_weights``; default: the run's newest readable checkpoint) and
+writes ``model_dir/saved_model`` (or ``--export_dir``) atomically, with model_card.json
+(flags, metrics.jsonl's last record, run.json metadata, the checkpoint used).
 
 Bad input ends with one line on stderr naming the flag or file, and exit status 2.
 """
@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dualssl_tf import config  # noqa: E402  (TensorFlow-free: errors come fast)
 
 flags.DEFINE_string("model_dir", "", "Run directory written by tools/train.py (flags.txt).")
-flags.DEFINE_string("checkpoint", "", "Weights to export: a .weights.h5 file or a "
-                    "tf.train.Checkpoint prefix; default: the newest in model_dir.")
+flags.DEFINE_string("checkpoint", "", "Weights to export: a trainer checkpoint prefix "
+                    "(checkpoints/ckpt-N) or a .weights.h5 file; default: the run's newest.")
 flags.DEFINE_string("export_dir", "", "Where to write the SavedModel; default "
                     "model_dir/saved_model.")
 flags.DEFINE_string("intermediate_layers", "auto", "Comma-separated layer names of a "
@@ -38,48 +38,45 @@ def fail(message):
 
 
 def read_flagfile(path):
-    """TrainConfig from a ``--name=value`` flagfile (as written by config.to_flagfile)."""
+    """TrainConfig from a run's flags.txt (``config.read_flagfile`` strings, typed here)."""
     fields = {f.name: f for f in dataclasses.fields(config.TrainConfig)}
     values = {}
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, sep, value = line[2:].partition("=") if line.startswith("--") else ("", "", "")
-            if not sep or name not in fields:
-                raise config.ConfigError("model_dir", f"{path} line {number}: {line!r} is not "
-                                         "a known --name=value flag of tools/train.py")
-            kind = type(fields[name].default)
-            try:
-                values[name] = (value.lower() in ("1", "true") if kind is bool
-                                else kind(value))
-            except ValueError:
-                raise config.ConfigError("model_dir", f"{path} line {number}: {value!r} is "
-                                         f"not a valid {kind.__name__} for --{name}") from None
+    for name, value in config.read_flagfile(path).items():
+        if name not in fields:
+            raise config.ConfigError("model_dir", f"{path}: --{name} is not a flag of this "
+                                     "version of tools/train.py")
+        kind = type(fields[name].default)
+        try:
+            values[name] = value.lower() in ("1", "true") if kind is bool else kind(value)
+        except ValueError:
+            raise config.ConfigError("model_dir", f"{path}: {value!r} is not a valid "
+                                     f"{kind.__name__} for --{name}") from None
     return config.TrainConfig(**values)
 
 
 def find_checkpoint(model_dir):
-    """Newest .weights.h5 or tf.train checkpoint in model_dir or model_dir/checkpoints."""
-    import tensorflow as tf
-    candidates = []
-    for d in (model_dir, os.path.join(model_dir, "checkpoints")):
-        candidates += glob.glob(os.path.join(d, "*.weights.h5"))
-        prefix = tf.train.latest_checkpoint(d) if os.path.isdir(d) else None
-        if prefix:
-            candidates.append(prefix)
-    def mtime(p):
-        return os.path.getmtime(p if os.path.exists(p) else p + ".index")
-    return max(candidates, key=mtime) if candidates else ""
+    """The run's newest readable trainer checkpoint, else its newest ``*.weights.h5``."""
+    from dualssl_tf import checkpointing
+    found = checkpointing.RunCheckpoints(model_dir).find_latest()
+    if found:
+        return found["path"]
+    files = (glob.glob(os.path.join(model_dir, "*.weights.h5"))
+             + glob.glob(os.path.join(model_dir, checkpointing.CHECKPOINT_DIR, "*.weights.h5")))
+    return max(files, key=os.path.getmtime) if files else ""
 
 
-def load_weights(model, checkpoint):
+def load_weights(model, checkpoint, input_shape):
+    """Loads a .weights.h5 or a trainer checkpoint prefix into the freshly built DualModel."""
     import tensorflow as tf
     if checkpoint.endswith(".weights.h5"):
+        model(tf.zeros([1, *input_shape]))   # Keras .h5 loading needs a built model
         model.load_weights(checkpoint)
-    else:
-        tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+        return
+    # The trainer's layout (checkpointing.RunCheckpoints.attach): the model's variables as a
+    # list, in the order of a freshly built DualModel; optimizer state is not needed.
+    status = tf.train.Checkpoint(model=list(model.variables)).restore(checkpoint)
+    status.expect_partial()
+    status.assert_existing_objects_matched()
 
 
 def _last_metrics(model_dir):
@@ -117,7 +114,6 @@ def main(argv):
         cfg.model_dir = model_dir   # the run may have moved since training
         config.validate(cfg)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
         from dualssl_tf import experiments, export, trainer
         checkpoint = checkpoint or find_checkpoint(model_dir)
         if not checkpoint:
@@ -125,9 +121,8 @@ def main(argv):
                  f"{model_dir} or its checkpoints/; pass --checkpoint=PATH")
         exp = experiments.build(cfg)
         model = trainer.build_model(cfg, exp)
-        model(tf.zeros([1, *exp.input_shape]))   # create every weight before loading
         try:
-            load_weights(model, checkpoint)
+            load_weights(model, checkpoint, exp.input_shape)
         except Exception as e:  # wrong architecture or corrupt file: one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             fail(f"--checkpoint: cannot load {checkpoint} into the model of {flagfile} "
@@ -148,8 +143,8 @@ def main(argv):
             msg = str(e)
             fail("--" + msg if msg.split(":")[0] in ("intermediate_layers", "export_dir")
                  else msg)
-    except config.ConfigError as e:
-        fail(str(e))
+    except ValueError as e:  # ConfigError and bad flag values
+        fail(str(e).strip().splitlines()[0])
     print(f"SavedModel written to {export_dir}")
 
 

@@ -109,7 +109,14 @@ def run(decays):
     from dualssl_tf import export, probe, probe_data
     import numpy as np
 
-    saved_model = os.path.abspath(FLAGS.saved_model)
+    saved_model = FLAGS.saved_model
+    if "://" not in saved_model:
+        saved_model = os.path.abspath(saved_model)
+    # Checked before any work: results of a remote SavedModel need a local --output_dir.
+    out_dir = FLAGS.output_dir or os.path.dirname(saved_model)
+    if "://" in out_dir:
+        fail(f"--output_dir: {saved_model} is remote; pass a local --output_dir for "
+             "linear_eval.json")
     try:
         encoder = export.load_encoder(saved_model)
     except ValueError as e:
@@ -167,7 +174,6 @@ def run(decays):
             output=FLAGS.output, verbose=FLAGS.verbose)
     for r in results.values():
         r.update(dataset=dataset, output=FLAGS.output)
-    out_dir = FLAGS.output_dir or os.path.dirname(saved_model)
     path = os.path.join(out_dir, "linear_eval.json")
     write_results(path, {"saved_model": saved_model, **results})
     for method, r in results.items():
@@ -180,10 +186,11 @@ def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
     decays = check_flags()
-    if not os.path.isdir(FLAGS.saved_model):
+    remote = "://" in FLAGS.saved_model   # gs:// etc. are checked by load_encoder
+    if not remote and not os.path.isdir(FLAGS.saved_model):
         fail(f"--saved_model: {FLAGS.saved_model} is not a directory; pass a SavedModel "
              "written by tools/export.py")
-    if not os.path.exists(os.path.join(FLAGS.saved_model, "saved_model.pb")):
+    if not remote and not os.path.exists(os.path.join(FLAGS.saved_model, "saved_model.pb")):
         fail(f"--saved_model: {FLAGS.saved_model} is not a SavedModel (no saved_model.pb); "
              "pass the directory written by tools/export.py")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -83,6 +83,8 @@ HELP = {
                            "instead of stopping.",
     "generated_examples": "Training examples of the generated image data set.",
     "generated_classes": "Shape classes of the generated image data set (2..6).",
+    "generated_view_jitter": "Generated images: how far each view's position/scale/colour "
+                             "moves from the example's own towards a fresh draw (0..1).",
     "lr_schedule": "constant | cosine (decay to 0 over the run, after the warmup).",
     "warmup_epochs": "Linear learning-rate warmup, in epochs.",
     "lr_scaling": "Batch-size scaling of --learning_rate: none | linear (lr*B/256) | "
@@ -118,12 +120,32 @@ def fail(message, status=EXIT_BAD_INPUT):
     sys.exit(status)
 
 
+def _flagfile_holding(name, argv):
+    """The --flagfile among argv whose lines set --name (for naming the culprit file)."""
+    for arg in argv:
+        if arg.startswith("--flagfile="):
+            path = arg.split("=", 1)[1]
+            try:
+                with open(path) as f:
+                    if any(line.strip().lstrip("-").split("=")[0] in (name, "no" + name)
+                           for line in f):
+                        return path
+            except OSError:
+                pass
+    return None
+
+
 def parse_flags(argv):
     """Parses argv; any flag error is one line on stderr and exit status 2."""
     try:
         return flags.FLAGS(argv)
-    except flags.Error as e:
-        fail(str(e).splitlines()[0])
+    except (flags.Error, ValueError) as e:  # absl raises ValueError for --noflag=value
+        message = str(e).splitlines()[0].replace("ERROR:: ", "")
+        if isinstance(e, flags.UnrecognizedFlagError):
+            path = _flagfile_holding(e.flagname, argv[1:])
+            message = (f"--{e.flagname}: unknown flag" + (f" in flagfile {path}" if path else "")
+                       + "; see --helpfull for the flags of train.py")
+        fail(message)
 
 
 def config_from_flags():

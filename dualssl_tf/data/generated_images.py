@@ -14,10 +14,12 @@ bg         background grey: the object's luma shifted by U(0.3, 0.7) modulo 1, s
            object always stands out
 =========  =======================================================================
 
-plus per-pixel Gaussian noise (std ``noise``). The two views of a training pair are two
-renderings of the same class with independent z' (so "augmentation" keeps z0 and changes
-z' exactly, DIGEST's generative view ``x = g(z0, z')``); the un-augmented image used for
-probing is the rendering with the example's own fixed factors. Everything is a stateless
+plus per-pixel Gaussian noise (std ``noise``). Each example has its own factors z'_i (its
+un-augmented image, used for probing). The two views of a training pair are renderings of
+the same class with z' moved from z'_i towards an independent draw by ``view_jitter``
+(0 = the example's own factors, 1 = fully resampled), so "augmentation" keeps z0 and
+changes z' (DIGEST's generative view ``x = g(z0, z')``). The interpolation is done on the
+uniforms behind z', so every view stays in the ranges above. Everything is a stateless
 function of (seed, index), so any stream is reproducible from any position.
 """
 
@@ -30,15 +32,24 @@ FACTOR_NAMES = ("cx", "cy", "scale", "r", "g", "b", "bg")
 SPLIT_OFFSETS = {"train": 0, "test": 1 << 40}
 
 
-def sample_factors(seed):
-    """Nuisance factors z'. seed: [2] int -> [7] float32 (see FACTOR_NAMES)."""
-    u = tf.random.stateless_uniform([NUM_FACTORS], seed)
+def factors_from_uniforms(u):
+    """Maps 7 numbers in [0, 1) to the nuisance factors z'. u: [7] -> [7] float32."""
     cx, cy = 0.3 + 0.4 * u[0], 0.3 + 0.4 * u[1]
     scale = 0.2 + 0.15 * u[2]
     rgb = u[3:6]
     luma = 0.2989 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
     bg = tf.math.floormod(luma + 0.3 + 0.4 * u[6], 1.0)
     return tf.stack([cx, cy, scale, rgb[0], rgb[1], rgb[2], bg])
+
+
+def sample_uniforms(seed):
+    """The 7 uniforms behind z'. seed: [2] int -> [7] float32 in [0, 1)."""
+    return tf.random.stateless_uniform([NUM_FACTORS], seed)
+
+
+def sample_factors(seed):
+    """Nuisance factors z'. seed: [2] int -> [7] float32 (see FACTOR_NAMES)."""
+    return factors_from_uniforms(sample_uniforms(seed))
 
 
 def shape_masks(factors, size):
@@ -94,6 +105,8 @@ class GeneratedImages:
       num_examples: size of the training split (the test split has ``num_test``).
       num_test: size of the test split.
       noise: pixel-noise std.
+      view_jitter: in [0, 1], how far each view's z' moves from the example's own towards a
+        fresh draw (1 = independent factors: the pair shares only the class).
       seed: data seed; the whole data set is a function of it.
 
     Example:
@@ -102,7 +115,7 @@ class GeneratedImages:
     """
 
     def __init__(self, image_size=32, num_classes=len(SHAPES), num_examples=10000,
-                 num_test=2000, noise=0.05, seed=0):
+                 num_test=2000, noise=0.05, view_jitter=0.5, seed=0):
         if not 2 <= num_classes <= len(SHAPES):
             raise ValueError(f"num_classes={num_classes}: must be in [2, {len(SHAPES)}]")
         if image_size < 8:
@@ -110,7 +123,10 @@ class GeneratedImages:
         self.image_size = int(image_size)
         self.num_classes = int(num_classes)
         self.num_examples = {"train": int(num_examples), "test": int(num_test)}
+        if not 0.0 <= view_jitter <= 1.0:
+            raise ValueError(f"view_jitter={view_jitter}: must be in [0, 1]")
         self.noise = float(noise)
+        self.view_jitter = float(view_jitter)
         self.seed = int(seed)
 
     def _seed(self, index, stream):
@@ -132,7 +148,7 @@ class GeneratedImages:
                       self.noise), label, factors
 
     def views(self, index, seed):
-        """Two views of example ``index``: same class, independent factors and noise.
+        """Two views of example ``index``: same class, jittered factors, fresh noise.
 
         Args:
           index: scalar int64 example index (split offset included).
@@ -141,9 +157,14 @@ class GeneratedImages:
           (view1, view2) [S, S, 3] float32 in [0, 1].
         """
         label = self.label(index)
+        own = sample_uniforms(self._seed(index, 1))
         s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
-        return tuple(render(label, sample_factors(s[2 * v]), self.image_size, s[2 * v + 1],
-                            self.noise) for v in range(2))
+        out = []
+        for v in range(2):
+            u = own + self.view_jitter * (sample_uniforms(s[2 * v]) - own)
+            out.append(render(label, factors_from_uniforms(u), self.image_size, s[2 * v + 1],
+                              self.noise))
+        return tuple(out)
 
     def indices(self, split):
         """Finite tf.data of the split's example indices (int64, offset included)."""

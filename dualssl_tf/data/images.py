@@ -99,7 +99,7 @@ def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0):
 
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
-    except tfds.core.registered.DatasetNotFoundError:
+    except ValueError:  # DatasetNotFoundError, or a malformed name
         raise ConfigError("dataset", f"unknown dataset {name!r}: not hltm, generated_images, "
                           "folder or a TensorFlow Datasets name") from None
     features = builder.info.features
@@ -257,6 +257,16 @@ def generated_source(data, split="train"):
 
 # --------------------------------------------------------------------------------------
 # Pipelines
+
+
+def shard_source(source, num_shards, index):
+    """Every ``num_shards``-th element of a source, from ``index`` (one input pipeline)."""
+    if num_shards == 1:
+        return source
+    return dataclasses.replace(
+        source, name=f"{source.name}[shard {index}/{num_shards}]",
+        elements=source.elements.shard(num_shards, index),
+        num_examples=len(range(index, source.num_examples, num_shards)))
 
 
 def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,

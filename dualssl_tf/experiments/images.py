@@ -1,7 +1,10 @@
 """The image experiment (DIGEST section 6): SimCLR views of tfds data sets, image folders or
 the generated shapes, a ResNet encoder, a projection head and an online linear probe."""
 
-from dualssl_tf import callbacks, config
+import functools
+import os
+
+from dualssl_tf import callbacks, config, distribute
 from dualssl_tf.config import ConfigError
 from dualssl_tf.data import images
 from dualssl_tf.data.generated_images import GeneratedImages
@@ -41,21 +44,20 @@ def build(cfg, start_step=0):
                                     num_classes=cfg.generated_classes,
                                     num_examples=cfg.generated_examples,
                                     num_test=max(cfg.generated_examples // 5, cfg.batch_size),
-                                    seed=cfg.seed)
+                                    view_jitter=cfg.generated_view_jitter, seed=cfg.seed)
     pretrain, probe_train, probe_test = images.sources(
         cfg.dataset, cfg.data_dir, seed=cfg.seed, skip_corrupt=cfg.skip_corrupt_images,
         generated=generated)
     size = _image_size(cfg, pretrain)
-    train_data = images.pretrain_dataset(
-        pretrain, cfg.batch_size, size, seed=cfg.seed, start_step=start_step,
-        color_jitter_strength=cfg.color_jitter_strength, blur=cfg.blur,
-        shuffle_buffer=cfg.shuffle_buffer, with_labels=cfg.probe)
+    train_data = _train_data(pretrain, cfg, size, start_step, cfg.batch_size)
 
+    # Built inside the trainer's strategy scope: BatchNorm syncs across several replicas.
+    sync_bn = cfg.sync_bn or distribute.use_sync_bn()
     encoder = resnet.resnet(ENCODER_DEPTH[cfg.encoder], image_size=size, stem=cfg.stem,
-                            width_multiplier=cfg.width_multiplier, sync_bn=cfg.sync_bn)
+                            width_multiplier=cfg.width_multiplier, sync_bn=sync_bn)
     rep_dim = encoder.output_shape[-1]
     head = heads.projection_head(rep_dim, cfg.proj_hidden_dim, cfg.proj_dim,
-                                 cfg.proj_layers, cfg.sync_bn)
+                                 cfg.proj_layers, sync_bn)
     num_classes = probe_train.num_classes
     probe = None
     if cfg.probe and num_classes > 0 and pretrain.num_classes > 0:
@@ -72,6 +74,9 @@ def build(cfg, start_step=0):
     cbs.append(callbacks.EmbeddingSpread(encoder, head, spread_x, norm_eps=1e-4))
     if probe is not None and eval_test is not None:
         cbs.append(callbacks.ProbeAccuracy(encoder, probe, eval_test))
+    if cfg.model_dir:
+        cbs.append(callbacks.ViewSummary(os.path.join(cfg.model_dir, "logs", "views"),
+                                         train_data))
 
     return Experiment(
         train_data=train_data,
@@ -89,7 +94,29 @@ def build(cfg, start_step=0):
                              "representation_dim": int(rep_dim),
                              "skipped_images": pretrain.skipped}},
         summarize=summarize,
-        eval_data=(eval_train, eval_test))
+        eval_data=(eval_train, eval_test),
+        make_train_data=functools.partial(_replica_data, pretrain, cfg, size, start_step))
+
+
+def _train_data(source, cfg, size, start_step, batch_size, seed=None):
+    return images.pretrain_dataset(
+        source, batch_size, size, seed=cfg.seed if seed is None else seed,
+        start_step=start_step, color_jitter_strength=cfg.color_jitter_strength,
+        blur=cfg.blur, shuffle_buffer=cfg.shuffle_buffer, with_labels=cfg.probe)
+
+
+def _replica_data(source, cfg, size, start_step, batch_size, input_context):
+    """Per-replica batches of one input pipeline (Experiment.make_train_data).
+
+    Each pipeline (host) reads its own shard of the examples with its own seed; its
+    replicas take consecutive batches, so ``start_step`` global steps are
+    ``start_step * replicas_per_pipeline`` batches of this stream.
+    """
+    pipelines = input_context.num_input_pipelines
+    per_pipeline = input_context.num_replicas_in_sync // pipelines
+    shard = images.shard_source(source, pipelines, input_context.input_pipeline_id)
+    return _train_data(shard, cfg, size, start_step * per_pipeline, batch_size,
+                       seed=distribute.replica_seed(cfg.seed, input_context))
 
 
 def summarize(initial, final):

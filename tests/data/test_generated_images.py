@@ -10,7 +10,9 @@ from dualssl_tf.data import generated_images as gen
 
 
 def test_factor_ranges_and_contrast():
-    f = np.stack([gen.sample_factors(tf.constant([0, i])).numpy() for i in range(200)])
+    seeds = tf.stack([tf.zeros([200], tf.int64), tf.range(200, dtype=tf.int64)], axis=1)
+    f = np.stack(list(tf.data.Dataset.from_tensor_slices(seeds).map(
+        gen.sample_factors).as_numpy_iterator()))
     assert f[:, :2].min() >= 0.3 and f[:, :2].max() <= 0.7
     assert f[:, 2].min() >= 0.2 and f[:, 2].max() <= 0.35
     luma = f[:, 3:6] @ np.array([0.2989, 0.587, 0.114])
@@ -45,7 +47,7 @@ def test_every_shape_is_distinct_and_nonempty():
 
 def test_labels_balanced_and_deterministic():
     data = gen.GeneratedImages(image_size=16, num_classes=4, seed=3)
-    labels = np.array([int(data.label(tf.constant(i, tf.int64))) for i in range(400)])
+    labels = np.array(list(tf.data.Dataset.range(400).map(data.label).as_numpy_iterator()))
     assert set(labels) == {0, 1, 2, 3}
     counts = np.bincount(labels, minlength=4)
     assert np.all(np.abs(counts - 100) < 4 * math.sqrt(400 * 0.25 * 0.75))
@@ -57,15 +59,33 @@ def test_labels_balanced_and_deterministic():
 
 
 def test_views_keep_class_change_factors():
-    data = gen.GeneratedImages(image_size=32, noise=0.0, seed=1)
+    data = gen.GeneratedImages(image_size=32, noise=0.0, view_jitter=0.5, seed=1)
     i = tf.constant(11, tf.int64)
     v1, v2 = data.views(i, tf.constant([4, 4], tf.int64))
     assert v1.shape == v2.shape == (32, 32, 3)
     assert np.abs(v1.numpy() - v2.numpy()).max() > 0.1
-    # Re-rendering each view from its factors with the example's class reproduces it.
+    # Re-rendering view 2 from its factors (half way from the example's own uniforms to a
+    # fresh draw) with the example's class reproduces it.
     s = tf.random.experimental.stateless_split(tf.constant([4, 4], tf.int64), 4)
+    own = gen.sample_uniforms(data._seed(i, 1))
+    u = own + 0.5 * (gen.sample_uniforms(s[2]) - own)
     np.testing.assert_allclose(
-        v2.numpy(), gen.render(data.label(i), gen.sample_factors(s[2]), 32).numpy())
+        v2.numpy(), gen.render(data.label(i), gen.factors_from_uniforms(u), 32).numpy())
+
+
+def test_view_jitter_extremes():
+    i = tf.constant(3, tf.int64)
+    still = gen.GeneratedImages(image_size=16, noise=0.0, view_jitter=0.0, seed=1)
+    v1, v2 = still.views(i, tf.constant([0, 1], tf.int64))
+    np.testing.assert_allclose(v1.numpy(), still.example(i)[0].numpy())
+    np.testing.assert_allclose(v2.numpy(), v1.numpy())
+    free = gen.GeneratedImages(image_size=16, noise=0.0, view_jitter=1.0, seed=1)
+    s = tf.random.experimental.stateless_split(tf.constant([0, 1], tf.int64), 4)
+    w1, _ = free.views(i, tf.constant([0, 1], tf.int64))
+    np.testing.assert_allclose(w1.numpy(), gen.render(free.label(i), gen.sample_factors(s[0]),
+                                                      16).numpy())
+    with pytest.raises(ValueError, match="view_jitter"):
+        gen.GeneratedImages(view_jitter=1.5)
 
 
 def test_splits_and_errors():

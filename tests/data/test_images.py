@@ -175,3 +175,13 @@ def test_augmented_folder_pipeline_deterministic(tmp_path):
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x["view1"], y["view1"])
         np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_shard_source_splits_examples():
+    data = GeneratedImages(image_size=16, num_examples=10, num_test=4, seed=0)
+    src = images.generated_source(data)
+    shards = [images.shard_source(src, 3, i) for i in range(3)]
+    assert [s.num_examples for s in shards] == [4, 3, 3]
+    ids = [sorted(int(r) for r, _ in s.elements.as_numpy_iterator()) for s in shards]
+    assert sorted(sum(ids, [])) == list(range(10)) and ids[1] == [1, 4, 7]
+    assert images.shard_source(src, 1, 0) is src

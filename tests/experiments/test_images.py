@@ -22,7 +22,7 @@ def _cfg(tmp_path, **kw):
 
 
 def test_generated_experiment_parts(tmp_path):
-    exp = build(_cfg(tmp_path))
+    exp = build(_cfg(tmp_path, steps_per_epoch=0))
     spec = exp.train_data.element_spec
     assert spec["view1"].shape == (16, 16, 16, 3) and spec["label"].shape == (16,)
     assert exp.encoder.output_shape == (None, 32)          # 512 * 1/16
@@ -33,10 +33,20 @@ def test_generated_experiment_parts(tmp_path):
     train_eval, test_eval = exp.eval_data
     x, y = next(iter(test_eval))
     assert x.shape[1:] == (16, 16, 3) and y.dtype == tf.int32
-    assert exp.steps_per_epoch == 2
-    assert build(_cfg(tmp_path, steps_per_epoch=0)).steps_per_epoch == 64 // 16
+    assert exp.steps_per_epoch == 64 // 16  # the data set's natural epoch
+    # Two hosts with one replica each: per-replica batches from disjoint example shards,
+    # with distinct augmentation seeds.
+    streams = []
+    for pid in (0, 1):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid,
+                                         num_replicas_in_sync=2)
+        ds = exp.make_train_data(8, ctx)
+        assert ds.element_spec["view1"].shape == (8, 16, 16, 3)
+        streams.append(next(iter(ds))["view1"].numpy())
+    assert np.abs(streams[0] - streams[1]).max() > 0.1
 
 
+@pytest.mark.slow
 def test_fit_steps_update_probe_and_log_metrics(tmp_path):
     cfg = _cfg(tmp_path, optimizer="lars", lr_schedule="cosine", warmup_epochs=0.5)
     exp = build(cfg)

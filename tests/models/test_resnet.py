@@ -37,7 +37,9 @@ def test_resnet50_cifar_parameter_count():
     assert model.output_shape == (None, 2048)
 
 
-@pytest.mark.parametrize("depth,width,rep", [(18, 0.125, 64), (50, 0.0625, 128)])
+@pytest.mark.parametrize("depth,width,rep", [(18, 0.125, 64),
+                                             pytest.param(50, 0.0625, 128,
+                                                          marks=pytest.mark.slow)])
 def test_output_shapes_and_width(depth, width, rep):
     model = resnet.resnet(depth, image_size=16, stem="cifar", width_multiplier=width)
     out = model(tf.random.uniform([3, 16, 16, 3]), training=True)

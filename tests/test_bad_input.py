@@ -1,0 +1,249 @@
+"""Malformed invocations of tools/train.py: exit status 2, one line naming the culprit, and
+the model dir untouched.
+
+Every case goes through the tool's own code path (absl parsing, ``config.validate``, the
+error printer). Most run in this process by calling the tool's ``parse_flags`` and ``main``
+(TensorFlow never gets imported: a stand-in trainer fails the test if validation lets a
+case through); a handful also run as real subprocesses.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+from absl import flags
+
+import dualssl_tf
+from dualssl_tf import config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "tools", "train.py")
+
+# A valid tiny run: each case below adds or overrides flags to break it.
+BASE = ["--dataset=hltm", "--hltm_depth=3", "--hltm_hid=4", "--batch_size=16",
+        "--hltm_samples_per_epoch=64", "--hltm_eval_samples=128", "--epochs=2",
+        "--steps_per_execution=1", "--verbose=0"]
+
+# (case id, extra argv, text that must appear in the one-line message). "{tmp}" is the
+# test's temporary directory; "{out}" the model dir that must stay untouched.
+CASES = [
+    # absl parsing: unknown / missing / mistyped flags, flagfiles.
+    ("unknown_flag", ["--no_such_flag=1"], "--no_such_flag"),
+    ("unknown_bool_style_flag", ["--noverbose_training"], "verbose_training"),
+    ("missing_flagfile", ["--flagfile={tmp}/missing.cfg"], "missing.cfg"),
+    ("unknown_flag_in_flagfile", ["--flagfile={tmp}/unknown.cfg"], "--bogus_flag: unknown flag in flagfile"),
+    ("bad_type_in_flagfile", ["--flagfile={tmp}/badtype.cfg"], "--hltm_depth=deep"),
+    ("nested_missing_flagfile", ["--flagfile={tmp}/nested.cfg"], "gone.cfg"),
+    ("int_not_a_number", ["--batch_size=abc"], "--batch_size"),
+    ("int_given_a_float", ["--batch_size=1.5"], "--batch_size"),
+    ("float_not_a_number", ["--learning_rate=fast"], "--learning_rate"),
+    ("bool_not_a_bool", ["--jit_compile=maybe"], "--jit_compile"),
+    ("negated_bool_with_value", ["--nodeterministic=1"], "--nodeterministic"),
+    ("empty_int", ["--epochs="], "--epochs"),
+    ("flag_without_value", ["--model_dir"], "--model_dir"),
+    ("positional_argument", ["extra_arg"], "extra_arg"),
+    ("int_overflow", ["--epochs=99999999999999999999"], "--epochs"),
+    # config.validate: ranges.
+    ("depth_below_1", ["--hltm_depth=0"], "--hltm_depth"),
+    ("children_below_2", ["--hltm_children=1"], "--hltm_children"),
+    ("tree_too_large", ["--hltm_depth=30"], "--hltm_depth"),
+    ("delta_lower_above_1", ["--hltm_delta_lower=1.5"], "--hltm_delta_lower"),
+    ("delta_upper_below_0", ["--hltm_delta_upper=-0.1"], "--hltm_delta_upper"),
+    ("delta_lower_above_upper", ["--hltm_delta_lower=0.9", "--hltm_delta_upper=0.8"],
+     "--hltm_delta_lower"),
+    ("hid_below_1", ["--hltm_hid=0"], "--hltm_hid"),
+    ("batch_zero", ["--batch_size=0"], "--batch_size"),
+    ("batch_negative", ["--batch_size=-4"], "--batch_size"),
+    ("temperature_zero", ["--temperature=0"], "--temperature"),
+    ("temperature_negative", ["--temperature=-0.5"], "--temperature"),
+    ("learning_rate_zero", ["--learning_rate=0"], "--learning_rate"),
+    ("learning_rate_inf", ["--learning_rate=inf"], "--learning_rate"),
+    ("learning_rate_nan", ["--learning_rate=nan"], "--learning_rate"),
+    ("momentum_one", ["--momentum=1.0"], "--momentum"),
+    ("weight_decay_negative", ["--weight_decay=-1e-4"], "--weight_decay"),
+    ("epochs_negative", ["--epochs=-1"], "--epochs"),
+    ("steps_per_epoch_negative", ["--steps_per_epoch=-1"], "--steps_per_epoch"),
+    ("steps_per_execution_zero", ["--steps_per_execution=0"], "--steps_per_execution"),
+    ("num_negatives_zero", ["--num_negatives=0"], "--num_negatives"),
+    ("verbose_3", ["--verbose=3"], "--verbose"),
+    ("checkpoint_every_zero", ["--checkpoint_every=0"], "--checkpoint_every"),
+    ("keep_one_checkpoint", ["--keep_checkpoints=1"], "--keep_checkpoints"),
+    ("seed_negative", ["--seed=-1"], "--seed"),
+    ("samples_below_batch", ["--hltm_samples_per_epoch=8"], "--hltm_samples_per_epoch"),
+    ("eval_samples_1", ["--hltm_eval_samples=1"], "--hltm_eval_samples"),
+    # config.validate: names and combinations.
+    ("unknown_loss", ["--loss=hinge"], "--loss"),
+    ("unknown_negatives", ["--negatives=some"], "--negatives"),
+    ("unknown_optimizer", ["--optimizer=rmsprop"], "--optimizer"),
+    ("encoder_for_hltm", ["--encoder=resnet18"], "--encoder"),
+    ("tri_without_margin", ["--loss=tri"], "--margin"),
+    ("tri_negative_margin", ["--loss=tri", "--margin=-0.5"], "--margin"),
+    ("margin_without_tri", ["--loss=nce", "--margin=0.5"], "--margin"),
+    ("beta_with_simp", ["--loss=simp", "--beta=0.5"], "--beta"),
+    ("beta_minus_1", ["--loss=nce", "--beta=-1"], "--beta"),
+    ("nce_batch_in_batch", ["--loss=nce_batch", "--negatives=batch"], "--negatives"),
+    # Other families and scale-out (checked by config.validate before TensorFlow too).
+    ("unknown_strategy", ["--strategy=gpu"], "--strategy"),
+    ("tpu_strategy_without_tpu", ["--strategy=tpu"], "--tpu"),
+    ("float16_overflow", ["--mixed_precision=float16", "--temperature=0.1"],
+     "--mixed_precision"),
+    ("folder_without_data_dir", ["--dataset=folder"], "--data_dir"),
+    ("image_too_small_for_stem", ["--dataset=generated_images", "--image_size=32",
+                                  "--stem=imagenet"], "--image_size"),
+    ("explicit_negatives_for_images", ["--dataset=generated_images", "--negatives=explicit"],
+     "--negatives"),
+    # The model dir.
+    ("model_dir_empty", ["--model_dir="], "--model_dir"),
+    ("model_dir_under_a_file", ["--model_dir={tmp}/afile/run"], "afile"),
+    ("model_dir_unwritable", ["--model_dir=/proc/dualssl_tf_run"], "/proc is not writable"),
+    ("resume_other_hid", ["--model_dir={tmp}/prev", "--hltm_hid=5"], "--hltm_hid=4"),
+    ("resume_other_loss", ["--model_dir={tmp}/prev", "--loss=ntxent"], "--loss=nce"),
+    ("resume_other_seed", ["--model_dir={tmp}/prev", "--seed=2"], "--seed=1"),
+]
+
+# Cases also run as real processes (argv parsing and exit status as a user sees them).
+SUBPROCESS = ["unknown_flag", "missing_flagfile", "unknown_flag_in_flagfile",
+              "int_not_a_number", "negated_bool_with_value", "tri_without_margin",
+              "model_dir_unwritable", "resume_other_hid"]
+
+
+def _fixtures(tmp):
+    """Flagfiles, a regular file and a previous run directory the cases refer to."""
+    (tmp / "unknown.cfg").write_text("--hltm_depth=3\n--bogus_flag=1\n")
+    (tmp / "badtype.cfg").write_text("--hltm_depth=deep\n")
+    (tmp / "nested.cfg").write_text(f"--flagfile={tmp}/gone.cfg\n")
+    (tmp / "afile").write_text("not a directory\n")
+    prev = tmp / "prev"
+    prev.mkdir()
+    cfg = config.TrainConfig(dataset="hltm", hltm_depth=3, hltm_hid=4, batch_size=16,
+                             hltm_samples_per_epoch=64, hltm_eval_samples=128, epochs=2,
+                             steps_per_execution=1, verbose=0, model_dir=str(prev))
+    (prev / "flags.txt").write_text(config.to_flagfile(cfg))
+    (prev / "metrics.jsonl").write_text('{"epoch": 0}\n')
+
+
+def _snapshot(path):
+    """Everything about a directory tree that a write would change (None if absent)."""
+    if not os.path.exists(path):
+        return None
+    snap = {}
+    for d, _, files in os.walk(path):
+        for name in files:
+            p = os.path.join(d, name)
+            with open(p, "rb") as f:
+                snap[p] = (os.path.getmtime(p), f.read())
+    return snap
+
+
+def _argv(case_args, tmp):
+    args = [a.replace("{tmp}", str(tmp)) for a in case_args]
+    if not any(a == "--model_dir" or a.startswith("--model_dir=") for a in args):
+        args = [f"--model_dir={tmp}/out"] + args
+    return BASE + args
+
+
+def _watched_dir(argv, tmp):
+    """The model dir a case names (the last --model_dir=... wins, as in absl), else the
+    default {tmp}/out, which must then not appear either."""
+    dirs = [a.split("=", 1)[1] for a in argv if a.startswith("--model_dir=")]
+    return dirs[-1] if dirs and dirs[-1] else str(tmp / "out")
+
+
+@pytest.fixture(scope="module")
+def tool():
+    """tools/train.py loaded as a module, its flags defined once in this process."""
+    spec = importlib.util.spec_from_file_location("train_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if "hltm_depth" not in flags.FLAGS:
+        module.define_flags()
+    return module
+
+
+def _run_in_process(tool, argv, monkeypatch, capsys):
+    """The tool's parse + main, as app.run would call them; returns (status, stderr)."""
+    fake_trainer = types.ModuleType("dualssl_tf.trainer")
+
+    def run(cfg):
+        raise AssertionError(f"validation let a bad invocation through: {cfg}")
+
+    fake_trainer.run = run
+    fake_ckpt = types.ModuleType("dualssl_tf.checkpointing")
+    fake_ckpt.NonFiniteLossError = type("NonFiniteLossError", (RuntimeError,), {})
+    for name, module in (("trainer", fake_trainer), ("checkpointing", fake_ckpt)):
+        monkeypatch.setitem(sys.modules, f"dualssl_tf.{name}", module)
+        monkeypatch.setattr(dualssl_tf, name, module, raising=False)
+    flags.FLAGS.unparse_flags()
+    status = None
+    try:
+        rest = tool.parse_flags(["train.py", *argv])
+        tool.main(rest)
+    except SystemExit as e:
+        status = e.code
+    finally:
+        flags.FLAGS.unparse_flags()
+    return status, capsys.readouterr().err
+
+
+def _check(status, stderr, culprit, before, watched):
+    lines = [l for l in stderr.splitlines() if l.strip()]
+    assert status == 2, (status, stderr)
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("train.py: error: ") and culprit in lines[0], lines[0]
+    assert _snapshot(watched) == before
+
+
+@pytest.mark.parametrize("name,args,culprit", CASES, ids=[c[0] for c in CASES])
+def test_malformed_invocation_in_process(tool, tmp_path, monkeypatch, capsys, name, args,
+                                         culprit):
+    _fixtures(tmp_path)
+    argv = _argv(args, tmp_path)
+    watched = _watched_dir(argv, tmp_path)
+    before = _snapshot(watched)
+    status, stderr = _run_in_process(tool, argv, monkeypatch, capsys)
+    _check(status, stderr, culprit, before, watched)
+
+
+@pytest.mark.parametrize("name,args,culprit", [c for c in CASES if c[0] in SUBPROCESS],
+                         ids=SUBPROCESS)
+def test_malformed_invocation_subprocess(tmp_path, name, args, culprit):
+    _fixtures(tmp_path)
+    argv = _argv(args, tmp_path)
+    watched = _watched_dir(argv, tmp_path)
+    before = _snapshot(watched)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, TOOL, *argv], capture_output=True, text=True,
+                          env=env, timeout=120)
+    _check(proc.returncode, proc.stderr, culprit, before, watched)
+    assert "tensorflow" not in proc.stderr.lower()
+
+
+def test_at_least_25_cases_and_every_subprocess_case_exists():
+    names = [c[0] for c in CASES]
+    assert len(set(names)) == len(names) >= 25
+    assert set(SUBPROCESS) <= set(names)
+
+
+def test_resumable_flags_may_change(tmp_path):
+    # Same run dir, other epochs / verbosity / checkpointing: accepted for resuming.
+    _fixtures(tmp_path)
+    cfg = config.TrainConfig(dataset="hltm", hltm_depth=3, hltm_hid=4, batch_size=16,
+                             hltm_samples_per_epoch=64, hltm_eval_samples=128, epochs=9,
+                             steps_per_execution=4, verbose=2, checkpoint_every=3,
+                             model_dir=str(tmp_path / "prev"))
+    assert config.validate(cfg) is cfg
+
+
+def test_flagfile_from_an_older_version_compares_only_known_flags(tmp_path):
+    _fixtures(tmp_path)
+    prev = tmp_path / "prev"
+    lines = (prev / "flags.txt").read_text().splitlines()
+    (prev / "flags.txt").write_text("\n".join(l for l in lines
+                                              if not l.startswith("--hltm_hid=")) + "\n")
+    cfg = config.TrainConfig(dataset="hltm", hltm_depth=3, hltm_hid=7, batch_size=16,
+                             hltm_samples_per_epoch=64, hltm_eval_samples=128,
+                             model_dir=str(prev))
+    assert config.validate(cfg) is cfg
