@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_integer("epochs", 3, "Epochs to time (the first, with tracing, is reported apart).")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 FLAGS = flags.FLAGS
 
 
@@ -27,7 +28,8 @@ def main(_):
     from dualssl_tf import config, trainer
     from dualssl_tf.experiments import hltm
 
-    cfg = config.TrainConfig(model_dir="/tmp/unused", steps_per_execution=50)
+    cfg = config.TrainConfig(model_dir="/tmp/unused", steps_per_execution=50,
+                             jit_compile=FLAGS.jit_compile)
     keras.utils.set_random_seed(cfg.seed)
     exp = hltm.build(cfg)
     model = trainer.build_model(cfg, exp)
@@ -50,7 +52,8 @@ def main(_):
         rows.append((t1 - t0, t3 - t2, t4 - t3))
 
     print(f"HLTM epoch (depth {cfg.hltm_depth}, hid {cfg.hltm_hid}, {steps} steps of "
-          f"batch {cfg.batch_size}, metric on {cfg.hltm_eval_samples} samples), "
+          f"batch {cfg.batch_size}, metric on {cfg.hltm_eval_samples} samples, "
+          f"jit_compile={cfg.jit_compile}), "
           f"{os.cpu_count()} cores")
     print(f"{'epoch':>8} {'sampling s':>11} {'training s':>11} {'metric s':>9} {'total s':>8}")
     for i, (s, t, m) in enumerate(rows):

@@ -100,7 +100,9 @@ def run(cfg):
                                  "--jit_compile=false (TPUs always compile with XLA)")
     distribute.set_precision(cfg.mixed_precision)
     keras.utils.set_random_seed(cfg.seed)
-    if cfg.deterministic:
+    if cfg.deterministic and not cfg.jit_compile:
+        # Keras refuses XLA under op determinism; an XLA-compiled CPU step is one fixed
+        # program, repeatable on its own (two jit runs give byte-identical metrics.jsonl).
         tf.config.experimental.enable_op_determinism()
     found = ckpts.find_latest()
     start_epoch, start_step = (found["epoch"], found["step"]) if found else (0, 0)

@@ -57,7 +57,8 @@ HELP = {
     "keep_checkpoints": "Checkpoints kept (>= 2: a corrupt newest one falls back to the "
                         "previous).",
     "deterministic": "Deterministic TF ops (bit-identical resume on CPU); "
-                     "--nodeterministic may be faster on GPU.",
+                     "--nodeterministic may be faster on GPU. With --jit_compile the XLA "
+                     "step is used as compiled (Keras disables XLA under op determinism).",
     "hltm_depth": "HLTM depth L (>= 1).",
     "hltm_children": "HLTM children per latent (>= 2).",
     "hltm_hid": "Hidden units per latent group of the tree network (>= 1).",
