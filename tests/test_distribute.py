@@ -34,88 +34,6 @@ def _env(**extra):
     return env
 
 
-def _start_worker(tmp_path_factory, replicas, names="", trainer=False):
-    out = tmp_path_factory.mktemp(f"r{replicas}") / "result.json"
-    args = [sys.executable, WORKER, "equality", str(replicas), str(out), names]
-    if trainer:
-        args.append(str(out.parent / "run"))
-    # Eager Keras steps: the same math as the traced step without minutes of tracing.
-    proc = subprocess.Popen(args, env=_env(DIST_TEST_EAGER="1"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    return proc, out
-
-
-def _finish(started):
-    proc, out = started
-    try:
-        _, err = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out.read_text())
-
-
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory):
-    """Both replica counts start at once (two cores), each in its own process."""
-    return {"two": _start_worker(tmp_path_factory, 2, trainer=True),
-            "four": _start_worker(tmp_path_factory, 4, ",".join(worker.CASES_4))}
-
-
-@pytest.fixture(scope="module")
-def two(workers):
-    return _finish(workers["two"])
-
-
-@pytest.fixture(scope="module")
-def four(workers):
-    return _finish(workers["four"])
-
-
-@pytest.mark.parametrize("case", sorted(worker.CASES))
-def test_two_replicas_equal_one_device(two, case):
-    got = two["cases"][case]
-    assert two["replicas"] == 2
-    assert got["moved"] > MOVED
-    assert got["diff"] < TOL, got
-    if "effect" in got:  # beta / weight decay + L2 change the update: the case is real
-        assert got["effect"] > MOVED
-
-
-@pytest.mark.parametrize("case", worker.CASES_4)
-def test_four_replicas_equal_one_device(four, case):
-    got = four["cases"][case]
-    assert four["replicas"] == 4
-    assert got["moved"] > MOVED
-    assert got["diff"] < TOL, got
-
-
-@pytest.mark.parametrize("fixture", ["two", "four"])
-def test_local_negatives_differ(fixture, request):
-    # Per-replica negatives are a different loss: the same comparison must fail.
-    assert request.getfixturevalue(fixture)["local_negatives"] > MOVED
-
-
-@pytest.mark.parametrize("fixture", ["two", "four"])
-def test_sync_batchnorm_uses_global_batch_statistics(fixture, request):
-    stats = request.getfixturevalue(fixture)["syncbn"]
-    # Output normalised by the global mean/variance; moving statistics updated with them.
-    assert stats["output"] < 1e-5
-    assert stats["moving_mean"] < 1e-5
-    assert stats["moving_var"] < 1e-5
-
-
-def test_trainer_on_two_replicas(two):
-    t = two["trainer"]
-    assert t["batch_size"].startswith("--batch_size: global batch 7 is not divisible by "
-                                      "the 2 replicas")
-    assert t["jit_compile"].startswith("--jit_compile:")
-    assert not t["wrote_before_error"]
-    assert np.isfinite(t["final_loss"])  # bfloat16 mixed precision on 2 replicas
-    assert {"flags.txt", "metrics.jsonl", "saved_model"} <= set(t["files"])
-
-
 # ---------------------------------------------------------------------------------------
 # Multi-worker: two processes on localhost, MultiWorkerMirroredStrategy over gRPC.
 
@@ -367,3 +285,100 @@ def test_float16_step_uses_loss_scaling():
         assert worker._maxdiff(before, after) > 1e-4
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+# ---------------------------------------------------------------------------------------
+# Replicas on one machine (MirroredStrategy over logical CPU devices), in subprocesses.
+
+def _start_worker(tmp_path_factory, replicas, names="", trainer=False):
+    out = tmp_path_factory.mktemp(f"r{replicas}") / "result.json"
+    args = [sys.executable, WORKER, "equality", str(replicas), str(out), names]
+    if trainer:
+        args.append(str(out.parent / "run"))
+    # Eager Keras steps: the same math as the traced step without minutes of tracing.
+    proc = subprocess.Popen(args, env=_env(DIST_TEST_EAGER="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    return proc, out
+
+
+def _finish(started):
+    proc, out = started
+    try:
+        _, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def workers(request, tmp_path_factory):
+    """Starts both replica counts at the module's first test, each in its own process, so
+    they run while this process does the single-device tests (which come first); only
+    when a selected test needs them."""
+    wanted = {name for item in request.session.items
+              if item.module is request.module for name in ("two", "four")
+              if name in item.fixturenames}
+    started = {}
+    if "two" in wanted:
+        started["two"] = _start_worker(tmp_path_factory, 2, trainer=True)
+    if "four" in wanted:
+        started["four"] = _start_worker(tmp_path_factory, 4, ",".join(worker.CASES_4))
+    yield started
+    for proc, _ in started.values():
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def two(workers):
+    return _finish(workers["two"])
+
+
+@pytest.fixture(scope="module")
+def four(workers):
+    return _finish(workers["four"])
+
+
+@pytest.mark.parametrize("case", sorted(worker.CASES))
+def test_two_replicas_equal_one_device(two, case):
+    got = two["cases"][case]
+    assert two["replicas"] == 2
+    assert got["moved"] > MOVED
+    assert got["diff"] < TOL, got
+    if "effect" in got:  # beta / weight decay + L2 change the update: the case is real
+        assert got["effect"] > MOVED
+
+
+@pytest.mark.parametrize("case", worker.CASES_4)
+def test_four_replicas_equal_one_device(four, case):
+    got = four["cases"][case]
+    assert four["replicas"] == 4
+    assert got["moved"] > MOVED
+    assert got["diff"] < TOL, got
+
+
+def test_local_negatives_differ(two, four):
+    # Per-replica negatives are a different loss: the same comparison must fail.
+    assert two["local_negatives"] > MOVED
+    assert four["local_negatives"] > MOVED
+
+
+def test_sync_batchnorm_uses_global_batch_statistics(two, four):
+    # Output normalised by the global mean/variance; moving statistics updated with them.
+    for result in (two, four):
+        stats = result["syncbn"]
+        assert stats["output"] < 1e-5
+        assert stats["moving_mean"] < 1e-5
+        assert stats["moving_var"] < 1e-5
+
+
+def test_trainer_on_two_replicas(two):
+    t = two["trainer"]
+    assert t["batch_size"].startswith("--batch_size: global batch 7 is not divisible by "
+                                      "the 2 replicas")
+    assert t["jit_compile"].startswith("--jit_compile:")
+    assert not t["wrote_before_error"]
+    assert np.isfinite(t["final_loss"])  # bfloat16 mixed precision on 2 replicas
+    assert {"flags.txt", "metrics.jsonl", "saved_model"} <= set(t["files"])
