@@ -85,10 +85,78 @@ class HLTMCorrelation(keras.callbacks.Callback):
         self.net = net
         self.x = x
         self.latents = latents
+        # Compiled once: the held-out sample has a fixed shape, so there is one trace.
+        self._pre_activations = tf.function(net.pre_activations)
 
     def compute(self):
-        corr = correlation.best_correlation_by_depth(self.net, self.x, self.latents)
+        corr = correlation.best_correlation_by_depth(self._pre_activations, self.x,
+                                                     self.latents)
         return {f"best_corr/{d}": v for d, v in corr.items()}
+
+    def initial_logs(self):
+        return self.compute()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self.compute())
+
+
+class ProbeAccuracy(keras.callbacks.Callback):
+    """Adds ``probe_test_acc``: top-1 of the online linear probe on held-out images.
+
+    Runs the encoder in inference mode on un-augmented ``(x, label)`` batches each epoch.
+
+    Args:
+      encoder: x [B, ...] -> representation [B, R].
+      probe: representation -> logits [B, K].
+      dataset: finite tf.data of (x [B, ...], label [B] int) batches.
+    """
+
+    def __init__(self, encoder, probe, dataset):
+        super().__init__()
+        self.encoder = encoder
+        self.probe = probe
+        self.dataset = dataset
+        self._predict = tf.function(lambda x: tf.argmax(
+            self.probe(self.encoder(x, training=False), training=False), axis=-1,
+            output_type=tf.int32))
+
+    def compute(self):
+        correct, total = 0, 0
+        for x, y in self.dataset:
+            correct += int(tf.reduce_sum(tf.cast(
+                tf.equal(self._predict(x), tf.cast(y, tf.int32)), tf.int32)))
+            total += int(tf.shape(y)[0])
+        return {"probe_test_acc": correct / max(total, 1)}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self.compute())
+
+
+class EmbeddingSpread(keras.callbacks.Callback):
+    """Adds ``embed_std``: collapse monitor of the normalised embedding (label-free).
+
+    The per-dimension standard deviation over a fixed batch of the normalised embedding
+    ``f / (||f|| + eps)``, averaged over dimensions: 0 when every input maps to the same
+    point (collapse), about ``1/sqrt(D)`` when embeddings spread over the sphere.
+
+    Args:
+      encoder, head: the dual network's towers (head may be None).
+      x: [N, ...] fixed inputs (e.g. un-augmented images).
+      norm_eps: the normalisation epsilon of the DualModel.
+    """
+
+    def __init__(self, encoder, head, x, norm_eps=1e-4):
+        super().__init__()
+        self.encoder, self.head, self.x, self.norm_eps = encoder, head, x, norm_eps
+
+    def compute(self):
+        f = self.encoder(self.x, training=False)
+        if self.head is not None:
+            f = self.head(f, training=False)
+        f = f / (tf.norm(f, axis=-1, keepdims=True) + self.norm_eps)
+        return {"embed_std": float(tf.reduce_mean(tf.math.reduce_std(f, axis=0)))}
 
     def initial_logs(self):
         return self.compute()

@@ -9,6 +9,9 @@ import dataclasses
 import json
 import math
 import os
+import re
+
+from dualssl_tf.models import stems
 
 # Kept free of TensorFlow so tools can reject bad flags in a fraction of a second.
 LOSS_NAMES = ("simp", "tri", "nce", "ntxent", "cov", "nce_batch")
@@ -35,7 +38,7 @@ class TrainConfig:
     loss: str = "nce"
     negatives: str = "auto"          # auto | batch | explicit
     temperature: float = 0.1
-    margin: float = 0.0
+    margin: float = -1.0             # -1 = not given; --loss=tri requires it
     beta: float = 0.0
     num_negatives: int = 1
     # Optimisation.
@@ -58,6 +61,10 @@ class TrainConfig:
     # Output.
     model_dir: str = ""
     verbose: int = 1
+    # Fault tolerance (dualssl_tf/checkpointing.py).
+    checkpoint_every: int = 1        # epochs between checkpoints (and always after the last)
+    keep_checkpoints: int = 3        # >= 2, so a corrupt newest one has a fallback
+    deterministic: bool = True       # tf.config.experimental.enable_op_determinism()
     # HLTM (DIGEST section 4).
     hltm_depth: int = 5
     hltm_children: int = 2
@@ -66,10 +73,62 @@ class TrainConfig:
     hltm_delta_upper: float = 1.0
     hltm_samples_per_epoch: int = 64000
     hltm_eval_samples: int = 64000
+    # Image data sets (generated_images, folder, any tfds name; DIGEST section 6).
+    image_size: int = 0              # 0 = the data set's own size (32 for generated)
+    stem: str = "auto"               # cifar | imagenet | auto (imagenet from 96 px)
+    width_multiplier: float = 1.0
+    sync_bn: bool = False
+    proj_dim: int = 128
+    proj_hidden_dim: int = 512
+    proj_layers: int = 2
+    probe: bool = True               # online linear probe where the data has labels
+    color_jitter_strength: float = 1.0
+    blur: bool = False
+    shuffle_buffer: int = 10000
+    skip_corrupt_images: bool = False
+    generated_examples: int = 10000
+    generated_classes: int = 6
+    # Learning-rate schedule and LARS.
+    lr_schedule: str = "constant"    # constant | cosine (after warmup)
+    warmup_epochs: float = 0.0
+    lr_scaling: str = "none"         # none | linear (lr B/256) | sqrt (lr sqrt(B))
+    lars_eta: float = 0.001
+    # 1-D translation toy (DIGEST section 5).
+    translation1d_length: int = 12
+    translation1d_filters: int = 8
+    translation1d_kernel: int = 3
+    translation1d_pooling: str = "max"   # max | avg over positions
+    translation1d_bias: bool = True
+    # Per-epoch covariance-operator analysis (dualssl_tf.analysis.callback).
+    analysis_every: int = 0          # 0 = off
+    analysis_points: int = 64        # M base points (x 8 augmentations) per analysis
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 NEGATIVES = ("auto", "batch", "explicit")
+LR_SCHEDULES = ("constant", "cosine")
+LR_SCALINGS = ("none", "linear", "sqrt")
+# --dataset values with their own builder; any other valid name is a tfds data set.
+IMAGE_DATASETS = ("generated_images", "folder")
+# Non-image families (ARCHITECTURE.md); their own validation lives beside hltm's.
+NON_IMAGE_DATASETS = ("hltm", "translation1d")
+IMAGE_ENCODERS = ("auto", "resnet18", "resnet50")
+# tfds names: lower-case identifier, optional /config and :version.
+_TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?(:[0-9.*]+)?$")
+# Native image side of the paper's data sets (used when --image_size=0).
+NATIVE_IMAGE_SIZE = {"stl10": 96, "cifar10": 32, "cifar100": 32, "generated_images": 32}
+
+
+def is_image_dataset(name):
+    """True for generated_images, folder and (names shaped like) tfds data sets."""
+    return name not in NON_IMAGE_DATASETS
+# Flags that may differ when a run in an existing --model_dir is resumed: they change how
+# the run executes or how long it goes on, not what is trained. Every other flag must equal
+# the value recorded in model_dir/flags.txt (see check_resume_compatible).
+RESUMABLE_FLAGS = frozenset({"epochs", "verbose", "model_dir", "data_dir", "checkpoint_every",
+                             "keep_checkpoints", "steps_per_execution", "jit_compile",
+                             "deterministic"})
+MAX_HLTM_LEAVES = 2 ** 20  # c**L inputs; beyond this one batch no longer fits in memory
 
 
 def _require(cond, flag, message):
@@ -84,7 +143,13 @@ def validate(cfg):
     _require(cfg.negatives in NEGATIVES, "negatives",
              f"got {cfg.negatives!r}; allowed: {', '.join(NEGATIVES)}")
     _require(cfg.temperature > 0, "temperature", f"must be > 0, got {cfg.temperature}")
-    _require(cfg.margin >= 0, "margin", f"must be >= 0, got {cfg.margin}")
+    if cfg.loss == "tri":
+        _require(cfg.margin != -1.0, "margin", "--loss=tri needs the margin r0 given "
+                 "explicitly (>= 0), e.g. --margin=0.5")
+        _require(cfg.margin >= 0, "margin", f"must be >= 0, got {cfg.margin}")
+    else:
+        _require(cfg.margin == -1.0, "margin", f"only --loss=tri uses a margin, got "
+                 f"--margin={cfg.margin} with --loss={cfg.loss}; drop --margin")
     _require(cfg.beta > -1, "beta", f"must be > -1 (the loss divides by 1 + beta), got {cfg.beta}")
     _require(cfg.beta == 0 or cfg.loss in ("nce", "ntxent", "cov"), "beta",
              f"the generalised loss exists for nce, ntxent and cov, not {cfg.loss!r}; "
@@ -98,15 +163,97 @@ def validate(cfg):
              f"got {cfg.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
     _require(cfg.learning_rate > 0, "learning_rate", f"must be > 0, got {cfg.learning_rate}")
     _require(0 <= cfg.momentum < 1, "momentum", f"must be in [0, 1), got {cfg.momentum}")
+    _require(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule",
+             f"got {cfg.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
+    _require(cfg.lr_scaling in LR_SCALINGS, "lr_scaling",
+             f"got {cfg.lr_scaling!r}; allowed: {', '.join(LR_SCALINGS)}")
+    _require(0 <= cfg.warmup_epochs <= max(cfg.epochs, 0), "warmup_epochs",
+             f"must be in [0, --epochs={cfg.epochs}], got {cfg.warmup_epochs}")
+    _require(cfg.lars_eta > 0, "lars_eta", f"must be > 0, got {cfg.lars_eta}")
     _require(cfg.weight_decay >= 0, "weight_decay", f"must be >= 0, got {cfg.weight_decay}")
     _require(cfg.steps_per_execution >= 1, "steps_per_execution",
              f"must be >= 1, got {cfg.steps_per_execution}")
+    _require(cfg.verbose in (0, 1, 2), "verbose", f"must be 0, 1 or 2, got {cfg.verbose}")
+    _require(cfg.checkpoint_every >= 1, "checkpoint_every",
+             f"must be >= 1 (epochs between checkpoints), got {cfg.checkpoint_every}")
+    _require(cfg.keep_checkpoints >= 2, "keep_checkpoints",
+             f"must be >= 2 (a fallback if the newest is corrupt), got {cfg.keep_checkpoints}")
+    _require(0 <= cfg.seed < 2 ** 32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
     _validate_distribution(cfg)
     _require(bool(cfg.model_dir), "model_dir", "is required: a directory for the run's outputs")
     _check_writable(cfg.model_dir)
+    _require(cfg.analysis_every >= 0, "analysis_every",
+             f"must be >= 0 (0 = off, k = every k epochs), got {cfg.analysis_every}")
+    _require(cfg.analysis_points >= 2, "analysis_points",
+             f"must be >= 2 (a covariance needs M >= 2 base points), got {cfg.analysis_points}")
     if cfg.dataset == "hltm":
         _validate_hltm(cfg)
+    elif cfg.dataset == "translation1d":
+        _validate_translation1d(cfg)
+    elif is_image_dataset(cfg.dataset):
+        _validate_images(cfg)
+    check_resume_compatible(cfg)
     return cfg
+
+
+def image_size(cfg):
+    """The image side a run uses: --image_size, else the data set's native size (0 when
+    unknown before the data is opened, e.g. a folder or another tfds data set)."""
+    return cfg.image_size or NATIVE_IMAGE_SIZE.get(cfg.dataset.split(":")[0], 0)
+
+
+def _validate_images(cfg):
+    """Checks of the image path that need no data (the builder checks the rest)."""
+    _require(cfg.dataset in IMAGE_DATASETS or _TFDS_NAME.match(cfg.dataset), "dataset",
+             f"unknown dataset {cfg.dataset!r}; allowed: hltm, generated_images, folder or "
+             "a TensorFlow Datasets name such as stl10, cifar10, cifar100")
+    _require(cfg.dataset != "folder" or cfg.data_dir, "data_dir",
+             "is required with --dataset=folder: a directory of images, one sub-folder "
+             "per class")
+    _require(cfg.encoder in IMAGE_ENCODERS, "encoder",
+             f"got {cfg.encoder!r}; allowed for image data: {', '.join(IMAGE_ENCODERS)}")
+    _require(cfg.stem in stems.STEMS, "stem",
+             f"got {cfg.stem!r}; allowed: {', '.join(stems.STEMS)}")
+    _require(cfg.image_size >= 0, "image_size", f"must be >= 0, got {cfg.image_size}")
+    size = image_size(cfg)
+    if size:
+        stem = stems.resolve_stem(cfg.stem, size)
+        low = stems.MIN_IMAGE_SIZE[stem]
+        _require(size >= low, "image_size",
+                 f"{size} px is too small for the {stem} stem (needs >= {low}); use "
+                 "--stem=cifar or a larger --image_size")
+    _require(cfg.width_multiplier > 0, "width_multiplier",
+             f"must be > 0, got {cfg.width_multiplier}")
+    for flag in ("proj_dim", "proj_hidden_dim"):
+        _require(getattr(cfg, flag) >= 1, flag, f"must be >= 1, got {getattr(cfg, flag)}")
+    _require(cfg.proj_layers >= 0, "proj_layers",
+             f"must be >= 0 (0 = no head), got {cfg.proj_layers}")
+    _require(cfg.color_jitter_strength >= 0, "color_jitter_strength",
+             f"must be >= 0, got {cfg.color_jitter_strength}")
+    _require(cfg.shuffle_buffer >= 1, "shuffle_buffer",
+             f"must be >= 1, got {cfg.shuffle_buffer}")
+    _require(cfg.negatives != "explicit", "negatives",
+             "image data sets use in-batch negatives; use --negatives=batch or auto")
+    if cfg.dataset == "generated_images":
+        _require(2 <= cfg.generated_classes <= 6, "generated_classes",
+                 f"must be in [2, 6], got {cfg.generated_classes}")
+        _require(cfg.generated_examples >= cfg.batch_size, "batch_size",
+                 f"{cfg.batch_size} is larger than the generated data set "
+                 f"(--generated_examples={cfg.generated_examples}); lower --batch_size")
+
+
+def _validate_translation1d(cfg):
+    _require(cfg.translation1d_length >= 4, "translation1d_length",
+             f"must be >= 4 to hold the object '101', got {cfg.translation1d_length}")
+    _require(cfg.translation1d_filters >= 1, "translation1d_filters",
+             f"must be >= 1, got {cfg.translation1d_filters}")
+    _require(1 <= cfg.translation1d_kernel <= cfg.translation1d_length, "translation1d_kernel",
+             f"must be in [1, --translation1d_length={cfg.translation1d_length}], "
+             f"got {cfg.translation1d_kernel}")
+    _require(cfg.translation1d_pooling in ("max", "avg"), "translation1d_pooling",
+             f"got {cfg.translation1d_pooling!r}; allowed: max, avg")
+    _require(cfg.negatives != "explicit", "negatives",
+             "translation1d has no explicit negatives; use --negatives=auto or batch")
 
 
 def _validate_distribution(cfg):
@@ -185,6 +332,11 @@ def _validate_hltm(cfg):
     for flag in ("hltm_delta_lower", "hltm_delta_upper"):
         value = getattr(cfg, flag)
         _require(0.0 <= value <= 1.0, flag, f"must be in [0, 1], got {value}")
+    _require(cfg.hltm_children ** cfg.hltm_depth <= MAX_HLTM_LEAVES, "hltm_depth",
+             f"--hltm_children={cfg.hltm_children} ** --hltm_depth={cfg.hltm_depth} leaves "
+             f"exceed {MAX_HLTM_LEAVES}; use a smaller tree")
+    _require(cfg.encoder == "auto", "encoder",
+             f"hltm trains its tree network; use --encoder=auto, got {cfg.encoder!r}")
     _require(cfg.hltm_delta_lower <= cfg.hltm_delta_upper, "hltm_delta_lower",
              f"must be <= --hltm_delta_upper ({cfg.hltm_delta_upper}), "
              f"got {cfg.hltm_delta_lower}")
@@ -211,12 +363,53 @@ def _check_writable(path):
              f"{probe} is not writable; choose a directory you can write to")
 
 
+def _format(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def to_flagfile(cfg):
     """Text of a flagfile that reproduces cfg (``--name=value`` lines)."""
-    lines = []
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        lines.append(f"--{field.name}={value}")
+    lines = [f"--{field.name}={_format(getattr(cfg, field.name))}"
+             for field in dataclasses.fields(cfg)]
     return "\n".join(lines) + "\n"
+
+
+def read_flagfile(path):
+    """{name: value string} of a flagfile written by :func:`to_flagfile`."""
+    values = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("--") and "=" in line:
+                name, value = line[2:].split("=", 1)
+                values[name] = value
+    return values
+
+
+def check_resume_compatible(cfg):
+    """Refuses a --model_dir holding a run made with other (non-resumable) flags.
+
+    A run directory records its flags in ``flags.txt``; continuing it with, say, another
+    tree depth would restore mismatched weights or mix two experiments in metrics.jsonl.
+    Only :data:`RESUMABLE_FLAGS` may change. Flags absent from an older flags.txt are not
+    compared. Remote (``gs://``) directories are not checked here.
+    """
+    path = os.path.join(cfg.model_dir, "flags.txt")
+    if "://" in cfg.model_dir or not os.path.isfile(path):
+        return
+    try:
+        recorded = read_flagfile(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("model_dir", f"cannot read {path} ({e.__class__.__name__}); "
+                          "use a new --model_dir") from None
+    for field in dataclasses.fields(cfg):
+        name = field.name
+        if name in RESUMABLE_FLAGS or name not in recorded:
+            continue
+        now = _format(getattr(cfg, name))
+        _require(recorded[name] == now, name,
+                 f"{cfg.model_dir} holds a run made with --{name}={recorded[name]}, not "
+                 f"{now}; pass --{name}={recorded[name]} to resume it, or use a new "
+                 "--model_dir")

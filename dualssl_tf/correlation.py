@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 
+@tf.function(jit_compile=True, reduce_retracing=True)
 def pearson_per_unit(z, acts):
     """Pearson correlation of each unit with its group's latent.
 
@@ -10,7 +11,8 @@ def pearson_per_unit(z, acts):
       z: [n, g] latent values (any numeric dtype).
       acts: [n, g, h] unit activations (pre-activations in the paper).
     Returns:
-      [g, h] float64 correlations; a constant unit or latent gives 0, not NaN.
+      [g, h] float64 correlations (XLA-compiled: one fused pass over the sample); a constant unit or latent gives 0, not NaN (a unit
+      whose std is below 1e-6 of its largest |value| counts as constant).
     """
     z = tf.cast(z, tf.float64)
     a = tf.cast(acts, tf.float64)
@@ -19,6 +21,11 @@ def pearson_per_unit(z, acts):
     cov = tf.einsum("ng,ngh->gh", zc, ac)
     var_z = tf.reduce_sum(zc * zc, axis=0)[:, None]
     var_a = tf.reduce_sum(ac * ac, axis=0)
+    # A unit whose spread is at float32 rounding level (e.g. fed only by dead ReLUs) is
+    # constant: its "correlation" would be rounding noise, so it counts as 0.
+    n = tf.cast(tf.shape(a)[0], tf.float64)
+    scale = tf.reduce_max(tf.abs(a), axis=0)
+    var_a = tf.where(var_a <= n * tf.square(1e-6 * scale), tf.zeros_like(var_a), var_a)
     return tf.math.divide_no_nan(cov, tf.sqrt(var_z * var_a))
 
 
@@ -27,20 +34,21 @@ def best_correlation(z, acts):
     return tf.reduce_max(tf.abs(pearson_per_unit(z, acts)), axis=1)
 
 
-def best_correlation_by_depth(net, x, latents, batch_size=8192):
-    """Mean best correlation per latent depth for a :class:`TreeNet`.
+def best_correlation_by_depth(pre_activations, x, latents, batch_size=65536):
+    """Mean best correlation per latent depth of a tree network.
 
     Args:
-      net: TreeNet.
+      pre_activations: callable x -> list over depth d = 1..L of [n, c**(L-d), hid], e.g.
+        ``TreeNet.pre_activations`` or a compiled version of it.
       x: [n, c**L] leaves.
       latents: dict depth -> [n, c**(L-d)] (as returned by ``HLTM.sample``).
     Returns:
       dict {depth (int, 1 = lowest latents): float}.
     """
     n = int(x.shape[0])
-    chunks = [net.pre_activations(x[i:i + batch_size]) for i in range(0, n, batch_size)]
+    chunks = [pre_activations(x[i:i + batch_size]) for i in range(0, n, batch_size)]
     out = {}
-    for d in range(1, net.depth + 1):
+    for d in range(1, len(chunks[0]) + 1):
         acts = tf.concat([c[d - 1] for c in chunks], axis=0)
         out[d] = float(tf.reduce_mean(best_correlation(latents[d], acts)))
     return out

@@ -26,7 +26,8 @@ class DualModel(keras.Model):
       ``view1``, ``view2``: [B, ...] two augmentations of the same B data points;
       ``negatives`` (optional): [B, H, ...] explicit negatives; without it the other 2B-2
         views of the (global) batch are the negatives (SimCLR);
-      ``label`` (optional): [B] int labels, used only by the online ``probe``.
+      ``label`` (optional): [B] int labels, used only by the online ``probe``; -1 marks
+        an unlabelled example (left out of the probe's loss and accuracy).
 
     Args:
       encoder: Keras model ``x [B, ...] -> representation [B, R]``.
@@ -136,13 +137,17 @@ class DualModel(keras.Model):
             logits = tf.cast(self.probe(tf.stop_gradient(terms["h1"]), training=training),
                              tf.float32)
             labels = tf.cast(data["label"], tf.int32)
-            probe_loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=labels, logits=logits))
+            # Label -1 marks unlabelled examples (e.g. STL-10's unlabeled split): they
+            # take no part in the probe's loss or accuracy.
+            valid = tf.cast(labels >= 0, tf.float32)
+            n_valid = tf.maximum(tf.reduce_sum(valid), 1.0)
+            probe_loss = tf.reduce_sum(valid * tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.maximum(labels, 0), logits=logits)) / n_valid
             total += probe_loss / replicas
             logs["probe_loss"] = probe_loss
-            logs["probe_acc"] = tf.reduce_mean(tf.cast(
+            logs["probe_acc"] = tf.reduce_sum(valid * tf.cast(
                 tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels),
-                tf.float32))
+                tf.float32)) / n_valid
         return total, logs
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):

@@ -16,8 +16,8 @@ Two layers of functions:
   :func:`soft_triplet_loss`, :func:`info_nce_loss`, :func:`exact_cov_loss`, plus the
   official HLTM code's batch form :func:`batch_mean_nce_loss`.
 
-Everything is computed in float32 even when embeddings are float16/bfloat16 (mixed
-precision), and no large constant masks are used: excluded entries are dropped by index.
+Everything is computed in at least float32 (float16/bfloat16 embeddings from mixed
+precision are promoted; float64 stays float64 for exact checks), and no large constant masks are used: excluded entries are dropped by index.
 """
 
 import tensorflow as tf
@@ -26,7 +26,9 @@ from dualssl_tf.config import LOSS_NAMES  # names accepted by get_loss_fn / --lo
 
 
 def _f32(x):
-    return tf.cast(x, tf.float32)
+    """Half-precision inputs are promoted to float32; float32/float64 pass unchanged."""
+    x = tf.convert_to_tensor(x)
+    return tf.cast(x, tf.float32) if x.dtype in (tf.float16, tf.bfloat16) else x
 
 
 def half_sq_dist(a, b):
@@ -43,7 +45,7 @@ def explicit_distances(z, z_pos, z_neg):
       z_pos: [B, D] positive embeddings.
       z_neg: [B, H, D] negative embeddings.
     Returns:
-      (r_pos [B], r_neg [B, H]) in float32.
+      (r_pos [B], r_neg [B, H]), float32 or wider.
     """
     return half_sq_dist(z, z_pos), half_sq_dist(z[:, None, :], z_neg)
 
@@ -62,7 +64,7 @@ def in_batch_distances(z1, z2, z1_all=None, z2_all=None, offset=0):
         local rows at ``offset:offset+N``. Default: the local batch (G = N, offset = 0).
       offset: int or scalar int tensor, position of this replica's rows in the global batch.
     Returns:
-      (r_pos [2N], r_neg [2N, 2G-2]) in float32; row order is ``concat([z1, z2])``.
+      (r_pos [2N], r_neg [2N, 2G-2]), float32 or wider; row order is ``concat([z1, z2])``.
     """
     z1, z2 = _f32(z1), _f32(z2)
     z1_all = z1 if z1_all is None else _f32(z1_all)
@@ -136,7 +138,7 @@ def exact_cov_loss(r_pos, r_neg, temperature, beta=0.0):
     r_pos: [B], r_neg: [B, H] -> [B].
     """
     r_pos, r_neg = _f32(r_pos), _f32(r_neg)
-    h = tf.cast(tf.shape(r_neg)[1], tf.float32)
+    h = tf.cast(tf.shape(r_neg)[1], r_neg.dtype)
     w = tf.stop_gradient(tf.sigmoid(-r_neg / temperature) / (temperature * h))
     w_pos = tf.reduce_sum(w, axis=1)
     return (1.0 + beta) * w_pos * r_pos - tf.reduce_sum(w * r_neg, axis=1)

@@ -6,19 +6,20 @@ import os
 import keras
 import tensorflow as tf
 
-from dualssl_tf import callbacks, config, distribute, experiments
+from dualssl_tf import callbacks, checkpointing, config, distribute, experiments, export
 from dualssl_tf.dual import DualModel
-from dualssl_tf.export import export_encoder
+from dualssl_tf.optim import schedules
 
 
-def build_optimizer(cfg):
-    """Keras optimizer named by ``cfg.optimizer`` (sgd | adam | adamw)."""
-    if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(cfg.learning_rate, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay or None)
-    if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(cfg.learning_rate, weight_decay=cfg.weight_decay or None)
-    return keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay)
+def build_optimizer(cfg, steps_per_epoch=1):
+    """Keras optimizer named by ``cfg.optimizer`` (sgd | adam | adamw | lars) with the
+    run's learning-rate scaling, warmup and schedule (:mod:`dualssl_tf.optim`)."""
+    lr = schedules.learning_rate_schedule(
+        cfg.learning_rate, cfg.batch_size, cfg.lr_scaling, cfg.lr_schedule,
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)))
+    return schedules.build_optimizer(cfg.optimizer, lr, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
 
 
 def _select_negatives(cfg, dataset):
@@ -39,9 +40,10 @@ def build_model(cfg, exp):
     """DualModel + optimizer; call inside ``strategy.scope()``."""
     gather_fn = None if cfg.local_negatives else distribute.cross_replica_candidates
     model = DualModel(exp.encoder, exp.head, loss=cfg.loss, temperature=cfg.temperature,
-                      margin=cfg.margin, beta=cfg.beta, norm_eps=exp.norm_eps,
+                      margin=max(cfg.margin, 0.0),  # -1 = not given; only tri uses it
+                      beta=cfg.beta, norm_eps=exp.norm_eps,
                       probe=exp.probe, gather_fn=gather_fn, name="dual")
-    optimizer = build_optimizer(cfg)
+    optimizer = build_optimizer(cfg, exp.steps_per_epoch)
     if cfg.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # dynamic loss scale
     # TPUStrategy compiles the replica step with XLA itself; Keras' jit_compile is for
@@ -52,16 +54,28 @@ def build_model(cfg, exp):
 
 
 def run(cfg):
-    """Trains per ``cfg`` and writes into ``cfg.model_dir``.
+    """Trains per ``cfg`` and writes into ``cfg.model_dir``; resumes a run found there.
 
     Writes ``flags.txt`` (a re-usable flagfile), ``run.json`` (metadata such as the HLTM
     polarities), ``metrics.jsonl`` (epoch 0 = at initialisation), TensorBoard logs under
-    ``logs/`` and the encoder SavedModel under ``saved_model/``.
+    ``logs/``, checkpoints under ``checkpoints/`` (every ``cfg.checkpoint_every`` epochs),
+    the encoder SavedModel under ``saved_model/`` and, last, ``finished.json``. Re-running
+    continues from the newest readable checkpoint (see :mod:`dualssl_tf.checkpointing`);
+    re-running a finished run does nothing.
 
-    Raises ConfigError before anything is written if a setting is bad.
-    Returns dict with ``initial`` and ``final`` logs and a printable ``summary``.
+    Raises ConfigError before anything is written if a setting is bad, and
+    checkpointing.NonFiniteLossError if the loss turns NaN/Inf (checkpoints and export of
+    the last good epoch are left as they were).
+    Returns dict with ``initial`` and ``final`` logs, a printable ``summary`` and
+    ``finished`` (True when there was nothing left to do).
     """
     config.validate(cfg)
+    ckpts = checkpointing.RunCheckpoints(cfg.model_dir, max_to_keep=cfg.keep_checkpoints)
+    done = ckpts.finished_epochs()
+    if done is not None and done >= cfg.epochs:
+        return {"initial": {}, "final": {}, "finished": True,
+                "summary": f"Run in {cfg.model_dir} is already finished ({done} epochs); "
+                           "nothing to do (raise --epochs to train further)."}
     strategy = distribute.make_strategy(cfg.strategy, cfg.tpu, cfg.num_gpus)
     replicas = strategy.num_replicas_in_sync
     if cfg.jit_compile and replicas > 1 and cfg.strategy != "tpu":
@@ -70,10 +84,18 @@ def run(cfg):
                                  "--jit_compile=false (TPUs always compile with XLA)")
     distribute.set_precision(cfg.mixed_precision)
     keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    found = ckpts.find_latest()
+    start_epoch, start_step = (found["epoch"], found["step"]) if found else (0, 0)
     with strategy.scope():  # networks, DualModel and optimizer all live on the replicas
-        exp = experiments.build(cfg)
+        exp = experiments.build(cfg, start_step=start_step)
     train_data = distribute.train_input(strategy, cfg.batch_size, exp,
                                         lambda ds: _select_negatives(cfg, ds))
+    if cfg.analysis_every:
+        # Imported only on request: training never depends on the analysis package.
+        from dualssl_tf.analysis.callback import build_analysis_callback
+        exp.callbacks.append(build_analysis_callback(cfg, exp))
 
     # Nothing is written before every setting has been checked and the data built.
     model_dir = cfg.model_dir
@@ -85,26 +107,46 @@ def run(cfg):
 
     with strategy.scope():
         model = build_model(cfg, exp)
+        ckpts.attach(model)
     logger = callbacks.MetricsLogger(os.path.join(model_dir, "metrics.jsonl"))
-    initial = {}
-    for cb in exp.callbacks:
-        if hasattr(cb, "initial_logs"):
-            initial.update(cb.initial_logs())
-    logger.log_initial(initial)
+    if found:
+        with strategy.scope():
+            ckpts.restore(found)
+        ckpts.clear_finished()
+        initial = _flatten(checkpointing.truncate_metrics(logger.path, start_epoch) or {})
+        print(f"Resuming {model_dir} at epoch {start_epoch} (step {start_step}) "
+              f"from {found['path']}")
+    else:
+        checkpointing.reset_metrics(logger.path)
+        initial = {}
+        for cb in exp.callbacks:
+            if hasattr(cb, "initial_logs"):
+                initial.update(cb.initial_logs())
+        logger.log_initial(initial)
     board = keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, "logs"))
+    guard = checkpointing.NonFiniteLossGuard(cfg.steps_per_execution)
+    saver = ckpts.callback(cfg.checkpoint_every, cfg.epochs)  # after logger: see Checkpointer
     model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=exp.steps_per_epoch,
-              callbacks=exp.callbacks + [logger, board], verbose=cfg.verbose)
-    export_encoder(exp.encoder, exp.head, os.path.join(model_dir, "saved_model"),
-                   exp.input_shape)
+              initial_epoch=start_epoch, verbose=cfg.verbose, shuffle=False,
+              callbacks=[guard] + exp.callbacks + [logger, saver, board])
     final = _last_logged(logger.path)
-    summary = exp.summarize(initial, final) if exp.summarize else ""
-    return {"initial": initial, "final": final, "summary": summary}
+    export.export_encoder(
+        exp.encoder, exp.head, os.path.join(model_dir, "saved_model"), exp.input_shape,
+        model_card=export.run_model_card(cfg, exp.metadata, final),
+        intermediate_layers=export.default_intermediates(exp.encoder))
+    ckpts.mark_finished(max(cfg.epochs, start_epoch))
+    summary = exp.summarize(initial, final) if exp.summarize and initial else ""
+    return {"initial": initial, "final": final, "summary": summary, "finished": False}
 
 
 def _last_logged(path):
     """The last metrics.jsonl record, flattened back to ``name/key`` form."""
     with tf.io.gfile.GFile(path) as f:
-        record = json.loads(f.read().strip().splitlines()[-1])
+        return _flatten(json.loads(f.read().strip().splitlines()[-1]))
+
+
+def _flatten(record):
+    """A metrics.jsonl record back in ``name/key`` form."""
     flat = {}
     for k, v in record.items():
         if isinstance(v, dict):

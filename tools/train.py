@@ -2,6 +2,10 @@
 
 Every field of dualssl_tf.config.TrainConfig is a flag of the same name. Bad flags or values
 end with one line on stderr naming the flag, and exit status 2, before anything is written.
+
+Re-running the same command resumes the run in --model_dir from its newest readable
+checkpoint, or says it is finished (exit 0). A NaN/Inf loss stops the run with one line
+naming the step and exit status 3; the last good checkpoint and export are kept.
 """
 
 import dataclasses
@@ -14,22 +18,27 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dualssl_tf import config  # noqa: E402  (TensorFlow-free: errors come fast)
 
 HELP = {
-    "dataset": "Data: hltm (generated latent tree, the default; no download).",
+    "dataset": "Data: hltm (generated latent tree, the default; no download), "
+               "translation1d (the 1-D translation toy of Figure 3), generated_images "
+               "(generated shapes; no download), folder (--data_dir of class sub-folders) "
+               "or a TensorFlow Datasets name (stl10, cifar10, cifar100).",
     "data_dir": "Directory (or gs:// bucket) holding downloaded datasets.",
-    "encoder": "Encoder network; auto = the dataset's own (TreeNet for hltm).",
+    "encoder": "Encoder network; auto = the dataset's own (TreeNet for hltm, ResNet-18 "
+               "for images); images: resnet18 | resnet50.",
     "loss": "Contrastive loss: " + ", ".join(config.LOSS_NAMES) + ".",
     "negatives": "auto | explicit (H sampled negatives per anchor) | batch (SimCLR 2N-2).",
     "temperature": "tau of the soft-triplet, InfoNCE, NT-Xent and cov losses (> 0).",
-    "margin": "r0 of the soft-triplet loss (>= 0).",
+    "margin": "r0 of the soft-triplet loss (>= 0); required with --loss=tri, only there.",
     "beta": "Generalised-loss weight of the positive term (nce, ntxent, cov; > -1).",
     "num_negatives": "H, explicit negatives per anchor.",
     "batch_size": "Global batch size (pairs per step).",
     "epochs": "Training epochs.",
     "steps_per_epoch": "Steps per epoch; 0 = the dataset's natural epoch.",
-    "optimizer": "sgd | adam | adamw.",
+    "optimizer": "sgd | adam | adamw | lars.",
     "learning_rate": "Base learning rate (> 0).",
     "momentum": "SGD momentum in [0, 1).",
-    "weight_decay": "Decoupled weight decay (>= 0).",
+    "weight_decay": "Weight decay (>= 0): decoupled for sgd/adam/adamw, added to the "
+                    "gradient for lars; biases and BatchNorm are exempt.",
     "seed": "Random seed: tree polarities, initialisation and data order.",
     "steps_per_execution": "Train steps per tf.function call (cuts host overhead).",
     "jit_compile": "Compile the train step with XLA (one device; TPUs always use XLA).",
@@ -43,6 +52,12 @@ HELP = {
                        "losses stay float32.",
     "model_dir": "Output directory: flags.txt, metrics.jsonl, logs/, saved_model/.",
     "verbose": "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
+    "checkpoint_every": "Epochs between checkpoints in model_dir/checkpoints (and after the "
+                        "last epoch); a re-run resumes from the newest readable one.",
+    "keep_checkpoints": "Checkpoints kept (>= 2: a corrupt newest one falls back to the "
+                        "previous).",
+    "deterministic": "Deterministic TF ops (bit-identical resume on CPU); "
+                     "--nodeterministic may be faster on GPU.",
     "hltm_depth": "HLTM depth L (>= 1).",
     "hltm_children": "HLTM children per latent (>= 2).",
     "hltm_hid": "Hidden units per latent group of the tree network (>= 1).",
@@ -50,6 +65,38 @@ HELP = {
     "hltm_delta_upper": "Upper bound of |polarity| in [0, 1].",
     "hltm_samples_per_epoch": "Fresh HLTM samples per training epoch.",
     "hltm_eval_samples": "Held-out HLTM samples for the correlation metric.",
+    "image_size": "Image side in pixels; 0 = the data set's own (96 stl10, 32 cifar, 32 "
+                  "generated). Required for folders of mixed sizes.",
+    "stem": "ResNet stem: cifar (3x3/1, no max-pool) | imagenet (7x7/2 + max-pool) | "
+            "auto (imagenet from 96 px).",
+    "width_multiplier": "ResNet width multiplier (> 0; 1 = 64..512 channels).",
+    "sync_bn": "Cross-replica BatchNorm under a distribution strategy.",
+    "proj_dim": "Projection head output size D.",
+    "proj_hidden_dim": "Projection head hidden width.",
+    "proj_layers": "Projection head Dense layers (0 = no head; 2 = Linear-BN-ReLU-Linear).",
+    "probe": "Train an online linear probe on stop_gradient(representation) where the "
+             "data has labels; reports probe_acc and probe_test_acc.",
+    "color_jitter_strength": "SimCLR colour jitter strength s (1.0 stl10, 0.5 cifar; 0 off).",
+    "blur": "SimCLR Gaussian blur with p 0.5 (used for stl10).",
+    "shuffle_buffer": "Shuffle buffer of the image pipeline, in examples.",
+    "skip_corrupt_images": "Folder data: leave out files that do not decode (counted) "
+                           "instead of stopping.",
+    "generated_examples": "Training examples of the generated image data set.",
+    "generated_classes": "Shape classes of the generated image data set (2..6).",
+    "lr_schedule": "constant | cosine (decay to 0 over the run, after the warmup).",
+    "warmup_epochs": "Linear learning-rate warmup, in epochs.",
+    "lr_scaling": "Batch-size scaling of --learning_rate: none | linear (lr*B/256) | "
+                  "sqrt (lr*sqrt(B)).",
+    "lars_eta": "LARS trust coefficient.",
+    "translation1d_length": "Translation toy: circular signal length d (>= 4).",
+    "translation1d_filters": "Translation toy: filters of the one-layer conv encoder.",
+    "translation1d_kernel": "Translation toy: conv kernel size (1..length).",
+    "translation1d_pooling": "Translation toy: pooling over positions, max or avg.",
+    "translation1d_bias": "Translation toy: conv bias (a threshold; without it no filter "
+                          "can fire for '11' alone).",
+    "analysis_every": "Log ||OP_l||_F, ||W_l|| and the alignment of W_l with OP_l's top "
+                      "eigenvector every k epochs (hltm, translation1d); 0 = off.",
+    "analysis_points": "Base points M (x 8 augmentations) for --analysis_every (>= 2).",
 }
 
 
@@ -62,9 +109,13 @@ def define_flags():
                                       HELP.get(field.name, field.name))
 
 
-def fail(message):
+EXIT_BAD_INPUT = 2     # a flag, config or file is wrong; nothing was written
+EXIT_NON_FINITE = 3    # the loss became NaN/Inf; the last good checkpoint is kept
+
+
+def fail(message, status=EXIT_BAD_INPUT):
     sys.stderr.write(f"train.py: error: {message}\n")
-    sys.exit(2)
+    sys.exit(status)
 
 
 def parse_flags(argv):
@@ -87,10 +138,16 @@ def main(argv):
     try:
         config.validate(cfg)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from dualssl_tf import trainer  # TensorFlow is imported only for valid settings
-        result = trainer.run(cfg)
+        from dualssl_tf import checkpointing, trainer  # TensorFlow only for valid settings
+        try:
+            result = trainer.run(cfg)
+        except checkpointing.NonFiniteLossError as e:
+            fail(str(e), EXIT_NON_FINITE)
     except config.ConfigError as e:
         fail(str(e))
+    if result["finished"]:
+        print(result["summary"])
+        return
     if result["summary"]:
         print("\n" + result["summary"])
     print(f"\nRun written to {cfg.model_dir}")

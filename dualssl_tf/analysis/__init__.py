@@ -1,0 +1,12 @@
+"""The paper's analysis toolkit (Tian et al. 2020, DIGEST sections 3-5). Reads models only;
+never imported by training code (the trainer imports ``callback`` when --analysis_every > 0).
+
+connections   K_l(x)^T = d f_L / d vec(W_l), vectorised; reversibility residual
+covariance    low-rank OP_l = V[Kbar_l] and the xi-weighted Theorem-4 operator
+theorems      float64 checks of Theorems 1-4 on enumerated augmentations
+selectivity   lucky nodes (Theorem 5) of the HLTM tree network
+translation   1-D translation toy: trained filters vs OP's eigenvectors at init
+sampling      base points x augmentations for HLTM and the translation toy
+callback      per-epoch ||OP||_F, ||W||, alignment into the epoch logs
+runs, report, plots   reading a finished run, analysis.json and PNG figures (tools/analyze.py)
+"""

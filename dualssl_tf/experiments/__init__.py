@@ -4,7 +4,7 @@ networks and dataset-specific callbacks (ARCHITECTURE.md)."""
 import dataclasses
 from typing import Any, Callable, Optional
 
-from dualssl_tf.config import ConfigError
+from dualssl_tf.config import ConfigError, is_image_dataset
 
 
 @dataclasses.dataclass
@@ -47,16 +47,27 @@ class Experiment:
     make_train_data: Optional[Callable] = None
 
 
+def _build_images(cfg, start_step=0):
+    from dualssl_tf.experiments import images
+    return images.build(cfg, start_step=start_step)
+
+
 def _registry():
     # Imported lazily so that building one family never imports another's dependencies.
-    from dualssl_tf.experiments import hltm
-    return {"hltm": hltm.build}
+    from dualssl_tf.experiments import hltm, translation1d
+    return {"hltm": hltm.build, "translation1d": translation1d.build,
+            "generated_images": _build_images, "folder": _build_images}
 
 
 def build(cfg, start_step=0):
-    """Builds the Experiment for ``cfg.dataset``; start_step resumes the data stream."""
+    """Builds the Experiment for ``cfg.dataset``; start_step resumes the data stream.
+
+    Names without a builder of their own are TensorFlow Datasets image data sets.
+    """
     builders = _registry()
-    if cfg.dataset not in builders:
-        raise ConfigError("dataset", f"unknown dataset {cfg.dataset!r}; allowed: "
-                          f"{', '.join(sorted(builders))}")
-    return builders[cfg.dataset](cfg, start_step=start_step)
+    if cfg.dataset in builders:
+        return builders[cfg.dataset](cfg, start_step=start_step)
+    if is_image_dataset(cfg.dataset):
+        return _build_images(cfg, start_step=start_step)
+    raise ConfigError("dataset", f"unknown dataset {cfg.dataset!r}; allowed: "
+                      f"{', '.join(sorted(builders))} or a TensorFlow Datasets name")

@@ -20,10 +20,11 @@ def build(cfg, start_step=0):
     net = TreeNet(cfg.hltm_depth, cfg.hltm_children, cfg.hltm_hid, name="tree_net")
     net(tf.zeros([1, tree.num_leaves]))
     x_eval, latents = tree.sample(cfg.hltm_eval_samples, seed=[cfg.seed, EVAL_SEED_OFFSET])
+    steps = cfg.steps_per_epoch or cfg.hltm_samples_per_epoch // cfg.batch_size
     return Experiment(
-        train_data=tree.dataset(cfg.batch_size, cfg.num_negatives, cfg.seed,
+        train_data=tree.dataset(cfg.batch_size, cfg.num_negatives, cfg.seed, steps,
                                 start_step=start_step),
-        steps_per_epoch=cfg.steps_per_epoch or cfg.hltm_samples_per_epoch // cfg.batch_size,
+        steps_per_epoch=steps,
         encoder=net,
         callbacks=[callbacks.HLTMCorrelation(net, x_eval, latents)],
         input_shape=(tree.num_leaves,),

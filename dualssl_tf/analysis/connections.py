@@ -1,0 +1,175 @@
+"""Connections K_l(x) of Tian et al. (2020), Definition 1, by vectorised autodiff.
+
+The connection of layer ``l`` at input ``x`` is defined through its transpose::
+
+    K_l(x)^T = d f_L(x) / d vec(W_l)          shape [n_L, P],  P = number of entries of W_l
+
+i.e. the per-example Jacobian of the network output with respect to that layer's kernel
+(DIGEST section 3). For a fully connected layer this equals ``f_{l-1}(x) (x) J_l(x)^T``;
+the autodiff form covers convolutions, grouped layers and in fact any variable.
+
+Everything here *reads* a model: nothing is imported by training code.
+
+Computation: one ``tf.vectorized_map`` over examples, each computing the (small)
+``n_L x P`` Jacobian of its own output. pfor turns that into batched ops, so the cost is
+linear in the batch (a plain ``tape.jacobian`` of a [B, n_L] output w.r.t. a shared kernel
+would be quadratic in B, since every output row back-propagates through the whole batch).
+"""
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+
+def _iter_layers(model):
+    """All sub-layers of ``model`` (recursively, nested models included)."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def find_layer(model, layer):
+    """Resolves ``layer`` (a name or a Layer) to a layer of ``model``.
+
+    Raises:
+      ValueError naming the ``layer`` argument when the model has no such layer.
+    """
+    if isinstance(layer, keras.layers.Layer):
+        return layer
+    for candidate in _iter_layers(model):
+        if candidate.name == layer:
+            return candidate
+    names = [c.name for c in _iter_layers(model) if getattr(c, "kernel", None) is not None]
+    raise ValueError(f"layer: no layer named {layer!r} in model {model.name!r}; layers with a "
+                     f"kernel: {', '.join(names) or '(none)'}")
+
+
+def kernel_layer_names(model):
+    """Names of every (nested) layer of ``model`` that owns a ``kernel`` variable."""
+    return [c.name for c in _iter_layers(model) if _kernel_of(c) is not None]
+
+
+def _kernel_of(layer):
+    try:
+        kernel = getattr(layer, "kernel", None)
+    except (AttributeError, ValueError):  # unbuilt layers raise on .kernel
+        return None
+    return kernel if isinstance(kernel, (tf.Variable, keras.Variable)) else None
+
+
+def resolve_variable(model, layer):
+    """The weight ``W_l`` a connection is taken with respect to.
+
+    Args:
+      model: a (built) Keras model.
+      layer: a layer name, a Layer (its ``kernel`` is used), or a variable itself.
+    Returns:
+      The variable (``keras.Variable`` or ``tf.Variable``).
+    Raises:
+      ValueError naming the ``layer`` argument for unknown layers or layers without kernel.
+    """
+    if isinstance(layer, (tf.Variable, keras.Variable)):
+        return layer
+    found = find_layer(model, layer)
+    kernel = _kernel_of(found)
+    if kernel is None:
+        raise ValueError(f"layer: layer {found.name!r} ({type(found).__name__}) has no kernel; "
+                         f"pick one of {', '.join(kernel_layer_names(model)) or '(none)'}")
+    return kernel
+
+
+def _tf_var(variable):
+    """The underlying tf.Variable (keras.Variable wraps one as ``.value``)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+class Connection:
+    """Reusable connection function ``x [B, ...] -> K_l(x)^T [B, n_L, P]``.
+
+    Building it once and calling it many times (e.g. per epoch in a callback) reuses one
+    traced ``tf.function``.
+
+    Args:
+      model: a built Keras model.
+      layer: layer name, Layer or variable (see :func:`resolve_variable`).
+      output_fn: ``x [B, ...] -> f_L [B, ...]``; default ``model(x, training=False)``.
+        Outputs with more than one feature axis are flattened to ``n_L``.
+      index: optional int; take the Jacobian w.r.t. ``W_l[index]`` only (one group of a
+        GroupedDense kernel ``[groups, fan_in, hid]``), so ``P = W_l[index].size``.
+      chunk_size: examples per vectorised call (bounds memory: ``chunk x n_L x |W_l|``).
+
+    Example:
+      >>> conn = Connection(model, "dense_1")
+      >>> k_t = conn(x)          # [B, n_L, P]
+    """
+
+    def __init__(self, model, layer, output_fn=None, index=None, chunk_size=512):
+        self.model = model
+        self.variable = resolve_variable(model, layer)
+        shape = tuple(self.variable.shape)
+        if index is not None:
+            if not shape or not 0 <= int(index) < shape[0]:
+                raise ValueError(f"index: {index} is out of range for a weight of shape {shape}")
+            index = int(index)
+            shape = shape[1:]
+        self.index = index
+        self.num_params = int(np.prod(shape))
+        self.chunk_size = int(chunk_size)
+        self.output_fn = output_fn or (lambda x: model(x, training=False))
+        var = _tf_var(self.variable)
+
+        def one(xb):
+            with tf.GradientTape() as tape:
+                y = tf.reshape(self.output_fn(xb[None]), [-1])           # [n_L]
+            jac = tape.jacobian(y, var, experimental_use_pfor=True)      # [n_L, *W.shape]
+            if self.index is not None:
+                jac = jac[:, self.index]
+            return tf.reshape(jac, [tf.shape(y)[0], self.num_params])
+
+        self._fn = tf.function(lambda x: tf.vectorized_map(one, x), reduce_retracing=True)
+
+    def __call__(self, x):
+        """x: [B, ...] -> K_l(x)^T as a tf.Tensor [B, n_L, P] in the variable's dtype."""
+        x = tf.convert_to_tensor(x)
+        n = int(x.shape[0])
+        parts = [self._fn(x[s:s + self.chunk_size]) for s in range(0, n, self.chunk_size)]
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+
+    def weight_vector(self):
+        """vec(W_l) (or vec(W_l[index])) as a tf.Tensor [P], same ordering as the Jacobian."""
+        w = tf.convert_to_tensor(self.variable)
+        if self.index is not None:
+            w = w[self.index]
+        return tf.reshape(w, [-1])
+
+
+def connection(model, layer, x, output_fn=None, index=None, chunk_size=512):
+    """``K_l(x)^T = d f_L(x) / d vec(W_l)``, per example, vectorised.
+
+    Args:
+      model: a built Keras model.
+      layer: layer name, Layer or variable.
+      x: [B, ...] inputs.
+      output_fn: ``x -> f_L``; default ``model(x, training=False)``.
+      index: optional group index into the first axis of ``W_l``.
+      chunk_size: examples per vectorised call.
+    Returns:
+      tf.Tensor [B, n_L, P].
+    """
+    return Connection(model, layer, output_fn, index, chunk_size)(x)
+
+
+def reversibility_residual(model, layer, x, output_fn=None):
+    """``max |f_L(x) - K_l(x)^T vec(W_l)|`` over the batch and output units.
+
+    Zero (to rounding) for bias-free ReLU / leaky-ReLU / linear networks, for every layer:
+    the output is positively homogeneous of degree one in each layer's weights, so Euler's
+    identity gives ``f_L = (d f_L / d W_l) W_l``. Biases above layer ``l`` break it.
+
+    Args: as :func:`connection` (the whole variable is used).
+    Returns:
+      Python float.
+    """
+    conn = Connection(model, layer, output_fn)
+    k_t = conn(x)
+    f = tf.reshape(conn.output_fn(tf.convert_to_tensor(x)), [k_t.shape[0], -1])
+    recon = tf.einsum("bnp,p->bn", k_t, tf.cast(conn.weight_vector(), k_t.dtype))
+    return float(tf.reduce_max(tf.abs(tf.cast(f, k_t.dtype) - recon)))

@@ -1,0 +1,171 @@
+"""PNG figures of the analysis (matplotlib, Agg backend: no display needed).
+
+Each function takes plain numbers (from metrics.jsonl / analysis.json), draws one figure with
+a title, labelled axes and a legend, writes it to ``path`` and returns ``path``.
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def _integer_x(ax):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def emergence_curves(epochs, series, path, title="Emergence of latent selectivity",
+                     ylabel="mean best |corr(unit, latent)|", label_fmt="depth {}"):
+    """Per-depth curves vs epoch. series: dict key -> [T] values aligned with epochs [T]."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    keys = list(series)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(keys), 1)))
+    for color, key in zip(colors, keys):
+        ax.plot(epochs, series[key], marker="o", ms=3, color=color, label=label_fmt.format(key))
+    ax.set_xlabel("epoch (0 = initialisation)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    _integer_x(ax)
+    return _save(fig, path)
+
+
+def lucky_node_scatter(init_by_depth, final_by_depth, path, stats=None,
+                       title="Lucky nodes: selectivity at init vs after training"):
+    """Scatter of every unit's |corr| at init (x) vs after training (y), one colour per depth.
+
+    init_by_depth / final_by_depth: dict depth -> [groups, hid]. The best unit at init of
+    each group is drawn as a larger edged marker. stats: optional dict depth -> dict with
+    ``spearman`` shown in the legend.
+    """
+    fig, ax = plt.subplots(figsize=(6.0, 5.4))
+    depths = sorted(init_by_depth)
+    colors = plt.cm.plasma(np.linspace(0, 0.85, len(depths)))
+    for color, d in zip(colors, depths):
+        a, b = np.abs(np.asarray(init_by_depth[d])), np.abs(np.asarray(final_by_depth[d]))
+        label = f"depth {d}"
+        if stats and d in stats:
+            label += f" (Spearman {stats[d]['spearman']:+.2f})"
+        ax.scatter(a.ravel(), b.ravel(), s=10, alpha=0.5, color=color, label=label)
+        best = a.argmax(axis=1)
+        rows = np.arange(a.shape[0])
+        ax.scatter(a[rows, best], b[rows, best], s=50, facecolors="none", edgecolors=color,
+                   linewidths=1.2)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="no change")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("|corr(unit, latent)| at initialisation")
+    ax.set_ylabel("|corr(unit, latent)| after training")
+    ax.set_title(title + "\n(circles: each group's best unit at init)", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def selectivity_scatter(init, final, path, title="Filter selectivity: init vs trained"):
+    """Per-filter selectivity in [-1, 1] at init (x) vs after training (y)."""
+    fig, ax = plt.subplots(figsize=(5.4, 5.0))
+    init, final = np.asarray(init), np.asarray(final)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.scatter(init, final, s=40, color="tab:blue", label="filter")
+    for j, (a, b) in enumerate(zip(init, final)):
+        ax.annotate(str(j), (a, b), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel('selectivity at init  (+1: "11" only, -1: "101" only)')
+    ax.set_ylabel("selectivity after training")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def op_spectra(spectra, path, title="Covariance operator spectrum", top_k=20):
+    """Eigenvalues of OP (descending, log scale). spectra: dict label -> 1-D array."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    labels = list(spectra)
+    colors = plt.cm.tab10(np.arange(len(labels)) % 10)
+    for color, label in zip(colors, labels):
+        values = np.asarray(spectra[label], np.float64)[:top_k]
+        values = np.maximum(values, 1e-300)
+        style = "--" if "init" in label else "-"
+        ax.semilogy(np.arange(1, len(values) + 1), values, style, marker=".", color=color,
+                    label=label)
+    _integer_x(ax)
+    ax.set_xlabel("eigenvalue index")
+    ax.set_ylabel("eigenvalue of OP_l")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best", fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def alignment_curves(epochs, series, path, ylabel="|cos(vec W_l, top eigenvector of OP_l)|",
+                     title="Alignment of weights with OP's top eigenvector"):
+    """Alignment vs epoch per layer. series: dict layer -> [T]."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(series), 1)))
+    for color, (label, values) in zip(colors, series.items()):
+        ax.plot(epochs, values, marker="o", ms=3, color=color, label=label)
+    ax.set_xlabel("epoch (0 = initialisation)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    _integer_x(ax)
+    return _save(fig, path)
+
+
+def alignment_bars(labels, init, final, path,
+                   title="Alignment of W_l with OP_l's top eigenvector",
+                   ylabel="|cos(vec W_l, top eigenvector)|"):
+    """Grouped bars: alignment at init vs after training, per layer/filter."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(labels) + 2), 4.2))
+    x = np.arange(len(labels))
+    init = np.array([np.nan if v is None else v for v in init], np.float64)
+    final = np.array([np.nan if v is None else v for v in final], np.float64)
+    ax.bar(x - 0.2, init, 0.4, label="init", color="tab:gray")
+    ax.bar(x + 0.2, final, 0.4, label="trained", color="tab:orange")
+    for xi in x[np.isnan(init) & np.isnan(final)]:
+        ax.text(xi, 0.02, "n/a", ha="center", fontsize=8, color="grey")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def init_selectivity_by_hid(result, path, title="Lucky nodes at init vs group width (hid)"):
+    """Mean best |corr| at init per depth (x) for each hid. result: init_selectivity()."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    hids = sorted(result)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(hids)))
+    for color, hid in zip(colors, hids):
+        by_depth = result[hid]["by_depth"]
+        depths = sorted(by_depth)
+        ax.plot(depths, [by_depth[d]["best_mean"] for d in depths], marker="o", color=color,
+                label=f"hid={hid} best unit")
+        ax.plot(depths, [by_depth[d]["median"] for d in depths], ":", color=color,
+                label=f"hid={hid} median unit")
+    _integer_x(ax)
+    ax.set_xlabel("latent depth (1 = lowest, L = root)")
+    ax.set_ylabel("|corr(unit, latent)| at initialisation")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=7, ncol=2)
+    return _save(fig, path)

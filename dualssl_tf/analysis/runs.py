@@ -1,0 +1,127 @@
+"""Reading a finished run (a ``model_dir`` written by tools/train.py) for analysis.
+
+A run holds ``flags.txt`` (flagfile of its TrainConfig), ``metrics.jsonl`` and the encoder
+SavedModel ``saved_model/``. The networks are rebuilt from the flags: with the run's seed the
+rebuilt encoder *is* the initialisation (the trainer seeds Keras before building), and the
+trained weights are read from the SavedModel's checkpoint into a second copy.
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dualssl_tf import config, experiments
+
+VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def read_flagfile(path):
+    """TrainConfig from a ``--name=value`` flagfile (unknown names raise ConfigError)."""
+    fields = {f.name: f for f in dataclasses.fields(config.TrainConfig)}
+    values = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, _, value = line.lstrip("-").partition("=")
+            if name not in fields:
+                continue  # a flag of a newer/older version: ignore, defaults apply
+            kind = type(fields[name].default)
+            if kind is bool:
+                values[name] = value.lower() in ("1", "true", "yes")
+            else:
+                values[name] = kind(value)
+    return config.TrainConfig(**values)
+
+
+def read_metrics(path):
+    """metrics.jsonl -> list of dicts (one per epoch, epoch 0 = initialisation)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_savedmodel_weights(model, saved_model_dir, prefix="encoder"):
+    """Copies the ``prefix`` object's variables of a SavedModel into ``model``.
+
+    The SavedModel checkpoint names variables by object path (``encoder/levels/0/kernel``,
+    ``encoder/_operations/1/kernel``); the same attribute path is followed on the rebuilt
+    model. Returns the number of variables restored; raises ValueError if a path does not
+    resolve or a model weight stays unrestored.
+    """
+    ckpt = os.path.join(saved_model_dir, "variables", "variables")
+    restored = set()
+    for key, _ in tf.train.list_variables(ckpt):
+        if not key.startswith(prefix + "/") or not key.endswith(VARIABLE_SUFFIX):
+            continue
+        obj = model
+        for part in key[len(prefix) + 1:-len(VARIABLE_SUFFIX)].split("/"):
+            try:
+                obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+            except (AttributeError, IndexError, TypeError) as e:
+                raise ValueError(f"model_dir: saved variable {key} does not match the rebuilt "
+                                 f"model ({e})") from None
+        obj.assign(tf.train.load_variable(ckpt, key))
+        restored.add(id(obj))
+    missing = [w.path for w in model.weights if id(w) not in restored]
+    if missing:
+        raise ValueError(f"model_dir: SavedModel lacks weights {', '.join(missing)}")
+    return len(restored)
+
+
+@dataclasses.dataclass
+class Run:
+    """A finished run: its config, metrics, and the experiment rebuilt twice.
+
+    ``init`` is the Experiment at initialisation, ``final`` an Experiment whose encoder holds
+    the trained weights (``None`` when the run has no SavedModel).
+    """
+    model_dir: str
+    cfg: config.TrainConfig
+    metrics: list
+    init: experiments.Experiment
+    final: experiments.Experiment
+
+
+def load_run(model_dir):
+    """Loads a run directory. Raises ValueError("model_dir: ...") on missing files."""
+    flags_path = os.path.join(model_dir, "flags.txt")
+    metrics_path = os.path.join(model_dir, "metrics.jsonl")
+    if not os.path.isdir(model_dir):
+        raise ValueError(f"model_dir: {model_dir} is not a directory")
+    for path in (flags_path, metrics_path):
+        if not os.path.exists(path):
+            raise ValueError(f"model_dir: no {os.path.basename(path)} in {model_dir}; point it "
+                             "at a run written by tools/train.py")
+    cfg = read_flagfile(flags_path)
+    metrics = read_metrics(metrics_path)
+    if not metrics:
+        raise ValueError(f"model_dir: {metrics_path} is empty")
+    # Same seeding and build order as trainer.run: the rebuilt encoder is the initial one.
+    keras.utils.set_random_seed(cfg.seed)
+    init = experiments.build(cfg)
+    final = None
+    saved = os.path.join(model_dir, "saved_model")
+    if os.path.isdir(saved):
+        keras.utils.set_random_seed(cfg.seed)
+        final = experiments.build(cfg)
+        load_savedmodel_weights(final.encoder, saved)
+    return Run(model_dir, cfg, metrics, init, final)
+
+
+def metric_series(metrics, key):
+    """(epochs [T], values [T] or dict sub-key -> [T]) of ``key`` over metrics.jsonl.
+
+    For a grouped key (``best_corr``) returns ``(epochs, {sub: np.array})``; epochs without
+    the key are skipped.
+    """
+    rows = [m for m in metrics if key in m]
+    epochs = np.array([m["epoch"] for m in rows])
+    if rows and isinstance(rows[0][key], dict):
+        subs = sorted(rows[0][key], key=lambda s: (len(s), s))
+        return epochs, {s: np.array([m[key].get(s, np.nan) for m in rows]) for s in subs}
+    return epochs, np.array([m[key] for m in rows])

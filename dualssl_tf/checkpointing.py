@@ -1,0 +1,327 @@
+"""Fault tolerance of a training run: checkpoints, resume, and the non-finite-loss guard.
+
+A run's directory gets ``checkpoints/ckpt-<epoch>.{index,data-*}`` (weights, optimizer
+state including ``iterations``, the epoch and the global step) and, once the encoder is
+exported, ``finished.json``. Re-running the same command:
+
+* finds the newest *readable* checkpoint (every tensor of a candidate is read back, so a
+  truncated data file or a missing index is caught before anything is restored; a bad one
+  costs one line on stderr and the previous one is tried),
+* rebuilds the experiment with ``start_step`` = the restored step (the data streams are
+  step-indexed, so the batches continue exactly where they stopped),
+* cuts ``metrics.jsonl`` back to the restored epoch (epoch 0 kept), so no line is duplicated
+  or missing after any number of crashes,
+* and continues ``fit`` at ``initial_epoch`` = the restored epoch.
+
+Why ``tf.train.CheckpointManager`` and not ``keras.callbacks.BackupAndRestore``: Keras 3's
+BackupAndRestore keeps a single ``.weights.h5`` written in place (a kill mid-write leaves
+nothing to fall back to) and deletes it when training ends, so a finished run re-run would
+train again. TensorFlow's V2 checkpoints are written to a temporary name and renamed, the
+``checkpoint`` state file is replaced atomically, and the manager keeps ``max_to_keep``
+numbered checkpoints, which is what the fallback needs.
+
+Variables are checkpointed as plain lists (``model.variables``, ``optimizer.variables``)
+rather than through the Keras objects: Keras 3 layers kept in Python lists (e.g. TreeNet's
+levels) are invisible to ``tf.train.Checkpoint``'s object graph, so ``Checkpoint(model=m)``
+would silently save nothing of them.
+"""
+
+import json
+import os
+import re
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+CHECKPOINT_DIR = "checkpoints"
+FINISHED_FILE = "finished.json"
+_CKPT_FILE = re.compile(r"^ckpt-(\d+)\.(index|data-\d+-of-\d+)$")
+# Keys of the bookkeeping variables in a checkpoint (tf.train.Checkpoint naming).
+_EPOCH_KEY = "epoch/.ATTRIBUTES/VARIABLE_VALUE"
+_STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def warn(message):
+    """One line on stderr (the run goes on)."""
+    sys.stderr.write(f"train.py: warning: {message}\n")
+    sys.stderr.flush()
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training hit a NaN/Inf loss (or weights); ``step`` is the global step (1-based)."""
+
+    def __init__(self, step, value, first_step=None, what="loss"):
+        where = (f"step {step}" if first_step is None or first_step == step
+                 else f"steps {first_step}-{step} (one execution of --steps_per_execution)")
+        super().__init__(f"non-finite {what} ({value}) at {where}; training stopped, the "
+                         "last good checkpoint is kept; lower --learning_rate and re-run")
+        self.step = step
+        self.value = value
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Raises :class:`NonFiniteLossError` when the loss reported after a batch is NaN/Inf.
+
+    Keras reports the running mean of the epoch's batch losses, which turns non-finite at
+    the first bad batch. With ``steps_per_execution = k`` Keras calls back once per k steps,
+    so the step is known to within that execution. Raising (rather than setting
+    ``stop_training``) keeps Keras from running the epoch-end callbacks, so no metrics line
+    and no checkpoint of the broken weights is written.
+    """
+
+    def __init__(self, steps_per_execution=1):
+        super().__init__()
+        self.steps_per_execution = steps_per_execution
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        value = float(keras.ops.convert_to_numpy(loss))
+        if not np.isfinite(value):
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            raise NonFiniteLossError(step, value,
+                                     first_step=step - self.steps_per_execution + 1)
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Saves a checkpoint every ``every`` epochs and after the last epoch.
+
+    Put it after :class:`dualssl_tf.callbacks.MetricsLogger` in the callback list: the
+    metrics line of an epoch is then always written before its checkpoint, and a crash in
+    between is repaired on resume by cutting the line (see :func:`truncate_metrics`).
+    """
+
+    def __init__(self, run_checkpoints, every, epochs):
+        super().__init__()
+        self.run_checkpoints = run_checkpoints
+        self.every = every
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        if done % self.every == 0 or done == self.epochs:
+            self.run_checkpoints.save(done)
+
+
+class RunCheckpoints:
+    """The checkpoints of one run directory.
+
+    Args:
+      model_dir: the run directory; checkpoints go to ``model_dir/checkpoints``.
+      max_to_keep: numbered checkpoints kept (>= 2 so a corrupt newest one has a fallback).
+
+    Usage (see :func:`dualssl_tf.trainer.run`)::
+
+        ckpts = RunCheckpoints(model_dir)
+        found = ckpts.find_latest()          # None or {"path", "epoch", "step"}
+        ... build the experiment with start_step=found["step"] and the model ...
+        ckpts.attach(model)
+        if found: ckpts.restore(found)
+        model.fit(..., callbacks=[..., ckpts.callback(every, epochs)])
+    """
+
+    def __init__(self, model_dir, max_to_keep=3):
+        if max_to_keep < 2:
+            raise ValueError(f"max_to_keep must be >= 2 (a fallback), got {max_to_keep}")
+        self.model_dir = model_dir
+        self.directory = os.path.join(model_dir, CHECKPOINT_DIR)
+        self.max_to_keep = max_to_keep
+        self._checkpoint = None
+        self._manager = None
+        self._epoch = None
+        self._step = None
+        self._model = None
+
+    # -- finding a checkpoint (no model needed) -------------------------------------------
+
+    def _numbers(self):
+        """{number: set of file kinds} of the checkpoint files on disk."""
+        found = {}
+        if not tf.io.gfile.isdir(self.directory):
+            return found
+        for name in tf.io.gfile.listdir(self.directory):
+            m = _CKPT_FILE.match(name.rstrip("/"))
+            if m:
+                found.setdefault(int(m.group(1)), set()).add(
+                    "index" if m.group(2) == "index" else "data")
+        return found
+
+    def verify(self, number, kinds=None):
+        """Reads every tensor of ``ckpt-<number>``; returns (epoch, step) or raises.
+
+        Raises ValueError with a one-line reason for a missing index or data file, and
+        lets TensorFlow's errors through for unreadable contents (truncation, bad CRC).
+        """
+        kinds = self._numbers().get(number, set()) if kinds is None else kinds
+        prefix = os.path.join(self.directory, f"ckpt-{number}")
+        if "index" not in kinds:
+            raise ValueError("index file missing")
+        if "data" not in kinds:
+            raise ValueError("data file missing")
+        reader = tf.train.load_checkpoint(prefix)
+        names = reader.get_variable_to_shape_map()
+        if _EPOCH_KEY not in names or _STEP_KEY not in names:
+            raise ValueError("not a dualssl_tf checkpoint (no epoch/step)")
+        for name in names:  # reading checks each tensor's CRC and that the data is all there
+            reader.get_tensor(name)
+        return int(reader.get_tensor(_EPOCH_KEY)), int(reader.get_tensor(_STEP_KEY))
+
+    def find_latest(self):
+        """The newest readable checkpoint: dict(path, epoch, step), or None.
+
+        Each unreadable newer checkpoint is reported in one line on stderr.
+        """
+        self._remove_partial_writes()
+        found = self._numbers()
+        rejected = []
+        for number in sorted(found, reverse=True):
+            prefix = os.path.join(self.directory, f"ckpt-{number}")
+            try:
+                epoch, step = self.verify(number, found[number])
+            except Exception as e:  # noqa: BLE001  any failure to read = unusable (IndexError, DataLossError, ...)
+                rejected.append(prefix)
+                older = [n for n in found if n < number]
+                fallback = (f"falling back to ckpt-{max(older)}" if older
+                            else "no older checkpoint, starting from scratch")
+                warn(f"checkpoint {prefix} is unusable ({_first_line(e)}); {fallback}")
+                continue
+            return {"path": prefix, "epoch": epoch, "step": step, "rejected": rejected}
+        return None
+
+    def _remove_partial_writes(self):
+        """Deletes ``*_temp*`` leftovers of a save that was killed before its rename."""
+        if not tf.io.gfile.isdir(self.directory):
+            return
+        for name in tf.io.gfile.listdir(self.directory):
+            if "_temp" in name:
+                path = os.path.join(self.directory, name.rstrip("/"))
+                if tf.io.gfile.isdir(path):
+                    tf.io.gfile.rmtree(path)
+                else:
+                    tf.io.gfile.remove(path)
+
+    # -- saving and restoring (model attached) --------------------------------------------
+
+    def attach(self, model):
+        """Tracks ``model.variables`` and its optimizer's variables (built here if needed)."""
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        self._model = model
+        self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._checkpoint = tf.train.Checkpoint(
+            model=list(model.variables), optimizer=list(model.optimizer.variables),
+            epoch=self._epoch, step=self._step)
+        self._manager = tf.train.CheckpointManager(
+            self._checkpoint, self.directory, max_to_keep=self.max_to_keep,
+            checkpoint_name="ckpt")
+
+    def restore(self, found):
+        """Restores ``found`` (from :meth:`find_latest`) into the attached model."""
+        self._checkpoint.restore(found["path"]).assert_consumed()
+        iterations = int(keras.ops.convert_to_numpy(self._model.optimizer.iterations))
+        if iterations != found["step"]:
+            raise ValueError(f"checkpoint {found['path']}: optimizer step {iterations} != "
+                             f"recorded step {found['step']}")
+        for path in found.get("rejected", []):
+            self._discard(path)
+
+    def _discard(self, prefix):
+        """Renames a rejected checkpoint's files out of the way (kept for inspection)."""
+        directory, base = os.path.split(prefix)
+        for name in tf.io.gfile.listdir(directory):
+            if name.startswith(base + ".") and not name.endswith(".corrupt"):
+                src = os.path.join(directory, name)
+                tf.io.gfile.rename(src, src + ".corrupt", overwrite=True)
+
+    def save(self, epoch):
+        """Writes ``ckpt-<epoch>`` (atomically) and drops the ones beyond max_to_keep.
+
+        Raises NonFiniteLossError instead if a weight is NaN/Inf: a checkpoint is only ever
+        written of a state training can continue from.
+        """
+        if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self._model.variables
+                   if keras.backend.is_float_dtype(v.dtype)):
+            step = int(keras.ops.convert_to_numpy(self._model.optimizer.iterations))
+            raise NonFiniteLossError(step, "nan/inf", what="weights")
+        self._epoch.assign(epoch)
+        self._step.assign(tf.cast(self._model.optimizer.iterations, tf.int64))
+        return self._manager.save(checkpoint_number=epoch)
+
+    def callback(self, every, epochs):
+        return Checkpointer(self, every, epochs)
+
+    # -- finished runs --------------------------------------------------------------------
+
+    def finished_epochs(self):
+        """Epochs of the finished (trained and exported) run here, or None."""
+        path = os.path.join(self.model_dir, FINISHED_FILE)
+        if not tf.io.gfile.exists(path):
+            return None
+        try:
+            with tf.io.gfile.GFile(path) as f:
+                return int(json.load(f)["epochs"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def mark_finished(self, epochs):
+        """Records that training to ``epochs`` and the export completed."""
+        _atomic_write(os.path.join(self.model_dir, FINISHED_FILE),
+                      json.dumps({"epochs": int(epochs)}) + "\n")
+
+    def clear_finished(self):
+        path = os.path.join(self.model_dir, FINISHED_FILE)
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+
+
+def _atomic_write(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def truncate_metrics(path, epoch):
+    """Cuts ``metrics.jsonl`` back to the lines of epochs ``0 .. epoch``.
+
+    Lines of later epochs (written after the restored checkpoint, before the crash) and a
+    partial last line are dropped; the file is replaced atomically.
+
+    Returns:
+      the epoch-0 record (dict, metrics at initialisation) or None if there is none.
+    """
+    kept, initial = [], None
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    continue  # the partial last line of a crash mid-write
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if not isinstance(record, dict) or record.get("epoch", -1) > epoch:
+                    continue
+                if record["epoch"] == 0:
+                    initial = record
+                kept.append(line)  # byte for byte, as an uninterrupted run wrote it
+    _atomic_write(path, "".join(kept))
+    return initial
+
+
+def reset_metrics(path):
+    """Empties ``metrics.jsonl`` for a run that starts from scratch."""
+    if os.path.exists(path):
+        os.remove(path)
+

@@ -1,0 +1,275 @@
+"""SimCLR image augmentations as stateless TF ops (DIGEST section 6).
+
+Every function takes a float32 image in [0, 1] of shape [H, W, 3] and a *seed*: an int
+tensor of shape [2], as used by ``tf.random.stateless_*``. The same (image, seed) always
+gives the same output, so a tf.data pipeline that derives one seed per element from a
+global seed and the element index is deterministic (see :mod:`dualssl_tf.data.images`).
+Batches go through :func:`augment_batch` (one seed per image, ``tf.map_fn``).
+
+A SimCLR view (:func:`simclr_view`) is, in order:
+
+1. random resized crop: area fraction U(0.08, 1), aspect ratio log-uniform in (3/4, 4/3),
+   resized (bilinear) to a fixed ``size x size``;
+2. horizontal flip with p 0.5;
+3. colour jitter of strength s with p 0.8: brightness, contrast, saturation factors in
+   [1 - 0.8s, 1 + 0.8s] and a hue shift in [-0.2s, 0.2s], the four in a random order;
+4. grayscale with p 0.2;
+5. optionally (STL-10) Gaussian blur with p 0.5: kernel 10% of the side, sigma U(0.1, 2).
+
+Brightness is multiplicative (as torchvision and SimCLR v2); contrast, saturation and hue
+use ``tf.image.stateless_random_*``. Values are clipped to [0, 1] after every colour op.
+"""
+
+import math
+
+import tensorflow as tf
+
+# Colour-jitter ops in the order of their index in the random permutation.
+_JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
+def to_float(image):
+    """uint8 [.., H, W, C] in [0, 255] (or float already in [0, 1]) -> float32 in [0, 1]."""
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def split_seed(seed, num):
+    """Derives ``num`` independent seeds from one. seed: [2] int -> [num, 2] int64."""
+    return tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num)
+
+
+def _uniform(seed, minval, maxval, shape=()):
+    return tf.random.stateless_uniform(shape, seed, minval=minval, maxval=maxval)
+
+
+def _bernoulli(seed, p):
+    """Scalar bool tensor, True with probability p."""
+    return _uniform(seed, 0.0, 1.0) < p
+
+
+def crop_window(height, width, seed, area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3),
+                attempts=10):
+    """Samples a random-resized-crop window (torchvision's RandomResizedCrop rule).
+
+    Draws ``attempts`` candidates (area fraction uniform in ``area_range``, aspect ratio
+    w/h log-uniform in ``aspect_range``) and keeps the first that fits in the image;
+    if none fits, the whole image is used.
+
+    Args:
+      height, width: scalar int tensors, the image size.
+      seed: [2] int seed.
+    Returns:
+      (y0, x0, h, w): int32 scalars, the window's top-left corner and size.
+    """
+    s_area, s_ratio, s_y, s_x = tf.unstack(split_seed(seed, 4))
+    hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    area = hf * wf * _uniform(s_area, area_range[0], area_range[1], [attempts])
+    log_ratio = _uniform(s_ratio, math.log(aspect_range[0]), math.log(aspect_range[1]),
+                         [attempts])
+    ratio = tf.exp(log_ratio)
+    cw = tf.cast(tf.round(tf.sqrt(area * ratio)), tf.int32)
+    ch = tf.cast(tf.round(tf.sqrt(area / ratio)), tf.int32)
+    fits = (cw >= 1) & (ch >= 1) & (cw <= width) & (ch <= height)
+    # First fitting candidate; argmax of a bool vector returns the first True.
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    any_fit = tf.reduce_any(fits)
+    h = tf.where(any_fit, ch[first], height)
+    w = tf.where(any_fit, cw[first], width)
+    # Offsets uniform over the valid positions 0 .. H - h (inclusive).
+    y0 = tf.minimum(tf.cast(tf.floor(_uniform(s_y, 0.0, 1.0) * tf.cast(height - h + 1,
+                                                                        tf.float32)),
+                            tf.int32), height - h)
+    x0 = tf.minimum(tf.cast(tf.floor(_uniform(s_x, 0.0, 1.0) * tf.cast(width - w + 1,
+                                                                        tf.float32)),
+                            tf.int32), width - w)
+    return y0, x0, h, w
+
+
+def random_resized_crop(image, seed, size, area_range=(0.08, 1.0),
+                        aspect_range=(3 / 4, 4 / 3)):
+    """Random resized crop. image: [H, W, C] float -> [size, size, C] float32.
+
+    The window is drawn by :func:`crop_window`, then resized bilinearly, which keeps
+    values inside the input's range.
+    """
+    shape = tf.shape(image)
+    y0, x0, h, w = crop_window(shape[0], shape[1], seed, area_range, aspect_range)
+    crop = tf.slice(image, tf.stack([y0, x0, 0]), tf.stack([h, w, -1]))
+    out = tf.image.resize(crop, [size, size], method="bilinear")
+    return tf.ensure_shape(out, [size, size, image.shape[-1]])
+
+
+def random_flip(image, seed):
+    """Horizontal flip with probability 0.5. image: [H, W, C] -> same."""
+    return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+def _jitter_op(name, image, seed, strength):
+    """One colour-jitter op of strength s; output clipped to [0, 1]."""
+    if name == "brightness":
+        b = 0.8 * strength
+        out = image * _uniform(seed, max(0.0, 1.0 - b), 1.0 + b)
+    elif name == "contrast":
+        c = 0.8 * strength
+        out = tf.image.stateless_random_contrast(image, max(0.0, 1.0 - c), 1.0 + c, seed)
+    elif name == "saturation":
+        c = 0.8 * strength
+        out = tf.image.stateless_random_saturation(image, max(0.0, 1.0 - c), 1.0 + c, seed)
+    else:
+        # tf.image's hue shift must stay in [0, 0.5] (half the colour wheel).
+        out = tf.image.stateless_random_hue(image, min(0.5, 0.2 * strength), seed)
+    return tf.clip_by_value(out, 0.0, 1.0)
+
+
+def color_jitter(image, seed, strength):
+    """SimCLR colour jitter (always applied; see :func:`simclr_view` for p 0.8).
+
+    Brightness, contrast, saturation (factors in [1 - 0.8s, 1 + 0.8s]) and hue (shift in
+    [-0.2s, 0.2s]) in a random order drawn from the seed.
+
+    Args:
+      image: [H, W, 3] float32 in [0, 1].
+      seed: [2] int seed.
+      strength: python float s >= 0; s = 0 returns the image unchanged.
+    Returns:
+      [H, W, 3] float32 in [0, 1].
+    """
+    if strength <= 0:
+        return image
+    seeds = split_seed(seed, len(_JITTER_OPS) + 1)
+    order = tf.argsort(_uniform(seeds[-1], 0.0, 1.0, [len(_JITTER_OPS)]))
+
+    def step(k, img):
+        # Each op keeps its own seed, so only the order depends on the permutation. A loop
+        # over one switch traces the four ops once (not once per position).
+        branches = [(lambda name=name, s=seeds[i]: _jitter_op(name, img, s, strength))
+                    for i, name in enumerate(_JITTER_OPS)]
+        return k + 1, tf.ensure_shape(tf.switch_case(order[k], branches), img.shape)
+
+    _, image = tf.while_loop(lambda k, _: k < len(_JITTER_OPS), step,
+                             (tf.constant(0), image))
+    return image
+
+
+def to_grayscale(image):
+    """Luma grayscale kept as 3 channels. [H, W, 3] -> [H, W, 3]."""
+    return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+
+
+def blur_kernel_size(side):
+    """SimCLR's odd blur kernel size for an image side: 2 * ((side // 10) // 2) + 1."""
+    return 2 * ((side // 10) // 2) + 1
+
+
+def gaussian_kernel_1d(sigma, size):
+    """Normalised 1-D Gaussian. sigma: scalar float, size: odd python int -> [size]."""
+    radius = size // 2
+    x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+    k = tf.exp(-tf.square(x) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
+    return k / tf.reduce_sum(k)
+
+
+def gaussian_blur(image, sigma, size):
+    """Separable Gaussian blur with reflect padding. image: [H, W, C] -> [H, W, C].
+
+    Reflect padding (not zeros) so the borders do not darken.
+    """
+    if size <= 1:
+        return image
+    radius = size // 2
+    channels = image.shape[-1]
+    k = gaussian_kernel_1d(sigma, size)
+    kx = tf.tile(tf.reshape(k, [1, size, 1, 1]), [1, 1, channels, 1])
+    ky = tf.tile(tf.reshape(k, [size, 1, 1, 1]), [1, 1, channels, 1])
+    x = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+               mode="REFLECT")
+    x = tf.nn.depthwise_conv2d(x, kx, [1, 1, 1, 1], "VALID")
+    x = tf.nn.depthwise_conv2d(x, ky, [1, 1, 1, 1], "VALID")
+    return x[0]
+
+
+def random_blur(image, seed, side, sigma_range=(0.1, 2.0)):
+    """Gaussian blur with a random sigma, kernel 10% of ``side`` (always applied)."""
+    sigma = _uniform(seed, sigma_range[0], sigma_range[1])
+    return gaussian_blur(image, sigma, blur_kernel_size(side))
+
+
+def simclr_view(image, seed, size, color_jitter_strength=1.0, blur=False, crop=True,
+                flip=True, color_jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5,
+                area_range=(0.08, 1.0)):
+    """One SimCLR augmentation of one image.
+
+    Args:
+      image: [H, W, 3] float32 in [0, 1] (any H, W when ``crop``; else resized).
+      seed: [2] int seed; the output is a deterministic function of (image, seed).
+      size: output side (python int).
+      color_jitter_strength: s (1.0 for STL-10/ImageNet, 0.5 for CIFAR); 0 disables it.
+      blur: apply Gaussian blur with probability ``blur_prob`` (STL-10).
+      crop, flip: random resized crop / horizontal flip (plain resize when ``crop`` is
+        False).
+      color_jitter_prob, grayscale_prob: probabilities of jitter and grayscale.
+      area_range: crop area fraction range.
+    Returns:
+      [size, size, 3] float32 in [0, 1].
+
+    Example:
+      >>> view = simclr_view(image, tf.constant([1, 2]), size=32,
+      ...                    color_jitter_strength=0.5)
+    """
+    s = split_seed(seed, 7)
+    if crop:
+        image = random_resized_crop(image, s[0], size, area_range=area_range)
+    else:
+        image = tf.ensure_shape(tf.image.resize(image, [size, size]), [size, size, 3])
+    if flip:
+        image = random_flip(image, s[1])
+    if color_jitter_strength > 0 and color_jitter_prob > 0:
+        image = tf.cond(_bernoulli(s[2], color_jitter_prob),
+                        lambda: color_jitter(image, s[3], color_jitter_strength),
+                        lambda: image)
+    if grayscale_prob > 0:
+        image = tf.cond(_bernoulli(s[4], grayscale_prob), lambda: to_grayscale(image),
+                        lambda: image)
+    if blur and blur_prob > 0:
+        image = tf.cond(_bernoulli(s[5], blur_prob), lambda: random_blur(image, s[6], size),
+                        lambda: image)
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def center_resize(image, size):
+    """Deterministic eval transform: resize the shorter side to ``size``, centre crop.
+
+    image: [H, W, C] float -> [size, size, C] float32; an image already ``size x size``
+    is returned unchanged (no resampling).
+    """
+    if image.shape[0] == size and image.shape[1] == size:
+        return tf.cast(image, tf.float32)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = size / tf.reduce_min(shape)
+    new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
+    image = tf.image.resize(image, new, method="bilinear")
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    out = tf.slice(image, tf.stack([top, left, 0]), tf.stack([size, size, -1]))
+    return tf.ensure_shape(out, [size, size, image.shape[-1]])
+
+
+def two_views(image, seed, size, **kwargs):
+    """Two independent SimCLR views of one image: ([size, size, 3], [size, size, 3])."""
+    s = split_seed(seed, 2)
+    return (simclr_view(image, s[0], size, **kwargs),
+            simclr_view(image, s[1], size, **kwargs))
+
+
+def augment_batch(images, seeds, size, **kwargs):
+    """:func:`simclr_view` on every image of a batch.
+
+    Args:
+      images: [B, H, W, 3] float32 in [0, 1].
+      seeds: [B, 2] int, one seed per image.
+      size, kwargs: as :func:`simclr_view`.
+    Returns:
+      [B, size, size, 3] float32 in [0, 1].
+    """
+    return tf.map_fn(lambda a: simclr_view(a[0], a[1], size, **kwargs),
+                     (images, tf.cast(seeds, tf.int64)),
+                     fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))

@@ -1,0 +1,361 @@
+"""tf.data pipelines of images: two-view pretraining batches and (image, label) probing.
+
+Three kinds of source, each an :class:`ImageSource` (a finite collection of cheap *raw*
+elements plus a decoder):
+
+* :func:`tfds_source`: any TensorFlow Datasets image data set by name (``stl10``,
+  ``cifar10``, ``cifar100``, ...) already prepared in ``data_dir`` (a local path or a
+  ``gs://`` bucket); never downloads. Raw elements are the encoded image bytes, so
+  shuffling and skipping are cheap and decoding runs in the parallel map.
+* :func:`folder_source`: a directory of images, one sub-folder per class (or a flat folder
+  of unlabelled images); every file is checked once when the source is built.
+* :func:`generated_source`: :mod:`dualssl_tf.data.generated_images` (no download).
+
+:func:`pretrain_dataset` turns a source into endless batches
+``{"view1", "view2": [B, S, S, 3] float32 in [0, 1], "label": [B] int32}`` (label -1 =
+unlabelled; no ``label`` key when the source has no labels at all) with static shapes;
+:func:`eval_dataset` into ``(image [B, S, S, 3], label [B])`` batches of un-augmented
+images. Pretraining streams are deterministic given the seed: element ``i`` of the
+(shuffled, repeated) stream is augmented with the stateless seed ``(seed, i)``, and
+``start_step`` resumes the stream exactly where step ``start_step`` began.
+"""
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional
+
+import tensorflow as tf
+
+from dualssl_tf.config import ConfigError
+from dualssl_tf.data import augment
+from dualssl_tf.data.generated_images import GeneratedImages
+
+UNLABELLED = -1
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# Pretraining split of a tfds data set when it is not "train" (STL-10's 100k unlabelled).
+PRETRAIN_SPLITS = {"stl10": "train+unlabeled"}
+# Splits used for probing: (train, test).
+EVAL_SPLITS = {"default": ("train", "test")}
+
+
+@dataclasses.dataclass
+class ImageSource:
+    """A finite image collection.
+
+    elements: finite tf.data of ``(raw, label int32)``; raw is cheap to read and shuffle
+      (encoded bytes, a file path or an example index); label -1 = unlabelled.
+    decode: ``raw -> image [H, W, 3] float32 in [0, 1]`` (the un-augmented image).
+    num_examples: number of elements.
+    num_classes: K (labels in [0, K)); 0 when the source has no labels.
+    image_shape: (H, W, 3) when every image has it, else None.
+    views: optional ``(raw, seed [2], size) -> (view1, view2)`` replacing
+      decode + SimCLR augmentation (the generated images re-render their nuisance factors).
+    skipped: files left out because they could not be decoded.
+    """
+    name: str
+    elements: Any
+    decode: Callable
+    num_examples: int
+    num_classes: int
+    image_shape: Optional[tuple] = None
+    views: Optional[Callable] = None
+    skipped: int = 0
+
+
+def _to_rgb(image):
+    """uint8/float [H, W, C] with C in {1, 3, 4} -> float32 [H, W, 3] in [0, 1]."""
+    image = augment.to_float(image)
+    channels = image.shape[-1]
+    if channels == 1:
+        image = tf.tile(image, [1, 1, 3])
+    elif channels == 4:
+        image = image[..., :3]
+    return image
+
+
+# --------------------------------------------------------------------------------------
+# TensorFlow Datasets
+
+
+def _download_hint(name, data_dir):
+    return (f"download it once (network needed) with `tfds build {name} "
+            f"--data_dir={data_dir or '~/tensorflow_datasets'}` or pick another --dataset")
+
+
+def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0):
+    """An :class:`ImageSource` over a prepared tfds image-classification data set.
+
+    Args:
+      name: tfds name, optionally with config/version (``cifar10``, ``stl10:1.0.0``).
+      split: tfds split expression, e.g. ``train``, ``test``, ``train+unlabeled``.
+      data_dir: where the data set was prepared ("" = tfds' default); may be ``gs://``.
+      shuffle_files: read the data set's files in a seeded random order.
+      seed: file-order seed.
+    Raises:
+      ConfigError (a ValueError) naming --dataset or --data_dir, with the ``tfds build``
+      command, when the name is unknown or the data set is not prepared in data_dir.
+    """
+    import tensorflow_datasets as tfds  # only the tfds path pays for the import
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ConfigError("dataset", f"unknown dataset {name!r}: not hltm, generated_images, "
+                          "folder or a TensorFlow Datasets name") from None
+    features = builder.info.features
+    if "image" not in features or not hasattr(features["image"], "decode_example"):
+        raise ConfigError("dataset", f"{name!r} has no 'image' feature; only image data sets "
+                          "can be used here")
+    has_label = "label" in features and hasattr(features["label"], "num_classes")
+    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
+    try:
+        ds = builder.as_dataset(split=split, shuffle_files=shuffle_files,
+                                read_config=read_config,
+                                decoders={"image": tfds.decode.SkipDecoding()})
+    except AssertionError:  # tfds' "could not find data in ..." when not prepared
+        raise ConfigError("data_dir", f"--dataset={name} is not prepared in "
+                          f"--data_dir={data_dir or '(tfds default)'} and downloads are off; "
+                          + _download_hint(name, data_dir)) from None
+    except ValueError as e:  # bad split expression
+        raise ConfigError("dataset", f"{name!r} split {split!r}: {str(e).splitlines()[0]}"
+                          ) from None
+
+    num = _num_examples(builder, split, ds)
+    if num == 0:
+        raise ConfigError("dataset", f"{name!r} split {split!r} is empty")
+    image_feature = features["image"]
+    shape = tuple(image_feature.shape)
+    label_fn = ((lambda e: tf.cast(e["label"], tf.int32)) if has_label
+                else (lambda e: tf.constant(UNLABELLED, tf.int32)))
+    return ImageSource(
+        name=f"{name}/{split}",
+        elements=ds.map(lambda e: (e["image"], label_fn(e))),
+        decode=lambda raw: _to_rgb(image_feature.decode_example(raw)),
+        num_examples=num,
+        num_classes=int(features["label"].num_classes) if has_label else 0,
+        image_shape=shape[:2] + (3,) if None not in shape[:2] else None)
+
+
+def _num_examples(builder, split, ds):
+    """Examples in a split: from the data set's metadata, else counted (mocked data)."""
+    try:
+        return int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError, TypeError):
+        pass
+    card = int(ds.cardinality())
+    if card >= 0:
+        return card
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+# --------------------------------------------------------------------------------------
+# Image folders
+
+
+def _list_images(path):
+    """Sorted image files under path (recursively). -> list of str."""
+    found = []
+    for root, _, files in tf.io.gfile.walk(path):
+        found.extend(os.path.join(root, f) for f in files
+                     if f.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(found)
+
+
+def _decode_file(path):
+    return _to_rgb(tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                      expand_animations=False))
+
+
+def _readable(paths):
+    """Indices of the files that read and decode (one parallel pass, errors dropped)."""
+    ds = tf.data.Dataset.from_tensor_slices(paths).enumerate()
+    ds = ds.map(lambda i, p: (i, tf.shape(tf.io.decode_image(
+        tf.io.read_file(p), channels=3, expand_animations=False))),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ignore_errors().filter(lambda i, s: tf.reduce_all(s[:2] > 0))
+    return {int(i) for i, _ in ds.as_numpy_iterator()}
+
+
+def folder_source(path, skip_corrupt=False, verify=True):
+    """An :class:`ImageSource` over a directory of image files.
+
+    Layout: ``path/<class>/**/*.jpg`` (labels = class folders in sorted order), or image
+    files directly in ``path`` (unlabelled, for pretraining only). Files directly in
+    ``path`` next to class folders are kept as unlabelled (-1). Extensions:
+    IMAGE_EXTENSIONS (jpeg, png, bmp, gif; case-insensitive).
+
+    Args:
+      path: local directory or ``gs://`` prefix.
+      skip_corrupt: leave out files that do not decode (counted in ``skipped``) instead
+        of failing.
+      verify: decode every file once now (one parallel pass) so that a bad file fails
+        here, by name, rather than in the middle of training.
+    Raises:
+      ConfigError naming --data_dir: missing path, no images, unreadable files.
+    """
+    if not path:
+        raise ConfigError("data_dir", "is required with --dataset=folder: a directory of "
+                          "images (one sub-folder per class)")
+    if not tf.io.gfile.isdir(path):
+        raise ConfigError("data_dir", f"{path} is not a directory")
+    classes = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(path)
+                     if tf.io.gfile.isdir(os.path.join(path, d)))
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        found = _list_images(os.path.join(path, cls))
+        files += found
+        labels += [label] * len(found)
+    top = sorted(os.path.join(path, f) for f in tf.io.gfile.listdir(path)
+                 if f.lower().endswith(IMAGE_EXTENSIONS)
+                 and not tf.io.gfile.isdir(os.path.join(path, f)))
+    files += top
+    labels += [UNLABELLED] * len(top)
+    if not files:
+        raise ConfigError("data_dir", f"{path} contains no image files "
+                          f"({', '.join(IMAGE_EXTENSIONS)})")
+    skipped = 0
+    if verify:
+        good = _readable(files)
+        bad = [f for i, f in enumerate(files) if i not in good]
+        if bad and not skip_corrupt:
+            raise ConfigError("data_dir", f"{len(bad)} of {len(files)} image files cannot be "
+                              f"decoded, e.g. {bad[0]}; fix or remove them, or pass "
+                              "--skip_corrupt_images to leave them out")
+        files = [f for i, f in enumerate(files) if i in good]
+        labels = [l for i, l in enumerate(labels) if i in good]
+        skipped = len(bad)
+        if not files:
+            raise ConfigError("data_dir", f"none of the image files in {path} can be decoded")
+    used = sorted(set(labels) - {UNLABELLED})
+    return ImageSource(
+        name=f"folder:{path}",
+        elements=tf.data.Dataset.from_tensor_slices(
+            (tf.constant(files), tf.constant(labels, tf.int32))),
+        decode=_decode_file,
+        num_examples=len(files),
+        num_classes=len(classes) if used else 0,
+        image_shape=None,
+        skipped=skipped)
+
+
+# --------------------------------------------------------------------------------------
+# Generated images
+
+
+def generated_source(data, split="train"):
+    """An :class:`ImageSource` over a :class:`GeneratedImages` split (no files)."""
+    indices = data.indices(split)
+    return ImageSource(
+        name=f"generated_images/{split}",
+        elements=indices.map(lambda i: (i, data.label(i))),
+        decode=lambda i: data.example(i)[0],
+        num_examples=data.num_examples[split],
+        num_classes=data.num_classes,
+        image_shape=(data.image_size, data.image_size, 3),
+        views=lambda i, seed, size: data.views(i, seed))
+
+
+# --------------------------------------------------------------------------------------
+# Pipelines
+
+
+def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
+                     color_jitter_strength=1.0, blur=False, shuffle_buffer=10000,
+                     with_labels=True):
+    """Endless two-view training batches of a source.
+
+    Args:
+      source: an :class:`ImageSource`.
+      batch_size: B (per step, global); batches are ``drop_remainder`` (static shapes).
+      image_size: S, side of the views.
+      seed: shuffle and augmentation seed; the stream is a deterministic function of it.
+      start_step: first step of the stream (resume): skips ``start_step * B`` raw elements.
+      color_jitter_strength, blur: SimCLR augmentation settings (see
+        :func:`augment.simclr_view`); unused by sources with their own ``views``.
+      shuffle_buffer: shuffle buffer size, in raw elements (capped at the source size).
+      with_labels: add ``label`` [B] int32 (-1 = unlabelled) when the source has labels.
+    Returns:
+      tf.data.Dataset of dicts ``view1``, ``view2`` [B, S, S, 3] float32 in [0, 1] and
+      optionally ``label`` [B] int32.
+    """
+    if batch_size > source.num_examples:
+        raise ConfigError("batch_size", f"{batch_size} is larger than {source.name} "
+                          f"({source.num_examples} examples); lower --batch_size")
+    labelled = with_labels and source.num_classes > 0
+    first = int(start_step) * int(batch_size)
+    ds = source.elements.shuffle(min(shuffle_buffer, source.num_examples), seed=seed,
+                                 reshuffle_each_iteration=True).repeat()
+    if first:
+        ds = ds.skip(first)  # raw elements: no decoding is spent on the skipped part
+    ds = tf.data.Dataset.zip(tf.data.Dataset.counter(start=first), ds)
+    kwargs = dict(color_jitter_strength=color_jitter_strength, blur=blur)
+
+    def make(i, element):
+        raw, label = element
+        pair_seed = tf.stack([tf.cast(seed, tf.int64), i])
+        if source.views is not None:
+            v1, v2 = source.views(raw, pair_seed, image_size)
+        else:
+            v1, v2 = augment.two_views(source.decode(raw), pair_seed, image_size, **kwargs)
+        out = {"view1": v1, "view2": v2}
+        if labelled:
+            out["label"] = label
+        return out
+
+    ds = ds.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(source, batch_size, image_size, drop_remainder=False,
+                 labelled_only=True):
+    """One pass of un-augmented ``(image [B, S, S, 3] float32, label [B] int32)`` batches.
+
+    Images are resized (shorter side to S) and centre-cropped when not already S x S.
+    ``labelled_only`` drops unlabelled (-1) examples.
+    """
+    ds = source.elements
+    if labelled_only:
+        ds = ds.filter(lambda raw, label: label >= 0)
+    ds = ds.map(lambda raw, label: (augment.center_resize(source.decode(raw), image_size),
+                                    label),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def pretrain_split(name):
+    """The tfds split used for pretraining on data set ``name``."""
+    return PRETRAIN_SPLITS.get(name.split(":")[0].split("/")[0], "train")
+
+
+def sources(dataset, data_dir="", image_size=32, seed=0, skip_corrupt=False,
+            generated=None):
+    """Pretraining source and probing (train, test) sources for a ``--dataset`` value.
+
+    Args:
+      dataset: ``generated_images``, ``folder`` or a tfds name.
+      data_dir: tfds directory or image folder.
+      image_size: side of generated images.
+      seed: data seed.
+      skip_corrupt: folder only, see :func:`folder_source`.
+      generated: optional :class:`GeneratedImages` (default: one built from image_size
+        and seed).
+    Returns:
+      (pretrain, probe_train, probe_test) ImageSources; probe_test may be None (a folder
+      without ``train/`` and ``test/`` sub-folders).
+    """
+    if dataset == "generated_images":
+        data = generated or GeneratedImages(image_size=image_size, seed=seed)
+        return (generated_source(data, "train"), generated_source(data, "train"),
+                generated_source(data, "test"))
+    if dataset == "folder":
+        train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
+        if data_dir and tf.io.gfile.isdir(train_dir) and tf.io.gfile.isdir(test_dir):
+            train = folder_source(train_dir, skip_corrupt)
+            return train, train, folder_source(test_dir, skip_corrupt)
+        src = folder_source(data_dir, skip_corrupt)
+        return src, src, None
+    pretrain = tfds_source(dataset, pretrain_split(dataset), data_dir, shuffle_files=True,
+                           seed=seed)
+    train_split, test_split = EVAL_SPLITS.get(dataset, EVAL_SPLITS["default"])
+    return (pretrain, tfds_source(dataset, train_split, data_dir),
+            tfds_source(dataset, test_split, data_dir))

@@ -1,0 +1,135 @@
+"""Learning-rate schedules, batch-size scaling and the optimizer factory."""
+
+import math
+
+import keras
+from keras import ops
+
+from dualssl_tf.optim.lars import DEFAULT_EXCLUDE, LARS
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
+LR_SCALINGS = ("none", "linear", "sqrt")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@keras.saving.register_keras_serializable(package="dualssl_tf")
+class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup then cosine decay (SimCLR)::
+
+        lr(t) = base * t / W                                       for t < W
+        lr(t) = base * (alpha + (1 - alpha) * (1 + cos(pi p)) / 2), p = (t - W) / (T - W)
+
+    with p clipped to [0, 1], so the rate stays at ``alpha * base`` after T steps.
+
+    Args:
+      base_learning_rate: peak rate, reached at step W.
+      total_steps: T, warmup included.
+      warmup_steps: W (0 = no warmup).
+      alpha: final rate as a fraction of the peak.
+
+    Example:
+      >>> sched = WarmupCosineDecay(0.3, total_steps=1000, warmup_steps=100)
+      >>> float(sched(100))
+      0.3
+    """
+
+    def __init__(self, base_learning_rate, total_steps, warmup_steps=0, alpha=0.0,
+                 name="warmup_cosine"):
+        super().__init__()
+        if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
+            raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps "
+                             f"({total_steps}) and total_steps >= 1")
+        self.base_learning_rate = float(base_learning_rate)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.alpha = float(alpha)
+        self.name = name
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        base = self.base_learning_rate
+        warm = base * step / max(self.warmup_steps, 1)
+        progress = ops.clip((step - self.warmup_steps)
+                            / max(self.total_steps - self.warmup_steps, 1), 0.0, 1.0)
+        cosine = base * (self.alpha + (1 - self.alpha) * 0.5
+                         * (1.0 + ops.cos(math.pi * progress)))
+        return ops.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self):
+        return {"base_learning_rate": self.base_learning_rate,
+                "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "alpha": self.alpha, "name": self.name}
+
+
+def scale_learning_rate(learning_rate, batch_size, scaling="none"):
+    """Batch-size scaling of a base rate: ``none``, ``linear`` (lr B / 256) or ``sqrt``
+    (lr sqrt(B), SimCLR's rule for small batches)."""
+    if scaling == "none":
+        return float(learning_rate)
+    if scaling == "linear":
+        return learning_rate * batch_size / 256.0
+    if scaling == "sqrt":
+        return learning_rate * math.sqrt(batch_size)
+    raise ValueError(f"lr_scaling={scaling!r}: allowed {', '.join(LR_SCALINGS)}")
+
+
+def learning_rate_schedule(learning_rate, batch_size=256, scaling="none",
+                           schedule="constant", total_steps=1, warmup_steps=0):
+    """The learning rate of a run: scaled by batch size, then scheduled.
+
+    Args:
+      learning_rate: base rate (before batch-size scaling).
+      batch_size, scaling: see :func:`scale_learning_rate`.
+      schedule: ``constant`` (after an optional linear warmup) or ``cosine``
+        (:class:`WarmupCosineDecay` to 0 at ``total_steps``).
+      total_steps, warmup_steps: schedule length and warmup, in optimizer steps.
+    Returns:
+      a float (constant, no warmup) or a LearningRateSchedule.
+    """
+    lr = scale_learning_rate(learning_rate, batch_size, scaling)
+    if schedule == "cosine":
+        return WarmupCosineDecay(lr, max(total_steps, 1), min(warmup_steps, total_steps))
+    if schedule != "constant":
+        raise ValueError(f"lr_schedule={schedule!r}: allowed {', '.join(LR_SCHEDULES)}")
+    if warmup_steps > 0:  # alpha = 1: warmup, then flat
+        return WarmupCosineDecay(lr, max(total_steps, warmup_steps), warmup_steps, alpha=1.0)
+    return lr
+
+
+def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0,
+                    exclude_from_decay=DEFAULT_EXCLUDE, eta=0.001):
+    """Keras optimizer by name.
+
+    * ``sgd``: SGD with (heavy-ball) momentum;
+    * ``adam``, ``adamw``: Keras Adam / AdamW (identical in Keras 3 but for defaults);
+    * ``lars``: :class:`LARS` (coupled weight decay, trust ratio ``eta``).
+
+    For sgd/adam/adamw the weight decay is Keras' decoupled one
+    (``w -= lr * wd * w`` each step); variables whose *name* contains one of
+    ``exclude_from_decay`` (biases, BatchNorm gamma/beta) are not decayed. For LARS the
+    same substrings are matched against ``variable.path``.
+
+    Args:
+      name: one of :data:`OPTIMIZERS`.
+      learning_rate: float or ``LearningRateSchedule``.
+      momentum: for sgd and lars (ignored by adam/adamw).
+      weight_decay: >= 0; 0 disables it.
+    Returns:
+      a keras.optimizers.Optimizer.
+    """
+    exclude = list(exclude_from_decay or ())
+    if name == "lars":
+        return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                    exclude_from_decay=exclude)
+    if name == "sgd":
+        opt = keras.optimizers.SGD(learning_rate, momentum=momentum,
+                                   weight_decay=weight_decay or None)
+    elif name == "adam":
+        opt = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
+    elif name == "adamw":
+        opt = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer={name!r}: allowed {', '.join(OPTIMIZERS)}")
+    if weight_decay and exclude:
+        opt.exclude_from_weight_decay(var_names=exclude)
+    return opt

@@ -1,0 +1,146 @@
+"""Labelled (x, label) train/test data for probing an export, by dataset name.
+
+Sources, tried in this order:
+
+* ``npz:PATH`` (or a path ending in ``.npz``): arrays ``x_train``, ``y_train``, ``x_test``,
+  ``y_test`` (your own features or images; labels int in [0, C)).
+* ``hltm``: fresh samples of the SavedModel's own tree (rebuilt from its model card's
+  ``metadata.hltm`` polarities, else from its ``flags``); the label is the root latent.
+* any other name registered in :mod:`dualssl_tf.experiments` whose Experiment has
+  ``eval_data = (train, test)`` (image datasets, the 1-D translation toy): the experiment is
+  rebuilt from the SavedModel's model-card flags with ``dataset``/``data_dir`` overridden.
+
+Example:
+  >>> train, test, c = probe_datasets("hltm", model_card=enc.model_card)
+  >>> train, test, c = probe_datasets("npz:/data/feats.npz", batch_size=512)
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+# Seeds of the HLTM probe samples: distinct from every training batch (seed, step) and from
+# the correlation callback's held-out sample (offset 1_000_003).
+HLTM_TRAIN_SEED_OFFSET = 2_000_003
+HLTM_TEST_SEED_OFFSET = 2_000_004
+
+
+def _batched(x, y, batch_size):
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(2)
+
+
+def _num_classes(*labels):
+    labels = [np.asarray(y) for y in labels if len(y)]
+    return int(max(int(y.max()) for y in labels)) + 1 if labels else 0
+
+
+def _from_npz(path, batch_size):
+    if not os.path.exists(path):
+        raise ValueError(f"--dataset: {path} does not exist; give npz:PATH to an .npz with "
+                         "x_train, y_train, x_test, y_test")
+    with np.load(path) as data:
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
+        if missing:
+            raise ValueError(f"--dataset: {path} lacks arrays {', '.join(missing)}; it needs "
+                             "x_train, y_train, x_test, y_test")
+        arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    for split in ("train", "test"):
+        if len(arrays[f"x_{split}"]) == 0:
+            raise ValueError(f"--dataset: the {split} split of {path} is empty")
+        if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
+            raise ValueError(f"--dataset: {path} has {len(arrays[f'x_{split}'])} x_{split} "
+                             f"but {len(arrays[f'y_{split}'])} y_{split}")
+    x_train, x_test = (arrays[k] if arrays[k].dtype == np.uint8 else
+                       arrays[k].astype(np.float32) for k in ("x_train", "x_test"))
+    y_train, y_test = (arrays[k].reshape(-1).astype(np.int64) for k in ("y_train", "y_test"))
+    return (_batched(x_train, y_train, batch_size), _batched(x_test, y_test, batch_size),
+            _num_classes(y_train, y_test))
+
+
+def hltm_tree(model_card):
+    """The HLTM tree an export was trained on, from its model card."""
+    from dualssl_tf.data.hltm import HLTM
+    card = model_card or {}
+    meta = (card.get("metadata") or {}).get("hltm")
+    if meta:
+        return HLTM.from_dict(meta)
+    flags = card.get("flags") or {}
+    if flags.get("dataset") == "hltm":
+        return HLTM(flags["hltm_depth"], flags["hltm_children"], flags["hltm_delta_lower"],
+                    flags["hltm_delta_upper"], seed=flags["seed"])
+    raise ValueError("--dataset: hltm probing needs the tree the model was trained on, but "
+                     "the SavedModel's model_card.json has neither metadata.hltm nor hltm "
+                     "flags; export it with tools/export.py from its model_dir")
+
+
+def _from_hltm(model_card, batch_size, num_train, num_test):
+    tree = hltm_tree(model_card)
+    seed = int((model_card.get("flags") or {}).get("seed", tree.seed))
+    splits = []
+    for n, offset in ((num_train, HLTM_TRAIN_SEED_OFFSET), (num_test, HLTM_TEST_SEED_OFFSET)):
+        if n < 1:
+            raise ValueError(f"--num_examples: the hltm split would be empty ({n} samples)")
+        x, latents = tree.sample(n, seed=[seed, offset])
+        splits.append(_batched(x, tf.cast(tf.reshape(latents[tree.depth], [-1]), tf.int64),
+                               batch_size))
+    return splits[0], splits[1], 2
+
+
+def _from_experiment(dataset, data_dir, image_size, batch_size, model_card):
+    from dualssl_tf import config, experiments
+    registry = experiments._registry()
+    if dataset not in registry:
+        raise ValueError(f"--dataset: unknown dataset {dataset!r}; allowed: npz:PATH, "
+                         f"{', '.join(sorted(set(registry) | {'hltm'}))}")
+    known = {f.name for f in dataclasses.fields(config.TrainConfig)}
+    flags = {k: v for k, v in ((model_card or {}).get("flags") or {}).items() if k in known}
+    flags.update(dataset=dataset, batch_size=batch_size)
+    if data_dir:
+        flags["data_dir"] = data_dir
+    if image_size and "image_size" in known:
+        flags["image_size"] = image_size
+    exp = experiments.build(config.TrainConfig(**flags))
+    train, test = exp.eval_data if exp.eval_data else (None, None)
+    if train is None or test is None:
+        missing = "labelled eval data" if train is None else "a test split"
+        raise ValueError(f"--dataset: {dataset!r} has no {missing} to probe with")
+    return train, test, _metadata_num_classes(exp.metadata or {})
+
+
+def _metadata_num_classes(metadata):
+    """``num_classes`` from an experiment's metadata (top level or one level down)."""
+    candidates = [metadata] + [v for v in metadata.values() if isinstance(v, dict)]
+    for d in candidates:
+        if isinstance(d.get("num_classes"), int) and d["num_classes"] > 0:
+            return d["num_classes"]
+    return None
+
+
+def probe_datasets(dataset, data_dir="", image_size=None, batch_size=256, model_card=None,
+                   num_train=10000, num_test=5000):
+    """Finite (x, label) train and test datasets for probing.
+
+    Args:
+      dataset: ``npz:PATH``, ``hltm`` or a name of :mod:`dualssl_tf.experiments`.
+      data_dir: where downloaded datasets live (image datasets).
+      image_size: optional image side for image datasets (None: the export's own).
+      batch_size: examples per batch.
+      model_card: the export's model card (flags and metadata rebuild its data).
+      num_train, num_test: sample counts for generated data (hltm).
+    Returns:
+      (train_ds, test_ds, num_classes): tf.data of (x [B, ...] float32 or uint8,
+      label [B] int64) batches; num_classes may be None (then infer it from the labels).
+    Raises:
+      ValueError: one line naming --dataset for unknown names, missing files or empty splits.
+    """
+    if not dataset:
+        raise ValueError("--dataset: is required (npz:PATH, hltm or a training dataset name)")
+    if batch_size < 1:
+        raise ValueError(f"--batch_size: must be >= 1, got {batch_size}")
+    if dataset.startswith("npz:") or dataset.endswith(".npz"):
+        return _from_npz(dataset[4:] if dataset.startswith("npz:") else dataset, batch_size)
+    if dataset == "hltm":
+        return _from_hltm(model_card or {}, batch_size, num_train, num_test)
+    return _from_experiment(dataset, data_dir, image_size, batch_size, model_card)

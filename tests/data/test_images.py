@@ -1,0 +1,177 @@
+"""Tests of the image pipelines: tfds (mocked), folders, generated images; determinism."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from dualssl_tf.config import ConfigError
+from dualssl_tf.data import images
+from dualssl_tf.data.generated_images import GeneratedImages
+
+
+def _first(ds, n=1):
+    return [b for b in ds.take(n).as_numpy_iterator()]
+
+
+def _check_batch(batch, b, s, labelled=True):
+    assert set(batch) == ({"view1", "view2", "label"} if labelled else {"view1", "view2"})
+    for k in ("view1", "view2"):
+        assert batch[k].shape == (b, s, s, 3) and batch[k].dtype == np.float32
+        assert batch[k].min() >= 0 and batch[k].max() <= 1
+    if labelled:
+        assert batch["label"].shape == (b,) and batch["label"].dtype == np.int32
+
+
+# ---------------------------------------------------------------- tfds (mocked, no files)
+
+
+def test_tfds_cifar10_pretrain_and_eval(tmp_path):
+    with tfds.testing.mock_data(num_examples=12):
+        src = images.tfds_source("cifar10", "train", str(tmp_path))
+        assert (src.num_examples, src.num_classes, src.image_shape) == (12, 10, (32, 32, 3))
+        ds = images.pretrain_dataset(src, 4, 32, seed=1, color_jitter_strength=0.5)
+        assert ds.element_spec["view1"].shape == (4, 32, 32, 3)  # static for TPU
+        (batch,) = _first(ds)
+        _check_batch(batch, 4, 32)
+        assert np.all((batch["label"] >= 0) & (batch["label"] < 10))
+        test = images.tfds_source("cifar10", "test", str(tmp_path))
+        evals = list(images.eval_dataset(test, 5, 32).as_numpy_iterator())
+        assert [x.shape[0] for x, _ in evals] == [5, 5, 2]  # keeps the remainder
+        x, y = evals[0]
+        assert x.shape == (5, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
+
+
+def test_tfds_stl10_train_plus_unlabeled(tmp_path):
+    assert images.pretrain_split("stl10") == "train+unlabeled"
+    assert images.pretrain_split("cifar100") == "train"
+    with tfds.testing.mock_data(num_examples=6):
+        pre, train, test = images.sources("stl10", str(tmp_path))
+        assert pre.name == "stl10/train+unlabeled" and train.name == "stl10/train"
+        assert pre.image_shape == (96, 96, 3) and pre.num_classes == 10
+        (batch,) = _first(images.pretrain_dataset(pre, 3, 24, blur=True))
+        _check_batch(batch, 3, 24)
+        x, y = _first(images.eval_dataset(test, 2, 96))[0]
+        assert x.shape == (2, 96, 96, 3)
+        # Resized for a smaller encoder input by the eval transform (centre resize).
+        x, _ = _first(images.eval_dataset(test, 2, 48))[0]
+        assert x.shape == (2, 48, 48, 3)
+
+
+def test_tfds_cifar100_labels(tmp_path):
+    with tfds.testing.mock_data(num_examples=4):
+        src = images.tfds_source("cifar100", "train", str(tmp_path))
+        assert src.num_classes == 100
+
+
+def test_tfds_not_prepared_says_how_to_download(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        images.tfds_source("cifar10", "train", str(tmp_path))
+    msg = str(err.value)
+    assert msg.startswith("--data_dir:") and "\n" not in msg
+    assert f"tfds build cifar10 --data_dir={tmp_path}" in msg and "--dataset=cifar10" in msg
+
+
+def test_tfds_unknown_name():
+    with pytest.raises(ConfigError, match="^--dataset: unknown dataset 'no_such_images'"):
+        images.tfds_source("no_such_images", "train")
+
+
+# ---------------------------------------------------------------- folders
+
+
+def _write_png(path, value, size=(10, 14)):
+    img = np.full(size + (3,), value, np.uint8)
+    tf.io.write_file(str(path), tf.io.encode_png(img))
+
+
+def _make_folder(root, classes=("cat", "dog"), per_class=3):
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            _write_png(root / name / f"{i}.png", 40 * c + i)
+    return root
+
+
+def test_folder_with_classes(tmp_path):
+    root = _make_folder(tmp_path / "imgs")
+    src = images.folder_source(str(root))
+    assert (src.num_examples, src.num_classes, src.skipped) == (6, 2, 0)
+    (batch,) = _first(images.pretrain_dataset(src, 4, 8, seed=3))
+    _check_batch(batch, 4, 8)
+    x, y = list(images.eval_dataset(src, 6, 8).as_numpy_iterator())[0]
+    # Labels follow the sorted class folders; constant images keep their value.
+    order = np.argsort(x[:, 0, 0, 0])
+    np.testing.assert_array_equal(y[order], [0, 0, 0, 1, 1, 1])
+    np.testing.assert_allclose(np.sort(x[:, 4, 4, 0]) * 255,
+                               [0, 1, 2, 40, 41, 42], atol=1e-3)
+
+
+def test_flat_folder_is_unlabelled(tmp_path):
+    for i in range(4):
+        _write_png(tmp_path / f"img{i}.PNG", i)
+    src = images.folder_source(str(tmp_path))
+    assert src.num_classes == 0
+    (batch,) = _first(images.pretrain_dataset(src, 2, 8))
+    _check_batch(batch, 2, 8, labelled=False)
+    assert list(images.eval_dataset(src, 2, 8)) == []  # nothing to probe
+
+
+def test_folder_errors_and_skip_corrupt(tmp_path):
+    with pytest.raises(ConfigError, match=f"^--data_dir: {tmp_path} contains no image"):
+        images.folder_source(str(tmp_path))
+    with pytest.raises(ConfigError, match="is not a directory"):
+        images.folder_source(str(tmp_path / "missing"))
+    root = _make_folder(tmp_path / "imgs", per_class=2)
+    bad = root / "dog" / "broken.jpg"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(ConfigError) as err:
+        images.folder_source(str(root))
+    assert str(bad) in str(err.value) and "--skip_corrupt_images" in str(err.value)
+    src = images.folder_source(str(root), skip_corrupt=True)
+    assert (src.num_examples, src.skipped) == (4, 1)
+
+
+def test_folder_train_test_layout(tmp_path):
+    _make_folder(tmp_path / "train")
+    _make_folder(tmp_path / "test", per_class=1)
+    pre, train, test = images.sources("folder", str(tmp_path))
+    assert pre.num_examples == train.num_examples == 6 and test.num_examples == 2
+    _, _, none = images.sources("folder", str(tmp_path / "train"))
+    assert none is None
+
+
+def test_batch_larger_than_dataset(tmp_path):
+    src = images.folder_source(str(_make_folder(tmp_path / "i", per_class=1)))
+    with pytest.raises(ConfigError, match="^--batch_size: 4 is larger than"):
+        images.pretrain_dataset(src, 4, 8)
+
+
+# ---------------------------------------------------------------- generated + determinism
+
+
+def test_generated_pipeline_deterministic_and_resumable():
+    data = GeneratedImages(image_size=16, num_examples=64, num_test=16, seed=2)
+    pre, train, test = images.sources("generated_images", generated=data)
+    a = _first(images.pretrain_dataset(pre, 8, 16, seed=5), 3)
+    b = _first(images.pretrain_dataset(pre, 8, 16, seed=5), 3)
+    c = _first(images.pretrain_dataset(pre, 8, 16, seed=6), 1)
+    resumed = _first(images.pretrain_dataset(pre, 8, 16, seed=5, start_step=2), 1)
+    _check_batch(a[0], 8, 16)
+    for x, y in zip(a, b):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    assert np.abs(a[0]["view1"] - c[0]["view1"]).max() > 0.1
+    for k in a[2]:
+        np.testing.assert_array_equal(resumed[0][k], a[2][k])
+    x, y = list(images.eval_dataset(test, 16, 16).as_numpy_iterator())[0]
+    assert x.shape == (16, 16, 16, 3) and set(y) <= set(range(6))
+
+
+def test_augmented_folder_pipeline_deterministic(tmp_path):
+    src = images.folder_source(str(_make_folder(tmp_path / "i", per_class=4)))
+    a = _first(images.pretrain_dataset(src, 4, 8, seed=1), 2)
+    b = _first(images.pretrain_dataset(src, 4, 8, seed=1), 2)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["view1"], y["view1"])
+        np.testing.assert_array_equal(x["label"], y["label"])

@@ -1,0 +1,227 @@
+"""Resume after a crash: checkpoints, metrics.jsonl repair, corrupt checkpoints, SIGKILL.
+
+The fast tests run the trainer in-process on a tiny HLTM (depth 3, hid 4) and compare a
+resumed run with an uninterrupted one *exactly* (CPU, fixed seed, deterministic ops): the
+metrics.jsonl bytes and every tensor of the last checkpoint. The SIGKILL test (slow) does
+the same through real processes killed at random points (see benchmarks/kill_resume.py).
+"""
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dualssl_tf import checkpointing, config, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import kill_resume  # noqa: E402
+
+BASE = config.TrainConfig(
+    dataset="hltm", hltm_depth=3, hltm_children=2, hltm_hid=4, batch_size=16,
+    steps_per_epoch=3, hltm_samples_per_epoch=64, hltm_eval_samples=128, loss="nce",
+    temperature=0.1, optimizer="sgd", learning_rate=0.1, momentum=0.9, seed=3,
+    steps_per_execution=1, checkpoint_every=1, keep_checkpoints=3, verbose=0,
+    deterministic=True)
+
+
+def train(model_dir, **changes):
+    return trainer.run(dataclasses.replace(BASE, model_dir=str(model_dir), **changes))
+
+
+def ckpt_tensors(model_dir, epoch):
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints", f"ckpt-{epoch}"))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k.startswith(("model/", "optimizer/", "epoch/", "step/"))}
+
+
+def metrics_bytes(model_dir):
+    with open(os.path.join(model_dir, "metrics.jsonl"), "rb") as f:
+        return f.read()
+
+
+def assert_same_run(a, b, epoch):
+    assert metrics_bytes(a) == metrics_bytes(b)
+    ta, tb = ckpt_tensors(a, epoch), ckpt_tensors(b, epoch)
+    assert sorted(ta) == sorted(tb) and len(ta) == 16  # 6 weights, 8 optimizer, epoch, step
+    for k in ta:
+        np.testing.assert_array_equal(ta[k], tb[k], err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A finished 4-epoch reference run and a finished 3-epoch run (same flags)."""
+    root = tmp_path_factory.mktemp("resume")
+    train(root / "ref4", epochs=4)
+    train(root / "three", epochs=3)
+    return root
+
+
+def copy_three(runs, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(runs / "three", dst)
+    return dst
+
+
+def test_reference_run_layout(runs):
+    ref = runs / "ref4"
+    records = [json.loads(l) for l in metrics_bytes(ref).decode().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]
+    ckpts = sorted(os.listdir(ref / "checkpoints"))
+    # keep_checkpoints=3: epochs 2..4 kept, 1 rotated out.
+    assert [n for n in ckpts if n.endswith(".index")] == ["ckpt-2.index", "ckpt-3.index",
+                                                          "ckpt-4.index"]
+    t = ckpt_tensors(ref, 4)
+    assert t["epoch/.ATTRIBUTES/VARIABLE_VALUE"] == 4
+    assert t["step/.ATTRIBUTES/VARIABLE_VALUE"] == 4 * BASE.steps_per_epoch
+    assert json.load(open(ref / "finished.json")) == {"epochs": 4}
+
+
+def test_crash_between_metrics_line_and_checkpoint_is_repaired(runs, tmp_path, capsys):
+    # State of a kill right after epoch 3's metrics line (and half of an epoch-4 line) but
+    # before ckpt-3 was written: the line must go, training restarts at epoch 2.
+    run = copy_three(runs, tmp_path)
+    for name in os.listdir(run / "checkpoints"):
+        if name.startswith("ckpt-3."):
+            os.remove(run / "checkpoints" / name)
+    os.remove(run / "finished.json")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 4, "learning_rate": 0.1, "lo')
+    train(run, epochs=4)
+    assert "Resuming" in capsys.readouterr().out
+    assert_same_run(runs / "ref4", run, 4)
+
+
+def test_finished_run_rerun_does_nothing(runs, tmp_path):
+    run = copy_three(runs, tmp_path)
+    before = {p: os.path.getmtime(os.path.join(d, p)) for d, _, fs in os.walk(run)
+              for p in fs}
+    out = train(run, epochs=3)
+    assert out["finished"] and "already finished (3 epochs)" in out["summary"]
+    after = {p: os.path.getmtime(os.path.join(d, p)) for d, _, fs in os.walk(run) for p in fs}
+    assert before == after
+
+
+def test_truncated_newest_checkpoint_falls_back_to_previous(runs, tmp_path, capfd):
+    run = copy_three(runs, tmp_path)
+    os.remove(run / "finished.json")
+    data = run / "checkpoints" / "ckpt-3.data-00000-of-00001"
+    size = os.path.getsize(data)
+    with open(data, "r+b") as f:
+        f.truncate(size // 2)
+    train(run, epochs=4)
+    err = [l for l in capfd.readouterr().err.splitlines() if "ckpt-3" in l]
+    assert len(err) == 1, err
+    assert err[0].startswith("train.py: warning: checkpoint") and "falling back to ckpt-2" in err[0]
+    # Resumed from epoch 2 and trained epochs 3 and 4 again: identical to the reference.
+    assert_same_run(runs / "ref4", run, 4)
+    # The rejected files were set aside, the new ckpt-3 and ckpt-4 replaced them.
+    names = os.listdir(run / "checkpoints")
+    assert "ckpt-3.data-00000-of-00001.corrupt" in names and "ckpt-4.index" in names
+
+
+@pytest.mark.parametrize("damage,reason", [
+    ("missing_index", "index file missing"),
+    ("missing_data", "data file missing"),
+    ("garbage_index", "Error"),
+    ("flipped_byte", "Error"),
+])
+def test_unusable_checkpoint_is_reported_in_one_line(runs, tmp_path, capfd, damage, reason):
+    run = copy_three(runs, tmp_path)
+    prefix = str(run / "checkpoints" / "ckpt-3")
+    data = prefix + ".data-00000-of-00001"
+    if damage == "missing_index":
+        os.remove(prefix + ".index")
+    elif damage == "missing_data":
+        os.remove(data)
+    elif damage == "garbage_index":
+        with open(prefix + ".index", "wb") as f:
+            f.write(b"\x00garbage" * 7)
+    else:  # one flipped byte in the tensor data: caught by the CRC check on read
+        raw = bytearray(open(data, "rb").read())
+        raw[len(raw) // 2] ^= 0xFF
+        open(data, "wb").write(bytes(raw))
+    found = checkpointing.RunCheckpoints(str(run)).find_latest()
+    assert (found["epoch"], found["step"]) == (2, 2 * BASE.steps_per_epoch)
+    assert found["path"].endswith("ckpt-2") and found["rejected"] == [prefix]
+    err = [l for l in capfd.readouterr().err.splitlines() if l.strip()]
+    assert len(err) == 1 and err[0].startswith(f"train.py: warning: checkpoint {prefix} "
+                                               "is unusable (")
+    assert reason in err[0] and err[0].endswith("falling back to ckpt-2")
+
+
+def test_all_checkpoints_unusable_means_start_from_scratch(runs, tmp_path, capfd):
+    run = copy_three(runs, tmp_path)
+    for name in os.listdir(run / "checkpoints"):
+        if name.endswith(".index"):
+            os.remove(run / "checkpoints" / name)
+    assert checkpointing.RunCheckpoints(str(run)).find_latest() is None
+    err = [l for l in capfd.readouterr().err.splitlines() if l.strip()]
+    assert len(err) == 3  # ckpt-1, -2, -3 (keep_checkpoints=3)
+    assert err[-1].endswith("ckpt-1 is unusable (ValueError: index file missing); "
+                            "no older checkpoint, starting from scratch")
+
+
+def test_partial_save_leftovers_are_removed(runs, tmp_path):
+    # A kill inside tf.train.Checkpoint.write leaves a <prefix>_temp directory.
+    run = copy_three(runs, tmp_path)
+    temp = run / "checkpoints" / "ckpt-4_temp"
+    temp.mkdir()
+    (temp / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
+    found = checkpointing.RunCheckpoints(str(run)).find_latest()
+    assert found["epoch"] == 3 and not temp.exists()
+
+
+def test_metrics_truncation_keeps_epoch_zero_and_drops_partial_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"epoch": e, "loss": 1.0 / (e + 1)}) + "\n" for e in range(5)]
+    path.write_text("".join(lines) + '{"epoch": 5, "lo')
+    initial = checkpointing.truncate_metrics(str(path), 2)
+    assert path.read_text() == "".join(lines[:3])
+    assert initial == {"epoch": 0, "loss": 1.0}
+
+
+def test_resume_refuses_other_model_shape(runs, tmp_path):
+    run = copy_three(runs, tmp_path)
+    with pytest.raises(config.ConfigError, match="--hltm_hid=4"):
+        train(run, epochs=4, hltm_hid=5)
+
+
+def test_tool_resumes_past_missing_index_with_one_line_no_traceback(runs, tmp_path):
+    run = copy_three(runs, tmp_path)
+    os.remove(run / "finished.json")
+    os.remove(run / "checkpoints" / "ckpt-3.index")
+    proc = kill_resume.run_to_end(
+        [f"--flagfile={run / 'flags.txt'}", "--epochs=4"], run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    warn = [l for l in proc.stderr.splitlines() if l.startswith("train.py:")]
+    assert len(warn) == 1 and "ckpt-3" in warn[0] and "falling back to ckpt-2" in warn[0]
+    assert "Resuming" in proc.stdout and "at epoch 2 (step 6)" in proc.stdout
+    assert_same_run(runs / "ref4", run, 4)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
+    epochs = 8
+    flags = kill_resume.tiny_flags(epochs=epochs, steps_per_epoch=8, checkpoint_every=2,
+                                   steps_per_execution=2)
+    ref = kill_resume.run_to_end(flags, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    points, final = kill_resume.run_with_kills(flags, str(tmp_path / "killed"), kills=3,
+                                               epochs=epochs, rng=random.Random(7),
+                                               max_delay=0.5)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert sum(p["killed"] for p in points) >= 2, points
+    for what, equal, detail in kill_resume.compare_runs(tmp_path / "ref",
+                                                        tmp_path / "killed", epochs):
+        assert equal, (what, detail, points)
+    again = kill_resume.run_to_end(flags, tmp_path / "killed")
+    assert again.returncode == 0 and "already finished" in again.stdout

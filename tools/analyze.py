@@ -1,0 +1,119 @@
+"""Analyse a finished run: python tools/analyze.py --model_dir=runs/hltm [--layers=depth_1,..]
+
+Reads the run's flags.txt, metrics.jsonl and saved_model/, rebuilds the networks at
+initialisation and after training, and writes into --out_dir (default MODEL_DIR/analysis):
+
+  analysis.json        every number below
+  emergence.png        per-depth best correlation vs epoch (HLTM) / filter selectivity (toy)
+  lucky_nodes.png      |corr| of every unit at init vs after training (HLTM)
+  selectivity.png      per-filter selectivity init vs trained (translation toy)
+  op_spectrum.png      spectrum of the covariance operator OP_l per layer, init and trained
+  alignment.png        alignment of W_l with OP_l's top eigenvector (per epoch if the run
+                       used --analysis_every, else init vs trained)
+  filter_alignment.png (toy) trained filters vs OP's top eigenvectors at init
+  lucky_nodes_by_hid.png (HLTM, with --lucky_hids) best |corr| at init vs group width
+
+Bad input ends with one line on stderr naming the flag, and exit status 2.
+"""
+
+import os
+import shutil
+import sys
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", "", "Run directory written by tools/train.py.")
+flags.DEFINE_list("layers", [], "Layers to analyse (names; default: every layer with a "
+                  "kernel, e.g. depth_1..depth_5 of the HLTM net, conv of the toy).")
+flags.DEFINE_integer("points", 512, "Base points M for the covariance operator (>= 2; the "
+                     "translation toy always uses its 2 objects at every location).")
+flags.DEFINE_integer("augmentations", 8, "Augmentations A per base point (>= 1).")
+flags.DEFINE_integer("top_k", 20, "Eigenvalues kept per operator (>= 1).")
+flags.DEFINE_list("lucky_hids", [], "HLTM only: also measure best |corr| at init for these "
+                  "group widths, e.g. 2,10,50 (Theorem 5).")
+flags.DEFINE_string("out_dir", "", "Output directory (default MODEL_DIR/analysis).")
+flags.DEFINE_integer("seed", 0, "Seed of the analysis sample.")
+
+
+def fail(message):
+    sys.stderr.write(f"analyze.py: error: {message}\n")
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e).splitlines()[0])
+
+
+def _flag_error(e):
+    """Maps a library ValueError ("arg: message") onto the flag that supplied it."""
+    text = str(e).splitlines()[0]
+    arg, _, rest = text.partition(": ")
+    names = {"layer": "layers", "M": "points", "model_dir": "model_dir", "index": "layers"}
+    if arg in names:
+        return f"--{names[arg]}: {rest}"
+    return text
+
+
+def main(argv):
+    if len(argv) > 1:
+        fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
+    if not FLAGS.model_dir:
+        fail("--model_dir: is required (a run directory written by tools/train.py)")
+    if not os.path.isdir(FLAGS.model_dir):
+        fail(f"--model_dir: {FLAGS.model_dir} is not a directory")
+    if not os.path.exists(os.path.join(FLAGS.model_dir, "metrics.jsonl")):
+        fail(f"--model_dir: no metrics.jsonl in {FLAGS.model_dir}; point it at a run written "
+             "by tools/train.py")
+    if FLAGS.points < 2:
+        fail(f"--points: must be >= 2 (a covariance needs M >= 2 base points), got "
+             f"{FLAGS.points}")
+    if FLAGS.augmentations < 1:
+        fail(f"--augmentations: must be >= 1, got {FLAGS.augmentations}")
+    if FLAGS.top_k < 1:
+        fail(f"--top_k: must be >= 1, got {FLAGS.top_k}")
+    try:
+        hids = [int(h) for h in FLAGS.lucky_hids]
+    except ValueError:
+        fail(f"--lucky_hids: expected integers, got {','.join(FLAGS.lucky_hids)}")
+    if any(h < 1 for h in hids):
+        fail("--lucky_hids: every hid must be >= 1")
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import json  # noqa: E402
+    from dualssl_tf.analysis import report, runs  # noqa: E402  (TensorFlow only when valid)
+
+    out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, "analysis")
+    try:
+        run = runs.load_run(FLAGS.model_dir)
+        if run.cfg.dataset not in report.SUPPORTED:
+            raise ValueError(f"model_dir: dataset {run.cfg.dataset!r} is not supported; "
+                             f"supported: {', '.join(report.SUPPORTED)}")
+        layers = FLAGS.layers or report.default_layers(run.init.encoder)
+        report.check_layers(run.init.encoder, layers)
+        result = report.analyze_run(run, layers, FLAGS.points, FLAGS.augmentations,
+                                    FLAGS.top_k, FLAGS.seed, hids)
+        # Write into a temporary directory and rename: never a half-written output.
+        tmp = out_dir.rstrip("/") + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        paths = report.make_figures(result, tmp)
+        with open(os.path.join(tmp, "analysis.json"), "w") as f:
+            json.dump(result, f, indent=1)
+    except ValueError as e:
+        fail(_flag_error(e))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.rename(tmp, out_dir)
+    print(f"analysis.json and {len(paths)} figures written to {out_dir}:")
+    for name in sorted(paths):
+        print(f"  {os.path.join(out_dir, os.path.basename(paths[name]))}")
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.WARNING)
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,206 @@
+"""Probe an exported encoder: python tools/linear_eval.py --saved_model=runs/x/saved_model
+[--dataset=NAME] [--method=linear,knn,finetune] [--knn_k=200]
+
+Linear probe (frozen encoder in inference mode, standardised features, L2 strength chosen on a
+held-out part of the train split), kNN (cosine, temperature-weighted votes) and fine-tuning
+report top-1 (and top-5 when there are more than 5 classes) on the test split. Features are
+cached per SavedModel (``feature_cache/`` beside it) so linear and kNN share one extraction.
+Results are merged into ``linear_eval.json`` next to the SavedModel (or in --output_dir).
+
+--dataset: ``npz:PATH`` (x_train, y_train, x_test, y_test), ``hltm`` (fresh samples of the
+export's own tree, label = root latent) or a training dataset name whose experiment provides
+eval data; default: the dataset in the export's model card.
+
+Bad input ends with one line on stderr naming the flag or path, and exit status 2.
+"""
+
+import json
+import os
+import sys
+import uuid
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+METHODS = ("linear", "knn", "finetune")
+
+flags.DEFINE_string("saved_model", "", "SavedModel directory written by tools/export.py or "
+                    "tools/train.py.")
+flags.DEFINE_string("dataset", "", "npz:PATH, hltm, or a training dataset name; default: "
+                    "the dataset in the SavedModel's model_card.json.")
+flags.DEFINE_string("data_dir", "", "Where downloaded datasets live (image datasets).")
+flags.DEFINE_integer("image_size", 0, "Image side for image datasets; 0 = the export's.")
+flags.DEFINE_list("method", ["linear"], "Comma-separated subset of: " + ", ".join(METHODS))
+flags.DEFINE_string("output", "representation", "Which SavedModel output to probe "
+                    "(representation, projection or an intermediate name).")
+flags.DEFINE_integer("batch_size", 256, "Examples per feature-extraction batch.")
+flags.DEFINE_list("weight_decays", ["0", "1e-4", "1e-3", "1e-2"],
+                  "L2 grid of the linear probe, chosen on held-out train data.")
+flags.DEFINE_float("val_fraction", 0.2, "Held-out fraction of the train split for the grid.")
+flags.DEFINE_integer("linear_epochs", 100, "Adam epochs of the linear probe.")
+flags.DEFINE_float("linear_lr", 1e-2, "Adam learning rate of the linear probe.")
+flags.DEFINE_integer("knn_k", 200, "Neighbours of the kNN classifier.")
+flags.DEFINE_float("knn_temperature", 0.07, "Temperature T of the kNN votes exp(sim / T).")
+flags.DEFINE_integer("finetune_epochs", 10, "Epochs of fine-tuning.")
+flags.DEFINE_float("finetune_lr", 1e-3, "Adam learning rate of the fine-tuning head.")
+flags.DEFINE_float("encoder_lr_scale", 0.1, "Encoder learning rate / head learning rate.")
+flags.DEFINE_integer("num_train", 10000, "Train samples for generated data (hltm).")
+flags.DEFINE_integer("num_test", 5000, "Test samples for generated data (hltm).")
+flags.DEFINE_string("output_dir", "", "Where to write linear_eval.json; default: beside "
+                    "the SavedModel.")
+flags.DEFINE_string("cache_dir", "", "Feature cache; default: feature_cache/ beside the "
+                    "SavedModel.")
+flags.DEFINE_integer("seed", 0, "Seed of the held-out split and the linear probe.")
+flags.DEFINE_integer("verbose", 1, "1 shows progress bars.")
+FLAGS = flags.FLAGS
+
+
+def fail(message):
+    sys.stderr.write(f"linear_eval.py: error: {message}\n")
+    sys.exit(2)
+
+
+def check_flags():
+    """Flag checks that need no TensorFlow (fast failures)."""
+    if not FLAGS.saved_model:
+        fail("--saved_model: is required: a SavedModel directory from tools/export.py")
+    bad = [m for m in FLAGS.method if m not in METHODS]
+    if bad or not FLAGS.method:
+        fail(f"--method: got {','.join(FLAGS.method)}; allowed: {', '.join(METHODS)}")
+    for name in ("batch_size", "knn_k", "linear_epochs", "num_train", "num_test"):
+        if getattr(FLAGS, name) < 1:
+            fail(f"--{name}: must be >= 1, got {getattr(FLAGS, name)}")
+    if FLAGS.finetune_epochs < 0:
+        fail(f"--finetune_epochs: must be >= 0, got {FLAGS.finetune_epochs}")
+    if not 0 < FLAGS.val_fraction < 1:
+        fail(f"--val_fraction: must be in (0, 1), got {FLAGS.val_fraction}")
+    if FLAGS.knn_temperature <= 0:
+        fail(f"--knn_temperature: must be > 0, got {FLAGS.knn_temperature}")
+    try:
+        decays = [float(w) for w in FLAGS.weight_decays]
+    except ValueError:
+        fail(f"--weight_decays: expected numbers, got {','.join(FLAGS.weight_decays)}")
+    if not decays or min(decays) < 0:
+        fail(f"--weight_decays: expected one or more values >= 0, got "
+             f"{','.join(FLAGS.weight_decays)}")
+    return decays
+
+
+def write_results(path, update):
+    """Merges ``update`` into the JSON at path (keeping other methods' results), atomically."""
+    results = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                results = json.load(f)
+        except ValueError:
+            results = {}
+    results.update(update)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return results
+
+
+def run(decays):
+    from dualssl_tf import export, probe, probe_data
+    import numpy as np
+
+    saved_model = os.path.abspath(FLAGS.saved_model)
+    try:
+        encoder = export.load_encoder(saved_model)
+    except ValueError as e:
+        fail(f"--saved_model: {e}")
+    card = encoder.model_card
+    dataset = FLAGS.dataset or card.get("dataset") or ""
+    if not dataset:
+        fail(f"--dataset: is required ({saved_model}/model_card.json names no dataset)")
+    if FLAGS.output not in encoder.output_keys:
+        fail(f"--output: {saved_model} has outputs {', '.join(encoder.output_keys)}, not "
+             f"{FLAGS.output!r}")
+    train_ds, test_ds, num_classes = probe_data.probe_datasets(
+        dataset, FLAGS.data_dir, FLAGS.image_size or None, FLAGS.batch_size,
+        model_card=card, num_train=FLAGS.num_train, num_test=FLAGS.num_test)
+    for ds in (train_ds, test_ds):
+        probe.check_dataset(encoder, ds)
+
+    # The cache key names everything that changes the examples.
+    data_key = f"{dataset}-n{FLAGS.num_train}_{FLAGS.num_test}" if dataset == "hltm" else (
+        f"{dataset}-{FLAGS.image_size}" if FLAGS.image_size else dataset)
+    if dataset.startswith("npz:") or dataset.endswith(".npz"):
+        path = dataset[4:] if dataset.startswith("npz:") else dataset
+        data_key = f"{os.path.abspath(path)}-{os.path.getmtime(path)}"
+    results = {}
+    if "linear" in FLAGS.method or "knn" in FLAGS.method:
+        feats = {}
+        for split, ds in (("train", train_ds), ("test", test_ds)):
+            if FLAGS.verbose:
+                print(f"Features of the {split} split:")
+            try:
+                feats[split] = probe.cached_features(
+                    encoder, ds, data_key, split, FLAGS.output, cache_dir=FLAGS.cache_dir or None,
+                    verbose=FLAGS.verbose)
+            except ValueError as e:
+                if "empty" in str(e):
+                    fail(f"--dataset: the {split} split of {dataset!r} is empty")
+                raise
+        (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
+        c = num_classes or int(max(ytr.max(), yte.max())) + 1
+        if "linear" in FLAGS.method:
+            results["linear"] = probe.linear_probe(
+                xtr, ytr, xte, yte, c, weight_decays=decays, val_fraction=FLAGS.val_fraction,
+                epochs=FLAGS.linear_epochs, learning_rate=FLAGS.linear_lr, seed=FLAGS.seed)
+        if "knn" in FLAGS.method:
+            results["knn"] = probe.knn_probe(xtr, ytr, xte, yte, c, k=FLAGS.knn_k,
+                                             temperature=FLAGS.knn_temperature)
+    if "finetune" in FLAGS.method:
+        c = num_classes
+        if not c:
+            labels = [np.asarray(y).reshape(-1) for ds in (train_ds, test_ds) for _, y in ds]
+            c = int(max(int(y.max()) for y in labels if len(y))) + 1
+        results["finetune"] = probe.finetune(
+            saved_model, train_ds, test_ds, c, epochs=FLAGS.finetune_epochs,
+            learning_rate=FLAGS.finetune_lr, encoder_lr_scale=FLAGS.encoder_lr_scale,
+            output=FLAGS.output, verbose=FLAGS.verbose)
+    for r in results.values():
+        r.update(dataset=dataset, output=FLAGS.output)
+    out_dir = FLAGS.output_dir or os.path.dirname(saved_model)
+    path = os.path.join(out_dir, "linear_eval.json")
+    write_results(path, {"saved_model": saved_model, **results})
+    for method, r in results.items():
+        top5 = f", top-5 {r['top5']:.4f}" if r.get("top5") is not None else ""
+        print(f"{method}: top-1 {r['top1']:.4f}{top5}")
+    print(f"Results written to {path}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
+    decays = check_flags()
+    if not os.path.isdir(FLAGS.saved_model):
+        fail(f"--saved_model: {FLAGS.saved_model} is not a directory; pass a SavedModel "
+             "written by tools/export.py")
+    if not os.path.exists(os.path.join(FLAGS.saved_model, "saved_model.pb")):
+        fail(f"--saved_model: {FLAGS.saved_model} is not a SavedModel (no saved_model.pb); "
+             "pass the directory written by tools/export.py")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        run(decays)
+    except ValueError as e:  # library errors name their flag (e.g. --dataset: ...)
+        fail(str(e).strip().splitlines()[0])
+
+
+def parse_flags(argv):
+    """Parses argv; any flag error is one line on stderr and exit status 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e).splitlines()[0])
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.WARNING)
+    app.run(main, flags_parser=parse_flags)
