@@ -78,6 +78,18 @@ def test_multi_worker_equals_single_process(tmp_path):
     assert worker._maxdiff(w0, ref) < 1e-5         # = single process (3 steps of float32)
 
 
+@pytest.mark.slow
+def test_image_run_on_two_replicas_with_sync_bn(tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, WORKER, "images", "2", str(tmp_path / "run"),
+                           str(out)], env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert "--sync_bn=true" in result["flags"]      # set by the trainer for 2 replicas
+    assert np.isfinite(result["final"]["loss"])
+    assert 0.0 <= result["final"]["probe_acc"] <= 1.0
+
+
 # ---------------------------------------------------------------------------------------
 # Bad input: one-line errors naming the flag.
 

@@ -1,7 +1,10 @@
 """The image experiment (DIGEST section 6): SimCLR views of tfds data sets, image folders or
 the generated shapes, a ResNet encoder, a projection head and an online linear probe."""
 
-from dualssl_tf import callbacks, config
+import dataclasses
+import functools
+
+from dualssl_tf import callbacks, config, distribute
 from dualssl_tf.config import ConfigError
 from dualssl_tf.data import images
 from dualssl_tf.data.generated_images import GeneratedImages
@@ -89,7 +92,28 @@ def build(cfg, start_step=0):
                              "representation_dim": int(rep_dim),
                              "skipped_images": pretrain.skipped}},
         summarize=summarize,
-        eval_data=(eval_train, eval_test))
+        eval_data=(eval_train, eval_test),
+        make_train_data=functools.partial(
+            _replica_data, pretrain, size, start_step, dict(
+                seed=cfg.seed, color_jitter_strength=cfg.color_jitter_strength,
+                blur=cfg.blur, shuffle_buffer=cfg.shuffle_buffer, with_labels=cfg.probe)))
+
+
+def _replica_data(source, size, start_step, kwargs, batch_size, input_context):
+    """Per-replica two-view batches of one input pipeline (Experiment.make_train_data).
+
+    Each host reads its own shard of the examples (``elements.shard``) with its own
+    shuffle/augmentation seed; its replicas take consecutive batches, so ``start_step``
+    global steps are ``start_step * replicas_per_pipeline`` batches of this stream.
+    """
+    n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
+    if n > 1:
+        source = dataclasses.replace(source, elements=source.elements.shard(n, i),
+                                     num_examples=source.num_examples // n)
+    kwargs = dict(kwargs, seed=distribute.replica_seed(kwargs["seed"], input_context))
+    per_pipeline = input_context.num_replicas_in_sync // n
+    return images.pretrain_dataset(source, batch_size, size,
+                                   start_step=start_step * per_pipeline, **kwargs)
 
 
 def summarize(initial, final):
