@@ -213,7 +213,7 @@ def test_cross_replica_helpers_on_one_replica():
 # ---------------------------------------------------------------------------------------
 # XLA: the train step compiles (TPU stand-in) and equals the non-XLA step.
 
-def _tree_model(loss, negatives, jit):
+def _tree_model(loss, jit):
     import keras
     from dualssl_tf.dual import DualModel
     from dualssl_tf.models.tree_net import TreeNet
@@ -250,7 +250,7 @@ def test_every_loss_compiles_with_xla():
     """One XLA program holding every loss's forward + backward (the per-replica step,
     DualModel._step), compiled once; its gradients equal TF's non-XLA gradients."""
     import tensorflow as tf
-    models = [_tree_model(loss, neg, jit=False) for loss, neg in JIT_CASES]
+    models = [_tree_model(loss, jit=False) for loss, _ in JIT_CASES]
     batches = [{k: tf.constant(v) for k, v in _tree_batch(neg).items()} for _, neg in JIT_CASES]
 
     def grads():
@@ -269,13 +269,38 @@ def test_every_loss_compiles_with_xla():
         assert worker._maxdiff(g, w) < 1e-5 * max(1.0, norm), (loss, neg)
 
 
+@pytest.mark.slow  # XLA compiling a ResNet-18 takes minutes on a shared CPU
+def test_resnet_step_compiles_with_xla():
+    """Tiny ResNet-18 + projection head (BatchNorm in training mode) under XLA."""
+    import keras
+    import tensorflow as tf
+    from dualssl_tf.dual import DualModel
+    from dualssl_tf.models import heads, resnet
+    keras.utils.set_random_seed(0)
+    enc = resnet.resnet(18, image_size=16, stem="cifar", width_multiplier=0.125)
+    head = heads.projection_head(enc.output_shape[-1], 16, 8)
+    model = DualModel(enc, head, loss="ntxent", temperature=0.5)
+    rng = np.random.default_rng(0)
+    batch = {k: tf.constant(rng.random((4, 16, 16, 3)), tf.float32) for k in ("view1", "view2")}
+
+    def grads():
+        with tf.GradientTape() as tape:
+            total, _ = model._step(batch, training=True)
+        return tape.gradient(total, model.trainable_variables)
+
+    got, want = tf.function(grads, jit_compile=True)(), grads()
+    scale = max(float(np.max(np.abs(w))) for w in want)
+    assert scale > 1e-4
+    assert worker._maxdiff(got, want) < 1e-4 * scale
+
+
 def test_keras_jit_compiled_train_step_equals_eager():
     batch = _tree_batch(0)
-    xla = _tree_model("ntxent", 0, jit=True)
+    xla = _tree_model("ntxent", jit=True)
     assert xla.jit_compile is True
-    got = [_one_step(xla, batch), _one_step(_tree_model("ntxent", 0, jit=False), batch)]
+    got = [_one_step(xla, batch), _one_step(_tree_model("ntxent", jit=False), batch)]
     assert worker._maxdiff(*got) < 1e-5
-    initial = [v.numpy() for v in _tree_model("ntxent", 0, False).trainable_variables]
+    initial = [v.numpy() for v in _tree_model("ntxent", False).trainable_variables]
     assert worker._maxdiff(got[1], initial) > MOVED
 
 
