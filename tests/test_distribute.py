@@ -328,7 +328,7 @@ def test_float16_step_uses_loss_scaling():
 # Replicas on one machine (MirroredStrategy over logical CPU devices), in subprocesses.
 
 def _start_worker(tmp_path_factory, replicas, names="", trainer=False):
-    out = tmp_path_factory.mktemp(f"r{replicas}") / "result.json"
+    out = tmp_path_factory.mktemp(f"replicas{replicas}_") / "result.json"
     args = [sys.executable, WORKER, "equality", str(replicas), str(out), names]
     if trainer:
         args.append(str(out.parent / "run"))
