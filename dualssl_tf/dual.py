@@ -150,6 +150,19 @@ class DualModel(keras.Model):
                 tf.float32)) / n_valid
         return total, logs
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy Keras builds the model from one batch, which it first
+        # strategy.reduce()s; MultiWorkerMirroredStrategy cannot reduce a dict of per-replica
+        # tensors. One replica's batch gives the same shapes without a collective.
+        if iterator is not None and self._distribute_strategy is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: self.distribute_strategy.experimental_local_results(v)[0],
+                    next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def train_step(self, data):
         with tf.GradientTape() as tape:
             total, logs = self._step(data, training=True)
@@ -165,4 +178,11 @@ class DualModel(keras.Model):
     def _update_metrics(self, logs):
         for name, value in logs.items():
             self._trackers[name].update_state(value)
-        return {name: t.result() for name, t in self._trackers.items()}
+        results = {name: t.result() for name, t in self._trackers.items()}
+        strategy = self.distribute_strategy
+        if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                and strategy.extended._in_multi_worker_mode()):
+            # Keras reduces multi-worker step outputs with reduce(MEAN, axis=0), which
+            # fails on scalars (tensorflow/tensorflow#72388); [1] reduces to a scalar.
+            results = {name: tf.reshape(v, [1]) for name, v in results.items()}
+        return results

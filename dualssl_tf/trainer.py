@@ -1,5 +1,6 @@
 """The training run behind tools/train.py: TrainConfig in, model_dir out."""
 
+import dataclasses
 import json
 import os
 
@@ -98,6 +99,8 @@ def run(cfg):
         raise config.ConfigError("jit_compile", f"Keras compiles the whole step for one "
                                  f"device; with {replicas} {cfg.strategy} replicas use "
                                  "--jit_compile=false (TPUs always compile with XLA)")
+    if replicas > 1 and not cfg.sync_bn:  # BatchNorm statistics of the global batch
+        cfg = dataclasses.replace(cfg, sync_bn=True)
     distribute.set_precision(cfg.mixed_precision)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic and not cfg.jit_compile:

@@ -242,5 +242,25 @@ def train(out_path):
     np.savez(out_path, *got)
 
 
+def images(replicas, model_dir, out_path):
+    """trainer.run on generated images (tiny ResNet + head with SyncBN, online probe) on
+    ``replicas`` logical CPU devices; writes the final logs and flags."""
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * int(replicas))
+    from dualssl_tf import config, trainer
+    cfg = config.TrainConfig(
+        dataset="generated_images", strategy="mirrored", loss="ntxent", temperature=0.5,
+        batch_size=8, epochs=1, steps_per_epoch=2, image_size=16, generated_examples=64,
+        width_multiplier=0.125, proj_hidden_dim=16, proj_dim=8, verbose=0,
+        model_dir=model_dir, learning_rate=0.1)
+    result = trainer.run(cfg)
+    with open(os.path.join(model_dir, "flags.txt")) as f:
+        flags = f.read().split()
+    with open(out_path, "w") as f:
+        json.dump({"final": result["final"], "flags": flags}, f)
+
+
 if __name__ == "__main__":
-    {"equality": equality, "train": train}[sys.argv[1]](*sys.argv[2:])
+    {"equality": equality, "train": train, "images": images}[sys.argv[1]](*sys.argv[2:])

@@ -34,88 +34,6 @@ def _env(**extra):
     return env
 
 
-def _start_worker(tmp_path_factory, replicas, names="", trainer=False):
-    out = tmp_path_factory.mktemp(f"r{replicas}") / "result.json"
-    args = [sys.executable, WORKER, "equality", str(replicas), str(out), names]
-    if trainer:
-        args.append(str(out.parent / "run"))
-    # Eager Keras steps: the same math as the traced step without minutes of tracing.
-    proc = subprocess.Popen(args, env=_env(DIST_TEST_EAGER="1"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    return proc, out
-
-
-def _finish(started):
-    proc, out = started
-    try:
-        _, err = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out.read_text())
-
-
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory):
-    """Both replica counts start at once (two cores), each in its own process."""
-    return {"two": _start_worker(tmp_path_factory, 2, trainer=True),
-            "four": _start_worker(tmp_path_factory, 4, ",".join(worker.CASES_4))}
-
-
-@pytest.fixture(scope="module")
-def two(workers):
-    return _finish(workers["two"])
-
-
-@pytest.fixture(scope="module")
-def four(workers):
-    return _finish(workers["four"])
-
-
-@pytest.mark.parametrize("case", sorted(worker.CASES))
-def test_two_replicas_equal_one_device(two, case):
-    got = two["cases"][case]
-    assert two["replicas"] == 2
-    assert got["moved"] > MOVED
-    assert got["diff"] < TOL, got
-    if "effect" in got:  # beta / weight decay + L2 change the update: the case is real
-        assert got["effect"] > MOVED
-
-
-@pytest.mark.parametrize("case", worker.CASES_4)
-def test_four_replicas_equal_one_device(four, case):
-    got = four["cases"][case]
-    assert four["replicas"] == 4
-    assert got["moved"] > MOVED
-    assert got["diff"] < TOL, got
-
-
-@pytest.mark.parametrize("fixture", ["two", "four"])
-def test_local_negatives_differ(fixture, request):
-    # Per-replica negatives are a different loss: the same comparison must fail.
-    assert request.getfixturevalue(fixture)["local_negatives"] > MOVED
-
-
-@pytest.mark.parametrize("fixture", ["two", "four"])
-def test_sync_batchnorm_uses_global_batch_statistics(fixture, request):
-    stats = request.getfixturevalue(fixture)["syncbn"]
-    # Output normalised by the global mean/variance; moving statistics updated with them.
-    assert stats["output"] < 1e-5
-    assert stats["moving_mean"] < 1e-5
-    assert stats["moving_var"] < 1e-5
-
-
-def test_trainer_on_two_replicas(two):
-    t = two["trainer"]
-    assert t["batch_size"].startswith("--batch_size: global batch 7 is not divisible by "
-                                      "the 2 replicas")
-    assert t["jit_compile"].startswith("--jit_compile:")
-    assert not t["wrote_before_error"]
-    assert np.isfinite(t["final_loss"])  # bfloat16 mixed precision on 2 replicas
-    assert {"flags.txt", "metrics.jsonl", "saved_model"} <= set(t["files"])
-
-
 # ---------------------------------------------------------------------------------------
 # Multi-worker: two processes on localhost, MultiWorkerMirroredStrategy over gRPC.
 
@@ -158,6 +76,18 @@ def test_multi_worker_equals_single_process(tmp_path):
     assert worker._maxdiff(ref, init) > MOVED
     assert worker._maxdiff(w0, w1) == 0.0          # workers hold identical weights
     assert worker._maxdiff(w0, ref) < 1e-5         # = single process (3 steps of float32)
+
+
+@pytest.mark.slow
+def test_image_run_on_two_replicas_with_sync_bn(tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, WORKER, "images", "2", str(tmp_path / "run"),
+                           str(out)], env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert "--sync_bn=true" in result["flags"]      # set by the trainer for 2 replicas
+    assert np.isfinite(result["final"]["loss"])
+    assert 0.0 <= result["final"]["probe_acc"] <= 1.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,7 +213,7 @@ def test_cross_replica_helpers_on_one_replica():
 # ---------------------------------------------------------------------------------------
 # XLA: the train step compiles (TPU stand-in) and equals the non-XLA step.
 
-def _tree_model(loss, negatives, jit):
+def _tree_model(loss, jit):
     import keras
     from dualssl_tf.dual import DualModel
     from dualssl_tf.models.tree_net import TreeNet
@@ -320,7 +250,7 @@ def test_every_loss_compiles_with_xla():
     """One XLA program holding every loss's forward + backward (the per-replica step,
     DualModel._step), compiled once; its gradients equal TF's non-XLA gradients."""
     import tensorflow as tf
-    models = [_tree_model(loss, neg, jit=False) for loss, neg in JIT_CASES]
+    models = [_tree_model(loss, jit=False) for loss, _ in JIT_CASES]
     batches = [{k: tf.constant(v) for k, v in _tree_batch(neg).items()} for _, neg in JIT_CASES]
 
     def grads():
@@ -339,13 +269,38 @@ def test_every_loss_compiles_with_xla():
         assert worker._maxdiff(g, w) < 1e-5 * max(1.0, norm), (loss, neg)
 
 
+@pytest.mark.slow  # XLA compiling a ResNet-18 takes minutes on a shared CPU
+def test_resnet_step_compiles_with_xla():
+    """Tiny ResNet-18 + projection head (BatchNorm in training mode) under XLA."""
+    import keras
+    import tensorflow as tf
+    from dualssl_tf.dual import DualModel
+    from dualssl_tf.models import heads, resnet
+    keras.utils.set_random_seed(0)
+    enc = resnet.resnet(18, image_size=16, stem="cifar", width_multiplier=0.125)
+    head = heads.projection_head(enc.output_shape[-1], 16, 8)
+    model = DualModel(enc, head, loss="ntxent", temperature=0.5)
+    rng = np.random.default_rng(0)
+    batch = {k: tf.constant(rng.random((4, 16, 16, 3)), tf.float32) for k in ("view1", "view2")}
+
+    def grads():
+        with tf.GradientTape() as tape:
+            total, _ = model._step(batch, training=True)
+        return tape.gradient(total, model.trainable_variables)
+
+    got, want = tf.function(grads, jit_compile=True)(), grads()
+    scale = max(float(np.max(np.abs(w))) for w in want)
+    assert scale > 1e-4
+    assert worker._maxdiff(got, want) < 1e-4 * scale
+
+
 def test_keras_jit_compiled_train_step_equals_eager():
     batch = _tree_batch(0)
-    xla = _tree_model("ntxent", 0, jit=True)
+    xla = _tree_model("ntxent", jit=True)
     assert xla.jit_compile is True
-    got = [_one_step(xla, batch), _one_step(_tree_model("ntxent", 0, jit=False), batch)]
+    got = [_one_step(xla, batch), _one_step(_tree_model("ntxent", jit=False), batch)]
     assert worker._maxdiff(*got) < 1e-5
-    initial = [v.numpy() for v in _tree_model("ntxent", 0, False).trainable_variables]
+    initial = [v.numpy() for v in _tree_model("ntxent", False).trainable_variables]
     assert worker._maxdiff(got[1], initial) > MOVED
 
 
@@ -367,3 +322,100 @@ def test_float16_step_uses_loss_scaling():
         assert worker._maxdiff(before, after) > 1e-4
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+# ---------------------------------------------------------------------------------------
+# Replicas on one machine (MirroredStrategy over logical CPU devices), in subprocesses.
+
+def _start_worker(tmp_path_factory, replicas, names="", trainer=False):
+    out = tmp_path_factory.mktemp(f"replicas{replicas}_") / "result.json"
+    args = [sys.executable, WORKER, "equality", str(replicas), str(out), names]
+    if trainer:
+        args.append(str(out.parent / "run"))
+    # Eager Keras steps: the same math as the traced step without minutes of tracing.
+    proc = subprocess.Popen(args, env=_env(DIST_TEST_EAGER="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    return proc, out
+
+
+def _finish(started):
+    proc, out = started
+    try:
+        _, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def workers(request, tmp_path_factory):
+    """Starts both replica counts at the module's first test, each in its own process, so
+    they run while this process does the single-device tests (which come first); only
+    when a selected test needs them."""
+    wanted = {name for item in request.session.items
+              if item.module is request.module for name in ("two", "four")
+              if name in item.fixturenames}
+    started = {}
+    if "two" in wanted:
+        started["two"] = _start_worker(tmp_path_factory, 2, trainer=True)
+    if "four" in wanted:
+        started["four"] = _start_worker(tmp_path_factory, 4, ",".join(worker.CASES_4))
+    yield started
+    for proc, _ in started.values():
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def two(workers):
+    return _finish(workers["two"])
+
+
+@pytest.fixture(scope="module")
+def four(workers):
+    return _finish(workers["four"])
+
+
+@pytest.mark.parametrize("case", sorted(worker.CASES))
+def test_two_replicas_equal_one_device(two, case):
+    got = two["cases"][case]
+    assert two["replicas"] == 2
+    assert got["moved"] > MOVED
+    assert got["diff"] < TOL, got
+    if "effect" in got:  # beta / weight decay + L2 change the update: the case is real
+        assert got["effect"] > MOVED
+
+
+@pytest.mark.parametrize("case", worker.CASES_4)
+def test_four_replicas_equal_one_device(four, case):
+    got = four["cases"][case]
+    assert four["replicas"] == 4
+    assert got["moved"] > MOVED
+    assert got["diff"] < TOL, got
+
+
+def test_local_negatives_differ(two, four):
+    # Per-replica negatives are a different loss: the same comparison must fail.
+    assert two["local_negatives"] > MOVED
+    assert four["local_negatives"] > MOVED
+
+
+def test_sync_batchnorm_uses_global_batch_statistics(two, four):
+    # Output normalised by the global mean/variance; moving statistics updated with them.
+    for result in (two, four):
+        stats = result["syncbn"]
+        assert stats["output"] < 1e-5
+        assert stats["moving_mean"] < 1e-5
+        assert stats["moving_var"] < 1e-5
+
+
+def test_trainer_on_two_replicas(two):
+    t = two["trainer"]
+    assert t["batch_size"].startswith("--batch_size: global batch 7 is not divisible by "
+                                      "the 2 replicas")
+    assert t["jit_compile"].startswith("--jit_compile:")
+    assert not t["wrote_before_error"]
+    assert np.isfinite(t["final_loss"])  # bfloat16 mixed precision on 2 replicas
+    assert {"flags.txt", "metrics.jsonl", "saved_model"} <= set(t["files"])

@@ -30,8 +30,8 @@ class Experiment:
       ``distribute.replica_seed(seed, input_context)``; without it the trainer splits
       ``train_data``'s global batches across replicas.
 
-    Builders run inside ``strategy.scope()``: models with BatchNorm should pass
-    ``sync_bn=distribute.use_sync_bn()`` (True with more than one replica).
+    Builders run inside ``strategy.scope()``; models with BatchNorm take
+    ``sync_bn=cfg.sync_bn``, which the trainer sets when there is more than one replica.
     """
     train_data: Any
     steps_per_epoch: int

@@ -33,18 +33,20 @@ def build(cfg, start_step=0):
         summarize=functools.partial(correlation_table,
                                     num_children=cfg.hltm_children),
         make_train_data=functools.partial(_replica_data, tree, cfg.num_negatives, cfg.seed,
-                                          start_step))
+                                          steps, start_step))
 
 
-def _replica_data(tree, num_negatives, seed, start_step, batch_size, input_context):
+def _replica_data(tree, num_negatives, seed, steps, start_step, batch_size, input_context):
     """Per-replica HLTM batches for one input pipeline (Experiment.make_train_data).
 
-    The pipeline's seed folds in its id; its replicas take consecutive batches, so
-    ``start_step`` global steps are ``start_step * replicas_per_pipeline`` batches.
+    The pipeline's seed folds in its id; its replicas take consecutive batches, so one
+    epoch of ``steps`` global steps is ``steps * replicas_per_pipeline`` batches of this
+    stream (sampled in one call), and ``start_step`` resumes at batch
+    ``start_step * replicas_per_pipeline``.
     """
     per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
     return tree.dataset(batch_size, num_negatives, distribute.replica_seed(seed, input_context),
-                        start_step=start_step * per_pipeline)
+                        steps * per_pipeline, start_step=start_step * per_pipeline)
 
 
 def correlation_table(initial, final, num_children=2):
