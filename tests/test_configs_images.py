@@ -17,8 +17,7 @@ def tool():
         "train_tool_cfg", os.path.join(ROOT, "tools", "train.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if "image_size" not in flags.FLAGS:
-        module.define_flags()
+    module.define_flags()  # replaces same-named flags other tools' tests defined
     return module
 
 

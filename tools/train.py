@@ -104,10 +104,16 @@ HELP = {
 
 
 def define_flags():
-    """One absl flag per TrainConfig field, typed by the field's default."""
+    """One absl flag per TrainConfig field, typed by the field's default.
+
+    A flag of the same name defined earlier in the process is replaced: the test suite loads
+    several tools (which share names such as --model_dir) into one interpreter.
+    """
     definers = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
                 float: flags.DEFINE_float, str: flags.DEFINE_string}
     for field in dataclasses.fields(config.TrainConfig):
+        if field.name in flags.FLAGS:
+            delattr(flags.FLAGS, field.name)
         definers[type(field.default)](field.name, field.default,
                                       HELP.get(field.name, field.name))
 
