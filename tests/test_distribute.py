@@ -294,7 +294,19 @@ def test_resnet_step_compiles_with_xla():
     assert worker._maxdiff(got, want) < 1e-4 * scale
 
 
-def test_keras_jit_compiled_train_step_equals_eager():
+@pytest.fixture
+def no_op_determinism():
+    """Keras refuses XLA while op determinism is on, and an earlier trainer run in this
+    process may have turned it on (it is process-wide)."""
+    from tensorflow.python.framework import config as tf_config
+    was = tf_config.is_op_determinism_enabled()
+    tf_config.disable_op_determinism()
+    yield
+    if was:
+        tf_config.enable_op_determinism()
+
+
+def test_keras_jit_compiled_train_step_equals_eager(no_op_determinism):
     batch = _tree_batch(0)
     xla = _tree_model("ntxent", jit=True)
     assert xla.jit_compile is True
