@@ -20,9 +20,12 @@ import os
 import shutil
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import cli  # noqa: E402
+
+TOOL = "analyze.py"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", "", "Run directory written by tools/train.py.")
@@ -39,15 +42,11 @@ flags.DEFINE_integer("seed", 0, "Seed of the analysis sample.")
 
 
 def fail(message):
-    sys.stderr.write(f"analyze.py: error: {message}\n")
-    sys.exit(2)
+    cli.fail(TOOL, message)
 
 
 def parse_flags(argv):
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        fail(str(e).splitlines()[0])
+    return cli.parse_flags(TOOL, argv)
 
 
 def _flag_error(e):
@@ -118,5 +117,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.WARNING)
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, TOOL)

@@ -10,9 +10,12 @@ augmentation strength grows. Bad flags: one line on stderr, exit 2.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import cli  # noqa: E402
+
+TOOL = "check_theorems.py"
 
 flags.DEFINE_integer("points", 6, "Base points M (>= 2).")
 flags.DEFINE_integer("augs", 3, "Enumerated augmentations A per point (>= 1).")
@@ -25,8 +28,7 @@ FLAGS = flags.FLAGS
 
 
 def fail(message):
-    sys.stderr.write(f"check_theorems.py: error: {message}\n")
-    sys.exit(2)
+    cli.fail(TOOL, message)
 
 
 def main(argv):
@@ -86,11 +88,8 @@ def main(argv):
 
 
 def parse_flags(argv):
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        fail(str(e).splitlines()[0])
+    return cli.parse_flags(TOOL, argv)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, TOOL)

@@ -16,9 +16,12 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import cli  # noqa: E402
+
+TOOL = "export.py"
 from dualssl_tf import config  # noqa: E402  (TensorFlow-free: errors come fast)
 
 flags.DEFINE_string("model_dir", "", "Run directory written by tools/train.py (flags.txt).")
@@ -33,8 +36,7 @@ FLAGS = flags.FLAGS
 
 
 def fail(message):
-    sys.stderr.write(f"export.py: error: {message}\n")
-    sys.exit(2)
+    cli.fail(TOOL, message)
 
 
 def read_flagfile(path):
@@ -149,13 +151,8 @@ def main(argv):
 
 
 def parse_flags(argv):
-    """Parses argv; any flag error is one line on stderr and exit status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        fail(str(e).splitlines()[0])
+    return cli.parse_flags(TOOL, argv)
 
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.WARNING)
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, TOOL)

@@ -19,9 +19,12 @@ import os
 import sys
 import uuid
 
-from absl import app, flags, logging
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import cli  # noqa: E402
+
+TOOL = "linear_eval.py"
 
 METHODS = ("linear", "knn", "finetune")
 
@@ -57,8 +60,7 @@ FLAGS = flags.FLAGS
 
 
 def fail(message):
-    sys.stderr.write(f"linear_eval.py: error: {message}\n")
-    sys.exit(2)
+    cli.fail(TOOL, message)
 
 
 def check_flags():
@@ -201,13 +203,8 @@ def main(argv):
 
 
 def parse_flags(argv):
-    """Parses argv; any flag error is one line on stderr and exit status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        fail(str(e).splitlines()[0])
+    return cli.parse_flags(TOOL, argv)
 
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.WARNING)
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, TOOL)

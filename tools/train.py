@@ -12,9 +12,12 @@ import dataclasses
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import cli  # noqa: E402
+
+TOOL = "train.py"
 from dualssl_tf import config  # noqa: E402  (TensorFlow-free: errors come fast)
 
 HELP = {
@@ -118,41 +121,17 @@ def define_flags():
                                       HELP.get(field.name, field.name))
 
 
-EXIT_BAD_INPUT = 2     # a flag, config or file is wrong; nothing was written
+EXIT_BAD_INPUT = cli.EXIT_BAD_INPUT  # a flag, config or file is wrong; nothing written
 EXIT_NON_FINITE = 3    # the loss became NaN/Inf; the last good checkpoint is kept
 
 
 def fail(message, status=EXIT_BAD_INPUT):
-    sys.stderr.write(f"train.py: error: {message}\n")
-    sys.exit(status)
-
-
-def _flagfile_holding(name, argv):
-    """The --flagfile among argv whose lines set --name (for naming the culprit file)."""
-    for arg in argv:
-        if arg.startswith("--flagfile="):
-            path = arg.split("=", 1)[1]
-            try:
-                with open(path) as f:
-                    if any(line.strip().lstrip("-").split("=")[0] in (name, "no" + name)
-                           for line in f):
-                        return path
-            except OSError:
-                pass
-    return None
+    cli.fail(TOOL, message, status)
 
 
 def parse_flags(argv):
     """Parses argv; any flag error is one line on stderr and exit status 2."""
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, ValueError) as e:  # absl raises ValueError for --noflag=value
-        message = str(e).splitlines()[0].replace("ERROR:: ", "")
-        if isinstance(e, flags.UnrecognizedFlagError):
-            path = _flagfile_holding(e.flagname, argv[1:])
-            message = (f"--{e.flagname}: unknown flag" + (f" in flagfile {path}" if path else "")
-                       + "; see --helpfull for the flags of train.py")
-        fail(message)
+    return cli.parse_flags(TOOL, argv)
 
 
 def config_from_flags():
@@ -184,5 +163,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    logging.set_verbosity(logging.WARNING)  # keep TF's SavedModel INFO lines off the console
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, TOOL)
