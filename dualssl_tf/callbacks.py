@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dualssl_tf import correlation
+from dualssl_tf import correlation, runfiles
 
 
 def _jsonable(value):
@@ -34,7 +34,9 @@ class MetricsLogger(keras.callbacks.Callback):
     Line fields: ``epoch`` (0 = at initialisation, written by :meth:`log_initial`),
     ``learning_rate`` and every scalar in Keras' epoch logs. Keys ``<name>/<k>`` are grouped
     into a dict, so ``best_corr/1 .. best_corr/L`` become ``"best_corr": {"1": .., "L": ..}``.
-    The file is flushed every epoch so a crash loses at most the running epoch.
+    The line is written (and on local disk fsynced) every epoch through
+    :func:`dualssl_tf.runfiles.append_line`, so ``path`` may be a ``gs://`` URL and a crash
+    loses at most the running epoch.
     """
 
     def __init__(self, path):
@@ -54,10 +56,7 @@ class MetricsLogger(keras.callbacks.Callback):
         return out
 
     def write(self, record):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        runfiles.append_line(self.path, json.dumps(record))  # local disk: fsynced
 
     def log_initial(self, logs):
         """Writes the epoch-0 line (metrics at initialisation)."""
