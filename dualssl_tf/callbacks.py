@@ -1,7 +1,6 @@
 """Keras callbacks of the training loop: the metrics.jsonl log and the HLTM correlation."""
 
 import json
-import os
 
 import keras
 import numpy as np
