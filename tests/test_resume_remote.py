@@ -179,3 +179,40 @@ def test_unwritable_url_model_dir_is_one_line():
     message = str(err.value)
     assert err.value.flag == "model_dir" and "\n" not in message
     assert "nosuchfs://bucket/run is not writable" in message
+
+
+@pytest.mark.slow  # three TensorFlow subprocesses: ~40 s on the shared CPU
+def test_tools_take_url_run_directories(tmp_path):
+    """train.py, export.py and linear_eval.py on a ``file://`` URL (ram:// lives in one
+    process): every path takes the URL code path through tf.io.gfile, across processes."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=root)
+
+    def tool(name, *args):
+        proc = subprocess.run([sys.executable, os.path.join(root, "tools", name), *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    url = f"file://{tmp_path}/run"
+    flags = [f"--{k}={v}" for k, v in config.parse_flagfile(config.to_flagfile(
+        dataclasses.replace(BASE, model_dir=url, epochs=2))).items()]
+    tool("train.py", *flags)
+    with open(tmp_path / "run" / "finished.json") as f:
+        assert json.load(f) == {"epochs": 2}
+    tool("export.py", f"--model_dir={url}", f"--export_dir={url}/export2")
+    a = export.load_encoder(str(tmp_path / "run" / "saved_model"))
+    b = export.load_encoder(str(tmp_path / "run" / "export2"))
+    assert b.model_card["checkpoint"] == f"{url}/checkpoints/ckpt-2"
+    x = np.eye(8, dtype=np.float32)
+    np.testing.assert_array_equal(a(x)["representation"].numpy(),
+                                  b(x)["representation"].numpy())
+    tool("linear_eval.py", f"--saved_model={url}/saved_model", "--num_train=200",
+         "--num_test=100", "--linear_epochs=2", "--weight_decays=0", "--method=knn",
+         "--verbose=0", f"--cache_dir={url}/cache")
+    with open(tmp_path / "run" / "linear_eval.json") as f:
+        result = json.load(f)
+    assert result["saved_model"] == f"{url}/saved_model" and 0 <= result["knn"]["top1"] <= 1
+    assert len(os.listdir(tmp_path / "run" / "cache")) == 2    # train and test features
