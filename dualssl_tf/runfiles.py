@@ -63,8 +63,23 @@ def fsync(path):
         os.close(fd)
 
 
+def _reason(error):
+    """One line of a TensorFlow / OS error, for messages naming a flag."""
+    text = str(getattr(error, "message", "") or error).strip().splitlines()
+    return f"{type(error).__name__}: {(text[0] if text else '')[:200]}"
+
+
 def exists(path):
-    return gfile.exists(path)
+    """True if ``path`` exists.
+
+    Raises:
+      ValueError: one line when the file system cannot answer (unknown URL scheme, no
+        permission on the bucket), rather than TensorFlow's traceback.
+    """
+    try:
+        return gfile.exists(path)
+    except tf.errors.OpError as e:   # gfile.exists itself maps only NotFound to False
+        raise ValueError(f"{path}: cannot access ({_reason(e)})") from None
 
 
 def isdir(path):
@@ -189,7 +204,5 @@ def check_writable(directory):
             f.write("")
         gfile.remove(probe)
     except (tf.errors.OpError, OSError) as e:
-        text = str(getattr(e, "message", "") or e).strip().splitlines()
-        reason = text[0] if text else type(e).__name__
-        raise ValueError(f"{directory} is not writable ({type(e).__name__}: {reason[:200]}); "
+        raise ValueError(f"{directory} is not writable ({_reason(e)}); "
                          "check the URL and your credentials/permissions") from None

@@ -180,3 +180,12 @@ def test_truncate_events_drops_a_torn_record_and_empty_files(tmp_path):
 
 def test_truncate_events_without_logs_is_a_no_op(tmp_path):
     assert checkpointing.truncate_events(str(tmp_path / "none"), 3) == 0
+
+
+def test_exists_on_an_unknown_url_scheme_is_one_line():
+    with pytest.raises(ValueError) as err:
+        runfiles.exists("nosuchfs://bucket/run/flags.txt")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("nosuchfs://bucket/run/flags.txt: cannot access "
+                              "(UnimplementedError: File system scheme 'nosuchfs'")

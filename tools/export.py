@@ -111,11 +111,17 @@ def main(argv):
         exists, isfile, read_text = runfiles.exists, runfiles.exists, runfiles.read_text
     else:
         exists, isfile = os.path.exists, os.path.isfile
-    if not isfile(flagfile):
-        fail(f"--model_dir: {flagfile} does not exist; pass a run directory written by "
-             "tools/train.py")
-    if checkpoint and not (exists(checkpoint) or exists(checkpoint + ".index")):
-        fail(f"--checkpoint: {checkpoint} does not exist")
+    try:
+        if not isfile(flagfile):
+            fail(f"--model_dir: {flagfile} does not exist; pass a run directory written by "
+                 "tools/train.py")
+    except ValueError as e:     # a URL the file system cannot reach
+        fail(f"--model_dir: {e}")
+    try:
+        if checkpoint and not (exists(checkpoint) or exists(checkpoint + ".index")):
+            fail(f"--checkpoint: {checkpoint} does not exist")
+    except ValueError as e:
+        fail(f"--checkpoint: {e}")
     try:
         cfg = read_flagfile(flagfile, read_text)
         cfg.model_dir = model_dir   # the run may have moved since training
