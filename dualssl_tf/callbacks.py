@@ -168,7 +168,7 @@ class EmbeddingSpread(keras.callbacks.Callback):
 
 
 class ViewSummary(keras.callbacks.Callback):
-    """Writes a few training pairs to TensorBoard as images when training starts.
+    """Writes a few training pairs to TensorBoard as images when training starts at step 0.
 
     Args:
       log_dir: TensorBoard directory (e.g. ``model_dir/logs/views``).
@@ -191,6 +191,9 @@ class ViewSummary(keras.callbacks.Callback):
         return tf.concat([batch["view1"][:n], batch["view2"][:n]], axis=2)
 
     def on_train_begin(self, logs=None):
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and int(keras.ops.convert_to_numpy(optimizer.iterations)):
+            return  # a resumed run: the first run's step-0 images are kept (no duplicate)
         pairs = self.pairs()
         writer = tf.summary.create_file_writer(self.log_dir)
         with writer.as_default():

@@ -335,10 +335,13 @@ def _event_records(path):
 def truncate_events(log_dir, last_step):
     """Drops TensorBoard events with ``step > last_step`` from every events file under log_dir.
 
-    Keras' TensorBoard callback writes epoch summaries at ``step = epoch index`` (0-based),
-    so after restoring a checkpoint of ``E`` finished epochs, ``last_step = E - 1`` keeps
-    exactly the epochs the resumed run will not write again (``-1``: a run starting from
-    scratch; every summary and graph goes). Each file that loses records is rewritten
+    Keras' TensorBoard callback writes epoch summaries at ``step = epoch index`` (0-based;
+    the trainer uses its default ``update_freq="epoch"`` and no validation data, whose
+    ``evaluation_*_vs_iterations`` would be indexed by optimizer step instead), so after
+    restoring a checkpoint of ``E`` finished epochs, ``last_step = E - 1`` keeps exactly the
+    epochs the resumed run will not write again (``-1``: a run starting from scratch; every
+    summary and graph goes). Step-0 one-offs (the graph, ViewSummary's images) are kept and
+    not written again by a resumed run. Each file that loses records is rewritten
     (record by record, the file-version header kept) to a temporary file and renamed over
     the original (atomic on local disk, see :mod:`dualssl_tf.runfiles`); a file left with
     no event at all is deleted. A truncated last record (a kill mid-write) is dropped too.

@@ -9,9 +9,9 @@ file system TensorFlow knows (local paths, ``gs://``, ``ram://``, ``hdfs://``, .
 What is atomic where
 --------------------
 * Local disk (a plain path): :func:`write_text_atomic` writes a temporary file in the same
-  directory, ``fsync`` s it and renames it over the target (POSIX ``rename(2)``): a reader
+  directory, fsyncs it and renames it over the target (POSIX ``rename(2)``): a reader
   or a resumed run sees the old file or the new one, never half of one, even after a kill or
-  a power cut. :func:`append_line` appends one line and ``fsync`` s; a kill mid-append can
+  a power cut. :func:`append_line` appends one line and fsyncs; a kill mid-append can
   leave a partial last line, which the readers drop (``checkpointing.truncate_metrics``).
   :func:`rename_dir` is one ``rename(2)``, atomic.
 * ``gs://``: an object becomes visible only when its upload completes (at ``GFile.close``),
@@ -22,7 +22,9 @@ What is atomic where
   (metrics.jsonl is a few KB) and is all-or-nothing per line. There are no directories,
   so :func:`rename_dir` copies object by object and then deletes the source: it is NOT
   atomic, a reader can see a partly copied export. Runs therefore write ``finished.json``
-  only after the export is complete; trust an export on GCS only when it exists.
+  only after the export is complete: on GCS, trust an export once finished.json is there.
+  (A kill during that copy leaves a ``.saved_model.old-*`` copy of the previous export
+  beside it; delete it by hand.)
   There is no fsync; durability is GCS's.
 * Other URL schemes (``ram://`` in the tests) behave like gs:// here: directories are
   copied, not renamed (``ram://`` renames only the directory entry and loses the files).
