@@ -449,7 +449,7 @@ def check_resume_compatible(cfg, read_text=None, exists=None):
     """
     path = os.path.join(cfg.model_dir, "flags.txt")
     if "://" in cfg.model_dir:
-        if read_text is None or not exists(path):
+        if read_text is None or (exists is not None and not exists(path)):
             return
     elif not os.path.isfile(path):
         return

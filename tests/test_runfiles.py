@@ -189,3 +189,17 @@ def test_exists_on_an_unknown_url_scheme_is_one_line():
     assert "\n" not in message
     assert message.startswith("nosuchfs://bucket/run/flags.txt: cannot access "
                               "(UnimplementedError: File system scheme 'nosuchfs'")
+
+
+def test_config_validates_a_url_model_dir_without_tensorflow():
+    """config.py stays TensorFlow-free: a gs:// --model_dir is left to the trainer."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; from dualssl_tf import config; "
+            "config.validate(config.TrainConfig(model_dir='gs://no-such-bucket/run')); "
+            "print('tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=root, env=dict(os.environ, PYTHONPATH=root), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
