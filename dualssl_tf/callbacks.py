@@ -1,13 +1,12 @@
 """Keras callbacks of the training loop: the metrics.jsonl log and the HLTM correlation."""
 
 import json
-import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from dualssl_tf import correlation
+from dualssl_tf import correlation, runfiles
 
 
 def _jsonable(value):
@@ -34,7 +33,9 @@ class MetricsLogger(keras.callbacks.Callback):
     Line fields: ``epoch`` (0 = at initialisation, written by :meth:`log_initial`),
     ``learning_rate`` and every scalar in Keras' epoch logs. Keys ``<name>/<k>`` are grouped
     into a dict, so ``best_corr/1 .. best_corr/L`` become ``"best_corr": {"1": .., "L": ..}``.
-    The file is flushed every epoch so a crash loses at most the running epoch.
+    The line is written (and on local disk fsynced) every epoch through
+    :func:`dualssl_tf.runfiles.append_line`, so ``path`` may be a ``gs://`` URL and a crash
+    loses at most the running epoch.
     """
 
     def __init__(self, path):
@@ -54,10 +55,7 @@ class MetricsLogger(keras.callbacks.Callback):
         return out
 
     def write(self, record):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        runfiles.append_line(self.path, json.dumps(record))  # local disk: fsynced
 
     def log_initial(self, logs):
         """Writes the epoch-0 line (metrics at initialisation)."""
@@ -170,7 +168,7 @@ class EmbeddingSpread(keras.callbacks.Callback):
 
 
 class ViewSummary(keras.callbacks.Callback):
-    """Writes a few training pairs to TensorBoard as images when training starts.
+    """Writes a few training pairs to TensorBoard as images when training starts at step 0.
 
     Args:
       log_dir: TensorBoard directory (e.g. ``model_dir/logs/views``).
@@ -193,6 +191,9 @@ class ViewSummary(keras.callbacks.Callback):
         return tf.concat([batch["view1"][:n], batch["view2"][:n]], axis=2)
 
     def on_train_begin(self, logs=None):
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and int(keras.ops.convert_to_numpy(optimizer.iterations)):
+            return  # a resumed run: the first run's step-0 images are kept (no duplicate)
         pairs = self.pairs()
         writer = tf.summary.create_file_writer(self.log_dir)
         with writer.as_default():

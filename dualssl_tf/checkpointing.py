@@ -11,6 +11,8 @@ exported, ``finished.json``. Re-running the same command:
   step-indexed, so the batches continue exactly where they stopped),
 * cuts ``metrics.jsonl`` back to the restored epoch (epoch 0 kept), so no line is duplicated
   or missing after any number of crashes,
+* cuts the TensorBoard event files under ``logs/`` back the same way
+  (:func:`truncate_events`), so TensorBoard shows each epoch once, not a zig-zag,
 * and continues ``fit`` at ``initial_epoch`` = the restored epoch.
 
 Why ``tf.train.CheckpointManager`` and not ``keras.callbacks.BackupAndRestore``: Keras 3's
@@ -30,10 +32,13 @@ import json
 import os
 import re
 import sys
+import uuid
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from dualssl_tf import runfiles
 
 CHECKPOINT_DIR = "checkpoints"
 FINISHED_FILE = "finished.json"
@@ -166,7 +171,9 @@ class RunCheckpoints:
             raise ValueError("index file missing")
         if "data" not in kinds:
             raise ValueError("data file missing")
-        reader = tf.train.load_checkpoint(prefix)
+        # The reader itself, not tf.train.load_checkpoint: that one takes a prefix for a
+        # directory when the file system says it is one (ram:// does for any prefix).
+        reader = tf.compat.v1.train.NewCheckpointReader(prefix)
         names = reader.get_variable_to_shape_map()
         if _EPOCH_KEY not in names or _STEP_KEY not in names:
             raise ValueError("not a dualssl_tf checkpoint (no epoch/step)")
@@ -264,32 +271,20 @@ class RunCheckpoints:
     def finished_epochs(self):
         """Epochs of the finished (trained and exported) run here, or None."""
         path = os.path.join(self.model_dir, FINISHED_FILE)
-        if not tf.io.gfile.exists(path):
+        if not runfiles.exists(path):
             return None
         try:
-            with tf.io.gfile.GFile(path) as f:
-                return int(json.load(f)["epochs"])
+            return int(json.loads(runfiles.read_text(path))["epochs"])
         except (ValueError, KeyError, TypeError):
             return None
 
     def mark_finished(self, epochs):
         """Records that training to ``epochs`` and the export completed."""
-        _atomic_write(os.path.join(self.model_dir, FINISHED_FILE),
-                      json.dumps({"epochs": int(epochs)}) + "\n")
+        runfiles.write_text_atomic(os.path.join(self.model_dir, FINISHED_FILE),
+                                   json.dumps({"epochs": int(epochs)}) + "\n")
 
     def clear_finished(self):
-        path = os.path.join(self.model_dir, FINISHED_FILE)
-        if tf.io.gfile.exists(path):
-            tf.io.gfile.remove(path)
-
-
-def _atomic_write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        runfiles.remove(os.path.join(self.model_dir, FINISHED_FILE))
 
 
 def truncate_metrics(path, epoch):
@@ -302,26 +297,92 @@ def truncate_metrics(path, epoch):
       the epoch-0 record (dict, metrics at initialisation) or None if there is none.
     """
     kept, initial = [], None
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    continue  # the partial last line of a crash mid-write
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if not isinstance(record, dict) or record.get("epoch", -1) > epoch:
-                    continue
-                if record["epoch"] == 0:
-                    initial = record
-                kept.append(line)  # byte for byte, as an uninterrupted run wrote it
-    _atomic_write(path, "".join(kept))
+    for line in runfiles.read_lines(path):
+        if not line.endswith("\n"):
+            continue  # the partial last line of a crash mid-write
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict) or record.get("epoch", -1) > epoch:
+            continue
+        if record["epoch"] == 0:
+            initial = record
+        kept.append(line)  # byte for byte, as an uninterrupted run wrote it
+    runfiles.write_text_atomic(path, "".join(kept))
     return initial
 
 
 def reset_metrics(path):
     """Empties ``metrics.jsonl`` for a run that starts from scratch."""
-    if os.path.exists(path):
-        os.remove(path)
+    runfiles.remove(path)
+
+
+def _event_records(path):
+    """Serialized ``tf.compat.v1.Event`` records of one events file, in order.
+
+    Stops at a truncated or corrupt record (the last record of a run killed mid-write).
+    """
+    records = []
+    try:
+        for record in tf.data.TFRecordDataset(path):
+            records.append(record.numpy())
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError):
+        pass
+    return records
+
+
+def truncate_events(log_dir, last_step):
+    """Drops TensorBoard events with ``step > last_step`` from every events file under log_dir.
+
+    Keras' TensorBoard callback writes epoch summaries at ``step = epoch index`` (0-based;
+    the trainer uses its default ``update_freq="epoch"`` and no validation data, whose
+    ``evaluation_*_vs_iterations`` would be indexed by optimizer step instead), so after
+    restoring a checkpoint of ``E`` finished epochs, ``last_step = E - 1`` keeps exactly the
+    epochs the resumed run will not write again (``-1``: a run starting from scratch; every
+    summary and graph goes). Step-0 one-offs (the graph, ViewSummary's images) are kept and
+    not written again by a resumed run. Each file that loses records is rewritten
+    (record by record, the file-version header kept) to a temporary file and renamed over
+    the original (atomic on local disk, see :mod:`dualssl_tf.runfiles`); a file left with
+    no event at all is deleted. A truncated last record (a kill mid-write) is dropped too.
+
+    Args:
+      log_dir: the TensorBoard log directory (``model_dir/logs``; its ``train/`` and
+        ``validation/`` subdirectories are searched).
+      last_step: int, the last step to keep.
+    Returns:
+      number of event records dropped.
+    """
+    if not runfiles.isdir(log_dir):
+        return 0
+    dropped = 0
+    for directory, _, files in tf.io.gfile.walk(log_dir):
+        for name in files:
+            if "tfevents" not in name or name.startswith("."):
+                continue
+            path = os.path.join(directory, name)
+            records = _event_records(path)
+            kept, events = [], 0
+            for raw in records:
+                event = tf.compat.v1.Event.FromString(raw)
+                if event.HasField("file_version"):
+                    kept.append(raw)          # the header TensorBoard checks
+                elif event.step <= last_step:
+                    kept.append(raw)
+                    events += 1
+            size = tf.io.gfile.stat(path).length
+            intact = sum(len(r) + 16 for r in records) == size  # 16 = TFRecord framing
+            if len(kept) == len(records) and intact:
+                continue
+            dropped += len(records) - len(kept)
+            if not events:
+                runfiles.remove(path)
+                continue
+            tmp = os.path.join(directory, f".truncate-{uuid.uuid4().hex[:8]}.tmp")
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for raw in kept:
+                    writer.write(raw)
+            runfiles.fsync(tmp)
+            tf.io.gfile.rename(tmp, path, overwrite=True)
+    return dropped
 

@@ -376,8 +376,12 @@ def _validate_hltm(cfg):
 
 
 def _check_writable(path):
-    """The model dir, or its nearest existing parent, must be a writable directory."""
-    if "://" in path:  # gs:// and other remote file systems are checked when written
+    """The model dir, or its nearest existing parent, must be a writable directory.
+
+    URLs (``gs://``, ...) need TensorFlow's file systems; the trainer checks them with
+    ``dualssl_tf.runfiles.check_writable`` before writing anything.
+    """
+    if "://" in path:
         return
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
@@ -410,32 +414,48 @@ def to_flagfile(cfg):
     return "\n".join(lines) + "\n"
 
 
-def read_flagfile(path):
-    """{name: value string} of a flagfile written by :func:`to_flagfile`."""
+def parse_flagfile(text):
+    """{name: value string} of the text of a flagfile written by :func:`to_flagfile`."""
     values = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("--") and "=" in line:
-                name, value = line[2:].split("=", 1)
-                values[name] = value
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("--") and "=" in line:
+            name, value = line[2:].split("=", 1)
+            values[name] = value
     return values
 
 
-def check_resume_compatible(cfg):
+def read_flagfile(path, read_text=None):
+    """{name: value string} of a flagfile; ``read_text(path) -> str`` reads URLs (gs://)."""
+    if read_text is not None:
+        return parse_flagfile(read_text(path))
+    with open(path) as f:
+        return parse_flagfile(f.read())
+
+
+def check_resume_compatible(cfg, read_text=None, exists=None):
     """Refuses a --model_dir holding a run made with other (non-resumable) flags.
 
     A run directory records its flags in ``flags.txt``; continuing it with, say, another
     tree depth would restore mismatched weights or mix two experiments in metrics.jsonl.
     Only :data:`RESUMABLE_FLAGS` may change. Flags absent from an older flags.txt are not
-    compared. Remote (``gs://``) directories are not checked here.
+    compared.
+
+    Args:
+      cfg: the TrainConfig.
+      read_text, exists: ``path -> str`` and ``path -> bool`` for a URL ``--model_dir``
+        (``dualssl_tf.runfiles.read_text`` / ``exists``; this module stays TensorFlow-free).
+        Without them a URL model dir is not checked here; the trainer checks it.
     """
     path = os.path.join(cfg.model_dir, "flags.txt")
-    if "://" in cfg.model_dir or not os.path.isfile(path):
+    if "://" in cfg.model_dir:
+        if read_text is None or (exists is not None and not exists(path)):
+            return
+    elif not os.path.isfile(path):
         return
     try:
-        recorded = read_flagfile(path)
-    except (OSError, UnicodeDecodeError) as e:
+        recorded = read_flagfile(path, read_text)
+    except Exception as e:  # noqa: BLE001  OSError, UnicodeDecodeError, TF's OpError (URLs)
         raise ConfigError("model_dir", f"cannot read {path} ({e.__class__.__name__}); "
                           "use a new --model_dir") from None
     for field in dataclasses.fields(cfg):

@@ -37,9 +37,9 @@ import uuid
 
 import keras
 import tensorflow as tf
-gfile = tf.io.gfile
 
 import dualssl_tf
+from dualssl_tf import runfiles
 
 SERVE = "serve"
 TRAIN_MODE = "train_mode"
@@ -209,7 +209,7 @@ def export_encoder(encoder, head, export_dir, input_shape, model_card=None,
     if "://" not in export_dir:   # gs:// and other tf.io.gfile file systems stay as given
         export_dir = os.path.abspath(export_dir)
     export_dir = export_dir.rstrip("/")
-    if gfile.exists(export_dir) and not gfile.isdir(export_dir):
+    if runfiles.exists(export_dir) and not runfiles.isdir(export_dir):
         raise ValueError(f"export_dir: {export_dir} exists and is not a directory")
 
     forward = _forward_fn(encoder, head, intermediate_layers)
@@ -248,26 +248,27 @@ def export_encoder(encoder, head, export_dir, input_shape, model_card=None,
     })
 
     parent = os.path.dirname(export_dir)
-    gfile.makedirs(parent)
+    runfiles.makedirs(parent)
     base = os.path.basename(export_dir)
     tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
     old = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:8]}")
     try:
         tf.saved_model.save(root, tmp, signatures=signatures)
-        with gfile.GFile(os.path.join(tmp, MODEL_CARD), "w") as f:
-            json.dump(card, f, indent=2, sort_keys=True)
+        runfiles.write_text_atomic(os.path.join(tmp, MODEL_CARD),
+                                   json.dumps(card, indent=2, sort_keys=True))
         # Linux has no portable atomic directory swap: move the old export aside, move the
         # new one in, then delete the old one. Only between the two renames is the target
         # absent (the old export then sits complete at `old`); never is it half-written.
-        # (On object stores such as gs:// a directory rename copies object by object, so
-        # there the swap is not atomic.)
-        if gfile.exists(export_dir):
-            gfile.rename(export_dir, old)
-        gfile.rename(tmp, export_dir)
+        # On gs:// (any URL) a directory "rename" copies object by object, so there the
+        # swap is not atomic (runfiles.rename_dir); the trainer's finished.json, written
+        # after it, marks a complete export.
+        if runfiles.exists(export_dir):
+            runfiles.rename_dir(export_dir, old)
+        runfiles.rename_dir(tmp, export_dir)
     except BaseException:
         _rmtree(tmp)
-        if gfile.exists(old) and not gfile.exists(export_dir):
-            gfile.rename(old, export_dir)
+        if runfiles.exists(old) and not runfiles.exists(export_dir):
+            runfiles.rename_dir(old, export_dir)
         raise
     _rmtree(old)
     return card
@@ -276,8 +277,7 @@ def export_encoder(encoder, head, export_dir, input_shape, model_card=None,
 def _rmtree(path):
     """Best-effort recursive delete (a leftover temporary dir must not mask the real error)."""
     try:
-        if gfile.exists(path):
-            gfile.rmtree(path)
+        runfiles.rmtree(path)
     except tf.errors.OpError:
         pass
 
@@ -346,11 +346,11 @@ def load_encoder(path):
         ``serving_default`` signature / ``representation`` output.
     """
     path = os.fspath(path)
-    if not gfile.isdir(path):
+    if not runfiles.isdir(path):
         raise ValueError(f"{path}: no such directory; pass a SavedModel directory written by "
                          "tools/export.py")
-    if not (gfile.exists(os.path.join(path, "saved_model.pb"))
-            or gfile.exists(os.path.join(path, "saved_model.pbtxt"))):
+    if not (runfiles.exists(os.path.join(path, "saved_model.pb"))
+            or runfiles.exists(os.path.join(path, "saved_model.pbtxt"))):
         raise ValueError(f"{path}: not a SavedModel (no saved_model.pb); pass the directory "
                          "written by tools/export.py")
     try:
@@ -375,8 +375,7 @@ def load_encoder(path):
                          f"{spec.dtype.name} {spec.shape}")
     card = {}
     card_path = os.path.join(path, MODEL_CARD)
-    if gfile.exists(card_path):
-        with gfile.GFile(card_path) as f:
-            card = json.load(f)
+    if runfiles.exists(card_path):
+        card = json.loads(runfiles.read_text(card_path))
     return ExportedEncoder(path, module, tuple(spec.shape[1:].as_list()),
                            sorted(outputs), card)

@@ -23,16 +23,16 @@ Example:
 """
 
 import hashlib
+import io
 import json
 import os
 import re
-import uuid
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from dualssl_tf import export
+from dualssl_tf import export, runfiles
 
 
 # ----------------------------------------------------------------------------- features
@@ -121,7 +121,7 @@ def _fingerprint(path):
         return tf.saved_model.experimental.read_fingerprint(path).singleprint()
     except Exception:  # older SavedModels have no fingerprint.pb
         pb = os.path.join(path, "saved_model.pb")
-        return str(os.stat(pb).st_mtime_ns) if os.path.exists(pb) else "none"
+        return str(runfiles.mtime(pb)) if runfiles.exists(pb) else "none"
 
 
 def feature_cache_path(saved_model, dataset, split, output="representation", pool="auto",
@@ -157,14 +157,15 @@ def cached_features(encoder, ds, dataset, split, output="representation", pool="
     the examples. Returns (features [N, F] float32, labels [N] int64).
     """
     path = feature_cache_path(encoder.path, dataset, split, output, pool, cache_dir)
-    if os.path.exists(path):
-        with np.load(path) as data:
+    if runfiles.exists(path):
+        with np.load(io.BytesIO(runfiles.read_bytes(path))) as data:
             return data["features"], data["labels"]
     feats, labels = extract_features(encoder, ds, output, pool, verbose)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}.npz"
-    np.savez(tmp, features=feats, labels=labels)
-    os.replace(tmp, path)  # readers never see a half-written cache
+    runfiles.makedirs(os.path.dirname(path))
+    buffer = io.BytesIO()
+    np.savez(buffer, features=feats, labels=labels)
+    # Temp + rename (any tf.io.gfile path): readers never see a half-written cache.
+    runfiles.write_bytes_atomic(path, buffer.getvalue())
     return feats, labels
 
 

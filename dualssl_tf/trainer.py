@@ -7,7 +7,8 @@ import os
 import keras
 import tensorflow as tf
 
-from dualssl_tf import callbacks, checkpointing, config, distribute, experiments, export
+from dualssl_tf import (callbacks, checkpointing, config, distribute, experiments, export,
+                        runfiles)
 from dualssl_tf.dual import DualModel
 from dualssl_tf.optim import schedules
 
@@ -87,6 +88,7 @@ def run(cfg):
     ``finished`` (True when there was nothing left to do).
     """
     config.validate(cfg)
+    _check_remote_model_dir(cfg)
     ckpts = checkpointing.RunCheckpoints(cfg.model_dir, max_to_keep=cfg.keep_checkpoints)
     done = ckpts.finished_epochs()
     if done is not None and done >= cfg.epochs:
@@ -120,14 +122,12 @@ def run(cfg):
         exp.callbacks.append(build_analysis_callback(cfg, exp))
 
     # Nothing is written before every setting has been checked and the data built.
+    # Every run file goes through runfiles (tf.io.gfile), so model_dir may be gs://;
+    # whole-file writes are temp + rename: a kill never leaves half a flags.txt.
     model_dir = cfg.model_dir
-    tf.io.gfile.makedirs(model_dir)
-    flagfile = os.path.join(model_dir, "flags.txt")
-    with tf.io.gfile.GFile(flagfile + ".tmp", "w") as f:  # renamed: a kill never leaves
-        f.write(config.to_flagfile(cfg))                  # half a flags.txt to resume from
-    tf.io.gfile.rename(flagfile + ".tmp", flagfile, overwrite=True)
-    with tf.io.gfile.GFile(os.path.join(model_dir, "run.json"), "w") as f:
-        json.dump(exp.metadata, f)
+    runfiles.makedirs(model_dir)
+    runfiles.write_text_atomic(os.path.join(model_dir, "flags.txt"), config.to_flagfile(cfg))
+    runfiles.write_text_atomic(os.path.join(model_dir, "run.json"), json.dumps(exp.metadata))
 
     with strategy.scope():
         model = build_model(cfg, exp)
@@ -147,7 +147,11 @@ def run(cfg):
             if hasattr(cb, "initial_logs"):
                 initial.update(cb.initial_logs())
         logger.log_initial(initial)
-    board = keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, "logs"))
+    # Events of epochs past the checkpoint (a kill before the next one) would be written
+    # again: cut them, as metrics.jsonl is cut. A resumed run's graph is already there.
+    log_dir = os.path.join(model_dir, "logs")
+    checkpointing.truncate_events(log_dir, start_epoch - 1)
+    board = keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=not found)
     guard = checkpointing.NonFiniteLossGuard(cfg.steps_per_execution)
     saver = ckpts.callback(cfg.checkpoint_every, cfg.epochs)  # after logger: see Checkpointer
     model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=exp.steps_per_epoch,
@@ -163,10 +167,21 @@ def run(cfg):
     return {"initial": initial, "final": final, "summary": summary, "finished": False}
 
 
+def _check_remote_model_dir(cfg):
+    """A URL ``--model_dir`` (gs://) is checked here, config.py being TensorFlow-free:
+    writable (a probe file) and holding no run made with other flags."""
+    if not runfiles.is_remote(cfg.model_dir):
+        return
+    try:
+        runfiles.check_writable(cfg.model_dir)
+    except ValueError as e:
+        raise config.ConfigError("model_dir", str(e)) from None
+    config.check_resume_compatible(cfg, read_text=runfiles.read_text, exists=runfiles.exists)
+
+
 def _last_logged(path):
     """The last metrics.jsonl record, flattened back to ``name/key`` form."""
-    with tf.io.gfile.GFile(path) as f:
-        return _flatten(json.loads(f.read().strip().splitlines()[-1]))
+    return _flatten(json.loads(runfiles.read_text(path).strip().splitlines()[-1]))
 
 
 def _flatten(record):

@@ -1,5 +1,7 @@
 """ProbeAccuracy and EmbeddingSpread against NumPy on fixed networks."""
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -59,3 +61,20 @@ def test_view_summary_writes_side_by_side_pairs(tmp_path):
     acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     acc.Reload()
     assert "augmented_pairs" in acc.Tags()["tensors"]
+
+
+def test_view_summary_is_not_written_again_by_a_resumed_run(tmp_path):
+    batch = {"view1": tf.zeros([2, 4, 5, 3]), "view2": tf.ones([2, 4, 5, 3])}
+    data = tf.data.Dataset.from_tensors(batch).repeat()
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    cb = callbacks.ViewSummary(str(tmp_path / "fresh"), data)
+    cb.set_model(model)
+    cb.on_train_begin()                         # step 0: a fresh run writes the images
+    assert len(os.listdir(tmp_path / "fresh")) == 1
+    model.optimizer.iterations.assign(6)       # restored from a checkpoint at step 6
+    cb = callbacks.ViewSummary(str(tmp_path / "resumed"), data)
+    cb.set_model(model)
+    cb.on_train_begin()
+    assert not (tmp_path / "resumed").exists()

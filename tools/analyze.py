@@ -19,6 +19,7 @@ Bad input ends with one line on stderr naming the flag, and exit status 2.
 import os
 import shutil
 import sys
+import tempfile
 
 from absl import flags
 
@@ -64,9 +65,11 @@ def main(argv):
         fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
     if not FLAGS.model_dir:
         fail("--model_dir: is required (a run directory written by tools/train.py)")
-    if not os.path.isdir(FLAGS.model_dir):
+    # A URL (gs://) --model_dir is checked by runs.load_run once TensorFlow is imported.
+    remote = "://" in FLAGS.model_dir
+    if not remote and not os.path.isdir(FLAGS.model_dir):
         fail(f"--model_dir: {FLAGS.model_dir} is not a directory")
-    if not os.path.exists(os.path.join(FLAGS.model_dir, "metrics.jsonl")):
+    if not remote and not os.path.exists(os.path.join(FLAGS.model_dir, "metrics.jsonl")):
         fail(f"--model_dir: no metrics.jsonl in {FLAGS.model_dir}; point it at a run written "
              "by tools/train.py")
     if FLAGS.points < 2:
@@ -86,6 +89,7 @@ def main(argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import json  # noqa: E402
     import tensorflow as tf  # noqa: E402  (TensorFlow only when the flags are valid)
+    from dualssl_tf import runfiles  # noqa: E402
     from dualssl_tf.analysis import report, runs  # noqa: E402
     # Retracing / pfor-fallback notices are expected here (one connection function per layer).
     tf.get_logger().setLevel("ERROR")
@@ -100,17 +104,21 @@ def main(argv):
         report.check_layers(run.init.encoder, layers)
         result = report.analyze_run(run, layers, FLAGS.points, FLAGS.augmentations,
                                     FLAGS.top_k, FLAGS.seed, hids)
-        # Write into a temporary directory and rename: never a half-written output.
-        tmp = out_dir.rstrip("/") + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+        # Write into a temporary directory and rename: never a half-written output. Figures
+        # are drawn to local files, so a URL (gs://) out_dir gets a local one, copied over.
+        if runfiles.is_remote(out_dir):
+            tmp = tempfile.mkdtemp(prefix="dualssl_analysis-")
+        else:
+            tmp = out_dir.rstrip("/") + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
         paths = report.make_figures(result, tmp)
         with open(os.path.join(tmp, "analysis.json"), "w") as f:
             json.dump(result, f, indent=1)
     except ValueError as e:
         fail(_flag_error(e))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.rename(tmp, out_dir)
+    runfiles.rmtree(out_dir)
+    runfiles.rename_dir(tmp, out_dir)   # local: atomic rename; URL: copy (see runfiles)
     print(f"analysis.json and {len(paths)} figures written to {out_dir}:")
     for name in sorted(paths):
         print(f"  {os.path.join(out_dir, os.path.basename(paths[name]))}")

@@ -11,7 +11,6 @@ Bad input ends with one line on stderr naming the flag or file, and exit status 
 """
 
 import dataclasses
-import glob
 import json
 import os
 import sys
@@ -39,11 +38,12 @@ def fail(message):
     cli.fail(TOOL, message)
 
 
-def read_flagfile(path):
-    """TrainConfig from a run's flags.txt (``config.read_flagfile`` strings, typed here)."""
+def read_flagfile(path, read_text=None):
+    """TrainConfig from a run's flags.txt (``config.read_flagfile`` strings, typed here);
+    ``read_text`` reads a URL (gs://) path."""
     fields = {f.name: f for f in dataclasses.fields(config.TrainConfig)}
     values = {}
-    for name, value in config.read_flagfile(path).items():
+    for name, value in config.read_flagfile(path, read_text).items():
         if name not in fields:
             raise config.ConfigError("model_dir", f"{path}: --{name} is not a flag of this "
                                      "version of tools/train.py")
@@ -58,13 +58,14 @@ def read_flagfile(path):
 
 def find_checkpoint(model_dir):
     """The run's newest readable trainer checkpoint, else its newest ``*.weights.h5``."""
-    from dualssl_tf import checkpointing
+    from dualssl_tf import checkpointing, runfiles
     found = checkpointing.RunCheckpoints(model_dir).find_latest()
     if found:
         return found["path"]
-    files = (glob.glob(os.path.join(model_dir, "*.weights.h5"))
-             + glob.glob(os.path.join(model_dir, checkpointing.CHECKPOINT_DIR, "*.weights.h5")))
-    return max(files, key=os.path.getmtime) if files else ""
+    files = (runfiles.glob(os.path.join(model_dir, "*.weights.h5"))
+             + runfiles.glob(os.path.join(model_dir, checkpointing.CHECKPOINT_DIR,
+                                          "*.weights.h5")))
+    return max(files, key=runfiles.mtime) if files else ""
 
 
 def load_weights(model, checkpoint, input_shape):
@@ -82,20 +83,16 @@ def load_weights(model, checkpoint, input_shape):
 
 
 def _last_metrics(model_dir):
-    path = os.path.join(model_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        lines = f.read().strip().splitlines()
+    from dualssl_tf import runfiles
+    lines = [line for line in runfiles.read_lines(os.path.join(model_dir, "metrics.jsonl"))
+             if line.endswith("\n")]   # a partial last line is a crash mid-write
     return json.loads(lines[-1]) if lines else {}
 
 
 def _metadata(model_dir):
+    from dualssl_tf import runfiles
     path = os.path.join(model_dir, "run.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(runfiles.read_text(path)) if runfiles.exists(path) else {}
 
 
 def main(argv):
@@ -105,14 +102,28 @@ def main(argv):
     if not model_dir:
         fail("--model_dir: is required: the run directory written by tools/train.py")
     flagfile = os.path.join(model_dir, "flags.txt")
-    if not os.path.isfile(flagfile):
-        fail(f"--model_dir: {flagfile} does not exist; pass a run directory written by "
-             "tools/train.py")
     checkpoint = FLAGS.checkpoint
-    if checkpoint and not (os.path.exists(checkpoint) or os.path.exists(checkpoint + ".index")):
-        fail(f"--checkpoint: {checkpoint} does not exist")
+    read_text = None
+    if "://" in model_dir or "://" in checkpoint:
+        # URLs (gs://) need TensorFlow's file systems: import it before the checks.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from dualssl_tf import runfiles
+        exists, isfile, read_text = runfiles.exists, runfiles.exists, runfiles.read_text
+    else:
+        exists, isfile = os.path.exists, os.path.isfile
     try:
-        cfg = read_flagfile(flagfile)
+        if not isfile(flagfile):
+            fail(f"--model_dir: {flagfile} does not exist; pass a run directory written by "
+                 "tools/train.py")
+    except ValueError as e:     # a URL the file system cannot reach
+        fail(f"--model_dir: {e}")
+    try:
+        if checkpoint and not (exists(checkpoint) or exists(checkpoint + ".index")):
+            fail(f"--checkpoint: {checkpoint} does not exist")
+    except ValueError as e:
+        fail(f"--checkpoint: {e}")
+    try:
+        cfg = read_flagfile(flagfile, read_text)
         cfg.model_dir = model_dir   # the run may have moved since training
         config.validate(cfg)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -137,7 +148,7 @@ def main(argv):
             taps = [n.strip() for n in FLAGS.intermediate_layers.split(",") if n.strip()]
         export_dir = FLAGS.export_dir or os.path.join(model_dir, "saved_model")
         card = export.run_model_card(cfg, _metadata(model_dir), _last_metrics(model_dir))
-        card["checkpoint"] = os.path.abspath(checkpoint)
+        card["checkpoint"] = checkpoint if "://" in checkpoint else os.path.abspath(checkpoint)
         try:
             export.export_encoder(exp.encoder, exp.head, export_dir, exp.input_shape,
                                   model_card=card, intermediate_layers=taps)

@@ -17,7 +17,6 @@ Bad input ends with one line on stderr naming the flag or path, and exit status 
 import json
 import os
 import sys
-import uuid
 
 from absl import flags
 
@@ -90,20 +89,18 @@ def check_flags():
 
 
 def write_results(path, update):
-    """Merges ``update`` into the JSON at path (keeping other methods' results), atomically."""
+    """Merges ``update`` into the JSON at path (keeping other methods' results), atomically
+    (temp + rename on local disk; one whole object on gs://, see dualssl_tf.runfiles)."""
+    from dualssl_tf import runfiles
     results = {}
-    if os.path.exists(path):
+    if runfiles.exists(path):
         try:
-            with open(path) as f:
-                results = json.load(f)
+            results = json.loads(runfiles.read_text(path))
         except ValueError:
             results = {}
     results.update(update)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    runfiles.makedirs(os.path.dirname(path) or ".")
+    runfiles.write_text_atomic(path, json.dumps(results, indent=2, sort_keys=True))
     return results
 
 
@@ -114,11 +111,8 @@ def run(decays):
     saved_model = FLAGS.saved_model
     if "://" not in saved_model:
         saved_model = os.path.abspath(saved_model)
-    # Checked before any work: results of a remote SavedModel need a local --output_dir.
+    # linear_eval.json goes next to the SavedModel (local or gs://) unless --output_dir.
     out_dir = FLAGS.output_dir or os.path.dirname(saved_model)
-    if "://" in out_dir:
-        fail(f"--output_dir: {saved_model} is remote; pass a local --output_dir for "
-             "linear_eval.json")
     try:
         encoder = export.load_encoder(saved_model)
     except ValueError as e:

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dualssl_tf import config, experiments
+from dualssl_tf import config, experiments, runfiles
 
 VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -23,26 +23,24 @@ def read_flagfile(path):
     """TrainConfig from a ``--name=value`` flagfile (unknown names raise ConfigError)."""
     fields = {f.name: f for f in dataclasses.fields(config.TrainConfig)}
     values = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, _, value = line.lstrip("-").partition("=")
-            if name not in fields:
-                continue  # a flag of a newer/older version: ignore, defaults apply
-            kind = type(fields[name].default)
-            if kind is bool:
-                values[name] = value.lower() in ("1", "true", "yes")
-            else:
-                values[name] = kind(value)
+    for line in runfiles.read_text(path).splitlines():  # local or gs://
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.lstrip("-").partition("=")
+        if name not in fields:
+            continue  # a flag of a newer/older version: ignore, defaults apply
+        kind = type(fields[name].default)
+        if kind is bool:
+            values[name] = value.lower() in ("1", "true", "yes")
+        else:
+            values[name] = kind(value)
     return config.TrainConfig(**values)
 
 
 def read_metrics(path):
     """metrics.jsonl -> list of dicts (one per epoch, epoch 0 = initialisation)."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in runfiles.read_lines(path) if line.strip()]
 
 
 def load_savedmodel_weights(model, saved_model_dir, prefix="encoder"):
@@ -102,10 +100,10 @@ def load_run(model_dir):
     """Loads a run directory. Raises ValueError("model_dir: ...") on missing files."""
     flags_path = os.path.join(model_dir, "flags.txt")
     metrics_path = os.path.join(model_dir, "metrics.jsonl")
-    if not os.path.isdir(model_dir):
+    if not runfiles.isdir(model_dir):
         raise ValueError(f"model_dir: {model_dir} is not a directory")
     for path in (flags_path, metrics_path):
-        if not os.path.exists(path):
+        if not runfiles.exists(path):
             raise ValueError(f"model_dir: no {os.path.basename(path)} in {model_dir}; point it "
                              "at a run written by tools/train.py")
     cfg = read_flagfile(flags_path)
@@ -117,7 +115,7 @@ def load_run(model_dir):
     init = experiments.build(cfg)
     final = None
     saved = os.path.join(model_dir, "saved_model")
-    if os.path.isdir(saved):
+    if runfiles.isdir(saved):
         keras.utils.set_random_seed(cfg.seed)
         final = experiments.build(cfg)
         load_savedmodel_weights(final.encoder, saved)
