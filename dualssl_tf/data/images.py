@@ -21,10 +21,12 @@ images. Pretraining streams are deterministic given the seed: element ``i`` of t
 """
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, Optional
 
 import tensorflow as tf
+from absl import logging
 
 from dualssl_tf.config import ConfigError
 from dualssl_tf.data import augment
@@ -51,6 +53,9 @@ class ImageSource:
     views: optional ``(raw, seed [2], size) -> (view1, view2)`` replacing
       decode + SimCLR augmentation (the generated images re-render their nuisance factors).
     skipped: files left out because they could not be decoded.
+    for_pipeline: optional ``input_context -> ImageSource``, this source's share for one
+      input pipeline when the source can do better than element sharding (tfds: by
+      file); see :func:`pipeline_source`.
     """
     name: str
     elements: Any
@@ -60,6 +65,7 @@ class ImageSource:
     image_shape: Optional[tuple] = None
     views: Optional[Callable] = None
     skipped: int = 0
+    for_pipeline: Optional[Callable] = None
 
 
 def _to_rgb(image):
@@ -82,15 +88,34 @@ def _download_hint(name, data_dir):
             f"--data_dir={data_dir or '~/tensorflow_datasets'}` or pick another --dataset")
 
 
-def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0):
+def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0, input_context=None):
     """An :class:`ImageSource` over a prepared tfds image-classification data set.
+
+    With an ``input_context`` of P > 1 input pipelines the source is this pipeline's
+    (host's) share only, so that each host reads 1/P of the data, not all of it:
+
+    * **by file** when the split has at least P files: ``tfds.ReadConfig(input_context=...)``
+      hands pipeline ``i`` the files ``i, i + P, i + 2P, ...`` of the split's file list
+      (disjoint, union = the split) and the host never opens the others. ``num_examples``
+      is this host's count, summed from the split's file instructions (metadata; nothing
+      is counted), so hosts can differ by up to one file's worth.
+    * **by element** otherwise (fewer files than pipelines, where tfds would leave hosts
+      empty, or mocked data without a file list): every host reads the whole split in the
+      same seeded order and keeps every P-th element (:func:`shard_source`).
+
+    One log line says which was used and why. Either way the stream of pipeline ``i`` is
+    a deterministic function of (``seed``, ``i``): the file order is shuffled with
+    ``seed`` and files are interleaved deterministically, so skipping elements resumes it
+    exactly (see :func:`pretrain_dataset`).
 
     Args:
       name: tfds name, optionally with config/version (``cifar10``, ``stl10:1.0.0``).
       split: tfds split expression, e.g. ``train``, ``test``, ``train+unlabeled``.
       data_dir: where the data set was prepared ("" = tfds' default); may be ``gs://``.
       shuffle_files: read the data set's files in a seeded random order.
-      seed: file-order seed.
+      seed: file-order seed; must be the same on every host (the element-sharding
+        fallback needs the same order everywhere).
+      input_context: optional ``tf.distribute.InputContext``; None = the whole split.
     Raises:
       ConfigError (a ValueError) naming --dataset or --data_dir, with the ``tfds build``
       command, when the name is unknown or the data set is not prepared in data_dir.
@@ -106,8 +131,21 @@ def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0):
     if "image" not in features or not hasattr(features["image"], "decode_example"):
         raise ConfigError("dataset", f"{name!r} has no 'image' feature; only image data sets "
                           "can be used here")
+    return _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_context)
+
+
+def _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_context):
+    """tfds_source once the builder is known (also the source's ``for_pipeline``)."""
+    import tensorflow_datasets as tfds
+
+    features = builder.info.features
     has_label = "label" in features and hasattr(features["label"], "num_classes")
-    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    index = input_context.input_pipeline_id if input_context is not None else 0
+    files = _file_instructions(builder, split) if pipelines > 1 else None
+    by_file = files is not None and len(files) >= pipelines
+    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False,
+                                  input_context=input_context if by_file else None)
     try:
         ds = builder.as_dataset(split=split, shuffle_files=shuffle_files,
                                 read_config=read_config,
@@ -120,20 +158,51 @@ def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0):
         raise ConfigError("dataset", f"{name!r} split {split!r}: {str(e).splitlines()[0]}"
                           ) from None
 
-    num = _num_examples(builder, split, ds)
+    full_name = f"{name}/{split}"
+    if by_file:
+        # tfds shards the file-instruction list itself (`Dataset.shard(P, i)` over it).
+        mine = files[index::pipelines]
+        num = sum(int(f.take) for f in mine)
+        full_name += f"[files {index}/{pipelines}]"
+        logging.info("%s/%s: input pipeline %d of %d reads by file: %d of the split's %d "
+                     "files, %d examples", name, split, index, pipelines, len(mine),
+                     len(files), num)
+    else:
+        num = _num_examples(builder, split, ds)
     if num == 0:
-        raise ConfigError("dataset", f"{name!r} split {split!r} is empty")
+        raise ConfigError("dataset", f"{name!r} split {split!r} is empty"
+                          + (f" for input pipeline {index}" if by_file else ""))
     image_feature = features["image"]
     shape = tuple(image_feature.shape)
     label_fn = ((lambda e: tf.cast(e["label"], tf.int32)) if has_label
                 else (lambda e: tf.constant(UNLABELLED, tf.int32)))
-    return ImageSource(
-        name=f"{name}/{split}",
+    source = ImageSource(
+        name=full_name,
         elements=ds.map(lambda e: (e["image"], label_fn(e))),
         decode=lambda raw: _to_rgb(image_feature.decode_example(raw)),
         num_examples=num,
         num_classes=int(features["label"].num_classes) if has_label else 0,
-        image_shape=shape[:2] + (3,) if None not in shape[:2] else None)
+        image_shape=shape[:2] + (3,) if None not in shape[:2] else None,
+        for_pipeline=None if pipelines > 1 else functools.partial(
+            _tfds_read, builder, name, split, data_dir, shuffle_files, seed))
+    if pipelines > 1 and not by_file:
+        why = (f"the split has {len(files)} files for {pipelines} input pipelines"
+               if files is not None else "the split's file list is unknown (mocked data?)")
+        logging.info("%s/%s: input pipeline %d of %d shards by element (reads every "
+                     "record, keeps 1/%d): %s", name, split, index, pipelines, pipelines,
+                     why)
+        source = shard_source(source, pipelines, index)
+    return source
+
+
+def _file_instructions(builder, split):
+    """The split's files in tfds' read order (FileInstruction: filename, skip, take), or
+    None when unknown (mocked data sets have no file list)."""
+    try:
+        files = list(builder.info.splits[split].file_instructions)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return None
+    return files or None
 
 
 def _num_examples(builder, split, ds):
@@ -260,13 +329,43 @@ def generated_source(data, split="train"):
 
 
 def shard_source(source, num_shards, index):
-    """Every ``num_shards``-th element of a source, from ``index`` (one input pipeline)."""
+    """Every ``num_shards``-th element of a source, from ``index`` (one input pipeline).
+
+    Element sharding: the shard is taken of the *raw* elements, before ``decode``. For
+    folder sources those are file names, so a host opens only its own image files; for
+    generated sources they are example indices (nothing is read). For tfds sources the raw
+    elements are records read from the data set's files, so every host reads the whole
+    split; :func:`pipeline_source` shards those by file instead when it can.
+    """
     if num_shards == 1:
         return source
     return dataclasses.replace(
         source, name=f"{source.name}[shard {index}/{num_shards}]",
         elements=source.elements.shard(num_shards, index),
-        num_examples=len(range(index, source.num_examples, num_shards)))
+        num_examples=len(range(index, source.num_examples, num_shards)),
+        for_pipeline=None)
+
+
+def pipeline_source(source, input_context):
+    """The share of ``source`` that one input pipeline (host) reads.
+
+    Args:
+      source: an :class:`ImageSource` of the whole data set.
+      input_context: ``tf.distribute.InputContext`` (or None = one pipeline).
+    Returns:
+      ``source`` itself for one pipeline; else ``source.for_pipeline(input_context)``
+      when the source has one (tfds: disjoint subsets of the files, or its own fallback,
+      see :func:`tfds_source`), else :func:`shard_source` (folder and generated sources:
+      their raw elements are file names / indices, so element sharding already reads
+      nothing of the other hosts'). Shares of the pipelines are disjoint and cover the
+      source; ``num_examples`` is the share's own count.
+    """
+    if input_context is None or input_context.num_input_pipelines == 1:
+        return source
+    if source.for_pipeline is not None:
+        return source.for_pipeline(input_context)
+    return shard_source(source, input_context.num_input_pipelines,
+                        input_context.input_pipeline_id)
 
 
 def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,

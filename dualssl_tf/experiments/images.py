@@ -108,13 +108,13 @@ def _train_data(source, cfg, size, start_step, batch_size, seed=None):
 def _replica_data(source, cfg, size, start_step, batch_size, input_context):
     """Per-replica batches of one input pipeline (Experiment.make_train_data).
 
-    Each pipeline (host) reads its own shard of the examples with its own seed; its
-    replicas take consecutive batches, so ``start_step`` global steps are
+    Each pipeline (host) reads only its own share of the examples
+    (:func:`images.pipeline_source`: tfds data sets by file, others by element) with its
+    own seed; its replicas take consecutive batches, so ``start_step`` global steps are
     ``start_step * replicas_per_pipeline`` batches of this stream.
     """
-    pipelines = input_context.num_input_pipelines
-    per_pipeline = input_context.num_replicas_in_sync // pipelines
-    shard = images.shard_source(source, pipelines, input_context.input_pipeline_id)
+    per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    shard = images.pipeline_source(source, input_context)
     return _train_data(shard, cfg, size, start_step * per_pipeline, batch_size,
                        seed=distribute.replica_seed(cfg.seed, input_context))
 
