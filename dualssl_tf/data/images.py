@@ -18,6 +18,10 @@ unlabelled; no ``label`` key when the source has no labels at all) with static s
 images. Pretraining streams are deterministic given the seed: element ``i`` of the
 (shuffled, repeated) stream is augmented with the stateless seed ``(seed, i)``, and
 ``start_step`` resumes the stream exactly where step ``start_step`` began.
+
+With several input pipelines (hosts), :func:`pipeline_source` gives each host its own
+disjoint share: tfds data sets by file (each host opens only its files), folders and
+generated images by element (file names / indices, so nothing of the others' is read).
 """
 
 import dataclasses
@@ -188,9 +192,9 @@ def _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_contex
     if pipelines > 1 and not by_file:
         why = (f"the split has {len(files)} files for {pipelines} input pipelines"
                if files is not None else "the split's file list is unknown (mocked data?)")
-        logging.info("%s/%s: input pipeline %d of %d shards by element (reads every "
-                     "record, keeps 1/%d): %s", name, split, index, pipelines, pipelines,
-                     why)
+        logging.warning("%s/%s: input pipeline %d of %d shards by element (reads every "
+                        "record, keeps 1/%d): %s", name, split, index, pipelines, pipelines,
+                        why)
         source = shard_source(source, pipelines, index)
     return source
 

@@ -1,5 +1,7 @@
 """The image experiment: built from a TrainConfig, trained for a few steps with the probe."""
 
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,6 +11,7 @@ from dualssl_tf import trainer
 from dualssl_tf.config import ConfigError, TrainConfig
 from dualssl_tf.dual import DualModel
 from dualssl_tf.experiments import build
+from tests.data import tiny_tfds
 
 
 def _cfg(tmp_path, **kw):
@@ -99,3 +102,25 @@ def test_folder_needs_image_size_for_mixed_sizes(tmp_path):
                    batch_size=2))
     exp = build(_cfg(tmp_path, dataset="folder", data_dir=str(tmp_path), batch_size=2))
     assert exp.probe is None and "label" not in exp.train_data.element_spec
+
+
+def test_tfds_hosts_read_their_own_files(tmp_path, caplog):
+    """Per-host data of a real (tiny, 4-file) tfds data set is sharded by file."""
+    data_dir = tmp_path / "tfds"
+    tiny_tfds.prepare(data_dir, num_shards=4)
+    exp = build(_cfg(tmp_path, dataset=tiny_tfds.NAME, data_dir=str(data_dir), image_size=0,
+                     batch_size=4))
+    assert exp.metadata["images"]["num_examples"] == tiny_tfds.NUM_TRAIN
+    caplog.set_level(logging.INFO)
+    for pid in (0, 1):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid,
+                                         num_replicas_in_sync=2)
+        batches = list(exp.make_train_data(4, ctx).take(4).as_numpy_iterator())
+        assert batches[0]["view1"].shape == (4, 16, 16, 3)
+        # 16 of this host's 18 examples (first epoch: no repeats), all from its files.
+        labels = np.concatenate([b["label"] for b in batches])
+        assert len(set(labels)) == 16
+        assert set(labels) <= set(tiny_tfds.labels_in_files(data_dir, range(pid, 4, 2)))
+    lines = [r.getMessage() for r in caplog.records if "reads by file" in r.getMessage()]
+    assert len(lines) == 2 and "input pipeline 1 of 2 reads by file: 2 of the split's 4 " \
+        "files, 18 examples" in lines[1]
