@@ -20,8 +20,9 @@ images. Pretraining streams are deterministic given the seed: element ``i`` of t
 ``start_step`` resumes the stream exactly where step ``start_step`` began.
 
 With several input pipelines (hosts), :func:`pipeline_source` gives each host its own
-disjoint share: tfds data sets by file (each host opens only its files), folders and
-generated images by element (file names / indices, so nothing of the others' is read).
+disjoint share: tfds data sets by file when the split has enough files (each host opens
+only its own), folders and generated images by element (file names / indices, so nothing
+of the others' is read).
 """
 
 import dataclasses
@@ -60,6 +61,8 @@ class ImageSource:
     for_pipeline: optional ``input_context -> ImageSource``, this source's share for one
       input pipeline when the source can do better than element sharding (tfds: by
       file); see :func:`pipeline_source`.
+    share: ``(input_pipeline_id, num_input_pipelines)`` when this is one pipeline's share
+      of a larger source, else None.
     """
     name: str
     elements: Any
@@ -70,6 +73,7 @@ class ImageSource:
     views: Optional[Callable] = None
     skipped: int = 0
     for_pipeline: Optional[Callable] = None
+    share: Optional[tuple] = None
 
 
 def _to_rgb(image):
@@ -187,6 +191,7 @@ def _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_contex
         num_examples=num,
         num_classes=int(features["label"].num_classes) if has_label else 0,
         image_shape=shape[:2] + (3,) if None not in shape[:2] else None,
+        share=(index, pipelines) if by_file else None,
         for_pipeline=None if pipelines > 1 else functools.partial(
             _tfds_read, builder, name, split, data_dir, shuffle_files, seed))
     if pipelines > 1 and not by_file:
@@ -347,7 +352,7 @@ def shard_source(source, num_shards, index):
         source, name=f"{source.name}[shard {index}/{num_shards}]",
         elements=source.elements.shard(num_shards, index),
         num_examples=len(range(index, source.num_examples, num_shards)),
-        for_pipeline=None)
+        for_pipeline=None, share=(index, num_shards))
 
 
 def pipeline_source(source, input_context):
@@ -357,15 +362,24 @@ def pipeline_source(source, input_context):
       source: an :class:`ImageSource` of the whole data set.
       input_context: ``tf.distribute.InputContext`` (or None = one pipeline).
     Returns:
-      ``source`` itself for one pipeline; else ``source.for_pipeline(input_context)``
-      when the source has one (tfds: disjoint subsets of the files, or its own fallback,
-      see :func:`tfds_source`), else :func:`shard_source` (folder and generated sources:
-      their raw elements are file names / indices, so element sharding already reads
-      nothing of the other hosts'). Shares of the pipelines are disjoint and cover the
-      source; ``num_examples`` is the share's own count.
+      ``source`` itself for one pipeline, or when it already is this pipeline's share;
+      else ``source.for_pipeline(input_context)`` when the source has one (tfds: disjoint
+      subsets of the files, or its own fallback, see :func:`tfds_source`), else
+      :func:`shard_source` (folder and generated sources: their raw elements are file
+      names / indices, so element sharding already reads nothing of the other hosts').
+      The pipelines' shares are disjoint and cover the source; ``num_examples`` is the
+      share's own count.
+    Raises:
+      ValueError when ``source`` is already another pipeline's share.
     """
     if input_context is None or input_context.num_input_pipelines == 1:
         return source
+    wanted = (input_context.input_pipeline_id, input_context.num_input_pipelines)
+    if source.share == wanted:
+        return source
+    if source.share is not None:  # sharding a share again would lose examples
+        raise ValueError(f"{source.name} is already input pipeline {source.share[0]} of "
+                         f"{source.share[1]}'s share; pass the whole source")
     if source.for_pipeline is not None:
         return source.for_pipeline(input_context)
     return shard_source(source, input_context.num_input_pipelines,

@@ -56,6 +56,11 @@ def test_hosts_read_disjoint_files_covering_the_split(data_dir, pipelines, count
         # Exactly the examples of this host's files: sharded by file, not by element.
         assert sorted(labels) == tiny_tfds.labels_in_files(data_dir, range(i, 4, pipelines))
     assert sorted(sum(got, [])) == list(range(NUM))  # disjoint, and the whole split
+    # A share is final: asked again for its own pipeline it is returned as is (no second
+    # sharding); for another pipeline it is refused.
+    assert images.pipeline_source(hosts[1], _ctx(pipelines, 1)) is hosts[1]
+    with pytest.raises(ValueError, match=r"already input pipeline 1 of \d's share"):
+        images.pipeline_source(hosts[1], _ctx(pipelines, 0))
     assert sum("reads by file" in r.getMessage() for r in caplog.records) == pipelines
 
 
