@@ -1,22 +1,29 @@
 """ResNet-18 SimCLR train-step throughput at 32 px, and its fraction of fp32 matmul peak.
 
-    PYTHONPATH=. python benchmarks/resnet_step.py [--steps=6] [--warmup=2]
+    PYTHONPATH=. python benchmarks/resnet_step.py [--steps=6] [--warmup=2] [--kernels]
+    TF_ENABLE_ONEDNN_OPTS=0 PYTHONPATH=. python benchmarks/resnet_step.py   # Eigen kernels
 
-Three figures, measured in one process on the same (shared) CPU:
+Figures, measured in one process on the same (shared) CPU:
 
-* fp32 matmul peak: best GFLOP/s of a 2048^3 tf.matmul in a tf.function;
+* fp32 matmul peak: best GFLOP/s of 2048^3 and 3072^3 tf.matmul (several repeats, measured
+  before and after the steps, best kept), with every core TensorFlow uses;
 * bare step: a hand-written tf.function (encoder + head on both views in one batch,
   NT-Xent tau 0.5, SGD momentum) on a fixed in-memory batch;
-* fit path: DualModel.fit with the online probe and every metric, same batch repeated.
+* fit path: DualModel.fit with the online probe and every metric, same batch repeated;
+* with --kernels: each convolution shape of the network alone (forward, gradient of the
+  input, gradient of the filter), in GFLOP/s and % of the peak: the ceiling of the step.
 
 FLOPs per image: 6.7 GFLOP (1.11 GFLOP forward per view, x3 for training, x2 views).
-Other processes share the CPU, so the figures are pessimistic.
+TensorFlow enables oneDNN by itself only on AVX-512/AMX CPUs; like the tools (tools/cli.py),
+this script turns it on unless TF_ENABLE_ONEDNN_OPTS is set. Other processes share the CPU,
+so the figures are pessimistic; steps and peak are best-of-N to filter the noise.
 """
 
 import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # read once, when TF is imported
 
 from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
@@ -32,22 +39,60 @@ flags.DEFINE_integer("batch_size", 128, "Pairs per step.")
 flags.DEFINE_integer("image_size", 32, "Image side.")
 flags.DEFINE_float("width_multiplier", 1.0, "ResNet width (1.0 = the paper's ResNet-18).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile both steps.")
+flags.DEFINE_bool("kernels", False, "Also time each convolution shape alone (the ceiling).")
 FLAGS = flags.FLAGS
 
 GFLOP_PER_IMAGE = 6.7
 
 
-def matmul_peak(n=2048, reps=5):
-    a = tf.random.normal([n, n])
-    b = tf.random.normal([n, n])
-    f = tf.function(lambda a, b: tf.matmul(a, b))
-    f(a, b).numpy()
-    best = 0.0
+def _best_time(fn, reps):
+    """Best wall time of ``fn()`` over ``reps`` calls after one untimed call."""
+    fn()
+    best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
-        f(a, b).numpy()
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+        fn()
+        best = min(best, time.perf_counter() - start)
     return best
+
+
+def matmul_peak(sizes=(2048, 3072), reps=6):
+    """Best fp32 GFLOP/s of an n^3 tf.matmul over ``sizes`` (the machine's usable peak)."""
+    best = 0.0
+    for n in sizes:
+        a = tf.random.normal([n, n])
+        b = tf.random.normal([n, n])
+        f = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+        best = max(best, 2 * n ** 3 / _best_time(lambda: f(a, b).numpy(), reps) / 1e9)
+    return best
+
+
+# (input side, in channels, out channels, kernel, stride, how many in ResNet-18 CIFAR).
+_CONV_SHAPES = ((32, 3, 64, 3, 1, 1), (32, 64, 64, 3, 1, 4), (32, 64, 128, 3, 2, 1),
+                (32, 64, 128, 1, 2, 1), (16, 128, 128, 3, 1, 3), (16, 128, 256, 3, 2, 1),
+                (16, 128, 256, 1, 2, 1), (8, 256, 256, 3, 1, 3), (8, 256, 512, 3, 2, 1),
+                (8, 256, 512, 1, 2, 1), (4, 512, 512, 3, 1, 3))
+
+
+def conv_kernels(images, reps=3):
+    """GFLOP/s of each conv shape alone: rows (shape, count, GFLOP, fwd, d_input, d_filter)."""
+    rows = []
+    for size, cin, cout, k, stride, count in _CONV_SHAPES:
+        shape = [images, size, size, cin]
+        x = tf.random.normal(shape)
+        w = tf.random.normal([k, k, cin, cout]) * 0.05
+        strides = [1, stride, stride, 1]
+        dy = tf.random.normal([images, size // stride, size // stride, cout])
+        gflop = 2 * images * (size // stride) ** 2 * cin * cout * k * k / 1e9
+        fwd = tf.function(lambda: tf.reduce_sum(tf.nn.conv2d(x, w, strides, "SAME")))
+        d_in = tf.function(lambda: tf.reduce_sum(tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=shape, filter=w, out_backprop=dy, strides=strides, padding="SAME")))
+        d_filt = tf.function(lambda: tf.reduce_sum(tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=[k, k, cin, cout], out_backprop=dy, strides=strides,
+            padding="SAME")))
+        rates = [gflop / _best_time(lambda f=f: f().numpy(), reps) for f in (fwd, d_in, d_filt)]
+        rows.append((f"{size}px {cin}->{cout} {k}x{k}/{stride}", count, gflop, *rates))
+    return rows
 
 
 def networks():
@@ -82,12 +127,10 @@ def bare_rate(data):
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    for _ in range(FLAGS.warmup):
+    for _ in range(FLAGS.warmup - 1):
         step(data["view1"], data["view2"]).numpy()
-    start = time.perf_counter()
-    for _ in range(FLAGS.steps):
-        step(data["view1"], data["view2"]).numpy()
-    return FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - start)
+    return FLAGS.batch_size / _best_time(lambda: step(data["view1"], data["view2"]).numpy(),
+                                         FLAGS.steps)
 
 
 class _Clock(keras.callbacks.Callback):
@@ -109,26 +152,47 @@ def fit_rate(data):
     ds = tf.data.Dataset.from_tensors(data).repeat()
     model.fit(ds, epochs=1, steps_per_epoch=FLAGS.warmup + FLAGS.steps, callbacks=[clock],
               verbose=0, shuffle=False)
-    t = clock.times
-    return FLAGS.steps * FLAGS.batch_size / (t[-1] - t[FLAGS.warmup - 1])
+    t = clock.times[FLAGS.warmup - 1:]
+    # Best single step, as for the bare step (a CPU step has finished when the callback runs).
+    return FLAGS.batch_size / min(b - a for a, b in zip(t, t[1:]))
 
 
 def main(_):
+    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-direct-tensorflow-import
+
+    onednn = _pywrap_util_port.IsMklEnabled()
     peak = matmul_peak()
     data = batch()
     bare = bare_rate(data)
     fit = fit_rate(data)
-    peak_after = matmul_peak()
-    peak = max(peak, peak_after)
+    peak = max(peak, matmul_peak())
     scale = GFLOP_PER_IMAGE * FLAGS.width_multiplier ** 2 * (FLAGS.image_size / 32) ** 2
     print(f"\nResNet-18 SimCLR step, {FLAGS.image_size}px, batch {FLAGS.batch_size}, width "
-          f"{FLAGS.width_multiplier}, {FLAGS.steps} timed steps, jit {FLAGS.jit_compile} "
-          f"({os.cpu_count()} shared CPUs)")
+          f"{FLAGS.width_multiplier}, best of {FLAGS.steps} steps, jit {FLAGS.jit_compile}, "
+          f"oneDNN {'on' if onednn else 'off'} ({os.cpu_count()} shared CPUs)")
     print(f"fp32 matmul peak: {peak:.0f} GFLOP/s")
     print(f"{'path':<28} {'images/s':>9} {'GFLOP/s':>9} {'of peak':>8} {'vs bare':>8}")
     for name, r in (("bare tf.function step", bare), ("DualModel.fit + probe", fit)):
         print(f"{name:<28} {r:9.1f} {r * scale:9.0f} {r * scale / peak:8.0%} "
               f"{r / bare:8.0%}")
+    if FLAGS.kernels:
+        rows = conv_kernels(2 * FLAGS.batch_size)
+        print(f"\nEach conv alone on {2 * FLAGS.batch_size} images: GFLOP/s (% of peak)")
+        print(f"{'conv':<22} {'n':>2} {'GFLOP':>6} {'forward':>12} {'grad input':>12} "
+              f"{'grad filter':>12}")
+        total = [0.0, 0.0, 0.0]
+        for name, count, gflop, *rates in rows:
+            cells = " ".join(f"{r:6.0f} ({r / peak:3.0%})" for r in rates)
+            print(f"{name:<22} {count:2d} {gflop:6.2f} {cells}")
+            for i, r in enumerate(rates):
+                if not (i == 1 and name.startswith("32px 3->")):  # no input grad for the image
+                    total[i] += count * gflop / r
+        flop = sum(c * g for _, c, g, *_ in rows)
+        # The stem needs no gradient of its input: two thirds of its FLOPs in training.
+        train_flop = 3 * flop - rows[0][1] * rows[0][2]
+        rate = train_flop / sum(total)
+        print(f"all convs of a training step at these rates: {rate:.0f} GFLOP/s "
+              f"({rate / peak:.0%} of peak) = {rate / scale:.1f} images/s if nothing else ran")
 
 
 if __name__ == "__main__":
