@@ -1,9 +1,17 @@
 """Plumbing shared by the tools: absl flag errors become one line on stderr and exit 2."""
 
 import functools
+import os
 import sys
 
 from absl import app, flags, logging
+
+# oneDNN kernels for CPU convolutions, matmuls and batch norm. TensorFlow reads this once,
+# when it is first imported, and turns oneDNN on by itself only on CPUs with AVX-512 / AMX;
+# on AVX2 CPUs (this project's machines) its Eigen kernels make the ResNet-18 train step
+# ~1.6x slower (benchmarks/resnet_step.py). Every tool imports this module before
+# TensorFlow; an explicit TF_ENABLE_ONEDNN_OPTS=0 in the environment still wins.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 EXIT_BAD_INPUT = 2  # a flag, config or file is wrong; nothing was written
 
