@@ -6,34 +6,23 @@ metrics.jsonl bytes and every tensor of the last checkpoint. The SIGKILL test (s
 the same through real processes killed at random points (see benchmarks/kill_resume.py).
 """
 
-import dataclasses
 import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf import checkpointing, config, trainer
+from dualssl_tf import checkpointing, config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import kill_resume  # noqa: E402
 
-BASE = config.TrainConfig(
-    dataset="hltm", hltm_depth=3, hltm_children=2, hltm_hid=4, batch_size=16,
-    steps_per_epoch=3, hltm_samples_per_epoch=64, hltm_eval_samples=128, loss="nce",
-    temperature=0.1, optimizer="sgd", learning_rate=0.1, momentum=0.9, seed=3,
-    steps_per_execution=1, checkpoint_every=1, keep_checkpoints=3, verbose=0,
-    deterministic=True)
-
-
-def train(model_dir, **changes):
-    return trainer.run(dataclasses.replace(BASE, model_dir=str(model_dir), **changes))
+from tests.tiny_runs import TINY_HLTM as BASE, train  # noqa: E402
 
 
 def ckpt_tensors(model_dir, epoch):

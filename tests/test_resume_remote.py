@@ -21,18 +21,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf import checkpointing, config, export, runfiles, trainer
+from dualssl_tf import checkpointing, config, export, runfiles
 
-BASE = config.TrainConfig(
-    dataset="hltm", hltm_depth=3, hltm_children=2, hltm_hid=4, batch_size=16,
-    steps_per_epoch=3, hltm_samples_per_epoch=64, hltm_eval_samples=128, loss="nce",
-    temperature=0.1, optimizer="sgd", learning_rate=0.1, momentum=0.9, seed=3,
-    steps_per_execution=1, checkpoint_every=1, keep_checkpoints=3, verbose=0,
-    deterministic=True)
-
-
-def train(model_dir, **changes):
-    return trainer.run(dataclasses.replace(BASE, model_dir=str(model_dir), **changes))
+from tests.tiny_runs import TINY_HLTM as BASE, events, train  # noqa: E402
 
 
 def ram_dir():
@@ -71,15 +62,8 @@ def crash_after_epoch_3_before_its_checkpoint(model_dir):
 def tensorboard_scalars(log_dir):
     """{(subdir, tag): [(step, value), ...]} over all events files, in file order."""
     out = collections.defaultdict(list)
-    for directory, _, files in tf.io.gfile.walk(log_dir):
-        for name in sorted(files):
-            if "tfevents" not in name:
-                continue
-            for raw in tf.data.TFRecordDataset(os.path.join(directory, name)):
-                event = tf.compat.v1.Event.FromString(raw.numpy())
-                for v in event.summary.value:
-                    out[(os.path.basename(directory), v.tag)].append(
-                        (event.step, float(tf.make_ndarray(v.tensor))))
+    for subdir, tag, step, value in events(log_dir):
+        out[(subdir, tag)].append((step, value))
     return out
 
 

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from dualssl_tf import checkpointing, runfiles
+from tests import tiny_runs
 
 
 def ram_dir():
@@ -131,17 +132,7 @@ def write_events(log_dir, steps, tags=("epoch_loss", "epoch_lr")):
 
 def read_events(log_dir):
     """[(tag, step, value)] of every summary in every events file under log_dir."""
-    out = []
-    for directory, _, files in tf.io.gfile.walk(log_dir):
-        for name in sorted(files):
-            if "tfevents" not in name:
-                continue
-            for raw in tf.data.TFRecordDataset(os.path.join(directory, name)):
-                event = tf.compat.v1.Event.FromString(raw.numpy())
-                for v in event.summary.value:
-                    out.append((v.tag, event.step,
-                                float(tf.make_ndarray(v.tensor))))
-    return out
+    return [(tag, step, value) for _, tag, step, value in tiny_runs.events(log_dir)]
 
 
 def test_truncate_events_keeps_steps_up_to_last_step(root):
