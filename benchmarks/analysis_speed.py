@@ -20,7 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dualssl_tf import config, trainer  # noqa: E402
+from dualssl_tf import config# noqa: E402
+from dualssl_tf.run import trainer# noqa: E402
 from dualssl_tf.analysis import sampling  # noqa: E402
 from dualssl_tf.analysis.callback import build_analysis_callback  # noqa: E402
 from dualssl_tf.analysis.connections import Connection  # noqa: E402

@@ -24,11 +24,12 @@ def measure(deterministic, steps):
     import tensorflow as tf
 
     sys.path.insert(0, ROOT)
-    from dualssl_tf import config, experiments, trainer
+    from dualssl_tf import config, experiments
+    from dualssl_tf.run import trainer
 
     cfg = config.TrainConfig(hltm_depth=5, hltm_hid=10, batch_size=128,
                              steps_per_execution=50, model_dir="/tmp/unused", verbose=0)
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(cfg.run.seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     exp = experiments.build(cfg)

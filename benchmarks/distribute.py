@@ -60,11 +60,11 @@ def gather_bytes(method, replicas, batch, dim):
 
 def _mlp_model(gather_fn, dim):
     import keras
-    from dualssl_tf.dual import DualModel
+    from dualssl_tf.methods.contrastive import ContrastiveMethod
     keras.utils.set_random_seed(0)
     enc = keras.Sequential([keras.Input((IN_DIM,)), keras.layers.Dense(HIDDEN, "relu"),
                             keras.layers.Dense(dim)])
-    model = DualModel(enc, loss="ntxent", temperature=0.5, gather_fn=gather_fn)
+    model = ContrastiveMethod(enc, loss="ntxent", temperature=0.5, gather_fn=gather_fn)
     model.compile(optimizer=keras.optimizers.SGD(0.1), steps_per_execution=1)
     return model
 
@@ -83,7 +83,7 @@ def gather_child(replicas, steps, batch, dim):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
-    from dualssl_tf import distribute
+    from dualssl_tf.run import distribute
     strategy = distribute.make_strategy("mirrored")
     rng = np.random.default_rng(0)
     x = {k: rng.normal(size=(batch, IN_DIM)).astype(np.float32) for k in ("view1", "view2")}
@@ -110,7 +110,7 @@ def xla_rows(steps):
     import keras
     import tensorflow as tf
     from dualssl_tf.data.hltm import HLTM
-    from dualssl_tf.dual import DualModel
+    from dualssl_tf.methods.contrastive import ContrastiveMethod
     from dualssl_tf.models.tree_net import TreeNet
 
     nets = {"HLTM TreeNet (L=5, hid 10), B=128, nce, H=1": (
@@ -129,7 +129,7 @@ def xla_rows(steps):
         times = {}
         for jit in (False, True):
             keras.utils.set_random_seed(0)
-            model = DualModel(make_net(), loss=loss, temperature=0.5)
+            model = ContrastiveMethod(make_net(), loss=loss, temperature=0.5)
             model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit)
             times[jit] = _time_fit(model, data, steps)
         rows.append((name, times[False], times[True]))

@@ -25,12 +25,13 @@ def main(_):
     import keras
     import tensorflow as tf
 
-    from dualssl_tf import config, trainer
+    from dualssl_tf import config
+    from dualssl_tf.run import trainer
     from dualssl_tf.experiments import hltm
 
     cfg = config.TrainConfig(model_dir="/tmp/unused", steps_per_execution=50,
                              jit_compile=FLAGS.jit_compile)
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(cfg.run.seed)
     exp = hltm.build(cfg)
     model = trainer.build_model(cfg, exp)
     steps = exp.steps_per_epoch
@@ -51,9 +52,9 @@ def main(_):
         t4 = time.perf_counter()
         rows.append((t1 - t0, t3 - t2, t4 - t3))
 
-    print(f"HLTM epoch (depth {cfg.hltm_depth}, hid {cfg.hltm_hid}, {steps} steps of "
-          f"batch {cfg.batch_size}, metric on {cfg.hltm_eval_samples} samples, "
-          f"jit_compile={cfg.jit_compile}), "
+    print(f"HLTM epoch (depth {cfg.hltm.depth}, hid {cfg.hltm.hid}, {steps} steps of "
+          f"batch {cfg.optim.batch_size}, metric on {cfg.hltm.eval_samples} samples, "
+          f"jit_compile={cfg.run.jit_compile}), "
           f"{os.cpu_count()} cores")
     print(f"{'epoch':>8} {'sampling s':>11} {'training s':>11} {'metric s':>9} {'total s':>8}")
     for i, (s, t, m) in enumerate(rows):

@@ -9,7 +9,7 @@ Figures, measured in one process on the same (shared) CPU:
   and after the timed steps (best kept), with every core TensorFlow uses;
 * bare step: a hand-written tf.function (encoder + head on both views in one batch,
   NT-Xent tau 0.5, SGD momentum) on a fixed in-memory batch;
-* fit path: DualModel.fit with the online probe and every metric, same batch repeated;
+* fit path: ContrastiveMethod.fit with the online probe and every metric, same batch repeated;
 * with --kernels: each convolution shape of the network alone (forward, gradient of the
   input, gradient of the filter), in GFLOP/s and % of the peak: the ceiling of the step.
 
@@ -30,7 +30,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from dualssl_tf import losses  # noqa: E402
-from dualssl_tf.dual import DualModel  # noqa: E402
+from dualssl_tf.methods import contrastive
+from dualssl_tf.methods.contrastive import ContrastiveMethod  # noqa: E402
 from dualssl_tf.models import heads, resnet  # noqa: E402
 
 flags.DEFINE_integer("steps", 6, "Timed train steps per path.")
@@ -127,7 +128,7 @@ def batch():
 def bare_rate(data, peak):
     enc, head = networks()
     opt = keras.optimizers.SGD(0.1, momentum=0.9)
-    loss_fn = losses.get_loss_fn("ntxent", 0.5, 0.0, 0.0, dim=128)
+    loss_fn = contrastive.loss_fn("ntxent", 0.5, 0.0, 0.0, dim=128)
     variables = enc.trainable_variables + head.trainable_variables
     opt.build(variables)
 
@@ -173,7 +174,7 @@ class _Clock(keras.callbacks.Callback):
 def fit_rate(data, peak):
     enc, head = networks()
     probe = heads.LinearProbe(10)
-    model = DualModel(enc, head, loss="ntxent", temperature=0.5, probe=probe)
+    model = ContrastiveMethod(enc, head, loss="ntxent", temperature=0.5, probe=probe)
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                   jit_compile=FLAGS.jit_compile)
     clock = _Clock(peak)
@@ -200,7 +201,7 @@ def main(_):
           f"oneDNN {'on' if onednn else 'off'} ({os.cpu_count()} shared CPUs)")
     print(f"fp32 matmul peak: {peak:.0f} GFLOP/s")
     print(f"{'path':<28} {'images/s':>9} {'GFLOP/s':>9} {'of peak':>8} {'vs bare':>8}")
-    for name, r in (("bare tf.function step", bare), ("DualModel.fit + probe", fit)):
+    for name, r in (("bare tf.function step", bare), ("ContrastiveMethod.fit + probe", fit)):
         print(f"{name:<28} {r:9.1f} {r * scale:9.0f} {r * scale / peak:8.0%} "
               f"{r / bare:8.0%}")
     if FLAGS.kernels:

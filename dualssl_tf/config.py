@@ -1,346 +1,279 @@
-"""Plain training configuration: one field per command-line flag, and its validation.
+"""The run configuration: option sections, their validation, and flagfiles.
 
-Tools parse absl flags into a :class:`TrainConfig`; library code only ever sees this object.
+A :class:`TrainConfig` groups every setting of a training run in sections:
+``cfg.data``, ``cfg.method``, ``cfg.optim``, ``cfg.run``, ``cfg.analysis`` (defined here),
+the selected methods' options (``cfg.contrastive``, from :mod:`dualssl_tf.methods`) and
+the tasks' (``cfg.hltm``, ``cfg.images``, ``cfg.generated``, ``cfg.translation1d``, from
+:mod:`dualssl_tf.tasks`). Each field is one command-line flag (``cfg.hltm.depth`` is
+``--hltm_depth``); its help text and whether a resumed run may change it are carried by the
+field itself (:func:`dualssl_tf.options.option`), and ``tools/train.py`` generates the
+absl flags from them. A config is built from flag values: ``TrainConfig(hltm_depth=3)``.
+
 :func:`validate` checks everything before any work starts and raises :class:`ConfigError`
-naming the flag, which tools print as one line and exit with status 2.
+naming the flag, which tools print as one line and exit with status 2. TensorFlow-free, so
+bad flags fail in a fraction of a second.
 """
 
 import dataclasses
 import json
-import math
 import os
-import re
 import tempfile
 
-from dualssl_tf.models import stems
+from dualssl_tf import methods, tasks
+from dualssl_tf.options import (ConfigError, Section, check_types, choice, option,  # noqa: F401
+                                require)
 
-# Kept free of TensorFlow so tools can reject bad flags in a fraction of a second.
-LOSS_NAMES = ("simp", "tri", "nce", "ntxent", "cov", "nce_batch")
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")   # --strategy (distribute.py)
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")   # --strategy (run/distribute.py)
 MIXED_PRECISION = ("none", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A bad setting; ``flag`` names it, the message says what is allowed."""
-
-    def __init__(self, flag, message):
-        super().__init__(f"--{flag}: {message}")
-        self.flag = flag
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
+LR_SCHEDULES = ("constant", "cosine")
+LR_SCALINGS = ("none", "linear", "sqrt")
 
 
 @dataclasses.dataclass
+class DataOptions(Section):
+    """What is trained on (the task is chosen by ``dataset``; :mod:`dualssl_tf.tasks`)."""
+    dataset: str = option("hltm", "Data: hltm (generated latent tree, the default; no "
+                          "download), translation1d (the 1-D translation toy of Figure 3), "
+                          "generated_images (generated shapes; no download), folder "
+                          "(--data_dir of class sub-folders) or a TensorFlow Datasets name "
+                          "(stl10, cifar10, cifar100).")
+    data_dir: str = option("", "Directory (or gs:// bucket) holding downloaded datasets.",
+                           resumable=True)
+    encoder: str = option("auto", "Encoder network; auto = the dataset's own (TreeNet for "
+                          "hltm, ResNet-18 for images); images: resnet18 | resnet50.")
+
+
+@dataclasses.dataclass
+class MethodOptions(Section):
+    """Which method is trained (:data:`dualssl_tf.methods.METHODS`) and its online probe."""
+    method: str = option("contrastive", "Training method: " + ", ".join(methods.METHODS)
+                         + " (its options: the flags of its section).")
+    probe: bool = option(True, "Train an online linear probe on stop_gradient("
+                         "representation) where the data has labels, with its own Adam "
+                         "optimizer; reports probe_acc and probe_test_acc.")
+    probe_learning_rate: float = option(1e-3, "Learning rate of the online probe's own "
+                                        "Adam optimizer (no weight decay, no schedule).")
+
+    def validate(self, cfg):
+        choice(self.method, tuple(methods.METHODS), "method")
+        require(self.probe_learning_rate > 0, "probe_learning_rate",
+                f"must be > 0, got {self.probe_learning_rate}")
+
+
+@dataclasses.dataclass
+class OptimOptions(Section):
+    """The method's optimizer, its schedule and the length of the run."""
+    batch_size: int = option(128, "Global batch size (pairs per step).")
+    epochs: int = option(50, "Training epochs.", resumable=True)
+    steps_per_epoch: int = option(0, "Steps per epoch; 0 = the dataset's natural epoch.")
+    optimizer: str = option("sgd", "sgd | adam | adamw | lars.")
+    learning_rate: float = option(0.1, "Base learning rate (> 0).")
+    momentum: float = option(0.0, "SGD momentum in [0, 1).")
+    weight_decay: float = option(0.0, "Weight decay (>= 0): decoupled for sgd/adam/adamw, "
+                                 "added to the gradient for lars; biases and BatchNorm are "
+                                 "exempt.")
+    lr_schedule: str = option("constant", "constant | cosine (decay to 0 over the run, "
+                              "after the warmup).")
+    warmup_epochs: float = option(0.0, "Linear learning-rate warmup, in epochs.")
+    lr_scaling: str = option("none", "Batch-size scaling of --learning_rate: none | linear "
+                             "(lr*B/256) | sqrt (lr*sqrt(B)).")
+    lars_eta: float = option(0.001, "LARS trust coefficient.")
+
+    def validate(self, cfg):
+        require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        require(self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
+        require(self.steps_per_epoch >= 0, "steps_per_epoch",
+                f"must be >= 0 (0 = whole dataset), got {self.steps_per_epoch}")
+        choice(self.optimizer, OPTIMIZERS, "optimizer")
+        require(self.learning_rate > 0, "learning_rate",
+                f"must be > 0, got {self.learning_rate}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
+        choice(self.lr_scaling, LR_SCALINGS, "lr_scaling")
+        require(0 <= self.warmup_epochs <= max(self.epochs, 0), "warmup_epochs",
+                f"must be in [0, --epochs={self.epochs}], got {self.warmup_epochs}")
+        require(self.lars_eta > 0, "lars_eta", f"must be > 0, got {self.lars_eta}")
+        require(self.weight_decay >= 0, "weight_decay",
+                f"must be >= 0, got {self.weight_decay}")
+
+
+@dataclasses.dataclass
+class RunOptions(Section):
+    """How the run executes: output, devices, precision, fault tolerance."""
+    seed: int = option(1, "Random seed: tree polarities, initialisation and data order.")
+    steps_per_execution: int = option(1, "Train steps per tf.function call (cuts host "
+                                      "overhead).", resumable=True)
+    jit_compile: bool = option(False, "Compile the train step with XLA (one device; TPUs "
+                               "always use XLA).", resumable=True)
+    strategy: str = option("default", "tf.distribute strategy: default (one device) | "
+                           "mirrored (local GPUs) | multi_worker (machines listed in "
+                           "TF_CONFIG) | tpu (needs --tpu).", resumable=True)
+    tpu: str = option("", "Cloud TPU name, grpc://HOST:8470 address or 'local' (TPU VM); "
+                      "--strategy=tpu.", resumable=True)
+    num_gpus: int = option(0, "GPUs for --strategy=mirrored; 0 = all visible GPUs.",
+                           resumable=True)
+    sync_bn: bool = option(False, "Cross-replica BatchNorm under a distribution strategy "
+                           "(always on with more than one replica).")
+    # Not resumable: float16 adds loss-scale variables to the optimizer state.
+    mixed_precision: str = option("none", "none | bfloat16 (TPU/Ampere) | float16 (dynamic "
+                                  "loss scaling); losses stay float32.")
+    model_dir: str = option("", "Output directory: flags.txt, metrics.jsonl, logs/, "
+                            "saved_model/.", resumable=True)
+    verbose: int = option(1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per "
+                          "epoch.", resumable=True)
+    checkpoint_every: int = option(1, "Epochs between checkpoints in model_dir/checkpoints "
+                                   "(and after the last epoch); a re-run resumes from the "
+                                   "newest readable one.", resumable=True)
+    keep_checkpoints: int = option(3, "Checkpoints kept (>= 2: a corrupt newest one falls "
+                                   "back to the previous).", resumable=True)
+    deterministic: bool = option(True, "Deterministic TF ops (bit-identical resume on CPU); "
+                                 "--nodeterministic may be faster on GPU. With "
+                                 "--jit_compile the XLA step is used as compiled (Keras "
+                                 "disables XLA under op determinism).", resumable=True)
+
+    def validate(self, cfg):
+        require(self.steps_per_execution >= 1, "steps_per_execution",
+                f"must be >= 1, got {self.steps_per_execution}")
+        require(self.verbose in (0, 1, 2), "verbose", f"must be 0, 1 or 2, got {self.verbose}")
+        require(self.checkpoint_every >= 1, "checkpoint_every",
+                f"must be >= 1 (epochs between checkpoints), got {self.checkpoint_every}")
+        require(self.keep_checkpoints >= 2, "keep_checkpoints",
+                f"must be >= 2 (a fallback if the newest is corrupt), got "
+                f"{self.keep_checkpoints}")
+        require(0 <= self.seed < 2 ** 32, "seed", f"must be in [0, 2**32), got {self.seed}")
+        choice(self.strategy, STRATEGIES, "strategy")
+        require(self.strategy != "tpu" or self.tpu, "tpu",
+                "--strategy=tpu needs --tpu=NAME, --tpu=grpc://HOST:8470 or --tpu=local")
+        require(self.strategy == "tpu" or not self.tpu, "tpu",
+                f"--tpu is only used with --strategy=tpu (got --strategy={self.strategy})")
+        require(self.num_gpus >= 0, "num_gpus", f"must be >= 0 (0 = all), got {self.num_gpus}")
+        require(self.strategy == "mirrored" or not self.num_gpus, "num_gpus",
+                f"is only used with --strategy=mirrored (got --strategy={self.strategy})")
+        if self.strategy == "multi_worker":
+            check_tf_config(os.environ.get("TF_CONFIG", ""))
+        choice(self.mixed_precision, MIXED_PRECISION, "mixed_precision")
+        if self.mixed_precision == "float16":
+            check_float16 = getattr(cfg.method_options, "check_float16", None)
+            if check_float16:
+                check_float16()
+        require(bool(self.model_dir), "model_dir",
+                "is required: a directory for the run's outputs")
+        _check_writable(self.model_dir)
+
+
+@dataclasses.dataclass
+class AnalysisOptions(Section):
+    """Per-epoch covariance-operator analysis (:mod:`dualssl_tf.analysis.callback`)."""
+    prefix = "analysis_"
+    every: int = option(0, "Log ||OP_l||_F, ||W_l|| and the alignment of W_l with OP_l's "
+                        "top eigenvector every k epochs (hltm, translation1d); 0 = off.",
+                        resumable=True)
+    points: int = option(32, "Base points M (x 8 augmentations) for --analysis_every (>= 2).",
+                         resumable=True)
+
+    def validate(self, cfg):
+        require(self.every >= 0, "analysis_every",
+                f"must be >= 0 (0 = off, k = every k epochs), got {self.every}")
+        require(self.points >= 2, "analysis_points",
+                f"must be >= 2 (a covariance needs M >= 2 base points), got {self.points}")
+
+
+# Section attribute -> Section class, in flag order (flags.txt, --helpfull).
+SECTIONS = {"data": DataOptions, "method": MethodOptions}
+SECTIONS.update({spec.section: spec.options for spec in methods.METHODS.values()})
+SECTIONS.update({"optim": OptimOptions, "run": RunOptions, "analysis": AnalysisOptions})
+SECTIONS.update(tasks.option_sections())
+
+
+def flag_fields():
+    """[(flag name, section attribute, dataclasses.Field)] of every flag, in order."""
+    out = []
+    for attr, cls in SECTIONS.items():
+        out.extend((flag, attr, field) for flag, field in cls.flag_fields())
+    return out
+
+
+_FLAG_SECTION = {flag: (attr, field) for flag, attr, field in flag_fields()}
+assert len(_FLAG_SECTION) == len(flag_fields()), "two sections declare the same flag"
+# Flags that may differ when a run in an existing --model_dir is resumed.
+RESUMABLE_FLAGS = frozenset(flag for flag, _, field in flag_fields()
+                            if field.metadata["resumable"])
+
+
 class TrainConfig:
-    """All settings of a training run (see tools/train.py for the flag help)."""
-    # What to train on and with.
-    dataset: str = "hltm"
-    data_dir: str = ""
-    encoder: str = "auto"
-    # Objective.
-    loss: str = "nce"
-    negatives: str = "auto"          # auto | batch | explicit
-    temperature: float = 0.1
-    margin: float = -1.0             # -1 = not given; --loss=tri requires it
-    beta: float = 0.0
-    num_negatives: int = 1
-    # Optimisation.
-    batch_size: int = 128
-    epochs: int = 50
-    steps_per_epoch: int = 0         # 0 = the dataset's natural epoch
-    optimizer: str = "sgd"
-    learning_rate: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    seed: int = 1
-    steps_per_execution: int = 1
-    jit_compile: bool = False
-    # Scale-out (dualssl_tf/distribute.py).
-    strategy: str = "default"        # default | mirrored | multi_worker | tpu
-    tpu: str = ""
-    num_gpus: int = 0                # mirrored: 0 = all local GPUs
-    local_negatives: bool = False    # True: in-batch negatives from the local replica only
-    mixed_precision: str = "none"    # none | bfloat16 | float16
-    # Output.
-    model_dir: str = ""
-    verbose: int = 1
-    # Fault tolerance (dualssl_tf/checkpointing.py).
-    checkpoint_every: int = 1        # epochs between checkpoints (and always after the last)
-    keep_checkpoints: int = 3        # >= 2, so a corrupt newest one has a fallback
-    deterministic: bool = True       # tf.config.experimental.enable_op_determinism()
-    # HLTM (DIGEST section 4).
-    hltm_depth: int = 5
-    hltm_children: int = 2
-    hltm_hid: int = 10
-    hltm_delta_lower: float = 0.8
-    hltm_delta_upper: float = 1.0
-    hltm_samples_per_epoch: int = 64000
-    hltm_eval_samples: int = 64000
-    # Image data sets (generated_images, folder, any tfds name; DIGEST section 6).
-    image_size: int = 0              # 0 = the data set's own size (32 for generated)
-    stem: str = "auto"               # cifar | imagenet | auto (imagenet from 96 px)
-    width_multiplier: float = 1.0
-    sync_bn: bool = False
-    proj_dim: int = 128
-    proj_hidden_dim: int = 512
-    proj_layers: int = 2
-    probe: bool = True               # online linear probe where the data has labels
-    color_jitter_strength: float = 1.0
-    blur: bool = False
-    shuffle_buffer: int = 10000
-    skip_corrupt_images: bool = False
-    generated_examples: int = 10000
-    generated_classes: int = 6
-    generated_view_jitter: float = 0.5
-    # Learning-rate schedule and LARS.
-    lr_schedule: str = "constant"    # constant | cosine (after warmup)
-    warmup_epochs: float = 0.0
-    lr_scaling: str = "none"         # none | linear (lr B/256) | sqrt (lr sqrt(B))
-    lars_eta: float = 0.001
-    # 1-D translation toy (DIGEST section 5).
-    translation1d_length: int = 12
-    translation1d_filters: int = 8
-    translation1d_kernel: int = 3
-    translation1d_pooling: str = "max"   # max | avg over positions
-    translation1d_bias: bool = True
-    # Per-epoch covariance-operator analysis (dualssl_tf.analysis.callback).
-    analysis_every: int = 0          # 0 = off
-    analysis_points: int = 32        # M base points (x 8 augmentations) per analysis
+    """All settings of a training run, in sections (see the module docstring).
+
+    Built from flag values (``TrainConfig(dataset="hltm", hltm_depth=3)``; unset flags
+    take their defaults); read by section (``cfg.hltm.depth``, ``cfg.optim.batch_size``).
+    Unknown flag names raise TypeError.
+    """
+
+    def __init__(self, **flags):
+        unknown = sorted(set(flags) - set(_FLAG_SECTION))
+        if unknown:
+            raise TypeError(f"TrainConfig: unknown flags {', '.join(unknown)}")
+        for attr, cls in SECTIONS.items():
+            values = {field.name: flags[flag] for flag, field in cls.flag_fields()
+                      if flag in flags}
+            setattr(self, attr, cls(**values))
+
+    def flags(self):
+        """{flag name: value} of every flag, in order."""
+        return {flag: getattr(getattr(self, attr), field.name)
+                for flag, attr, field in flag_fields()}
+
+    def replace(self, **flags):
+        """A copy with some flags changed."""
+        return TrainConfig(**{**self.flags(), **flags})
+
+    @property
+    def method_options(self):
+        """The options section of the selected ``--method``."""
+        return getattr(self, methods.spec(self.method.method).section)
+
+    @property
+    def task(self):
+        """The :class:`~dualssl_tf.tasks.TaskSpec` of ``--dataset`` (ConfigError if none)."""
+        return tasks.spec(self.data.dataset)
+
+    def __eq__(self, other):
+        return isinstance(other, TrainConfig) and self.flags() == other.flags()
+
+    def __repr__(self):
+        changed = {k: v for k, v in self.flags().items() if v != TrainConfig._DEFAULTS[k]}
+        return f"TrainConfig({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
-NEGATIVES = ("auto", "batch", "explicit")
-LR_SCHEDULES = ("constant", "cosine")
-LR_SCALINGS = ("none", "linear", "sqrt")
-# --dataset values with their own builder; any other valid name is a tfds data set.
-IMAGE_DATASETS = ("generated_images", "folder")
-# Non-image families (ARCHITECTURE.md); their own validation lives beside hltm's.
-NON_IMAGE_DATASETS = ("hltm", "translation1d")
-IMAGE_ENCODERS = ("auto", "resnet18", "resnet50")
-# tfds names: lower-case identifier, optional /config and :version.
-_TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?(:[0-9.*]+)?$")
-# Native image side of the paper's data sets (used when --image_size=0).
-NATIVE_IMAGE_SIZE = {"stl10": 96, "cifar10": 32, "cifar100": 32, "generated_images": 32}
-
-
-def is_image_dataset(name):
-    """True for generated_images, folder and names shaped like tfds data sets
-    (``name[/config][:version]``, lower case); whether tfds knows the name is checked when
-    the data is opened."""
-    return name in IMAGE_DATASETS or (name not in NON_IMAGE_DATASETS
-                                      and bool(_TFDS_NAME.match(name)))
-# Flags that may differ when a run in an existing --model_dir is resumed: they change how
-# the run executes (devices, monitoring, fault handling) or how long it goes on, not what is
-# trained. Every other flag must equal the value recorded in model_dir/flags.txt (see
-# check_resume_compatible); mixed_precision is not here because float16 adds loss-scale
-# variables to the optimizer state.
-RESUMABLE_FLAGS = frozenset({"epochs", "verbose", "model_dir", "data_dir", "checkpoint_every",
-                             "keep_checkpoints", "steps_per_execution", "jit_compile",
-                             "deterministic", "strategy", "tpu", "num_gpus", "analysis_every",
-                             "analysis_points", "skip_corrupt_images"})
-MAX_HLTM_LEAVES = 2 ** 20  # c**L inputs; beyond this one batch no longer fits in memory
-
-
-def _require(cond, flag, message):
-    if not cond:
-        raise ConfigError(flag, message)
+TrainConfig._DEFAULTS = {flag: field.default for flag, _, field in flag_fields()}
 
 
 def validate(cfg):
-    """Raises ConfigError for the first bad setting; returns cfg unchanged otherwise."""
-    _validate_types(cfg)
-    _require(cfg.loss in LOSS_NAMES, "loss",
-             f"got {cfg.loss!r}; allowed: {', '.join(LOSS_NAMES)}")
-    _require(cfg.negatives in NEGATIVES, "negatives",
-             f"got {cfg.negatives!r}; allowed: {', '.join(NEGATIVES)}")
-    _require(cfg.temperature > 0, "temperature", f"must be > 0, got {cfg.temperature}")
-    if cfg.loss == "tri":
-        _require(cfg.margin != -1.0, "margin", "--loss=tri needs the margin r0 given "
-                 "explicitly (>= 0), e.g. --margin=0.5")
-        _require(cfg.margin >= 0, "margin", f"must be >= 0, got {cfg.margin}")
-    else:
-        _require(cfg.margin == -1.0, "margin", f"only --loss=tri uses a margin, got "
-                 f"--margin={cfg.margin} with --loss={cfg.loss}; drop --margin")
-    _require(cfg.beta > -1, "beta", f"must be > -1 (the loss divides by 1 + beta), got {cfg.beta}")
-    _require(cfg.beta == 0 or cfg.loss in ("nce", "ntxent", "cov"), "beta",
-             f"the generalised loss exists for nce, ntxent and cov, not {cfg.loss!r}; "
-             "set --beta=0 or change --loss")
-    _require(cfg.num_negatives >= 1, "num_negatives", f"must be >= 1, got {cfg.num_negatives}")
-    _require(cfg.batch_size > 0, "batch_size", f"must be > 0, got {cfg.batch_size}")
-    _require(cfg.epochs >= 0, "epochs", f"must be >= 0, got {cfg.epochs}")
-    _require(cfg.steps_per_epoch >= 0, "steps_per_epoch",
-             f"must be >= 0 (0 = whole dataset), got {cfg.steps_per_epoch}")
-    _require(cfg.optimizer in OPTIMIZERS, "optimizer",
-             f"got {cfg.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
-    _require(cfg.learning_rate > 0, "learning_rate", f"must be > 0, got {cfg.learning_rate}")
-    _require(0 <= cfg.momentum < 1, "momentum", f"must be in [0, 1), got {cfg.momentum}")
-    _require(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule",
-             f"got {cfg.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
-    _require(cfg.lr_scaling in LR_SCALINGS, "lr_scaling",
-             f"got {cfg.lr_scaling!r}; allowed: {', '.join(LR_SCALINGS)}")
-    _require(0 <= cfg.warmup_epochs <= max(cfg.epochs, 0), "warmup_epochs",
-             f"must be in [0, --epochs={cfg.epochs}], got {cfg.warmup_epochs}")
-    _require(cfg.lars_eta > 0, "lars_eta", f"must be > 0, got {cfg.lars_eta}")
-    _require(cfg.weight_decay >= 0, "weight_decay", f"must be >= 0, got {cfg.weight_decay}")
-    _require(cfg.steps_per_execution >= 1, "steps_per_execution",
-             f"must be >= 1, got {cfg.steps_per_execution}")
-    _require(cfg.verbose in (0, 1, 2), "verbose", f"must be 0, 1 or 2, got {cfg.verbose}")
-    _require(cfg.checkpoint_every >= 1, "checkpoint_every",
-             f"must be >= 1 (epochs between checkpoints), got {cfg.checkpoint_every}")
-    _require(cfg.keep_checkpoints >= 2, "keep_checkpoints",
-             f"must be >= 2 (a fallback if the newest is corrupt), got {cfg.keep_checkpoints}")
-    _require(0 <= cfg.seed < 2 ** 32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
-    _validate_distribution(cfg)
-    _require(bool(cfg.model_dir), "model_dir", "is required: a directory for the run's outputs")
-    _check_writable(cfg.model_dir)
-    _require(cfg.analysis_every >= 0, "analysis_every",
-             f"must be >= 0 (0 = off, k = every k epochs), got {cfg.analysis_every}")
-    _require(cfg.analysis_points >= 2, "analysis_points",
-             f"must be >= 2 (a covariance needs M >= 2 base points), got {cfg.analysis_points}")
-    if cfg.dataset == "hltm":
-        _validate_hltm(cfg)
-    elif cfg.dataset == "translation1d":
-        _validate_translation1d(cfg)
-    elif is_image_dataset(cfg.dataset):
-        _validate_images(cfg)
-    else:
-        raise ConfigError("dataset", f"unknown dataset {cfg.dataset!r}; allowed: hltm, "
-                          "translation1d, generated_images, folder or a TensorFlow Datasets "
-                          "name such as stl10, cifar10, cifar100")
+    """Raises ConfigError for the first bad setting; returns cfg unchanged otherwise.
+
+    Order: types, the method's options, optimisation, execution, analysis, the task's
+    options (only the selected method's and task's sections are checked), then that a
+    run already in ``--model_dir`` was made with the same flags.
+    """
+    for attr in SECTIONS:
+        check_types(getattr(cfg, attr))
+    cfg.method.validate(cfg)
+    cfg.method_options.validate(cfg)
+    cfg.data.validate(cfg)
+    cfg.optim.validate(cfg)
+    cfg.run.validate(cfg)
+    cfg.analysis.validate(cfg)
+    cfg.task.validate(cfg)
     check_resume_compatible(cfg)
     return cfg
-
-
-def _validate_types(cfg):
-    """Every field has its default's type, floats are finite and ints fit in int32."""
-    for field in dataclasses.fields(cfg):
-        value, kind = getattr(cfg, field.name), type(field.default)
-        if kind in (bool, str):
-            ok = isinstance(value, kind)
-        else:  # an int is a fine float; a bool is neither
-            ok = isinstance(value, (int, kind)) and not isinstance(value, bool)
-        _require(ok, field.name, f"must be a {kind.__name__}, got {value!r}")
-        if kind is float:
-            _require(math.isfinite(value), field.name, f"must be a finite number, got {value}")
-        if kind is int:
-            _require(abs(value) < 2 ** 31, field.name, f"must be below 2**31, got {value}")
-
-
-def image_size(cfg):
-    """The image side a run uses: --image_size, else the data set's native size (0 when
-    unknown before the data is opened, e.g. a folder or another tfds data set)."""
-    return cfg.image_size or NATIVE_IMAGE_SIZE.get(cfg.dataset.split(":")[0], 0)
-
-
-def _validate_images(cfg):
-    """Checks of the image path that need no data (the builder checks the rest)."""
-    _require(cfg.dataset != "folder" or cfg.data_dir, "data_dir",
-             "is required with --dataset=folder: a directory of images, one sub-folder "
-             "per class")
-    _require(cfg.encoder in IMAGE_ENCODERS, "encoder",
-             f"got {cfg.encoder!r}; allowed for image data: {', '.join(IMAGE_ENCODERS)}")
-    _require(cfg.stem in stems.STEMS, "stem",
-             f"got {cfg.stem!r}; allowed: {', '.join(stems.STEMS)}")
-    _require(cfg.image_size >= 0, "image_size", f"must be >= 0, got {cfg.image_size}")
-    size = image_size(cfg)
-    if size:
-        stem = stems.resolve_stem(cfg.stem, size)
-        low = stems.MIN_IMAGE_SIZE[stem]
-        _require(size >= low, "image_size",
-                 f"{size} px is too small for the {stem} stem (needs >= {low}); use "
-                 "--stem=cifar or a larger --image_size")
-    _require(cfg.width_multiplier > 0, "width_multiplier",
-             f"must be > 0, got {cfg.width_multiplier}")
-    for flag in ("proj_dim", "proj_hidden_dim"):
-        _require(getattr(cfg, flag) >= 1, flag, f"must be >= 1, got {getattr(cfg, flag)}")
-    _require(cfg.proj_layers >= 0, "proj_layers",
-             f"must be >= 0 (0 = no head), got {cfg.proj_layers}")
-    _require(cfg.color_jitter_strength >= 0, "color_jitter_strength",
-             f"must be >= 0, got {cfg.color_jitter_strength}")
-    _require(cfg.shuffle_buffer >= 1, "shuffle_buffer",
-             f"must be >= 1, got {cfg.shuffle_buffer}")
-    _require(cfg.negatives != "explicit", "negatives",
-             "image data sets use in-batch negatives; use --negatives=batch or auto")
-    if cfg.dataset == "generated_images":
-        _require(2 <= cfg.generated_classes <= 6, "generated_classes",
-                 f"must be in [2, 6], got {cfg.generated_classes}")
-        _require(0 <= cfg.generated_view_jitter <= 1, "generated_view_jitter",
-                 f"must be in [0, 1], got {cfg.generated_view_jitter}")
-        _require(cfg.generated_examples >= cfg.batch_size, "batch_size",
-                 f"{cfg.batch_size} is larger than the generated data set "
-                 f"(--generated_examples={cfg.generated_examples}); lower --batch_size")
-
-
-def _validate_translation1d(cfg):
-    _require(cfg.translation1d_length >= 4, "translation1d_length",
-             f"must be >= 4 to hold the object '101', got {cfg.translation1d_length}")
-    _require(cfg.translation1d_filters >= 1, "translation1d_filters",
-             f"must be >= 1, got {cfg.translation1d_filters}")
-    _require(1 <= cfg.translation1d_kernel <= cfg.translation1d_length, "translation1d_kernel",
-             f"must be in [1, --translation1d_length={cfg.translation1d_length}], "
-             f"got {cfg.translation1d_kernel}")
-    _require(cfg.translation1d_pooling in ("max", "avg"), "translation1d_pooling",
-             f"got {cfg.translation1d_pooling!r}; allowed: max, avg")
-    _require(cfg.negatives != "explicit", "negatives",
-             "translation1d has no explicit negatives; use --negatives=auto or batch")
-
-
-def _validate_distribution(cfg):
-    _require(cfg.strategy in STRATEGIES, "strategy",
-             f"got {cfg.strategy!r}; allowed: {', '.join(STRATEGIES)}")
-    _require(cfg.strategy != "tpu" or cfg.tpu, "tpu",
-             "--strategy=tpu needs --tpu=NAME, --tpu=grpc://HOST:8470 or --tpu=local")
-    _require(cfg.strategy == "tpu" or not cfg.tpu, "tpu",
-             f"--tpu is only used with --strategy=tpu (got --strategy={cfg.strategy})")
-    _require(cfg.num_gpus >= 0, "num_gpus", f"must be >= 0 (0 = all), got {cfg.num_gpus}")
-    _require(cfg.strategy == "mirrored" or not cfg.num_gpus, "num_gpus",
-             f"is only used with --strategy=mirrored (got --strategy={cfg.strategy})")
-    if cfg.strategy == "multi_worker":
-        check_tf_config(os.environ.get("TF_CONFIG", ""))
-    _require(cfg.mixed_precision in MIXED_PRECISION, "mixed_precision",
-             f"got {cfg.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISION)}")
-    if cfg.mixed_precision == "float16":
-        _check_float16(cfg)
-
-
-# ln(65504): e^x overflows float16 (max 65504) above this.
-FLOAT16_MAX_EXP = math.log(65504.0)
-
-
-def max_loss_exponent(loss, temperature, margin=0.0):
-    """Largest exponent e^x the loss forms for unit embeddings (distances in [0, 2]).
-
-    nce/ntxent: logsumexp of -r/tau; cov: sigmoid(-r/tau); tri: (r+ - r- + r0)/tau; simp and
-    nce_batch (batch means divided by the width) form no large exponent: 0.
-    """
-    if loss in ("nce", "ntxent", "cov"):
-        return 2.0 / temperature
-    if loss == "tri":
-        return (2.0 + margin) / temperature
-    return 0.0
-
-
-def _check_float16(cfg):
-    """float16 (max 65504) cannot hold e^x for x > 11.09.
-
-    DualModel computes losses in float32, so this is a conservative guard: it keeps every
-    exponent the loss forms representable in the float16 compute dtype (and thus the
-    loss-scaled values of any float16 loss code path); bfloat16 has float32's range and
-    has no such limit.
-    """
-    x = max_loss_exponent(cfg.loss, cfg.temperature, cfg.margin)
-    if x > FLOAT16_MAX_EXP:
-        need = (2.0 + (cfg.margin if cfg.loss == "tri" else 0.0)) / FLOAT16_MAX_EXP
-        raise ConfigError("mixed_precision",
-                          f"float16 overflows with --loss={cfg.loss} at --temperature="
-                          f"{cfg.temperature} (e^{x:.1f} > 65504); use "
-                          f"--mixed_precision=bfloat16 or --temperature >= {math.ceil(need * 1000) / 1000}")
 
 
 def check_tf_config(raw):
     """Raises ConfigError(strategy) unless ``raw`` is a usable multi-worker TF_CONFIG."""
     fix = ('set it on every worker, e.g. TF_CONFIG=\'{"cluster": {"worker": '
            '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\'')
-    _require(bool(raw), "strategy", f"multi_worker needs the TF_CONFIG environment variable; "
-             f"{fix}")
+    require(bool(raw), "strategy", f"multi_worker needs the TF_CONFIG environment variable; "
+            f"{fix}")
     try:
         spec = json.loads(raw)
         workers = spec["cluster"]["worker"]
@@ -349,30 +282,7 @@ def check_tf_config(raw):
               and 0 <= int(spec["task"]["index"]) < len(spec["cluster"][spec["task"]["type"]]))
     except (ValueError, KeyError, TypeError):
         ok = False
-    _require(ok, "strategy", f"TF_CONFIG is not a valid cluster spec ({raw!r}); {fix}")
-
-
-def _validate_hltm(cfg):
-    _require(cfg.hltm_depth >= 1, "hltm_depth", f"must be >= 1, got {cfg.hltm_depth}")
-    _require(cfg.hltm_children >= 2, "hltm_children", f"must be >= 2, got {cfg.hltm_children}")
-    _require(cfg.hltm_hid >= 1, "hltm_hid", f"must be >= 1, got {cfg.hltm_hid}")
-    for flag in ("hltm_delta_lower", "hltm_delta_upper"):
-        value = getattr(cfg, flag)
-        _require(0.0 <= value <= 1.0, flag, f"must be in [0, 1], got {value}")
-    _require(cfg.hltm_children ** cfg.hltm_depth <= MAX_HLTM_LEAVES, "hltm_depth",
-             f"--hltm_children={cfg.hltm_children} ** --hltm_depth={cfg.hltm_depth} leaves "
-             f"exceed {MAX_HLTM_LEAVES}; use a smaller tree")
-    _require(cfg.encoder == "auto", "encoder",
-             f"hltm trains its tree network; use --encoder=auto, got {cfg.encoder!r}")
-    _require(cfg.hltm_delta_lower <= cfg.hltm_delta_upper, "hltm_delta_lower",
-             f"must be <= --hltm_delta_upper ({cfg.hltm_delta_upper}), "
-             f"got {cfg.hltm_delta_lower}")
-    _require(cfg.hltm_samples_per_epoch >= cfg.batch_size, "hltm_samples_per_epoch",
-             f"must be >= --batch_size ({cfg.batch_size}), got {cfg.hltm_samples_per_epoch}")
-    _require(cfg.hltm_eval_samples >= 2, "hltm_eval_samples",
-             f"must be >= 2, got {cfg.hltm_eval_samples}")
-    _require(cfg.negatives != "batch" or cfg.loss != "nce_batch", "negatives",
-             "nce_batch is the official code's explicit-negative form; use --negatives=explicit")
+    require(ok, "strategy", f"TF_CONFIG is not a valid cluster spec ({raw!r}); {fix}")
 
 
 def _check_writable(path):
@@ -389,7 +299,7 @@ def _check_writable(path):
         if parent == probe:
             break
         probe = parent
-    _require(os.path.isdir(probe), "model_dir", f"{probe} exists and is not a directory")
+    require(os.path.isdir(probe), "model_dir", f"{probe} exists and is not a directory")
     writable = os.access(probe, os.W_OK | os.X_OK)
     if writable:  # os.access says yes to root everywhere; a real probe file settles it
         try:
@@ -397,9 +307,11 @@ def _check_writable(path):
                 pass
         except OSError:
             writable = False
-    _require(writable, "model_dir",
-             f"{probe} is not writable; choose a directory you can write to")
+    require(writable, "model_dir",
+            f"{probe} is not writable; choose a directory you can write to")
 
+
+# -- flagfiles -------------------------------------------------------------------------------
 
 def _format(value):
     if isinstance(value, bool):
@@ -409,13 +321,12 @@ def _format(value):
 
 def to_flagfile(cfg):
     """Text of a flagfile that reproduces cfg (``--name=value`` lines)."""
-    lines = [f"--{field.name}={_format(getattr(cfg, field.name))}"
-             for field in dataclasses.fields(cfg)]
-    return "\n".join(lines) + "\n"
+    return "".join(f"--{name}={_format(value)}\n" for name, value in cfg.flags().items())
 
 
 def parse_flagfile(text):
-    """{name: value string} of the text of a flagfile written by :func:`to_flagfile`."""
+    """{name: value string} of the ``--name=value`` lines of a flagfile (comments and
+    other lines are skipped)."""
     values = {}
     for line in text.splitlines():
         line = line.strip()
@@ -433,6 +344,30 @@ def read_flagfile(path, read_text=None):
         return parse_flagfile(f.read())
 
 
+def from_flag_strings(values, unknown="ignore", source="flags.txt"):
+    """TrainConfig from ``{name: value string}`` (a run's flags.txt), typed by the flags.
+
+    ``unknown="ignore"`` skips names this version does not have (defaults apply);
+    ``"error"`` raises ConfigError("model_dir") naming ``source``. A value that does not
+    parse as its flag's type raises ConfigError("model_dir").
+    """
+    typed = {}
+    for name, value in values.items():
+        if name not in _FLAG_SECTION:
+            if unknown == "error":
+                raise ConfigError("model_dir", f"{source}: --{name} is not a flag of this "
+                                  "version of tools/train.py")
+            continue
+        kind = type(_FLAG_SECTION[name][1].default)
+        try:
+            typed[name] = (value.lower() in ("1", "true", "yes") if kind is bool
+                           else kind(value))
+        except ValueError:
+            raise ConfigError("model_dir", f"{source}: {value!r} is not a valid "
+                              f"{kind.__name__} for --{name}") from None
+    return TrainConfig(**typed)
+
+
 def check_resume_compatible(cfg, read_text=None, exists=None):
     """Refuses a --model_dir holding a run made with other (non-resumable) flags.
 
@@ -447,8 +382,9 @@ def check_resume_compatible(cfg, read_text=None, exists=None):
         (``dualssl_tf.runfiles.read_text`` / ``exists``; this module stays TensorFlow-free).
         Without them a URL model dir is not checked here; the trainer checks it.
     """
-    path = os.path.join(cfg.model_dir, "flags.txt")
-    if "://" in cfg.model_dir:
+    model_dir = cfg.run.model_dir
+    path = os.path.join(model_dir, "flags.txt")
+    if "://" in model_dir:
         if read_text is None or (exists is not None and not exists(path)):
             return
     elif not os.path.isfile(path):
@@ -458,12 +394,11 @@ def check_resume_compatible(cfg, read_text=None, exists=None):
     except Exception as e:  # noqa: BLE001  OSError, UnicodeDecodeError, TF's OpError (URLs)
         raise ConfigError("model_dir", f"cannot read {path} ({e.__class__.__name__}); "
                           "use a new --model_dir") from None
-    for field in dataclasses.fields(cfg):
-        name = field.name
+    for name, value in cfg.flags().items():
         if name in RESUMABLE_FLAGS or name not in recorded:
             continue
-        now = _format(getattr(cfg, name))
-        _require(recorded[name] == now, name,
-                 f"{cfg.model_dir} holds a run made with --{name}={recorded[name]}, not "
-                 f"{now}; pass --{name}={recorded[name]} to resume it, or use a new "
-                 "--model_dir")
+        now = _format(value)
+        require(recorded[name] == now, name,
+                f"{model_dir} holds a run made with --{name}={recorded[name]}, not "
+                f"{now}; pass --{name}={recorded[name]} to resume it, or use a new "
+                "--model_dir")

@@ -16,14 +16,16 @@ Two layers of functions:
   :func:`soft_triplet_loss`, :func:`info_nce_loss`, :func:`exact_cov_loss`, plus the
   official HLTM code's batch form :func:`batch_mean_nce_loss`.
 
+The names of ``--loss`` and the choice of a loss by name live with the method that uses
+them (:data:`dualssl_tf.methods.contrastive.LOSSES`); this module imports nothing of the
+package.
+
 Everything is computed in at least float32 (float16/bfloat16 embeddings from mixed
 precision are promoted; float64 stays float64 for exact checks), and no large constant
 masks are used: excluded entries are dropped by index.
 """
 
 import tensorflow as tf
-
-from dualssl_tf.config import LOSS_NAMES  # names accepted by get_loss_fn / --loss
 
 
 def _f32(x):
@@ -159,29 +161,3 @@ def batch_mean_nce_loss(r_pos, r_neg, temperature, dim, mean_fn=tf.reduce_mean):
     mse_neg = 2.0 * mean_fn(r_neg) / dim
     value = -tf.sigmoid((mse_neg - mse_pos) / temperature)
     return tf.fill(tf.shape(r_pos), value)
-
-
-def get_loss_fn(name, temperature=0.5, margin=0.0, beta=0.0, dim=None,
-                mean_fn=tf.reduce_mean):
-    """Returns ``fn(r_pos [B], r_neg [B, H]) -> [B]`` for a loss name in ``LOSS_NAMES``.
-
-    ``ntxent`` is SimCLR's NT-Xent: InfoNCE with the ``tau`` prefactor dropped (for unit
-    embeddings ``-r/tau`` and ``cos/tau`` differ by a constant, so the value equals SimCLR's).
-    ``mean_fn`` is the batch mean of ``nce_batch`` (the one loss that is not a sum of
-    per-anchor terms).
-    """
-    if name == "simp":
-        return simple_loss
-    if name == "tri":
-        return lambda rp, rn: soft_triplet_loss(rp, rn, temperature, margin)
-    if name == "nce":
-        return lambda rp, rn: info_nce_loss(rp, rn, temperature, beta)
-    if name == "ntxent":
-        return lambda rp, rn: info_nce_loss(rp, rn, temperature, beta) / temperature
-    if name == "cov":
-        return lambda rp, rn: exact_cov_loss(rp, rn, temperature, beta)
-    if name == "nce_batch":
-        if dim is None:
-            raise ValueError("nce_batch needs the embedding width `dim`.")
-        return lambda rp, rn: batch_mean_nce_loss(rp, rn, temperature, dim, mean_fn)
-    raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}.")

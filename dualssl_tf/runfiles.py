@@ -12,7 +12,7 @@ What is atomic where
   directory, fsyncs it and renames it over the target (POSIX ``rename(2)``): a reader
   or a resumed run sees the old file or the new one, never half of one, even after a kill or
   a power cut. :func:`append_line` appends one line and fsyncs; a kill mid-append can
-  leave a partial last line, which the readers drop (``checkpointing.truncate_metrics``).
+  leave a partial last line, which the readers drop (``run.rundir.truncate_metrics``).
   :func:`rename_dir` is one ``rename(2)``, atomic.
 * ``gs://``: an object becomes visible only when its upload completes (at ``GFile.close``),
   so every single-file write is all-or-nothing; a rename is a server-side copy then a

@@ -26,7 +26,7 @@ IN_DIM, WIDTH, OUT_DIM = 6, 16, 8
 STEPS = 3             # multi-worker steps
 LR = 0.5              # big enough that a wrong gradient scale moves weights visibly
 
-# name -> DualModel / data settings. Every loss, both negative sources, beta variants,
+# name -> ContrastiveMethod / data settings. Every loss, both negative sources, beta variants,
 # weight decay + L2 regularisation, and BatchNorm (synchronised on replicas).
 CASES = {
     "simp": dict(loss="simp"),
@@ -62,10 +62,10 @@ def make_batches(n_steps, negatives=0, seed=0):
 
 
 def build(case, gather_fn=None):
-    """Tiny MLP DualModel + SGD, built in the current strategy scope with fixed init."""
+    """Tiny MLP ContrastiveMethod + SGD, built in the current strategy scope with fixed init."""
     import keras
-    from dualssl_tf import distribute
-    from dualssl_tf.dual import DualModel
+    from dualssl_tf.run import distribute
+    from dualssl_tf.methods.contrastive import ContrastiveMethod
 
     keras.utils.set_random_seed(1)
     reg = keras.regularizers.L2(case["l2"]) if case.get("l2") else None
@@ -75,7 +75,7 @@ def build(case, gather_fn=None):
             momentum=0.5, synchronized=distribute.use_sync_bn()))
     layers += [keras.layers.ReLU(), keras.layers.Dense(OUT_DIM)]
     encoder = keras.Sequential(layers)
-    model = DualModel(encoder, None, loss=case["loss"], temperature=case.get("temperature", 0.5),
+    model = ContrastiveMethod(encoder, None, loss=case["loss"], temperature=case.get("temperature", 0.5),
                       margin=case.get("margin", 0.0), beta=case.get("beta", 0.0),
                       gather_fn=gather_fn)
     model.compile(optimizer=keras.optimizers.SGD(
@@ -103,7 +103,7 @@ def fit_replicas(strategy, case, batches, gather_fn):
     gets rows [r*b, (r+1)*b) of global batch t (one pipeline: consecutive elements go to
     consecutive replicas; several pipelines: pipeline p reads its own rows)."""
     import tensorflow as tf
-    from dualssl_tf import distribute
+    from dualssl_tf.run import distribute
 
     with strategy.scope():
         model = build(case, gather_fn)
@@ -163,7 +163,8 @@ def trainer_checks(model_dir):
     """trainer.run under the active device split: a tiny HLTM run on all replicas with
     bfloat16 mixed precision, and the one-line errors that need the replica count."""
     import keras
-    from dualssl_tf import config, trainer
+    from dualssl_tf import config
+    from dualssl_tf.run import trainer
 
     def cfg(**kw):
         base = dict(dataset="hltm", strategy="mirrored", loss="ntxent", temperature=0.5,
@@ -199,7 +200,7 @@ def equality(replicas, out_path, names="", model_dir=""):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
-    from dualssl_tf import distribute
+    from dualssl_tf.run import distribute
 
     strategy = distribute.make_strategy("mirrored")   # no GPU: the logical CPU devices
     result = {"replicas": strategy.num_replicas_in_sync, "cases": {}}
@@ -229,7 +230,7 @@ def equality(replicas, out_path, names="", model_dir=""):
 def train(out_path):
     """Multi-worker (TF_CONFIG set) or single-process reference training."""
     import tensorflow as tf
-    from dualssl_tf import distribute
+    from dualssl_tf.run import distribute
 
     case = CASES["ntxent"]
     batches = make_batches(STEPS, seed=7)
@@ -249,7 +250,8 @@ def images(replicas, model_dir, out_path):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * int(replicas))
-    from dualssl_tf import config, trainer
+    from dualssl_tf import config
+    from dualssl_tf.run import trainer
     cfg = config.TrainConfig(
         dataset="generated_images", strategy="mirrored", loss="ntxent", temperature=0.5,
         batch_size=8, epochs=1, steps_per_epoch=2, image_size=16, generated_examples=64,

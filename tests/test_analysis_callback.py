@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from dualssl_tf import config, trainer
+from dualssl_tf import config
+from dualssl_tf.run import trainer
 from dualssl_tf.analysis import sampling
 from dualssl_tf.analysis.callback import CovarianceMonitor
 from dualssl_tf.analysis.connections import Connection

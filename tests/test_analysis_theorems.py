@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dualssl_tf import losses
+from dualssl_tf.methods import contrastive
 from dualssl_tf.analysis import connections, theorems
 from dualssl_tf.analysis.covariance import CovarianceOperator, batched_summary
 
@@ -221,7 +222,7 @@ def test_theorem2_common_property():
     r_pos = rng.uniform(0, 2, 16)
     r_neg = rng.uniform(0, 2, (16, 4))
     for name in ("tri", "nce"):
-        d = theorems.common_property(losses.get_loss_fn(name, temperature=0.3, margin=0.1),
+        d = theorems.common_property(contrastive.loss_fn(name, temperature=0.3, margin=0.1),
                                      r_pos, r_neg if name == "nce" else r_neg[:, :1])
         assert (d["d_pos"] > 0).all() and (d["d_neg"] < 0).all()
         np.testing.assert_allclose(d["balance"], 0.0, atol=1e-6)

@@ -164,17 +164,18 @@ def tool():
 
 def _run_in_process(tool, argv, monkeypatch, capsys):
     """The tool's parse + main, as app.run would call them; returns (status, stderr)."""
-    fake_trainer = types.ModuleType("dualssl_tf.trainer")
+    fake_trainer = types.ModuleType("dualssl_tf.run.trainer")
 
     def run(cfg):
         raise AssertionError(f"validation let a bad invocation through: {cfg}")
 
     fake_trainer.run = run
-    fake_ckpt = types.ModuleType("dualssl_tf.checkpointing")
-    fake_ckpt.NonFiniteLossError = type("NonFiniteLossError", (RuntimeError,), {})
-    for name, module in (("trainer", fake_trainer), ("checkpointing", fake_ckpt)):
-        monkeypatch.setitem(sys.modules, f"dualssl_tf.{name}", module)
-        monkeypatch.setattr(dualssl_tf, name, module, raising=False)
+    fake_callbacks = types.ModuleType("dualssl_tf.run.callbacks")
+    fake_callbacks.NonFiniteLossError = type("NonFiniteLossError", (RuntimeError,), {})
+    import dualssl_tf.run
+    for name, module in (("trainer", fake_trainer), ("callbacks", fake_callbacks)):
+        monkeypatch.setitem(sys.modules, f"dualssl_tf.run.{name}", module)
+        monkeypatch.setattr(dualssl_tf.run, name, module, raising=False)
     flags.FLAGS.unparse_flags()
     status = None
     try:

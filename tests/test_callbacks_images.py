@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras
 
-from dualssl_tf import callbacks
+from dualssl_tf.run import callbacks
 
 
 def _linear(w, name):

@@ -5,6 +5,8 @@ import dataclasses
 import pytest
 
 from dualssl_tf import config
+from dualssl_tf import tasks as _tasks  # noqa: F401
+import dualssl_tf.tasks.images as images_task
 from dualssl_tf.config import ConfigError, TrainConfig
 
 
@@ -52,17 +54,17 @@ def test_bad_image_settings(tmp_path, kw, flag, text):
 
 
 def test_native_image_size_and_stem_auto(tmp_path):
-    assert config.image_size(_cfg(tmp_path, dataset="stl10")) == 96
-    assert config.image_size(_cfg(tmp_path, dataset="cifar100")) == 32
-    assert config.image_size(_cfg(tmp_path, dataset="stl10", image_size=64)) == 64
-    assert config.image_size(_cfg(tmp_path, dataset="folder", data_dir="x")) == 0
+    assert images_task.image_size(_cfg(tmp_path, dataset="stl10")) == 96
+    assert images_task.image_size(_cfg(tmp_path, dataset="cifar100")) == 32
+    assert images_task.image_size(_cfg(tmp_path, dataset="stl10", image_size=64)) == 64
+    assert images_task.image_size(_cfg(tmp_path, dataset="folder", data_dir="x")) == 0
     # stl10 at 96 px with stem=auto picks the ImageNet stem, which 96 px satisfies.
     config.validate(_cfg(tmp_path, dataset="stl10", stem="auto"))
 
 
 def test_hltm_is_not_an_image_dataset():
-    assert not config.is_image_dataset("hltm")
-    assert config.is_image_dataset("cifar10") and config.is_image_dataset("folder")
+    assert not images_task.is_image_dataset("hltm")
+    assert images_task.is_image_dataset("cifar10") and images_task.is_image_dataset("folder")
 
 
 def test_every_field_has_a_flag_help():
@@ -72,5 +74,9 @@ def test_every_field_has_a_flag_help():
     spec = importlib.util.spec_from_file_location("train_tool", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in tool.HELP]
+    from dualssl_tf import config
+    tool.define_flags()
+    from absl import flags
+    missing = [name for name, _, field in config.flag_fields()
+               if len(field.metadata["help"]) < 10 or flags.FLAGS[name].help != field.metadata["help"]]
     assert missing == []

@@ -154,7 +154,7 @@ def test_tool_exits_2_with_one_line(tmp_path):
 # distribute.py library pieces (one device in this process).
 
 def test_make_strategy_errors(monkeypatch):
-    from dualssl_tf import distribute
+    from dualssl_tf.run import distribute
     with pytest.raises(config.ConfigError, match="--tpu: .*needs --tpu"):
         distribute.make_strategy("tpu")
     with pytest.raises(config.ConfigError, match="--tpu: cannot reach TPU at grpc://127.0.0.1"):
@@ -169,7 +169,7 @@ def test_make_strategy_errors(monkeypatch):
 
 def test_per_replica_batch_and_seeds():
     import tensorflow as tf
-    from dualssl_tf import distribute
+    from dualssl_tf.run import distribute
     assert distribute.per_replica_batch_size(256, 8) == 32
     with pytest.raises(config.ConfigError, match="--batch_size: global batch 100 .* 3 "
                        r"replicas; use a multiple of 3 \(e.g. 99 or 102\)"):
@@ -183,18 +183,18 @@ def test_per_replica_batch_and_seeds():
 
 def test_hltm_per_replica_data_differs_across_hosts():
     import tensorflow as tf
-    from dualssl_tf.experiments import hltm
+    from dualssl_tf.tasks.hltm import task as hltm
     cfg = config.TrainConfig(hltm_depth=3, batch_size=8, hltm_eval_samples=16)
     exp = hltm.build(cfg)
     ctx = [tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i,
                                       num_replicas_in_sync=4) for i in range(2)]
-    first = [next(iter(exp.make_train_data(2, c))) for c in ctx]
+    first = [next(iter(exp.make_data(2, c))) for c in ctx]
     assert first[0]["view1"].shape == (2, 8) and first[0]["negatives"].shape == (2, 1, 8)
     a, b = (np.concatenate([f["view1"], f["view2"]]) for f in first)
     assert not np.array_equal(a, b)
     # Resuming at global step 3 skips 3 * (4 replicas / 2 pipelines) per-replica batches.
-    resumed = hltm.build(cfg, start_step=3).make_train_data(2, ctx[0])
-    fresh = iter(exp.make_train_data(2, ctx[0]))
+    resumed = hltm.build(cfg, start_step=3).make_data(2, ctx[0])
+    fresh = iter(exp.make_data(2, ctx[0]))
     for _ in range(6):
         next(fresh)
     np.testing.assert_array_equal(next(iter(resumed))["view1"], next(fresh)["view1"])
@@ -202,7 +202,7 @@ def test_hltm_per_replica_data_differs_across_hosts():
 
 def test_cross_replica_helpers_on_one_replica():
     import tensorflow as tf
-    from dualssl_tf import distribute
+    from dualssl_tf.run import distribute
     z1, z2 = tf.ones([3, 2]), tf.zeros([3, 2])
     a, b, offset = distribute.cross_replica_candidates(z1, z2)
     assert a is z1 and b is z2 and offset == 0
@@ -215,12 +215,12 @@ def test_cross_replica_helpers_on_one_replica():
 
 def _tree_model(loss, jit):
     import keras
-    from dualssl_tf.dual import DualModel
+    from dualssl_tf.methods.contrastive import ContrastiveMethod
     from dualssl_tf.models.tree_net import TreeNet
     keras.utils.set_random_seed(3)
     net = TreeNet(depth=3, num_children=2, hid=4)
     net(np.zeros([1, 8], np.float32))
-    model = DualModel(net, loss=loss, temperature=0.5, margin=0.1)
+    model = ContrastiveMethod(net, loss=loss, temperature=0.5, margin=0.1)
     model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit,
                   run_eagerly=not jit)
     return model
@@ -248,7 +248,7 @@ def _tree_batch(negatives, seed=0):
 
 def test_every_loss_compiles_with_xla():
     """One XLA program holding every loss's forward + backward (the per-replica step,
-    DualModel._step), compiled once; its gradients equal TF's non-XLA gradients."""
+    ContrastiveMethod.replica_loss), compiled once; its gradients equal TF's non-XLA gradients."""
     import tensorflow as tf
     models = [_tree_model(loss, jit=False) for loss, _ in JIT_CASES]
     batches = [{k: tf.constant(v) for k, v in _tree_batch(neg).items()} for _, neg in JIT_CASES]
@@ -257,7 +257,7 @@ def test_every_loss_compiles_with_xla():
         out = []
         for model, batch in zip(models, batches):
             with tf.GradientTape() as tape:
-                total, _ = model._step(batch, training=True)
+                total, _ = model.replica_loss(batch, model.forward(batch, training=True))
             out.append(tape.gradient(total, model.trainable_variables))
         return out
 
@@ -274,18 +274,18 @@ def test_resnet_step_compiles_with_xla():
     """Tiny ResNet-18 + projection head (BatchNorm in training mode) under XLA."""
     import keras
     import tensorflow as tf
-    from dualssl_tf.dual import DualModel
+    from dualssl_tf.methods.contrastive import ContrastiveMethod
     from dualssl_tf.models import heads, resnet
     keras.utils.set_random_seed(0)
     enc = resnet.resnet(18, image_size=16, stem="cifar", width_multiplier=0.125)
     head = heads.projection_head(enc.output_shape[-1], 16, 8)
-    model = DualModel(enc, head, loss="ntxent", temperature=0.5)
+    model = ContrastiveMethod(enc, head, loss="ntxent", temperature=0.5)
     rng = np.random.default_rng(0)
     batch = {k: tf.constant(rng.random((4, 16, 16, 3)), tf.float32) for k in ("view1", "view2")}
 
     def grads():
         with tf.GradientTape() as tape:
-            total, _ = model._step(batch, training=True)
+            total, _ = model.replica_loss(batch, model.forward(batch, training=True))
         return tape.gradient(total, model.trainable_variables)
 
     got, want = tf.function(grads, jit_compile=True)(), grads()
@@ -318,12 +318,12 @@ def test_keras_jit_compiled_train_step_equals_eager(no_op_determinism):
 
 def test_float16_step_uses_loss_scaling():
     import keras
-    from dualssl_tf.dual import DualModel
+    from dualssl_tf.methods.contrastive import ContrastiveMethod
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         keras.utils.set_random_seed(0)
         enc = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8)])
-        model = DualModel(enc, loss="ntxent", temperature=0.5)
+        model = ContrastiveMethod(enc, loss="ntxent", temperature=0.5)
         opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))
         model.compile(optimizer=opt, run_eagerly=True)
         batch = worker.make_batches(1)[0]

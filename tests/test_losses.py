@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from dualssl_tf import losses
+from dualssl_tf.methods import contrastive
 
 TAU = 0.3
 
@@ -88,7 +89,7 @@ def test_nt_xent_matches_simclr_similarity_form():
         total += -sim[a, pos] + np.log(np.exp(others).sum())
     expected = total / (2 * n)
     r_pos, r_neg = losses.in_batch_distances(z1, z2)
-    got = tf.reduce_mean(losses.get_loss_fn("ntxent", TAU)(r_pos, r_neg))
+    got = tf.reduce_mean(contrastive.loss_fn("ntxent", TAU)(r_pos, r_neg))
     assert got.numpy() == pytest.approx(expected, rel=1e-10)
 
 
@@ -104,7 +105,7 @@ def test_nt_xent_beta_equals_similarity_form_up_to_constant():
         lse = np.log(np.exp(np.delete(sim[a], a)).sum())
         vals.append((-(1 + beta) * sim[a, pos] + lse) / (1 + beta))
     r_pos, r_neg = losses.in_batch_distances(z1, z2)
-    got = losses.get_loss_fn("ntxent", TAU, beta=beta)(r_pos, r_neg).numpy()
+    got = contrastive.loss_fn("ntxent", TAU, beta=beta)(r_pos, r_neg).numpy()
     np.testing.assert_allclose(got - np.array(vals), beta / (TAU * (1 + beta)), atol=1e-10)
 
 
@@ -130,7 +131,7 @@ def test_batch_mean_nce_matches_official_formula():
     mse_p, mse_n = ((z - zp) ** 2).mean(), ((z[:, None] - zn) ** 2).mean()
     expected = -np.exp(-mse_p / TAU) / (np.exp(-mse_p / TAU) + np.exp(-mse_n / TAU))
     r_pos, r_neg = losses.explicit_distances(z, zp, zn)
-    got = tf.reduce_mean(losses.get_loss_fn("nce_batch", TAU, dim=4)(r_pos, r_neg))
+    got = tf.reduce_mean(contrastive.loss_fn("nce_batch", TAU, dim=4)(r_pos, r_neg))
     assert got.numpy() == pytest.approx(expected, rel=1e-10)
 
 
@@ -149,7 +150,7 @@ def test_gradients_match_finite_differences(name):
     rng = np.random.default_rng(10)
     n = 3
     z = rng.normal(size=(2, n, 4))
-    fn = losses.get_loss_fn(name, TAU, margin=0.1)
+    fn = contrastive.loss_fn(name, TAU, margin=0.1)
 
     def total(zz):
         r_pos, r_neg = losses.in_batch_distances(zz[0], zz[1])
@@ -172,7 +173,7 @@ def test_theorem2_common_property(name, h):
     rp_t, rn_t = tf.constant(rp), tf.constant(rn)
     with tf.GradientTape() as tape:
         tape.watch([rp_t, rn_t])
-        loss = tf.reduce_sum(losses.get_loss_fn(name, TAU, margin=0.2)(rp_t, rn_t))
+        loss = tf.reduce_sum(contrastive.loss_fn(name, TAU, margin=0.2)(rp_t, rn_t))
     g_pos, g_neg = [g.numpy() for g in tape.gradient(loss, [rp_t, rn_t])]
     assert (g_pos > 0).all() and (g_neg < 0).all()
     np.testing.assert_allclose(g_pos + g_neg.sum(1), 0.0, atol=1e-12)
@@ -183,13 +184,13 @@ def test_half_precision_embeddings_are_promoted_without_overflow():
     z1 = tf.constant(_unit(rng.normal(size=(8, 16))), tf.float16)
     z2 = tf.constant(_unit(rng.normal(size=(8, 16))), tf.float16)
     r_pos, r_neg = losses.in_batch_distances(z1, z2)
-    loss = losses.get_loss_fn("ntxent", 0.05)(r_pos, r_neg)
+    loss = contrastive.loss_fn("ntxent", 0.05)(r_pos, r_neg)
     assert loss.dtype == tf.float32 and np.isfinite(loss.numpy()).all()
-    ref = losses.get_loss_fn("ntxent", 0.05)(*losses.in_batch_distances(
+    ref = contrastive.loss_fn("ntxent", 0.05)(*losses.in_batch_distances(
         tf.cast(z1, tf.float32), tf.cast(z2, tf.float32)))
     np.testing.assert_allclose(loss, ref, rtol=1e-6)
 
 
 def test_unknown_loss_name():
     with pytest.raises(ValueError, match="Unknown loss 'foo'"):
-        losses.get_loss_fn("foo")
+        contrastive.loss_fn("foo")

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf import checkpointing, config, trainer
+from dualssl_tf import config
+from dualssl_tf.run import callbacks, rundir, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import sys  # noqa: E402
@@ -36,7 +37,7 @@ def _linear_fit(steps_per_execution, learning_rate):
     model.compile(keras.optimizers.SGD(learning_rate), loss="mse",
                   steps_per_execution=steps_per_execution)
     x = np.ones((8, 1), np.float32)
-    guard = checkpointing.NonFiniteLossGuard(steps_per_execution)
+    guard = callbacks.NonFiniteLossGuard(steps_per_execution)
     return model.fit(x, 3 * x, batch_size=2, epochs=1, verbose=0, shuffle=False,
                      callbacks=[guard])
 
@@ -48,7 +49,7 @@ def test_guard_passes_finite_training():
 
 @pytest.mark.parametrize("spe,expected", [(1, "at step 2;"), (2, "at steps 1-2 (one execution")])
 def test_guard_names_the_step_or_execution(spe, expected):
-    with pytest.raises(checkpointing.NonFiniteLossError, match=r"non-finite loss \(inf\)") as e:
+    with pytest.raises(callbacks.NonFiniteLossError, match=r"non-finite loss \(inf\)") as e:
         _linear_fit(spe, 1e30)
     assert e.value.step == 2 and expected in str(e.value)
 
@@ -56,7 +57,7 @@ def test_guard_names_the_step_or_execution(spe, expected):
 def test_exploding_run_stops_keeps_good_checkpoint_and_export_exit_3(tmp_path):
     model_dir = tmp_path / "run"
     # Epoch 1 = step 1: finite loss, checkpoint and export written.
-    out = trainer.run(dataclasses.replace(EXPLODING, model_dir=str(model_dir), epochs=1))
+    out = trainer.run(EXPLODING.replace(model_dir=str(model_dir), epochs=1))
     assert np.isfinite(out["final"]["loss"])
     export = model_dir / "saved_model"
     x = tf.ones([4, 8])
@@ -79,7 +80,7 @@ def test_exploding_run_stops_keeps_good_checkpoint_and_export_exit_3(tmp_path):
     assert [json.loads(l)["epoch"] for l in metrics.decode().splitlines()] == [0, 1]
     assert sorted(os.listdir(model_dir / "checkpoints")) == ckpt_files
     assert {n: os.path.getmtime(export / n) for n in os.listdir(export)} == saved
-    found = checkpointing.RunCheckpoints(str(model_dir)).find_latest()
+    found = rundir.RunCheckpoints(str(model_dir)).find_latest()
     assert (found["epoch"], found["step"]) == (1, 1)
     reader = tf.train.load_checkpoint(found["path"])
     for name in reader.get_variable_to_shape_map():

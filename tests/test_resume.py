@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf import checkpointing, config
+from dualssl_tf import config
+from dualssl_tf.run import rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -69,7 +70,7 @@ def test_reference_run_layout(runs):
                                                           "ckpt-4.index"]
     t = ckpt_tensors(ref, 4)
     assert t["epoch/.ATTRIBUTES/VARIABLE_VALUE"] == 4
-    assert t["step/.ATTRIBUTES/VARIABLE_VALUE"] == 4 * BASE.steps_per_epoch
+    assert t["step/.ATTRIBUTES/VARIABLE_VALUE"] == 4 * BASE.optim.steps_per_epoch
     assert json.load(open(ref / "finished.json")) == {"epochs": 4}
 
 
@@ -152,8 +153,8 @@ def test_unusable_checkpoint_is_reported_in_one_line(runs, tmp_path, capfd, dama
         raw = bytearray(open(data, "rb").read())
         raw[len(raw) // 2] ^= 0xFF
         open(data, "wb").write(bytes(raw))
-    found = checkpointing.RunCheckpoints(str(run)).find_latest()
-    assert (found["epoch"], found["step"]) == (2, 2 * BASE.steps_per_epoch)
+    found = rundir.RunCheckpoints(str(run)).find_latest()
+    assert (found["epoch"], found["step"]) == (2, 2 * BASE.optim.steps_per_epoch)
     assert found["path"].endswith("ckpt-2") and found["rejected"] == [prefix]
     err = [l for l in capfd.readouterr().err.splitlines() if l.strip()]
     assert len(err) == 1 and err[0].startswith(f"train.py: warning: checkpoint {prefix} "
@@ -166,7 +167,7 @@ def test_all_checkpoints_unusable_means_start_from_scratch(runs, tmp_path, capfd
     for name in os.listdir(run / "checkpoints"):
         if name.endswith(".index"):
             os.remove(run / "checkpoints" / name)
-    assert checkpointing.RunCheckpoints(str(run)).find_latest() is None
+    assert rundir.RunCheckpoints(str(run)).find_latest() is None
     err = [l for l in capfd.readouterr().err.splitlines() if l.strip()]
     assert len(err) == 3  # ckpt-1, -2, -3 (keep_checkpoints=3)
     assert err[-1].endswith("ckpt-1 is unusable (ValueError: index file missing); "
@@ -179,7 +180,7 @@ def test_partial_save_leftovers_are_removed(runs, tmp_path):
     temp = run / "checkpoints" / "ckpt-4_temp"
     temp.mkdir()
     (temp / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
-    found = checkpointing.RunCheckpoints(str(run)).find_latest()
+    found = rundir.RunCheckpoints(str(run)).find_latest()
     assert found["epoch"] == 3 and not temp.exists()
 
 
@@ -187,7 +188,7 @@ def test_metrics_truncation_keeps_epoch_zero_and_drops_partial_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"epoch": e, "loss": 1.0 / (e + 1)}) + "\n" for e in range(5)]
     path.write_text("".join(lines) + '{"epoch": 5, "lo')
-    initial = checkpointing.truncate_metrics(str(path), 2)
+    initial = rundir.truncate_metrics(str(path), 2)
     assert path.read_text() == "".join(lines[:3])
     assert initial == {"epoch": 0, "loss": 1.0}
 
@@ -234,16 +235,16 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
 
 def test_empty_dataset_is_a_config_error_before_any_write(tmp_path, monkeypatch):
     import keras
-    from dualssl_tf import experiments
+    from dualssl_tf import tasks
 
-    def empty_experiment(cfg, start_step=0):
+    def empty_task(cfg, start_step=0):
         batch = {"view1": tf.zeros([16, 8]), "view2": tf.zeros([16, 8])}
         encoder = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-        return experiments.Experiment(
-            train_data=tf.data.Dataset.from_tensors(batch).take(0).repeat(),
+        return tasks.Task(
+            make_data=lambda b, ctx=None: tf.data.Dataset.from_tensors(batch).take(0).repeat(),
             steps_per_epoch=4, encoder=encoder, input_shape=(8,))
 
-    monkeypatch.setattr(experiments, "build", empty_experiment)
+    monkeypatch.setattr(tasks, "build", empty_task)
     with pytest.raises(config.ConfigError, match=r"^--dataset: 'hltm' yields no batch of "
                                                  r"--batch_size=16"):
         train(tmp_path / "run", epochs=2)

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf import checkpointing, config, export, runfiles
+from dualssl_tf import config, export, runfiles
+from dualssl_tf.run import rundir
 
 from tests.tiny_runs import TINY_HLTM as BASE, events, train  # noqa: E402
 
@@ -54,7 +55,7 @@ def crash_after_epoch_3_before_its_checkpoint(model_dir):
     for name in runfiles.listdir(ckpt_dir):
         if name.startswith("ckpt-3."):
             runfiles.remove(os.path.join(ckpt_dir, name))
-    runfiles.remove(os.path.join(model_dir, checkpointing.FINISHED_FILE))
+    runfiles.remove(os.path.join(model_dir, rundir.FINISHED_FILE))
     with tf.io.gfile.GFile(os.path.join(model_dir, "metrics.jsonl"), "a") as f:
         f.write('{"epoch": 4, "learning_rate": 0.1, "lo')
 
@@ -149,7 +150,7 @@ def test_ram_model_dir_made_with_other_flags_is_refused():
     run = ram_dir()
     runfiles.makedirs(run)
     runfiles.write_text_atomic(os.path.join(run, "flags.txt"),
-                               config.to_flagfile(dataclasses.replace(BASE, model_dir=run)))
+                               config.to_flagfile(BASE.replace(model_dir=run)))
     with pytest.raises(config.ConfigError) as err:
         train(run, epochs=1, hltm_hid=5)
     assert err.value.flag == "hltm_hid" and "\n" not in str(err.value)
@@ -182,7 +183,7 @@ def test_tools_take_url_run_directories(tmp_path):
 
     url = f"file://{tmp_path}/run"
     flags = [f"--{k}={v}" for k, v in config.parse_flagfile(config.to_flagfile(
-        dataclasses.replace(BASE, model_dir=url, epochs=2))).items()]
+        BASE.replace(model_dir=url, epochs=2))).items()]
     tool("train.py", *flags)
     with open(tmp_path / "run" / "finished.json") as f:
         assert json.load(f) == {"epochs": 2}

@@ -1,5 +1,5 @@
 """dualssl_tf.runfiles on local disk and on TensorFlow's in-memory ``ram://`` file system
-(the stand-in for gs://), and checkpointing.truncate_events on hand-written event files."""
+(the stand-in for gs://), and rundir.truncate_events on hand-written event files."""
 
 import os
 import uuid
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf import checkpointing, runfiles
+from dualssl_tf import runfiles
+from dualssl_tf.run import rundir
 from tests import tiny_runs
 
 
@@ -67,7 +68,7 @@ def test_truncate_metrics_on_ram(tmp_path):
     runfiles.makedirs(os.path.dirname(path))
     for e in range(4):
         runfiles.append_line(path, f'{{"epoch": {e}, "loss": {e / 10}}}')
-    initial = checkpointing.truncate_metrics(path, 2)
+    initial = rundir.truncate_metrics(path, 2)
     assert initial == {"epoch": 0, "loss": 0.0}
     assert runfiles.read_text(path) == "".join(f'{{"epoch": {e}, "loss": {e / 10}}}\n'
                                                for e in range(3))
@@ -139,7 +140,7 @@ def test_truncate_events_keeps_steps_up_to_last_step(root):
     log_dir = os.path.join(root, "logs")
     write_events(os.path.join(log_dir, "train"), range(5))
     write_events(os.path.join(log_dir, "validation"), range(5), tags=("epoch_loss",))
-    dropped = checkpointing.truncate_events(log_dir, 2)
+    dropped = rundir.truncate_events(log_dir, 2)
     assert dropped == 2 * 2 + 2      # steps 3, 4: two train tags, one validation tag
     assert sorted(read_events(os.path.join(log_dir, "train"))) == sorted(
         (tag, s, 10.0 * s + i) for s in range(3) for i, tag in enumerate(("epoch_loss",
@@ -152,7 +153,7 @@ def test_truncate_events_keeps_steps_up_to_last_step(root):
         assert len(names) == 1 and "tfevents" in names[0]
         first = next(iter(tf.data.TFRecordDataset(os.path.join(log_dir, sub, names[0]))))
         assert tf.compat.v1.Event.FromString(first.numpy()).file_version.startswith("brain.Event")
-    assert checkpointing.truncate_events(log_dir, 2) == 0   # idempotent
+    assert rundir.truncate_events(log_dir, 2) == 0   # idempotent
 
 
 def test_truncate_events_drops_a_torn_record_and_empty_files(tmp_path):
@@ -162,15 +163,15 @@ def test_truncate_events_drops_a_torn_record_and_empty_files(tmp_path):
     size = path.stat().st_size
     with open(path, "r+b") as f:
         f.truncate(size - 5)          # the last record (step 2) torn by a kill mid-write
-    assert checkpointing.truncate_events(str(tmp_path / "logs"), 5) == 0
+    assert rundir.truncate_events(str(tmp_path / "logs"), 5) == 0
     assert read_events(str(log_dir)) == [("epoch_loss", 0, 0.0), ("epoch_loss", 1, 10.0)]
     # A run restarting from scratch (-1) keeps no event, so the file goes.
-    assert checkpointing.truncate_events(str(tmp_path / "logs"), -1) == 2
+    assert rundir.truncate_events(str(tmp_path / "logs"), -1) == 2
     assert list(log_dir.iterdir()) == []
 
 
 def test_truncate_events_without_logs_is_a_no_op(tmp_path):
-    assert checkpointing.truncate_events(str(tmp_path / "none"), 3) == 0
+    assert rundir.truncate_events(str(tmp_path / "none"), 3) == 0
 
 
 def test_exists_on_an_unknown_url_scheme_is_one_line():

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf import checkpointing, config, experiments, export, trainer
+from dualssl_tf import config, export, tasks
+from dualssl_tf.run import rundir, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
@@ -41,9 +42,9 @@ def run_dir(tmp_path_factory):
     cfg = config.TrainConfig(dataset="hltm", hltm_depth=3, hltm_hid=4, batch_size=32,
                              hltm_samples_per_epoch=256, hltm_eval_samples=64, seed=5,
                              model_dir=model_dir)
-    exp = experiments.build(cfg)
+    exp = tasks.build(cfg)
     model = trainer.build_model(cfg, exp)
-    ckpts = checkpointing.RunCheckpoints(model_dir)   # the trainer's checkpoint layout
+    ckpts = rundir.RunCheckpoints(model_dir)   # the trainer's checkpoint layout
     ckpts.attach(model)
     rng = np.random.default_rng(0)
     for v in model.weights:

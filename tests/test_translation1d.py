@@ -11,7 +11,7 @@ import pytest
 from dualssl_tf import config
 from dualssl_tf.analysis import sampling, translation
 from dualssl_tf.data.translation1d import Translation1D
-from dualssl_tf.experiments import translation1d as exp_t1
+from dualssl_tf.tasks.translation1d import task as exp_t1
 from dualssl_tf.models.conv1d import CircularConv1D, conv1d_encoder
 
 
@@ -94,12 +94,12 @@ def test_config_validation():
         config.validate(cfg)
 
 
-def test_experiment_builds_and_filter_op_alignment_blocks():
+def test_task_builds_and_filter_op_alignment_blocks():
     cfg = config.TrainConfig(dataset="translation1d", model_dir="/tmp/x", batch_size=8,
                              translation1d_length=8, translation1d_filters=3, seed=2)
     keras.utils.set_random_seed(2)
     exp = exp_t1.build(cfg)
-    batch = next(iter(exp.train_data))
+    batch = next(iter(exp.make_data(8)))
     assert batch["view1"].shape == (8, 8, 1) and batch["label"].shape == (8,)
     assert exp.encoder(batch["view1"]).shape == (8, 3)
     toy = Translation1D(8)

@@ -5,7 +5,8 @@ import os
 
 import tensorflow as tf
 
-from dualssl_tf import config, trainer
+from dualssl_tf import config
+from dualssl_tf.run import trainer
 
 # Depth-3 binary tree, 4 units per latent, 3 steps of 16 pairs per epoch: a few seconds a run.
 TINY_HLTM = config.TrainConfig(
@@ -18,7 +19,7 @@ TINY_HLTM = config.TrainConfig(
 
 def train(model_dir, **changes):
     """Runs TINY_HLTM (with ``changes``) in ``model_dir``; returns trainer.run's result."""
-    return trainer.run(dataclasses.replace(TINY_HLTM, model_dir=str(model_dir), **changes))
+    return trainer.run(TINY_HLTM.replace(model_dir=str(model_dir), **changes))
 
 
 def events(log_dir):

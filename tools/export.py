@@ -3,14 +3,13 @@
 
 Rebuilds the networks from ``model_dir/flags.txt``, loads the weights of ``--checkpoint`` (a
 trainer checkpoint prefix such as ``model_dir/checkpoints/ckpt-8``, or a ``.weights.h5``
-written by ``DualModel.save_weights``; default: the run's newest readable checkpoint) and
+written by ``ContrastiveMethod.save_weights``; default: the run's newest readable checkpoint) and
 writes ``model_dir/saved_model`` (or ``--export_dir``) atomically, with model_card.json
 (flags, metrics.jsonl's last record, run.json metadata, the checkpoint used).
 
 Bad input ends with one line on stderr naming the flag or file, and exit status 2.
 """
 
-import dataclasses
 import json
 import os
 import sys
@@ -39,44 +38,33 @@ def fail(message):
 
 
 def read_flagfile(path, read_text=None):
-    """TrainConfig from a run's flags.txt (``config.read_flagfile`` strings, typed here);
-    ``read_text`` reads a URL (gs://) path."""
-    fields = {f.name: f for f in dataclasses.fields(config.TrainConfig)}
-    values = {}
-    for name, value in config.read_flagfile(path, read_text).items():
-        if name not in fields:
-            raise config.ConfigError("model_dir", f"{path}: --{name} is not a flag of this "
-                                     "version of tools/train.py")
-        kind = type(fields[name].default)
-        try:
-            values[name] = value.lower() in ("1", "true") if kind is bool else kind(value)
-        except ValueError:
-            raise config.ConfigError("model_dir", f"{path}: {value!r} is not a valid "
-                                     f"{kind.__name__} for --{name}") from None
-    return config.TrainConfig(**values)
+    """TrainConfig from a run's flags.txt; ``read_text`` reads a URL (gs://) path."""
+    return config.from_flag_strings(config.read_flagfile(path, read_text), unknown="error",
+                                    source=path)
 
 
 def find_checkpoint(model_dir):
     """The run's newest readable trainer checkpoint, else its newest ``*.weights.h5``."""
-    from dualssl_tf import checkpointing, runfiles
-    found = checkpointing.RunCheckpoints(model_dir).find_latest()
+    from dualssl_tf import runfiles
+    from dualssl_tf.run import rundir
+    found = rundir.RunDir(model_dir).find_checkpoint()
     if found:
         return found["path"]
     files = (runfiles.glob(os.path.join(model_dir, "*.weights.h5"))
-             + runfiles.glob(os.path.join(model_dir, checkpointing.CHECKPOINT_DIR,
+             + runfiles.glob(os.path.join(model_dir, rundir.CHECKPOINT_DIR,
                                           "*.weights.h5")))
     return max(files, key=runfiles.mtime) if files else ""
 
 
 def load_weights(model, checkpoint, input_shape):
-    """Loads a .weights.h5 or a trainer checkpoint prefix into the freshly built DualModel."""
+    """Loads a .weights.h5 or a trainer checkpoint prefix into the freshly built method."""
     import tensorflow as tf
     if checkpoint.endswith(".weights.h5"):
         model(tf.zeros([1, *input_shape]))   # Keras .h5 loading needs a built model
         model.load_weights(checkpoint)
         return
-    # The trainer's layout (checkpointing.RunCheckpoints.attach): the model's variables as a
-    # list, in the order of a freshly built DualModel; optimizer state is not needed.
+    # The trainer's layout (run.rundir.RunCheckpoints.attach): the model's variables as a
+    # list, in the order of a freshly built method; optimizer state is not needed.
     status = tf.train.Checkpoint(model=list(model.variables)).restore(checkpoint)
     status.expect_partial()
     status.assert_existing_objects_matched()
@@ -124,33 +112,35 @@ def main(argv):
         fail(f"--checkpoint: {e}")
     try:
         cfg = read_flagfile(flagfile, read_text)
-        cfg.model_dir = model_dir   # the run may have moved since training
+        cfg.run.model_dir = model_dir   # the run may have moved since training
         config.validate(cfg)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from dualssl_tf import experiments, export, trainer
+        from dualssl_tf import export, tasks
+        from dualssl_tf.run import trainer
         checkpoint = checkpoint or find_checkpoint(model_dir)
         if not checkpoint:
             fail(f"--checkpoint: no checkpoint (*.weights.h5 or tf.train checkpoint) in "
                  f"{model_dir} or its checkpoints/; pass --checkpoint=PATH")
-        exp = experiments.build(cfg)
-        model = trainer.build_model(cfg, exp)
+        task = tasks.build(cfg)
+        model = trainer.build_model(cfg, task)
         try:
-            load_weights(model, checkpoint, exp.input_shape)
+            load_weights(model, checkpoint, task.input_shape)
         except Exception as e:  # wrong architecture or corrupt file: one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             fail(f"--checkpoint: cannot load {checkpoint} into the model of {flagfile} "
                  f"({msg})")
         if FLAGS.intermediate_layers == "auto":
-            taps = export.default_intermediates(exp.encoder)
+            taps = export.default_intermediates(task.encoder)
         elif FLAGS.intermediate_layers in ("", "none"):
             taps = None
         else:
             taps = [n.strip() for n in FLAGS.intermediate_layers.split(",") if n.strip()]
         export_dir = FLAGS.export_dir or os.path.join(model_dir, "saved_model")
-        card = export.run_model_card(cfg, _metadata(model_dir), _last_metrics(model_dir))
+        card = export.run_model_card(cfg.flags(), _metadata(model_dir),
+                                     _last_metrics(model_dir))
         card["checkpoint"] = checkpoint if "://" in checkpoint else os.path.abspath(checkpoint)
         try:
-            export.export_encoder(exp.encoder, exp.head, export_dir, exp.input_shape,
+            export.export_encoder(task.encoder, task.head, export_dir, task.input_shape,
                                   model_card=card, intermediate_layers=taps)
         except ValueError as e:
             msg = str(e)

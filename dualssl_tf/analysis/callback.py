@@ -14,19 +14,19 @@ fraction of an epoch), with ``f_L`` the encoder output before normalisation (the
 the theory). This module is imported by the trainer only when the user asks for it.
 """
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from dualssl_tf.analysis import connections, sampling
+from dualssl_tf.analysis import connections
 from dualssl_tf.analysis.covariance import batched_summary_tf
-from dualssl_tf.config import ConfigError
+from dualssl_tf.options import ConfigError
+from dualssl_tf.run.callbacks import EpochMetric
 
 # Augmentations per base point for the per-epoch estimate.
 NUM_AUG = 8
 
 
-class CovarianceMonitor(keras.callbacks.Callback):
+class CovarianceMonitor(EpochMetric):
     """Logs ||OP_l||_F, ||W_l|| and the alignment of W_l with OP_l's top eigenvector.
 
     Args:
@@ -92,39 +92,24 @@ class CovarianceMonitor(keras.callbacks.Callback):
                 logs[f"op_align_mean/{name}"] = float(np.mean(stats["alignment"]))
         return logs
 
-    def initial_logs(self):
-        """Analysis at initialisation (the trainer writes it on the epoch-0 line)."""
-        return self.compute(0)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and (epoch + 1) % self.every == 0:
-            logs.update(self.compute(epoch + 1))
 
 
-def build_analysis_callback(cfg, exp):
-    """The monitor for a run: every latent group of the HLTM net / the toy's conv layer.
+def build_analysis_callback(cfg, task):
+    """The monitor of a run, on the layers and sampler its task's analysis hooks name
+    (every latent group of the HLTM net, the toy's conv layer).
 
     Args:
-      cfg: TrainConfig (uses ``dataset``, ``analysis_every``, ``analysis_points``, ``seed``).
-      exp: the run's Experiment (its encoder and metadata).
+      cfg: TrainConfig (uses ``--dataset``, ``--analysis_every``, ``--analysis_points``,
+        ``--seed``).
+      task: the run's :class:`~dualssl_tf.tasks.Task` (its encoder and metadata).
     Raises:
-      ConfigError("analysis_every") for datasets without a sampler of augmentations.
+      ConfigError("analysis_every") for tasks without analysis hooks.
     """
-    if cfg.dataset == "hltm":
-        from dualssl_tf.data.hltm import HLTM
-        tree = HLTM.from_dict(exp.metadata["hltm"])
-        layers = [(level.name, True) for level in exp.encoder.levels]
-        sampler = sampling.hltm_sampler(tree, cfg.analysis_points, NUM_AUG)
-    elif cfg.dataset == "translation1d":
-        from dualssl_tf.data.translation1d import Translation1D
-        toy = Translation1D(exp.metadata["translation1d"]["length"])
-        layers = [("conv", False)]
-
-        def sampler(seed):
-            # M = 2 objects, every location: the exact Kbar (analysis_points is not used).
-            return sampling.translation1d_augmented(toy)
-    else:
-        raise ConfigError("analysis_every", f"not available for dataset {cfg.dataset!r}; "
-                          "supported: hltm, translation1d (set --analysis_every=0)")
-    return CovarianceMonitor(exp.encoder, layers, sampler, every=cfg.analysis_every,
-                             seed=cfg.seed * 100_003)
+    hooks = cfg.task.load_analysis()
+    if hooks is None:
+        raise ConfigError("analysis_every", f"not available for dataset "
+                          f"{cfg.data.dataset!r}; supported: hltm, translation1d (set "
+                          "--analysis_every=0)")
+    layers, sampler = hooks.monitor(cfg, task, NUM_AUG)
+    return CovarianceMonitor(task.encoder, layers, sampler, every=cfg.analysis.every,
+                             seed=cfg.run.seed * 100_003)

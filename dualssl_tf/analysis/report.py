@@ -10,11 +10,10 @@ import os
 
 import numpy as np
 
-from dualssl_tf.analysis import connections, plots, runs, sampling, selectivity, translation
+from dualssl_tf import tasks
+from dualssl_tf.analysis import connections, plots, runs
 from dualssl_tf.analysis.covariance import CovarianceOperator, averaged_connections
 from dualssl_tf.models.grouped_dense import GroupedDense
-
-SUPPORTED = ("hltm", "translation1d")
 
 
 def default_layers(encoder):
@@ -28,18 +27,17 @@ def check_layers(encoder, layers):
         connections.resolve_variable(encoder, name)
 
 
-def _sampler(run, points, augmentations, seed):
-    cfg = run.cfg
-    if cfg.dataset == "hltm":
-        from dualssl_tf.data.hltm import HLTM
-        tree = HLTM.from_dict(run.init.metadata["hltm"])
-        return lambda: sampling.hltm_augmented(tree, points, augmentations, seed)[0]
-    if cfg.dataset == "translation1d":
-        from dualssl_tf.data.translation1d import Translation1D
-        toy = Translation1D(cfg.translation1d_length)
-        return lambda: sampling.translation1d_augmented(toy)
-    raise ValueError(f"model_dir: dataset {cfg.dataset!r} is not supported by the analysis; "
-                     f"supported: {', '.join(SUPPORTED)}")
+def task_hooks(cfg):
+    """The analysis hooks of the run's task (``dualssl_tf.tasks.<name>.analysis``).
+
+    Raises ValueError("model_dir: ...") for a task without them (e.g. images).
+    """
+    hooks = cfg.task.load_analysis()
+    if hooks is None:
+        supported = [t.name for t in tasks.TASKS.values() if t.analysis]
+        raise ValueError(f"model_dir: dataset {cfg.data.dataset!r} is not supported by the "
+                         f"analysis; supported: {', '.join(supported)}")
+    return hooks
 
 
 def _layer_ops(encoder, name, x_aug):
@@ -65,7 +63,7 @@ def operator_summary(run, layers, points=512, augmentations=8, top_k=20, seed=0,
     OP_final), ``align_final_to_init_op`` (W_final vs OP_init's top eigenvector),
     ``w_norm_init``, ``w_norm_final``}.
     """
-    x_aug = _sampler(run, points, augmentations, seed)()
+    x_aug = task_hooks(run.cfg).sampler(run, points, augmentations, seed)()
     out = {}
     for i, name in enumerate(layers, start=1):
         progress(f"[{i}/{len(layers)}] covariance operator of {name} "
@@ -91,12 +89,12 @@ def _top1(op, w):
 
 def emergence(run):
     """Per-epoch curves from metrics.jsonl: {"epochs": [...], "series": {key: [...]}}."""
-    key = "best_corr" if run.cfg.dataset == "hltm" else "selectivity"
+    hooks = task_hooks(run.cfg)
+    key = hooks.EMERGENCE_KEY
     epochs, series = runs.metric_series(run.metrics, key)
     if not isinstance(series, dict) or not series:
         raise ValueError(f"model_dir: metrics.jsonl has no {key!r} entries")
-    if key == "selectivity":
-        series = {"mean |selectivity|": series["mean_abs"]}
+    series = hooks.emergence_series(series)
     return {"metric": key, "epochs": epochs.tolist(),
             "series": {k: v.tolist() for k, v in series.items()}}
 
@@ -111,88 +109,25 @@ def monitor_curves(run):
     return None
 
 
-def hltm_lucky_nodes(run):
-    """Unit correlations before/after training on the run's own held-out sample.
-
-    Returns dict with ``init_corr`` / ``final_corr`` (depth -> [groups, hid] lists),
-    ``persistence`` (:func:`selectivity.lucky_node_persistence`) and
-    ``init_reproduced`` (max |best_corr recomputed at init - metrics.jsonl epoch 0|, which is
-    ~0 when the rebuilt initialisation is the run's).
-    """
-    monitor = next(cb for cb in run.init.callbacks if hasattr(cb, "latents"))
-    init = selectivity.unit_correlations(run.init.encoder, monitor.x, monitor.latents)
-    final = selectivity.unit_correlations(run.final.encoder, monitor.x, monitor.latents)
-    logged = run.metrics[0].get("best_corr", {})
-    diffs = [abs(np.abs(init[d]).max(1).mean() - logged[str(d)]) for d in init
-             if str(d) in logged]
-    return {"init_corr": {d: v.tolist() for d, v in init.items()},
-            "final_corr": {d: v.tolist() for d, v in final.items()},
-            "persistence": selectivity.lucky_node_persistence(init, final),
-            "init_reproduced": float(max(diffs)) if diffs else None}
-
-
 def analyze_run(run, layers, points=512, augmentations=8, top_k=20, seed=0,
                 lucky_hids=(), progress=print):
     """Everything analyze.py writes into analysis.json (JSON-able dict)."""
     if run.final is None:
         raise ValueError(f"model_dir: no saved_model/ in {run.model_dir}; the analysis needs "
                          "the trained encoder")
-    result = {"model_dir": run.model_dir, "dataset": run.cfg.dataset, "layers": list(layers),
+    result = {"model_dir": run.model_dir, "dataset": run.cfg.data.dataset,
+              "layers": list(layers),
               "points": points, "augmentations": augmentations,
               "emergence": emergence(run), "monitor": monitor_curves(run),
               "operators": operator_summary(run, layers, points, augmentations, top_k, seed,
                                             progress)}
-    if run.cfg.dataset == "hltm":
-        progress("lucky nodes: unit correlations at init and after training")
-        result["lucky_nodes"] = hltm_lucky_nodes(run)
-        if lucky_hids:
-            progress(f"lucky nodes at init vs hid {list(lucky_hids)}")
-            cfg = run.cfg
-            study = selectivity.init_selectivity(
-                lucky_hids, cfg.hltm_depth, cfg.hltm_children, cfg.hltm_delta_lower,
-                cfg.hltm_delta_upper, num_samples=20000, seed=cfg.seed)
-            result["init_selectivity_by_hid"] = {
-                str(h): v["by_depth"] for h, v in study.items()}
-    else:
-        from dualssl_tf.data.translation1d import Translation1D
-        toy = Translation1D(run.cfg.translation1d_length)
-        result["filters"] = translation.filter_op_alignment(run.init.encoder,
-                                                            run.final.encoder, toy)
+    result.update(task_hooks(run.cfg).study(run, lucky_hids, progress))
     return result
 
 
 def make_figures(result, out_dir):
     """Writes the PNG figures of an :func:`analyze_run` result. Returns {name: path}."""
-    paths = {}
-    em = result["emergence"]
-    if result["dataset"] == "hltm":
-        paths["emergence"] = plots.emergence_curves(
-            em["epochs"], em["series"], os.path.join(out_dir, "emergence.png"))
-        lucky = result["lucky_nodes"]
-        stats = {int(d): v for d, v in lucky["persistence"].items()}
-        paths["lucky_nodes"] = plots.lucky_node_scatter(
-            {int(d): v for d, v in lucky["init_corr"].items()},
-            {int(d): v for d, v in lucky["final_corr"].items()},
-            os.path.join(out_dir, "lucky_nodes.png"), stats=stats)
-        if "init_selectivity_by_hid" in result:
-            study = {int(h): {"by_depth": {int(d): s for d, s in v.items()}}
-                     for h, v in result["init_selectivity_by_hid"].items()}
-            paths["lucky_by_hid"] = plots.init_selectivity_by_hid(
-                study, os.path.join(out_dir, "lucky_nodes_by_hid.png"))
-    else:
-        paths["emergence"] = plots.emergence_curves(
-            em["epochs"], em["series"], os.path.join(out_dir, "emergence.png"),
-            title="Translation toy: emergence of object-selective filters",
-            ylabel="mean |selectivity| over filters", label_fmt="{}")
-        f = result["filters"]
-        paths["lucky_nodes"] = plots.selectivity_scatter(
-            f["selectivity_init"], f["selectivity_final"],
-            os.path.join(out_dir, "selectivity.png"))
-        paths["filter_alignment"] = plots.alignment_bars(
-            [f"filter {j}" for j in range(len(f["align_init"]))], f["align_init"],
-            f["align_final"], os.path.join(out_dir, "filter_alignment.png"),
-            title="Filters vs top eigenvector of OP (per filter block) at init",
-            ylabel="|cos(w_j, top eigvec of OP_jj at init)|")
+    paths = tasks.spec(result["dataset"]).load_analysis().figures(result, out_dir)
     ops = result["operators"]
     spectra = {}
     for label, v in _representative(ops).items():

@@ -1,9 +1,10 @@
 """Reading a finished run (a ``model_dir`` written by tools/train.py) for analysis.
 
-A run holds ``flags.txt`` (flagfile of its TrainConfig), ``metrics.jsonl`` and the encoder
-SavedModel ``saved_model/``. The networks are rebuilt from the flags: with the run's seed the
-rebuilt encoder *is* the initialisation (the trainer seeds Keras before building), and the
-trained weights are read from the SavedModel's checkpoint into a second copy.
+A run holds ``flags.txt`` (flagfile of its TrainConfig), ``metrics.jsonl``, its weights at
+initialisation ``initial/`` and the encoder SavedModel ``saved_model/``. The networks are
+rebuilt from the flags; the initial weights are read from ``initial/`` (runs older than
+that file are rebuilt from the seed, as the trainer seeds Keras before building) and the
+trained ones from the SavedModel's checkpoint into a second copy.
 """
 
 import dataclasses
@@ -14,28 +15,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dualssl_tf import config, experiments, runfiles
+from dualssl_tf import config, runfiles, tasks
+from dualssl_tf.run import rundir
 
 VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def read_flagfile(path):
-    """TrainConfig from a ``--name=value`` flagfile (unknown names raise ConfigError)."""
-    fields = {f.name: f for f in dataclasses.fields(config.TrainConfig)}
-    values = {}
-    for line in runfiles.read_text(path).splitlines():  # local or gs://
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, _, value = line.lstrip("-").partition("=")
-        if name not in fields:
-            continue  # a flag of a newer/older version: ignore, defaults apply
-        kind = type(fields[name].default)
-        if kind is bool:
-            values[name] = value.lower() in ("1", "true", "yes")
-        else:
-            values[name] = kind(value)
-    return config.TrainConfig(**values)
+    """TrainConfig from a ``--name=value`` flagfile (local or gs://); flags this version
+    does not know are ignored (their defaults apply)."""
+    return config.from_flag_strings(config.parse_flagfile(runfiles.read_text(path)))
 
 
 def read_metrics(path):
@@ -84,16 +73,16 @@ def load_savedmodel_weights(model, saved_model_dir, prefix="encoder"):
 
 @dataclasses.dataclass
 class Run:
-    """A finished run: its config, metrics, and the experiment rebuilt twice.
+    """A finished run: its config, metrics, and the task rebuilt twice.
 
-    ``init`` is the Experiment at initialisation, ``final`` an Experiment whose encoder holds
-    the trained weights (``None`` when the run has no SavedModel).
+    ``init`` is the Task at initialisation, ``final`` a Task whose encoder holds the
+    trained weights (``None`` when the run has no SavedModel).
     """
     model_dir: str
     cfg: config.TrainConfig
     metrics: list
-    init: experiments.Experiment
-    final: experiments.Experiment
+    init: tasks.Task
+    final: tasks.Task
 
 
 def load_run(model_dir):
@@ -110,14 +99,17 @@ def load_run(model_dir):
     metrics = read_metrics(metrics_path)
     if not metrics:
         raise ValueError(f"model_dir: {metrics_path} is empty")
-    # Same seeding and build order as trainer.run: the rebuilt encoder is the initial one.
-    keras.utils.set_random_seed(cfg.seed)
-    init = experiments.build(cfg)
+    # Same seeding and build order as trainer.run, so a run without initial/ (made before
+    # it was written) still gets its initial encoder back.
+    keras.utils.set_random_seed(cfg.run.seed)
+    init = tasks.build(cfg)
+    rundir.restore_initial(list(init.encoder.variables) + (
+        list(init.head.variables) if init.head else []), model_dir)
     final = None
     saved = os.path.join(model_dir, "saved_model")
     if runfiles.isdir(saved):
-        keras.utils.set_random_seed(cfg.seed)
-        final = experiments.build(cfg)
+        keras.utils.set_random_seed(cfg.run.seed)
+        final = tasks.build(cfg)
         load_savedmodel_weights(final.encoder, saved)
     return Run(model_dir, cfg, metrics, init, final)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from dualssl_tf.analysis import sampling
 from dualssl_tf.analysis.covariance import CovarianceOperator
-from dualssl_tf.experiments.translation1d import filter_selectivity
+from dualssl_tf.tasks.translation1d.task import filter_selectivity
 
 
 def conv_operator(encoder, toy, layer="conv"):

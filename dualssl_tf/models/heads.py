@@ -49,7 +49,7 @@ class LinearProbe(keras.layers.Layer):
     With ``standardize`` the features first pass a BatchNorm without scale and shift, i.e.
     are standardised per dimension with running statistics (DIGEST section 6's linear
     evaluation standardises features); the classifier is then a plain Dense layer. Used as
-    DualModel's online probe on ``stop_gradient(representation)``.
+    ContrastiveMethod's online probe on ``stop_gradient(representation)``.
 
     Args:
       num_classes: K.

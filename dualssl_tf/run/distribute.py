@@ -4,7 +4,7 @@ Everything here runs on TensorFlow's own engine; nothing is home-made:
 
 * :func:`make_strategy` builds ``default | mirrored | multi_worker | tpu`` strategies and
   turns every setup mistake into a one-line :class:`~dualssl_tf.config.ConfigError`.
-* :func:`cross_replica_candidates` is the ``DualModel(gather_fn=...)`` hook: it gathers both
+* :func:`cross_replica_candidates` is the ``ContrastiveMethod(gather_fn=...)`` hook: it gathers both
   views' embeddings from all replicas with the replica context's ``all_gather``, so every
   in-batch loss sees the *global* batch as negatives.
 * :func:`cross_replica_mean` gives batch-mean losses (``nce_batch``) the global-batch mean.
@@ -14,7 +14,7 @@ Everything here runs on TensorFlow's own engine; nothing is home-made:
 Why the update equals the single-device update on the global batch
 -----------------------------------------------------------------
 Let ``L = (1/A_g) sum_a l_a`` be the global-batch loss (``A_g`` anchors in all). Replica
-``r`` computes ``L_r = (1/A_g) sum_{a in r} l_a`` (``DualModel._step`` divides its local sum
+``r`` computes ``L_r = (1/A_g) sum_{a in r} l_a`` (``SSLMethod.replica_loss`` divides its local sum
 by ``local anchors * replicas``), so ``L = sum_r L_r``. ``ReplicaContext.all_gather`` is
 differentiable: its gradient (TF 2.21, ``distribute_lib.ReplicaContext.all_gather``) is the
 SUM all-reduce of the upstream gradients of all replicas, sliced back to the local rows.
@@ -24,7 +24,7 @@ terms plus every replica's use of ``z_r`` as a negative), and its variable gradi
 (``keras/src/backend/tensorflow/optimizer.py: _all_reduce_sum_gradients``), which gives
 ``sum_r dL/dz_r * dz_r/dtheta = dL/dtheta``: the single-device gradient. Weight decay is
 decoupled (applied once to the mirrored variable) and regularisation losses are divided by
-the replica count in ``_step``, so both also match. ``all_reduce`` (synchronised BatchNorm,
+the replica count (``SSLMethod.regularization_loss``), so both also match. ``all_reduce`` (synchronised BatchNorm,
 :func:`cross_replica_mean`) has the same SUM-of-gradients rule, so those match too.
 """
 
@@ -34,7 +34,8 @@ import socket
 import keras
 import tensorflow as tf
 
-from dualssl_tf.config import STRATEGIES, ConfigError, check_tf_config
+from dualssl_tf.config import STRATEGIES, check_tf_config
+from dualssl_tf.options import ConfigError
 
 
 def _replica_context():
@@ -51,14 +52,14 @@ def use_sync_bn():
     """Whether models built now should use synchronised BatchNorm.
 
     True when the strategy whose ``scope()`` is active has more than one replica: the
-    trainer builds experiments inside ``strategy.scope()``, so builders pass
+    trainer builds tasks inside ``strategy.scope()``, so builders pass
     ``sync_bn=distribute.use_sync_bn()`` to ``BatchNormalization(synchronized=...)``.
     """
     return num_replicas() > 1
 
 
 def cross_replica_candidates(z1, z2):
-    """Negatives from the whole global batch: the ``DualModel(gather_fn=...)`` hook.
+    """Negatives from the whole global batch: the ``ContrastiveMethod(gather_fn=...)`` hook.
 
     Args:
       z1, z2: [N, D] this replica's embeddings of view 1 and view 2.
@@ -202,15 +203,14 @@ def replica_seed(seed, input_context):
                % (2 ** 31 - 1))
 
 
-def distributed_dataset(strategy, global_batch_size, make_train_data):
+def distributed_dataset(strategy, global_batch_size, make_data):
     """Per-replica input: one pipeline per host, each replica gets ``global / R`` pairs.
 
     Args:
       strategy: the tf.distribute strategy.
       global_batch_size: pairs per step over all replicas (``--batch_size``).
-      make_train_data: ``(per_replica_batch_size, input_context) -> tf.data.Dataset`` of
-        endless per-replica batch dicts (the :class:`~dualssl_tf.experiments.Experiment`
-        contract). It must draw a different stream per ``input_context.input_pipeline_id``
+      make_data: ``(per_replica_batch_size, input_context) -> tf.data.Dataset`` of
+        endless per-replica batch dicts (the :class:`~dualssl_tf.tasks.Task` contract). It must draw a different stream per ``input_context.input_pipeline_id``
         (see :func:`replica_seed`); the replicas of one host take consecutive batches.
     Returns:
       A ``tf.distribute.DistributedDataset`` for ``Model.fit``.
@@ -220,23 +220,23 @@ def distributed_dataset(strategy, global_batch_size, make_train_data):
     per_replica = per_replica_batch_size(global_batch_size, strategy.num_replicas_in_sync)
 
     def dataset_fn(input_context):
-        return make_train_data(per_replica, input_context)
+        return make_data(per_replica, input_context)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def train_input(strategy, global_batch_size, experiment, transform=None):
+def train_input(strategy, global_batch_size, task, transform=None):
     """The training input ``Model.fit`` gets under ``strategy``.
 
-    One replica: ``experiment.train_data`` unchanged (global batches). Several replicas:
-    :func:`distributed_dataset` over ``experiment.make_train_data`` when the experiment has
-    it (per-host pipelines, per-replica batches), else ``train_data``'s global batches split
-    across replicas by ``strategy.experimental_distribute_dataset``.
+    One replica: ``task.make_data(global_batch_size)`` (global batches, one pipeline).
+    Several replicas: :func:`distributed_dataset` over ``task.make_data`` (per-host
+    pipelines, per-replica batches) when ``task.per_replica_data``, else the global batches
+    split across replicas by ``strategy.experimental_distribute_dataset``.
 
     Args:
       strategy: the tf.distribute strategy.
       global_batch_size: ``--batch_size``; must be divisible by the replicas.
-      experiment: a :class:`~dualssl_tf.experiments.Experiment`.
+      task: a :class:`~dualssl_tf.tasks.Task`.
       transform: optional ``tf.data.Dataset -> tf.data.Dataset`` applied to every pipeline
         (e.g. dropping explicit negatives).
     Raises:
@@ -246,12 +246,37 @@ def train_input(strategy, global_batch_size, experiment, transform=None):
     replicas = strategy.num_replicas_in_sync
     per_replica_batch_size(global_batch_size, replicas)
     if replicas == 1:
-        return transform(experiment.train_data)
-    if experiment.make_train_data is not None:
+        return transform(task.make_data(global_batch_size))
+    if task.per_replica_data:
         return distributed_dataset(
-            strategy, global_batch_size,
-            lambda batch, ctx: transform(experiment.make_train_data(batch, ctx)))
-    return strategy.experimental_distribute_dataset(transform(experiment.train_data))
+            strategy, global_batch_size, lambda batch, ctx: transform(task.make_data(batch, ctx)))
+    return strategy.experimental_distribute_dataset(
+        transform(task.make_data(global_batch_size)))
+
+
+def setup(cfg):
+    """Strategy, dtype policy, seeds and op determinism of a run, in that order.
+
+    Returns ``(strategy, cfg)``; cfg has ``--sync_bn`` set when there is more than one
+    replica (BatchNorm statistics of the global batch). Raises ConfigError naming
+    --jit_compile for XLA on several non-TPU replicas.
+    """
+    run = cfg.run
+    strategy = make_strategy(run.strategy, run.tpu, run.num_gpus)
+    replicas = strategy.num_replicas_in_sync
+    if run.jit_compile and replicas > 1 and run.strategy != "tpu":
+        raise ConfigError("jit_compile", f"Keras compiles the whole step for one device; "
+                          f"with {replicas} {run.strategy} replicas use --jit_compile=false "
+                          "(TPUs always compile with XLA)")
+    if replicas > 1 and not run.sync_bn:
+        cfg = cfg.replace(sync_bn=True)
+    set_precision(run.mixed_precision)
+    keras.utils.set_random_seed(run.seed)
+    if run.deterministic and not run.jit_compile:
+        # Keras refuses XLA under op determinism; an XLA-compiled CPU step is one fixed
+        # program, repeatable on its own (two jit runs give byte-identical metrics.jsonl).
+        tf.config.experimental.enable_op_determinism()
+    return strategy, cfg
 
 
 POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -261,9 +286,58 @@ def set_precision(mixed_precision):
     """Sets Keras' global dtype policy for ``--mixed_precision`` (none|bfloat16|float16).
 
     Must run before the networks are built. Layers then compute in bfloat16/float16 with
-    float32 variables; DualModel computes the losses in float32. Returns the previous
+    float32 variables; the methods compute their losses in float32. Returns the previous
     policy name, so callers can restore it.
     """
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(POLICIES[mixed_precision])
     return previous
+
+
+# -- Keras internals (the one place this package relies on them) -----------------------------
+#
+# Keras 3.15 has no public hook for how ``fit`` builds a model under a strategy: it calls
+# ``Model._maybe_symbolic_build(iterator=..., data_batch=...)``, which pulls one batch from
+# its epoch iterator (yielding ``(begin_step, end_step, iterator)`` tuples) and
+# ``strategy.reduce``s it. MultiWorkerMirroredStrategy cannot reduce a dict of per-replica
+# tensors, so the methods override that method (below) to build from one replica's batch.
+# ``tests/run/test_distribute.py::test_keras_internals_still_match`` fails loudly when a
+# Keras upgrade changes the signature or the iterator's tuples this relies on.
+KERAS_SYMBOLIC_BUILD = "keras.Model._maybe_symbolic_build(self, iterator=None, data_batch=None)"
+
+
+class OneReplicaSymbolicBuild:
+    """Mixin for ``keras.Model`` subclasses: ``fit`` under a strategy builds the model from
+    one replica's batch instead of a cross-replica reduce (which multi-worker runs cannot
+    do for dict batches). Shapes are the same; no collective runs."""
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and self._distribute_strategy is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: self.distribute_strategy.experimental_local_results(v)[0],
+                    next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+def num_workers(strategy):
+    """Worker processes of ``strategy`` from its public cluster resolver (1 when none)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, len(spec.get("worker", [])) + len(spec.get("chief", [])))
+
+
+def step_results(strategy, results):
+    """A train/test step's ``{name: scalar}`` in the shape ``fit`` can reduce.
+
+    Keras reduces multi-worker step outputs with ``reduce(MEAN, axis=0)``, which fails on
+    scalars (tensorflow/tensorflow#72388); a [1] tensor reduces to a scalar.
+    """
+    if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and num_workers(strategy) > 1):
+        return {name: tf.reshape(v, [1]) for name, v in results.items()}
+    return results

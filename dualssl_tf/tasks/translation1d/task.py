@@ -7,8 +7,9 @@ import keras
 import numpy as np
 
 from dualssl_tf.data.translation1d import Translation1D
-from dualssl_tf.experiments import Experiment
 from dualssl_tf.models.conv1d import conv1d_encoder
+from dualssl_tf.run.callbacks import EpochMetric
+from dualssl_tf.tasks.base import Task
 
 # Steps in the toy's "natural" epoch when --steps_per_epoch=0.
 DEFAULT_STEPS = 50
@@ -35,7 +36,7 @@ def filter_selectivity(encoder, toy, eps=1e-8):
     return (a[0] - a[1]) / (a[0] + a[1] + eps)
 
 
-class SelectivityLogger(keras.callbacks.Callback):
+class SelectivityLogger(EpochMetric):
     """Adds ``selectivity/mean_abs`` and ``selectivity/f<j>`` to the epoch logs."""
 
     def __init__(self, encoder, toy):
@@ -43,37 +44,42 @@ class SelectivityLogger(keras.callbacks.Callback):
         self.encoder = encoder
         self.toy = toy
 
-    def compute(self):
+    def compute(self, epoch=0):
         s = filter_selectivity(self.encoder, self.toy)
         logs = {f"selectivity/f{j}": float(v) for j, v in enumerate(s)}
         logs["selectivity/mean_abs"] = float(np.mean(np.abs(s)))
         return logs
 
-    def initial_logs(self):
-        return self.compute()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs.update(self.compute())
-
 
 def build(cfg, start_step=0):
-    toy = Translation1D(cfg.translation1d_length)
-    encoder = conv1d_encoder(cfg.translation1d_length, cfg.translation1d_filters,
-                             cfg.translation1d_kernel, pooling=cfg.translation1d_pooling,
-                             use_bias=cfg.translation1d_bias, seed=cfg.seed)
+    o = cfg.translation1d
+    toy = Translation1D(o.length)
+    encoder = conv1d_encoder(o.length, o.filters, o.kernel, pooling=o.pooling,
+                             use_bias=o.bias, seed=cfg.run.seed)
     probe = keras.layers.Dense(toy.num_objects, name="probe")
-    probe.build((None, cfg.translation1d_filters))   # built before the optimizer sees it
-    return Experiment(
-        train_data=toy.dataset(cfg.batch_size, cfg.seed, start_step=start_step),
-        steps_per_epoch=cfg.steps_per_epoch or DEFAULT_STEPS,
+    probe.build((None, o.filters))   # built before the optimizers see it
+    return Task(
+        make_data=functools.partial(_data, toy, cfg.run.seed, start_step),
+        steps_per_epoch=cfg.optim.steps_per_epoch or DEFAULT_STEPS,
         encoder=encoder,
+        input_shape=(toy.length, 1),
         probe=probe,
         callbacks=[SelectivityLogger(encoder, toy)],
-        input_shape=(toy.length, 1),
         metadata={"translation1d": toy.to_dict()},
-        summarize=functools.partial(selectivity_table, filters=cfg.translation1d_filters),
-        eval_data=(toy.eval_dataset(), toy.eval_dataset()))
+        summarize=functools.partial(selectivity_table, filters=o.filters),
+        per_replica_data=False)
+
+
+def _data(toy, seed, start_step, batch_size, input_context=None):
+    """Global batches only (several replicas split them: ``per_replica_data=False``)."""
+    return toy.dataset(batch_size, seed, start_step=start_step)
+
+
+def eval_data(cfg, batch_size=256):
+    """``(train, test, None)``: every object at every location (train = test: the toy's
+    whole input space)."""
+    toy = Translation1D(cfg.translation1d.length)
+    return toy.eval_dataset(), toy.eval_dataset(), None
 
 
 def selectivity_table(initial, final, filters):

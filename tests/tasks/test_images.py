@@ -1,4 +1,4 @@
-"""The image experiment: built from a TrainConfig, trained for a few steps with the probe."""
+"""The image task: built from a TrainConfig, trained for a few steps with the probe."""
 
 import logging
 
@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dualssl_tf import trainer
+from dualssl_tf.run import trainer
 from dualssl_tf.config import ConfigError, TrainConfig
-from dualssl_tf.dual import DualModel
-from dualssl_tf.experiments import build
+from dualssl_tf.methods.contrastive import ContrastiveMethod
+from dualssl_tf.tasks import build, eval_data
 from tests.data import tiny_tfds
 
 
@@ -24,16 +24,18 @@ def _cfg(tmp_path, **kw):
     return TrainConfig(**base)
 
 
-def test_generated_experiment_parts(tmp_path):
-    exp = build(_cfg(tmp_path, steps_per_epoch=0))
-    spec = exp.train_data.element_spec
+def test_generated_task_parts(tmp_path):
+    cfg = _cfg(tmp_path, steps_per_epoch=0)
+    exp = build(cfg)
+    spec = exp.make_data(16).element_spec
     assert spec["view1"].shape == (16, 16, 16, 3) and spec["label"].shape == (16,)
     assert exp.encoder.output_shape == (None, 32)          # 512 * 1/16
     assert exp.head.output_shape == (None, 8)
     assert exp.probe.num_classes == 6
     assert exp.input_shape == (16, 16, 3)
     assert exp.metadata["images"]["stem"] == "cifar"
-    train_eval, test_eval = exp.eval_data
+    train_eval, test_eval, num_classes = eval_data(cfg)
+    assert num_classes == 6
     x, y = next(iter(test_eval))
     assert x.shape[1:] == (16, 16, 3) and y.dtype == tf.int32
     assert exp.steps_per_epoch == 64 // 16  # the data set's natural epoch
@@ -43,7 +45,7 @@ def test_generated_experiment_parts(tmp_path):
     for pid in (0, 1):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid,
                                          num_replicas_in_sync=2)
-        ds = exp.make_train_data(8, ctx)
+        ds = exp.make_data(8, ctx)
         assert ds.element_spec["view1"].shape == (8, 16, 16, 3)
         streams.append(next(iter(ds))["view1"].numpy())
     assert np.abs(streams[0] - streams[1]).max() > 0.1
@@ -55,7 +57,7 @@ def test_fit_steps_update_probe_and_log_metrics(tmp_path):
     exp = build(cfg)
     model = trainer.build_model(cfg, exp)
     before = exp.probe.classifier.kernel.numpy().copy()
-    hist = model.fit(exp.train_data, epochs=1, steps_per_epoch=2, callbacks=exp.callbacks,
+    hist = model.fit(exp.make_data(16), epochs=1, steps_per_epoch=2, callbacks=exp.callbacks,
                      verbose=0)
     logs = {k: v[-1] for k, v in hist.history.items()}
     for key in ("loss", "contrastive_acc", "r_pos", "r_neg", "probe_acc", "probe_loss",
@@ -70,10 +72,10 @@ def test_fit_steps_update_probe_and_log_metrics(tmp_path):
 def test_probe_ignores_unlabelled_examples():
     enc = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])
     probe = tf.keras.layers.Dense(2)
-    model = DualModel(enc, None, loss="ntxent", probe=probe)
+    model = ContrastiveMethod(enc, None, loss="ntxent", probe=probe)
     x = tf.random.normal([4, 4], seed=1)
     data = {"view1": x, "view2": x + 0.1, "label": tf.constant([1, -1, 0, -1])}
-    _, logs = model._step(data, training=False)
+    logs = model.probe_step(data, model.forward(data, training=False), training=False)
     logits = probe(enc(x)).numpy()[[0, 2]]
     labels = np.array([1, 0])
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
@@ -82,7 +84,7 @@ def test_probe_ignores_unlabelled_examples():
     assert float(logs["probe_acc"]) == np.mean(logits.argmax(1) == labels)
 
 
-def test_tfds_experiment_errors(tmp_path):
+def test_tfds_task_errors(tmp_path):
     with pytest.raises(ConfigError, match="^--data_dir: --dataset=cifar10 is not prepared"):
         build(_cfg(tmp_path, dataset="cifar10", data_dir=str(tmp_path), image_size=0))
     with tfds.testing.mock_data(num_examples=8):
@@ -101,7 +103,7 @@ def test_folder_needs_image_size_for_mixed_sizes(tmp_path):
         build(_cfg(tmp_path, dataset="folder", data_dir=str(tmp_path), image_size=0,
                    batch_size=2))
     exp = build(_cfg(tmp_path, dataset="folder", data_dir=str(tmp_path), batch_size=2))
-    assert exp.probe is None and "label" not in exp.train_data.element_spec
+    assert exp.probe is None and "label" not in exp.make_data(2).element_spec
 
 
 def test_tfds_hosts_read_their_own_files(tmp_path, caplog):
@@ -115,7 +117,7 @@ def test_tfds_hosts_read_their_own_files(tmp_path, caplog):
     for pid in (0, 1):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid,
                                          num_replicas_in_sync=2)
-        batches = list(exp.make_train_data(4, ctx).take(4).as_numpy_iterator())
+        batches = list(exp.make_data(4, ctx).take(4).as_numpy_iterator())
         assert batches[0]["view1"].shape == (4, 16, 16, 3)
         # 16 of this host's 18 examples (first epoch: no repeats), all from its files.
         labels = np.concatenate([b["label"] for b in batches])

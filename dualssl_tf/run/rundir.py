@@ -1,13 +1,23 @@
-"""Fault tolerance of a training run: checkpoints, resume, and the non-finite-loss guard.
+"""The run directory: every file a training run writes, and resume.
 
-A run's directory gets ``checkpoints/ckpt-<epoch>.{index,data-*}`` (weights, optimizer
-state including ``iterations``, the epoch and the global step) and, once the encoder is
-exported, ``finished.json``. Re-running the same command:
+:class:`RunDir` owns ``model_dir``::
+
+    flags.txt        the run's flags (a re-usable --flagfile)
+    run.json         task metadata (e.g. the HLTM polarities)
+    metrics.jsonl    one JSON object per epoch; epoch 0 = at initialisation
+    initial/         the networks' weights at initialisation (what the analysis reads)
+    checkpoints/     ckpt-<epoch>.{index,data-*}: weights, both optimizers' state
+                     (``iterations`` included), the epoch and the global step
+    logs/            TensorBoard events
+    saved_model/     the exported encoder (written by dualssl_tf.evaluation.export)
+    finished.json    written last: training and export are complete
+
+Re-running the same command:
 
 * finds the newest *readable* checkpoint (every tensor of a candidate is read back, so a
   truncated data file or a missing index is caught before anything is restored; a bad one
   costs one line on stderr and the previous one is tried),
-* rebuilds the experiment with ``start_step`` = the restored step (the data streams are
+* rebuilds the task with ``start_step`` = the restored step (the data streams are
   step-indexed, so the batches continue exactly where they stopped),
 * cuts ``metrics.jsonl`` back to the restored epoch (epoch 0 kept), so no line is duplicated
   or missing after any number of crashes,
@@ -39,9 +49,11 @@ import numpy as np
 import tensorflow as tf
 
 from dualssl_tf import runfiles
+from dualssl_tf.run.callbacks import MetricsLogger, NonFiniteLossError
 
 CHECKPOINT_DIR = "checkpoints"
 FINISHED_FILE = "finished.json"
+INITIAL_DIR = "initial"
 _CKPT_FILE = re.compile(r"^ckpt-(\d+)\.(index|data-\d+-of-\d+)$")
 # Keys of the bookkeeping variables in a checkpoint (tf.train.Checkpoint naming).
 _EPOCH_KEY = "epoch/.ATTRIBUTES/VARIABLE_VALUE"
@@ -59,47 +71,10 @@ def _first_line(error):
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training hit a NaN/Inf loss (or weights); ``step`` is the global step (1-based)."""
-
-    def __init__(self, step, value, first_step=None, what="loss"):
-        where = (f"step {step}" if first_step is None or first_step == step
-                 else f"steps {first_step}-{step} (one execution of --steps_per_execution)")
-        super().__init__(f"non-finite {what} ({value}) at {where}; training stopped, the "
-                         "last good checkpoint is kept; lower --learning_rate and re-run")
-        self.step = step
-        self.value = value
-
-
-class NonFiniteLossGuard(keras.callbacks.Callback):
-    """Raises :class:`NonFiniteLossError` when the loss reported after a batch is NaN/Inf.
-
-    Keras reports the running mean of the epoch's batch losses, which turns non-finite at
-    the first bad batch. With ``steps_per_execution = k`` Keras calls back once per k steps,
-    so the step is known to within that execution. Raising (rather than setting
-    ``stop_training``) keeps Keras from running the epoch-end callbacks, so no metrics line
-    and no checkpoint of the broken weights is written.
-    """
-
-    def __init__(self, steps_per_execution=1):
-        super().__init__()
-        self.steps_per_execution = steps_per_execution
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is None:
-            return
-        value = float(keras.ops.convert_to_numpy(loss))
-        if not np.isfinite(value):
-            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-            raise NonFiniteLossError(step, value,
-                                     first_step=step - self.steps_per_execution + 1)
-
-
 class Checkpointer(keras.callbacks.Callback):
     """Saves a checkpoint every ``every`` epochs and after the last epoch.
 
-    Put it after :class:`dualssl_tf.callbacks.MetricsLogger` in the callback list: the
+    Put it after :class:`dualssl_tf.run.callbacks.MetricsLogger` in the callback list: the
     metrics line of an epoch is then always written before its checkpoint, and a crash in
     between is repaired on resume by cutting the line (see :func:`truncate_metrics`).
     """
@@ -123,7 +98,7 @@ class RunCheckpoints:
       model_dir: the run directory; checkpoints go to ``model_dir/checkpoints``.
       max_to_keep: numbered checkpoints kept (>= 2 so a corrupt newest one has a fallback).
 
-    Usage (see :func:`dualssl_tf.trainer.run`)::
+    Usage (see :func:`dualssl_tf.run.trainer.run`)::
 
         ckpts = RunCheckpoints(model_dir)
         found = ckpts.find_latest()          # None or {"path", "epoch", "step"}
@@ -218,22 +193,33 @@ class RunCheckpoints:
     # -- saving and restoring (model attached) --------------------------------------------
 
     def attach(self, model):
-        """Tracks ``model.variables`` and its optimizer's variables (built here if needed)."""
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
+        """Tracks ``model.variables`` and its optimizers' variables (built here if needed).
+
+        ``model`` is an :class:`~dualssl_tf.methods.base.SSLMethod`; the online probe's own
+        optimizer, when there is one, is saved under ``probe_optimizer``.
+        """
+        model.build_optimizers()
         self._model = model
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self._checkpoint = tf.train.Checkpoint(
-            model=list(model.variables), optimizer=list(model.optimizer.variables),
-            epoch=self._epoch, step=self._step)
+        parts = dict(model=list(model.variables), optimizer=list(model.optimizer.variables),
+                     epoch=self._epoch, step=self._step)
+        if getattr(model, "probe_optimizer", None) is not None:
+            parts["probe_optimizer"] = list(model.probe_optimizer.variables)
+        self._checkpoint = tf.train.Checkpoint(**parts)
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, self.directory, max_to_keep=self.max_to_keep,
             checkpoint_name="ckpt")
 
     def restore(self, found):
         """Restores ``found`` (from :meth:`find_latest`) into the attached model."""
-        self._checkpoint.restore(found["path"]).assert_consumed()
+        reader = tf.compat.v1.train.NewCheckpointReader(found["path"])
+        legacy = (getattr(self._model, "probe_optimizer", None) is not None and not any(
+            k.startswith("probe_optimizer/") for k in reader.get_variable_to_shape_map()))
+        if legacy:
+            _restore_legacy(self._model, reader, self._epoch, self._step)
+        else:
+            self._checkpoint.restore(found["path"]).assert_consumed()
         iterations = int(keras.ops.convert_to_numpy(self._model.optimizer.iterations))
         if iterations != found["step"]:
             raise ValueError(f"checkpoint {found['path']}: optimizer step {iterations} != "
@@ -266,6 +252,11 @@ class RunCheckpoints:
     def callback(self, every, epochs):
         return Checkpointer(self, every, epochs)
 
+    def write_initial(self, variables):
+        """Writes the weights at initialisation to ``model_dir/initial/weights``."""
+        tf.train.Checkpoint(variables=list(variables)).write(
+            os.path.join(self.model_dir, INITIAL_DIR, "weights"))
+
     # -- finished runs --------------------------------------------------------------------
 
     def finished_epochs(self):
@@ -285,6 +276,30 @@ class RunCheckpoints:
 
     def clear_finished(self):
         runfiles.remove(os.path.join(self.model_dir, FINISHED_FILE))
+
+
+def _restore_legacy(model, reader, epoch, step):
+    """Restores a checkpoint written before the online probe had its own optimizer.
+
+    Those runs trained the probe with the method's optimizer, so the checkpoint's
+    ``optimizer/<i>`` list is that optimizer built over *all* trainable variables (probe
+    included). A clone of the optimizer built that way names each entry; the method's
+    optimizer takes the entries of its own variables by name (Keras names a slot after
+    its variable's path), and the probe's optimizer starts fresh.
+    """
+    key = "{}/{}/.ATTRIBUTES/VARIABLE_VALUE"
+    for i, var in enumerate(model.variables):
+        var.assign(reader.get_tensor(key.format("model", i)))
+    clone = model.optimizer.__class__.from_config(model.optimizer.get_config())
+    clone.build(model.trainable_variables)
+    saved = {v.path: reader.get_tensor(key.format("optimizer", i))
+             for i, v in enumerate(clone.variables)}
+    for var in model.optimizer.variables:
+        if var.path not in saved:
+            raise ValueError(f"checkpoint has no value for optimizer variable {var.path}")
+        var.assign(saved[var.path])
+    epoch.assign(reader.get_tensor(_EPOCH_KEY))
+    step.assign(reader.get_tensor(_STEP_KEY))
 
 
 def truncate_metrics(path, epoch):
@@ -386,3 +401,120 @@ def truncate_events(log_dir, last_step):
             tf.io.gfile.rename(tmp, path, overwrite=True)
     return dropped
 
+
+
+class RunDir:
+    """Every file of one run directory (see the module docstring), in one place.
+
+    Usage (this is :func:`dualssl_tf.run.trainer.run`)::
+
+        rundir = RunDir(model_dir, keep_checkpoints)
+        found = rundir.find_checkpoint()          # None, or {"path", "epoch", "step"}
+        ... build the task with start_step = found["step"] ...
+        rundir.write_config(cfg, task.metadata)   # flags.txt, run.json
+        rundir.attach(model)
+        initial = rundir.begin(found, initial_logs)   # restore, or the epoch-0 line
+        model.fit(..., callbacks=[..., *rundir.callbacks(every, epochs, found)])
+        rundir.mark_finished(epochs)              # after the export
+
+    Its callbacks come in a fixed order: the metrics line of an epoch is written before its
+    checkpoint, so a crash between the two is repaired on resume by cutting the line.
+    """
+
+    def __init__(self, model_dir, keep_checkpoints=3):
+        self.model_dir = model_dir
+        self.checkpoints = RunCheckpoints(model_dir, max_to_keep=keep_checkpoints)
+        self.metrics_path = os.path.join(model_dir, "metrics.jsonl")
+        self.log_dir = os.path.join(model_dir, "logs")
+        self.saved_model = os.path.join(model_dir, "saved_model")
+        self.initial_weights = os.path.join(model_dir, INITIAL_DIR, "weights")
+
+    def finished_epochs(self):
+        """Epochs of the finished (trained and exported) run here, or None."""
+        return self.checkpoints.finished_epochs()
+
+    def find_checkpoint(self):
+        """The newest readable checkpoint (dict ``path``, ``epoch``, ``step``) or None."""
+        return self.checkpoints.find_latest()
+
+    def write_config(self, flagfile_text, metadata):
+        """Creates the directory and writes ``flags.txt`` and ``run.json`` (atomically)."""
+        runfiles.makedirs(self.model_dir)
+        runfiles.write_text_atomic(os.path.join(self.model_dir, "flags.txt"), flagfile_text)
+        runfiles.write_text_atomic(os.path.join(self.model_dir, "run.json"),
+                                   json.dumps(metadata))
+
+    def attach(self, model):
+        """Tracks the method's variables and optimizer state for checkpoints."""
+        self._model = model
+        self.checkpoints.attach(model)
+
+    def begin(self, found, initial_logs, initial_variables=()):
+        """Restores ``found``, or starts the run's metrics at epoch 0.
+
+        Args:
+          found: :meth:`find_checkpoint`'s result (None: a fresh run).
+          initial_logs: ``() -> dict`` of metrics at initialisation (a fresh run only).
+          initial_variables: the networks' variables (encoder, then head) whose values at
+            initialisation a fresh run writes to ``initial/`` for the analysis.
+        Returns:
+          the epoch-0 metrics, flattened (``name/key``).
+        """
+        logger = MetricsLogger(self.metrics_path)
+        if found:
+            self.checkpoints.restore(found)
+            self.checkpoints.clear_finished()
+            print(f"Resuming {self.model_dir} at epoch {found['epoch']} (step "
+                  f"{found['step']}) from {found['path']}")
+            return flatten(truncate_metrics(self.metrics_path, found["epoch"]) or {})
+        reset_metrics(self.metrics_path)
+        self.checkpoints.write_initial(initial_variables)
+        initial = initial_logs()
+        logger.log_initial(initial)
+        return initial
+
+    def callbacks(self, checkpoint_every, epochs, found):
+        """[metrics logger, checkpointer, TensorBoard], in that order.
+
+        Events of epochs past the restored checkpoint (a kill before the next one) would be
+        written again: they are cut first, as metrics.jsonl is. A resumed run's graph is
+        already there.
+        """
+        truncate_events(self.log_dir, (found["epoch"] if found else 0) - 1)
+        return [MetricsLogger(self.metrics_path),
+                self.checkpoints.callback(checkpoint_every, epochs),
+                keras.callbacks.TensorBoard(log_dir=self.log_dir, write_graph=not found)]
+
+    def last_metrics(self):
+        """The last metrics.jsonl record, flattened back to ``name/key`` form."""
+        return flatten(json.loads(runfiles.read_text(self.metrics_path).strip()
+                                  .splitlines()[-1]))
+
+    def mark_finished(self, epochs):
+        """Records that training to ``epochs`` and the export completed."""
+        self.checkpoints.mark_finished(epochs)
+
+
+def flatten(record):
+    """A metrics.jsonl record back in ``name/key`` form."""
+    flat = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            flat.update({f"{k}/{kk}": vv for kk, vv in v.items()})
+        else:
+            flat[k] = v
+    return flat
+
+
+def restore_initial(variables, model_dir):
+    """Loads a run's weights at initialisation (``initial/``) into ``variables`` (the
+    rebuilt encoder's, then the head's, as :meth:`RunDir.begin` wrote them).
+
+    Returns False when the run has none (runs made before it was written); callers then
+    rebuild the initialisation from the seed.
+    """
+    prefix = os.path.join(model_dir, INITIAL_DIR, "weights")
+    if not runfiles.exists(prefix + ".index"):
+        return False
+    tf.train.Checkpoint(variables=list(variables)).read(prefix).assert_consumed()
+    return True

@@ -1,4 +1,6 @@
-"""Keras callbacks of the training loop: the metrics.jsonl log and the HLTM correlation."""
+"""Keras callbacks of the training loop: the metrics.jsonl log, the non-finite-loss guard,
+and :class:`EpochMetric`, the base of every per-epoch measurement (the probe's test
+accuracy, the collapse monitor here; the tasks' own in ``dualssl_tf.tasks``)."""
 
 import json
 
@@ -6,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dualssl_tf import correlation, runfiles
+from dualssl_tf import runfiles
 
 
 def _jsonable(value):
@@ -68,38 +70,67 @@ class MetricsLogger(keras.callbacks.Callback):
         self.write(record)
 
 
-class HLTMCorrelation(keras.callbacks.Callback):
-    """Adds the per-depth best correlation ``best_corr/<d>`` to the epoch logs.
+class EpochMetric(keras.callbacks.Callback):
+    """A measurement added to the epoch logs (hence metrics.jsonl and TensorBoard).
 
-    Evaluated on a fixed held-out HLTM sample (never trained on), so epochs are comparable.
-
-    Args:
-      net: the :class:`TreeNet` being trained.
-      x: [n, c**L] held-out leaves; latents: dict depth -> [n, c**(L-d)].
+    Subclasses implement :meth:`compute` -> ``{name: float}``. It runs after every
+    ``every``-th epoch and, when ``at_init`` is true, once before training: the trainer
+    writes :meth:`initial_logs` of every such callback on the epoch-0 line.
     """
 
-    def __init__(self, net, x, latents):
-        super().__init__()
-        self.net = net
-        self.x = x
-        self.latents = latents
-        # Compiled once: the held-out sample has a fixed shape, so there is one trace.
-        self._pre_activations = tf.function(net.pre_activations)
+    at_init = True
+    every = 1
 
-    def compute(self):
-        corr = correlation.best_correlation_by_depth(self._pre_activations, self.x,
-                                                     self.latents)
-        return {f"best_corr/{d}": v for d, v in corr.items()}
+    def compute(self, epoch=0):
+        """``{name: float}`` for the model as it is after ``epoch`` epochs (0 = init)."""
+        raise NotImplementedError
 
     def initial_logs(self):
-        return self.compute()
+        return self.compute(0) if self.at_init else {}
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs.update(self.compute())
+        if logs is not None and (epoch + 1) % self.every == 0:
+            logs.update(self.compute(epoch + 1))
 
 
-class ProbeAccuracy(keras.callbacks.Callback):
+class NonFiniteLossError(RuntimeError):
+    """Training hit a NaN/Inf loss (or weights); ``step`` is the global step (1-based)."""
+
+    def __init__(self, step, value, first_step=None, what="loss"):
+        where = (f"step {step}" if first_step is None or first_step == step
+                 else f"steps {first_step}-{step} (one execution of --steps_per_execution)")
+        super().__init__(f"non-finite {what} ({value}) at {where}; training stopped, the "
+                         "last good checkpoint is kept; lower --learning_rate and re-run")
+        self.step = step
+        self.value = value
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Raises :class:`NonFiniteLossError` when the loss reported after a batch is NaN/Inf.
+
+    Keras reports the running mean of the epoch's batch losses, which turns non-finite at
+    the first bad batch. With ``steps_per_execution = k`` Keras calls back once per k steps,
+    so the step is known to within that execution. Raising (rather than setting
+    ``stop_training``) keeps Keras from running the epoch-end callbacks, so no metrics line
+    and no checkpoint of the broken weights is written.
+    """
+
+    def __init__(self, steps_per_execution=1):
+        super().__init__()
+        self.steps_per_execution = steps_per_execution
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        value = float(keras.ops.convert_to_numpy(loss))
+        if not np.isfinite(value):
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            raise NonFiniteLossError(step, value,
+                                     first_step=step - self.steps_per_execution + 1)
+
+
+class ProbeAccuracy(EpochMetric):
     """Adds ``probe_test_acc``: top-1 of the online linear probe on held-out images.
 
     Runs the encoder in inference mode on un-augmented ``(x, label)`` batches each epoch.
@@ -109,6 +140,8 @@ class ProbeAccuracy(keras.callbacks.Callback):
       probe: representation -> logits [B, K].
       dataset: finite tf.data of (x [B, ...], label [B] int) batches.
     """
+
+    at_init = False
 
     def __init__(self, encoder, probe, dataset):
         super().__init__()
@@ -122,7 +155,7 @@ class ProbeAccuracy(keras.callbacks.Callback):
         logits = self.probe(self.encoder(x, training=False), training=False)
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
-    def compute(self):
+    def compute(self, epoch=0):
         correct, total = 0, 0
         for x, y in self.dataset:
             correct += int(tf.reduce_sum(tf.cast(
@@ -130,12 +163,8 @@ class ProbeAccuracy(keras.callbacks.Callback):
             total += int(tf.shape(y)[0])
         return {"probe_test_acc": correct / max(total, 1)}
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs.update(self.compute())
 
-
-class EmbeddingSpread(keras.callbacks.Callback):
+class EmbeddingSpread(EpochMetric):
     """Adds ``embed_std``: collapse monitor of the normalised embedding (label-free).
 
     The per-dimension standard deviation over a fixed batch of the normalised embedding
@@ -145,26 +174,19 @@ class EmbeddingSpread(keras.callbacks.Callback):
     Args:
       encoder, head: the dual network's towers (head may be None).
       x: [N, ...] fixed inputs (e.g. un-augmented images).
-      norm_eps: the normalisation epsilon of the DualModel.
+      norm_eps: the method's normalisation epsilon.
     """
 
     def __init__(self, encoder, head, x, norm_eps=1e-4):
         super().__init__()
         self.encoder, self.head, self.x, self.norm_eps = encoder, head, x, norm_eps
 
-    def compute(self):
+    def compute(self, epoch=0):
         f = self.encoder(self.x, training=False)
         if self.head is not None:
             f = self.head(f, training=False)
         f = f / (tf.norm(f, axis=-1, keepdims=True) + self.norm_eps)
         return {"embed_std": float(tf.reduce_mean(tf.math.reduce_std(f, axis=0)))}
-
-    def initial_logs(self):
-        return self.compute()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs.update(self.compute())
 
 
 class ViewSummary(keras.callbacks.Callback):

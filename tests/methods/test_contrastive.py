@@ -1,4 +1,4 @@
-"""DualModel's train_step against a hand-written gradient step of the same loss."""
+"""ContrastiveMethod's train_step against a hand-written gradient step of the same loss."""
 
 import keras
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from dualssl_tf import losses
-from dualssl_tf.dual import DualModel
+from dualssl_tf.methods import contrastive
+from dualssl_tf.methods.contrastive import ContrastiveMethod
 
 LR = 0.5
 
@@ -40,7 +41,7 @@ def _manual_step(encoder, head, data, loss_name):
             r_pos, r_neg = losses.explicit_distances(z1, z2, zn)
         else:
             r_pos, r_neg = losses.in_batch_distances(z1, z2)
-        loss = tf.reduce_mean(losses.get_loss_fn(loss_name, 0.5, margin=0.1)(r_pos, r_neg))
+        loss = tf.reduce_mean(contrastive.loss_fn(loss_name, 0.5, margin=0.1)(r_pos, r_neg))
     grads = tape.gradient(loss, variables)
     acc = np.mean(r_pos.numpy() < r_neg.numpy().min(1))
     return [v.numpy() - LR * g.numpy() for v, g in zip(variables, grads)], float(loss), acc
@@ -53,7 +54,7 @@ def test_train_step_equals_manual_sgd_step(loss_name, explicit):
     encoder, head = _nets(1)
     expected, loss, acc = _manual_step(encoder, head, data, loss_name)
     encoder, head = _nets(1)
-    model = DualModel(encoder, head, loss=loss_name, temperature=0.5, margin=0.1)
+    model = ContrastiveMethod(encoder, head, loss=loss_name, temperature=0.5, margin=0.1)
     model.compile(optimizer=keras.optimizers.SGD(LR))
     hist = model.fit(tf.data.Dataset.from_tensors(data), epochs=1, verbose=0)
     got = [v.numpy() for v in encoder.trainable_variables + head.trainable_variables]
@@ -67,7 +68,7 @@ def test_online_probe_trains_on_stopped_representation():
     data = dict(_batch(False), label=np.array([0, 1, 0, 1]))
     encoder, head = _nets(2)
     probe = keras.layers.Dense(2)
-    model = DualModel(encoder, head, loss="ntxent", probe=probe)
+    model = ContrastiveMethod(encoder, head, loss="ntxent", probe=probe)
     model.compile(optimizer=keras.optimizers.SGD(LR))
     before = [v.numpy() for v in encoder.trainable_variables]
     ref_encoder, ref_head = _nets(2)
@@ -83,7 +84,7 @@ def test_online_probe_trains_on_stopped_representation():
 def test_test_step_does_not_change_weights():
     data = _batch(True)
     encoder, head = _nets(3)
-    model = DualModel(encoder, head, loss="nce")
+    model = ContrastiveMethod(encoder, head, loss="nce")
     model.compile(optimizer=keras.optimizers.SGD(LR))
     before = [v.numpy() for v in model.trainable_variables]
     logs = model.evaluate(tf.data.Dataset.from_tensors(data), verbose=0, return_dict=True)

@@ -1,0 +1,170 @@
+"""The method base class: one training step for every self-supervised method.
+
+:class:`SSLMethod` is a ``keras.Model`` whose ``train_step`` reads as the method does::
+
+    outputs = forward(batch)                  # the networks on the views
+    per_example, logs = per_example_loss(batch, outputs)
+    loss = sum(per_example) / (examples * replicas)   # this replica's share
+    apply(gradient(scale(loss + regularisation)))     # the method's optimizer
+    after_apply()                             # e.g. BYOL's moving-average target
+    probe_step(batch, outputs)                # online probe, its own optimizer
+    metrics
+
+A subclass implements :meth:`forward` and :meth:`per_example_loss` (and, if it has one,
+:meth:`after_apply`). Why ``per_example_loss`` and not ``keras.Model.compute_loss``: Keras'
+``compute_loss(x, y, y_pred, sample_weight)`` is the supervised contract that ``fit``'s
+default step calls; a self-supervised loss has no ``y``, and overriding it with another
+signature would break that public method for callers who rely on it.
+
+Why the per-replica share: Keras sums gradients over replicas, so dividing each replica's
+sum by the global example count makes the update equal the single-device update on the
+global batch (docs/distributed.md and :mod:`dualssl_tf.run.distribute`).
+
+The online probe (a classifier on ``stop_gradient(representation)``) is trained by its own
+optimizer (Adam, no weight decay, no schedule, as in the keras-io SimCLR example): the
+method's optimizer (LARS trust ratio, weight decay, warmup/cosine) never acts on it, and
+its loss never enters the method's. Its variables and optimizer state are checkpointed
+with the rest (:mod:`dualssl_tf.run.rundir`).
+"""
+
+import keras
+import tensorflow as tf
+
+from dualssl_tf.run import distribute
+
+
+class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
+    """Base of the self-supervised methods (see the module docstring).
+
+    Batches are dicts: ``view1``, ``view2`` [B, ...]; optionally ``negatives`` [B, H, ...]
+    and ``label`` [B] int (-1 = unlabelled; used by the online probe only).
+
+    Subclasses set ``metric_names`` (the logs of :meth:`per_example_loss`, ``loss`` first),
+    assign their networks in ``__init__`` and then call :meth:`attach_probe`.
+    """
+
+    metric_names = ("loss",)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.probe = None
+        self.probe_optimizer = None
+        self._trackers = {}
+
+    # -- what a method defines -------------------------------------------------------------
+
+    def forward(self, batch, training):
+        """The networks on the batch's views. Returns a dict; ``h1`` [B, R] (the
+        representation of view 1) feeds the online probe."""
+        raise NotImplementedError
+
+    def per_example_loss(self, batch, outputs):
+        """Returns ``(per_example [A], logs)``: the loss of each of the A examples (anchors)
+        on this replica, and scalar logs named in ``metric_names`` (``loss`` is added)."""
+        raise NotImplementedError
+
+    def after_apply(self):
+        """Runs after each optimizer step on every replica (e.g. a moving-average target)."""
+
+    # -- the probe -------------------------------------------------------------------------
+
+    def attach_probe(self, probe):
+        """Sets the online probe (a Keras layer ``[B, R] -> [B, C]`` logits) or None."""
+        self.probe = probe
+        names = list(self.metric_names) + (["probe_loss", "probe_acc"] if probe is not None
+                                           else [])
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    def compile(self, optimizer="sgd", probe_optimizer=None, **kwargs):
+        """``keras.Model.compile`` plus the probe's own optimizer (default Adam 1e-3)."""
+        super().compile(optimizer=optimizer, **kwargs)
+        if self.probe is not None:
+            self.probe_optimizer = (keras.optimizers.get(probe_optimizer) if probe_optimizer
+                                    is not None else keras.optimizers.Adam(1e-3))
+
+    @property
+    def method_variables(self):
+        """The trainable variables of the method's optimizer: all but the probe's."""
+        if self.probe is None:
+            return self.trainable_variables
+        probe_ids = {id(v) for v in self.probe.trainable_variables}
+        return [v for v in self.trainable_variables if id(v) not in probe_ids]
+
+    def build_optimizers(self):
+        """Creates both optimizers' state now (checkpoints know it from step 0)."""
+        if not self.optimizer.built:
+            self.optimizer.build(self.method_variables)
+        if self.probe_optimizer is not None and not self.probe_optimizer.built:
+            self.probe_optimizer.build(self.probe.trainable_variables)
+
+    def probe_step(self, batch, outputs, training):
+        """Trains (when ``training``) and scores the online probe; returns its logs."""
+        if self.probe is None or "label" not in batch:
+            return {}
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.probe(tf.stop_gradient(outputs["h1"]), training=training),
+                             tf.float32)
+            labels = tf.cast(batch["label"], tf.int32)
+            # Label -1 marks unlabelled examples (e.g. STL-10's unlabeled split): they take
+            # no part in the probe's loss or accuracy.
+            valid = tf.cast(labels >= 0, tf.float32)
+            n_valid = tf.maximum(tf.reduce_sum(valid), 1.0)
+            probe_loss = tf.reduce_sum(valid * tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.maximum(labels, 0), logits=logits)) / n_valid
+            scaled = self.probe_optimizer.scale_loss(probe_loss / replicas) if training else None
+        if training:
+            variables = self.probe.trainable_variables
+            self.probe_optimizer.apply_gradients(zip(tape.gradient(scaled, variables),
+                                                     variables))
+        accuracy = tf.reduce_sum(valid * tf.cast(
+            tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels),
+            tf.float32)) / n_valid
+        return {"probe_loss": probe_loss, "probe_acc": accuracy}
+
+    # -- the step --------------------------------------------------------------------------
+
+    def replica_loss(self, batch, outputs):
+        """This replica's share of the global-batch loss, and the logs."""
+        per_example, logs = self.per_example_loss(batch, outputs)
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        n = tf.cast(tf.shape(per_example)[0] * replicas, tf.float32)
+        loss = tf.reduce_sum(per_example) / n
+        return loss, {"loss": loss, **logs}
+
+    def regularization_loss(self):
+        """Layer regularisation losses divided by the replicas (summed back by Keras), or
+        None when the networks have none (so the step's graph holds no dead addition)."""
+        if not self.losses:
+            return None
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        return tf.add_n([tf.cast(l, tf.float32) for l in self.losses]) / replicas
+
+    def train_step(self, batch):
+        with tf.GradientTape() as tape:
+            outputs = self.forward(batch, training=True)
+            loss, logs = self.replica_loss(batch, outputs)
+            regularization = self.regularization_loss()
+            total = loss if regularization is None else loss + regularization
+            scaled = self.optimizer.scale_loss(total)
+        variables = self.method_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        self.after_apply()
+        logs.update(self.probe_step(batch, outputs, training=True))
+        return self.update_metrics(logs)
+
+    def test_step(self, batch):
+        outputs = self.forward(batch, training=False)
+        _, logs = self.replica_loss(batch, outputs)
+        logs.update(self.probe_step(batch, outputs, training=False))
+        return self.update_metrics(logs)
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def update_metrics(self, logs):
+        for name, value in logs.items():
+            self._trackers[name].update_state(value)
+        results = {name: t.result() for name, t in self._trackers.items()}
+        return distribute.step_results(self.distribute_strategy, results)

@@ -1,0 +1,116 @@
+"""Images (docs/theory.md section 6): tfds data sets, image folders, generated shapes.
+
+Options and their validation (TensorFlow-free); the data, the ResNet, the projection head,
+the online probe and the monitors are built in :mod:`dualssl_tf.tasks.images.task`.
+"""
+
+import dataclasses
+import re
+
+from dualssl_tf.models import stems
+from dualssl_tf.options import Section, choice, option, require
+from dualssl_tf.tasks.base import TaskSpec
+
+# --dataset values with their own source; any other tfds-shaped name is a tfds data set.
+OWN_SOURCES = ("generated_images", "folder")
+ENCODERS = ("auto", "resnet18", "resnet50")
+# tfds names: lower-case identifier, optional /config and :version.
+_TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?(:[0-9.*]+)?$")
+# Native image side of the paper's data sets (used when --image_size=0).
+NATIVE_IMAGE_SIZE = {"stl10": 96, "cifar10": 32, "cifar100": 32, "generated_images": 32}
+
+
+def is_image_dataset(name):
+    """True for generated_images, folder and names shaped like tfds data sets
+    (``name[/config][:version]``, lower case) that no other task serves; whether tfds
+    knows the name is checked when the data is opened."""
+    return name in OWN_SOURCES or (name not in ("hltm", "translation1d")
+                                   and bool(_TFDS_NAME.match(name)))
+
+
+def image_size(cfg):
+    """The image side a run uses: --image_size, else the data set's native size (0 when
+    unknown before the data is opened, e.g. a folder or another tfds data set)."""
+    return cfg.images.image_size or NATIVE_IMAGE_SIZE.get(cfg.data.dataset.split(":")[0], 0)
+
+
+@dataclasses.dataclass
+class ImageOptions(Section):
+    """The ResNet, its projection head and the SimCLR augmentations."""
+    image_size: int = option(0, "Image side in pixels; 0 = the data set's own (96 stl10, 32 "
+                             "cifar, 32 generated). Required for folders of mixed sizes.")
+    stem: str = option("auto", "ResNet stem: cifar (3x3/1, no max-pool) | imagenet (7x7/2 + "
+                       "max-pool) | auto (imagenet from 96 px).")
+    width_multiplier: float = option(1.0, "ResNet width multiplier (> 0; 1 = 64..512 "
+                                     "channels).")
+    proj_dim: int = option(128, "Projection head output size D.")
+    proj_hidden_dim: int = option(512, "Projection head hidden width.")
+    proj_layers: int = option(2, "Projection head Dense layers (0 = no head; 2 = "
+                              "Linear-BN-ReLU-Linear).")
+    color_jitter_strength: float = option(1.0, "SimCLR colour jitter strength s (1.0 stl10, "
+                                          "0.5 cifar; 0 off).")
+    blur: bool = option(False, "SimCLR Gaussian blur with p 0.5 (used for stl10).")
+    shuffle_buffer: int = option(10000, "Shuffle buffer of the image pipeline, in examples.")
+    skip_corrupt_images: bool = option(False, "Folder data: leave out files that do not "
+                                       "decode (counted) instead of stopping.",
+                                       resumable=True)
+
+    def validate(self, cfg):
+        """Checks that need no data (the task's build checks the rest)."""
+        require(cfg.data.dataset != "folder" or cfg.data.data_dir, "data_dir",
+                "is required with --dataset=folder: a directory of images, one sub-folder "
+                "per class")
+        require(cfg.data.encoder in ENCODERS, "encoder",
+                f"got {cfg.data.encoder!r}; allowed for image data: {', '.join(ENCODERS)}")
+        choice(self.stem, stems.STEMS, "stem")
+        require(self.image_size >= 0, "image_size", f"must be >= 0, got {self.image_size}")
+        size = image_size(cfg)
+        if size:
+            stem = stems.resolve_stem(self.stem, size)
+            low = stems.MIN_IMAGE_SIZE[stem]
+            require(size >= low, "image_size",
+                    f"{size} px is too small for the {stem} stem (needs >= {low}); use "
+                    "--stem=cifar or a larger --image_size")
+        require(self.width_multiplier > 0, "width_multiplier",
+                f"must be > 0, got {self.width_multiplier}")
+        for flag in ("proj_dim", "proj_hidden_dim"):
+            require(getattr(self, flag) >= 1, flag, f"must be >= 1, got {getattr(self, flag)}")
+        require(self.proj_layers >= 0, "proj_layers",
+                f"must be >= 0 (0 = no head), got {self.proj_layers}")
+        require(self.color_jitter_strength >= 0, "color_jitter_strength",
+                f"must be >= 0, got {self.color_jitter_strength}")
+        require(self.shuffle_buffer >= 1, "shuffle_buffer",
+                f"must be >= 1, got {self.shuffle_buffer}")
+        require(cfg.contrastive.negatives != "explicit", "negatives",
+                "image data sets use in-batch negatives; use --negatives=batch or auto")
+
+
+@dataclasses.dataclass
+class GeneratedOptions(Section):
+    """The generated shapes data set (``--dataset=generated_images``; no download)."""
+    prefix = "generated_"
+    examples: int = option(10000, "Training examples of the generated image data set.")
+    classes: int = option(6, "Shape classes of the generated image data set (2..6).")
+    view_jitter: float = option(0.5, "Generated images: how far each view's position/scale/"
+                                "colour moves from the example's own towards a fresh draw "
+                                "(0..1).")
+
+    def validate(self, cfg):
+        require(2 <= self.classes <= 6, "generated_classes",
+                f"must be in [2, 6], got {self.classes}")
+        require(0 <= self.view_jitter <= 1, "generated_view_jitter",
+                f"must be in [0, 1], got {self.view_jitter}")
+        require(self.examples >= cfg.optim.batch_size, "batch_size",
+                f"{cfg.optim.batch_size} is larger than the generated data set "
+                f"(--generated_examples={self.examples}); lower --batch_size")
+
+
+def _validate(cfg):
+    cfg.images.validate(cfg)
+    if cfg.data.dataset == "generated_images":
+        cfg.generated.validate(cfg)
+
+
+SPEC = TaskSpec("images", {"images": ImageOptions, "generated": GeneratedOptions},
+                serves=is_image_dataset, validate=_validate,
+                module="dualssl_tf.tasks.images.task")

@@ -1,0 +1,152 @@
+"""The image task (docs/theory.md section 6): SimCLR views of tfds data sets, image
+folders or the generated shapes, a ResNet encoder, a projection head and an online probe."""
+
+import functools
+import os
+
+from dualssl_tf.data import images
+from dualssl_tf.data.generated_images import GeneratedImages
+from dualssl_tf.models import heads, resnet, stems
+from dualssl_tf.options import ConfigError
+from dualssl_tf.run import callbacks, distribute
+from dualssl_tf.tasks.base import Task
+from dualssl_tf.tasks.images import image_size as configured_image_size
+
+# Images of a fixed batch for the embedding-spread (collapse) monitor.
+SPREAD_SAMPLES = 256
+ENCODER_DEPTH = {"auto": 18, "resnet18": 18, "resnet50": 50}
+MAX_EVAL_BATCH = 256
+
+
+def _image_size(cfg, source):
+    """--image_size, else the data set's own size; checked against the stem."""
+    size = configured_image_size(cfg)
+    if not size:
+        if source.image_shape is None:
+            raise ConfigError("image_size", f"{source.name} has images of varying sizes; "
+                              "set --image_size (e.g. 32 or 96)")
+        size = int(source.image_shape[0])
+    stem = stems.resolve_stem(cfg.images.stem, size)
+    if size < stems.MIN_IMAGE_SIZE[stem]:
+        raise ConfigError("image_size", f"{size} px is too small for the {stem} stem (needs "
+                          f">= {stems.MIN_IMAGE_SIZE[stem]}); use --stem=cifar or a larger "
+                          "--image_size")
+    return size
+
+
+def sources(cfg):
+    """``(pretrain, probe_train, probe_test, image_size)``: the run's image sources
+    (probe_test may be None) and the side images are resized to.
+
+    Raises ConfigError (one line naming the flag) for data that is missing, empty or
+    unreadable, or an image size the stem cannot take.
+    """
+    generated = None
+    if cfg.data.dataset == "generated_images":
+        g = cfg.generated
+        generated = GeneratedImages(image_size=cfg.images.image_size or 32,
+                                    num_classes=g.classes, num_examples=g.examples,
+                                    num_test=max(g.examples // 5, cfg.optim.batch_size),
+                                    view_jitter=g.view_jitter, seed=cfg.run.seed)
+    pretrain, probe_train, probe_test = images.sources(
+        cfg.data.dataset, cfg.data.data_dir, seed=cfg.run.seed,
+        skip_corrupt=cfg.images.skip_corrupt_images, generated=generated)
+    return pretrain, probe_train, probe_test, _image_size(cfg, pretrain)
+
+
+def _eval_splits(cfg, probe_train, probe_test, size):
+    batch = min(cfg.optim.batch_size, MAX_EVAL_BATCH)
+    train = images.eval_dataset(probe_train, batch, size)
+    test = images.eval_dataset(probe_test, batch, size) if probe_test is not None else None
+    return train, test
+
+
+def eval_data(cfg, batch_size=None):
+    """``(train, test, num_classes)`` of un-augmented ``(x, label)`` batches of
+    ``min(--batch_size, 256)`` images; no network is built. ValueError("--dataset: ...")
+    when there is no labelled test split."""
+    _, probe_train, probe_test, size = sources(cfg)
+    train, test = _eval_splits(cfg, probe_train, probe_test, size)
+    if train is None or test is None:
+        missing = "labelled eval data" if train is None else "a test split"
+        raise ValueError(f"--dataset: {cfg.data.dataset!r} has no {missing} to probe with")
+    return train, test, probe_train.num_classes or None
+
+
+def build(cfg, start_step=0):
+    """The Task of ``--dataset`` in generated_images | folder | a tfds name.
+
+    Raises ConfigError (one line naming the flag) for data that is missing, empty or
+    unreadable, a batch larger than the data set, or an image size the stem cannot take.
+    """
+    pretrain, probe_train, probe_test, size = sources(cfg)
+    make_data = functools.partial(_data, pretrain, cfg, size, start_step)
+
+    o = cfg.images
+    # Built inside the trainer's strategy scope: BatchNorm syncs across several replicas.
+    sync_bn = cfg.run.sync_bn or distribute.use_sync_bn()
+    encoder = resnet.resnet(ENCODER_DEPTH[cfg.data.encoder], image_size=size, stem=o.stem,
+                            width_multiplier=o.width_multiplier, sync_bn=sync_bn)
+    rep_dim = encoder.output_shape[-1]
+    head = heads.projection_head(rep_dim, o.proj_hidden_dim, o.proj_dim, o.proj_layers,
+                                 sync_bn)
+    num_classes = probe_train.num_classes
+    probe = None
+    if cfg.method.probe and num_classes > 0 and pretrain.num_classes > 0:
+        probe = heads.LinearProbe(num_classes, name="probe")
+        probe.build((None, rep_dim))
+
+    eval_train, eval_test = _eval_splits(cfg, probe_train, probe_test, size)
+    spread_x = next(iter(images.eval_dataset(probe_test or probe_train, SPREAD_SAMPLES, size,
+                                             labelled_only=False).take(1)))[0]
+    cbs = [callbacks.EmbeddingSpread(encoder, head, spread_x, norm_eps=1e-4)]
+    if probe is not None and eval_test is not None:
+        cbs.append(callbacks.ProbeAccuracy(encoder, probe, eval_test))
+    if cfg.run.model_dir:
+        cbs.append(callbacks.ViewSummary(os.path.join(cfg.run.model_dir, "logs", "views"),
+                                         make_data(cfg.optim.batch_size)))
+    return Task(
+        make_data=make_data,
+        steps_per_epoch=cfg.optim.steps_per_epoch or pretrain.num_examples // cfg.optim.batch_size,
+        encoder=encoder,
+        input_shape=(size, size, 3),
+        head=head,
+        probe=probe,
+        callbacks=cbs,
+        metadata={"images": {"dataset": cfg.data.dataset, "pretrain": pretrain.name,
+                             "num_examples": pretrain.num_examples,
+                             "num_classes": num_classes, "image_size": size,
+                             "stem": stems.resolve_stem(o.stem, size),
+                             "representation_dim": int(rep_dim),
+                             "skipped_images": pretrain.skipped}},
+        summarize=summarize)
+
+
+def _data(source, cfg, size, start_step, batch_size, input_context=None):
+    """Training batches of one input pipeline (:attr:`Task.make_data`).
+
+    Each pipeline (host) reads only its own share of the examples
+    (:func:`images.pipeline_source`: tfds data sets by file, others by element) with its
+    own seed; its replicas take consecutive batches, so ``start_step`` global steps are
+    ``start_step * replicas_per_pipeline`` batches of this stream.
+    """
+    per_pipeline = 1
+    if input_context is not None:
+        per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        source = images.pipeline_source(source, input_context)
+    o = cfg.images
+    return images.pretrain_dataset(
+        source, batch_size, size, seed=distribute.replica_seed(cfg.run.seed, input_context),
+        start_step=start_step * per_pipeline, color_jitter_strength=o.color_jitter_strength,
+        blur=o.blur, shuffle_buffer=o.shuffle_buffer, with_labels=cfg.method.probe)
+
+
+def summarize(initial, final):
+    """One line per health metric and the probe accuracy: at initialisation and final."""
+    rows = []
+    for key in ("embed_std", "contrastive_acc", "probe_acc", "probe_test_acc"):
+        if key in final:
+            start = initial.get(key)
+            start = f"{start:.3f} -> " if isinstance(start, (int, float)) else ""
+            rows.append(f"{key:<16} {start}{final[key]:.3f}")
+    return "\n".join(rows)
