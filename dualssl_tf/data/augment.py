@@ -273,3 +273,26 @@ def augment_batch(images, seeds, size, **kwargs):
     return tf.map_fn(lambda a: simclr_view(a[0], a[1], size, **kwargs),
                      (images, tf.cast(seeds, tf.int64)),
                      fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+
+
+def view_pairs(dataset, size, seed=0, **kwargs):
+    """SimCLR pairs of your own images: the input of the methods' ``fit``.
+
+    Args:
+      dataset: tf.data of images [H, W, 3] (uint8, or float in [0, 1]), or of
+        ``(image, label)`` pairs (the label is kept for the online probe).
+      size: output side; seed: int, the pair of example i uses seed ``(seed, i)``;
+      kwargs: as :func:`simclr_view` (``color_jitter_strength``, ``blur``).
+    Returns:
+      tf.data of dicts ``view1``, ``view2`` [size, size, 3] float32 (and ``label``), to
+      batch with ``drop_remainder=True``.
+    """
+    def pair(i, element):
+        image, label = element if isinstance(element, tuple) else (element, None)
+        v1, v2 = two_views(to_float(image), tf.stack([tf.cast(seed, tf.int64), i]), size,
+                           **kwargs)
+        out = {"view1": v1, "view2": v2}
+        if label is not None:
+            out["label"] = label
+        return out
+    return dataset.enumerate().map(pair, num_parallel_calls=tf.data.AUTOTUNE)
