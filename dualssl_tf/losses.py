@@ -1,6 +1,6 @@
 """The contrastive losses of Tian et al. (2020), as pure functions.
 
-Conventions (DIGEST sections 1-2). For an anchor embedding ``f(x)``::
+Conventions (docs/theory.md sections 1-2). For an anchor embedding ``f(x)``::
 
     r+   = 1/2 ||f(x) - f(x+)||^2      positive: another augmentation of the same x0
     r_k- = 1/2 ||f(x) - f(x_k-)||^2    negative k = 1..H
@@ -135,7 +135,7 @@ def info_nce_loss(r_pos, r_neg, temperature, beta=0.0):
 def exact_cov_loss(r_pos, r_neg, temperature, beta=0.0):
     """Exact-covariance surrogate L_cov = (1 + beta) w+ r+ - sum_k w_k r_k-.
 
-    ``w_k = stopgrad(sigmoid(-r_k-/tau) / (tau H))`` and ``w+ = sum_k w_k`` (DIGEST section 2):
+    ``w_k = stopgrad(sigmoid(-r_k-/tau) / (tau H))`` and ``w+ = sum_k w_k`` (docs/theory.md section 2):
     the covariance-operator part of InfoNCE with the augmentation residue dropped. ``beta``
     unbalances the positive term (generalised loss).
     r_pos: [B], r_neg: [B, H] -> [B].

@@ -1,4 +1,4 @@
-"""The paper's analysis toolkit (Tian et al. 2020, DIGEST sections 3-5). Reads models only;
+"""The paper's analysis toolkit (Tian et al. 2020, docs/theory.md sections 2-5). Reads models only;
 never imported by training code (the trainer imports ``callback`` when --analysis_every > 0).
 
 connections   K_l(x)^T = d f_L / d vec(W_l), vectorised; reversibility residual

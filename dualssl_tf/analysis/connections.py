@@ -5,7 +5,7 @@ The connection of layer ``l`` at input ``x`` is defined through its transpose::
     K_l(x)^T = d f_L(x) / d vec(W_l)          shape [n_L, P],  P = number of entries of W_l
 
 i.e. the per-example Jacobian of the network output with respect to that layer's kernel
-(DIGEST section 3). For a fully connected layer this equals ``f_{l-1}(x) (x) J_l(x)^T``;
+(docs/theory.md section 3). For a fully connected layer this equals ``f_{l-1}(x) (x) J_l(x)^T``;
 the autodiff form covers convolutions, grouped layers and in fact any variable.
 
 Everything here *reads* a model: nothing is imported by training code.

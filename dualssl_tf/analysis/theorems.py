@@ -1,4 +1,4 @@
-"""Numerical checks of Theorems 1-4 of Tian et al. (2020) (DIGEST sections 2-3).
+"""Numerical checks of Theorems 1-4 of Tian et al. (2020) (docs/theory.md sections 2-3).
 
 The identities are exact for bias-free ReLU networks when expectations are exact sums:
 M base points with A *enumerated* augmentations each (``x_aug`` [M, A, d]); positives are all
@@ -286,7 +286,7 @@ def theorem4_check(model, layer, x_aug, x0, loss="cov", temperature=0.5, margin=
       dict ``grad`` ([P] = -grad E[L]), ``predicted`` ([P]), ``rel_error`` (= relative
       residue), ``xi`` ([M, M]), ``xi_spread`` (max relative spread of the per-tuple weights
       around xi; 0 for cov), ``xi_formula_error`` (cov only: max rel. difference between xi
-      and DIGEST's ``sigmoid(-r0/tau)/tau``).
+      and the ``sigmoid(-r0/tau)/tau`` of docs/theory.md sections 2-3).
     """
     fns = {"cov": lambda rp, rn: losses.exact_cov_loss(rp, rn, temperature),
            "nce": lambda rp, rn: losses.info_nce_loss(rp, rn, temperature),

@@ -1,4 +1,4 @@
-"""SimCLR image augmentations as stateless TF ops (DIGEST section 6).
+"""SimCLR image augmentations as stateless TF ops (docs/theory.md section 6).
 
 Every function takes a float32 image in [0, 1] of shape [H, W, 3] and a *seed*: an int
 tensor of shape [2], as used by ``tf.random.stateless_*``. The same (image, seed) always

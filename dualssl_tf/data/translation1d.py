@@ -1,4 +1,4 @@
-"""The 1-D translation toy of Tian et al. (2020), Figure 3 (DIGEST section 5).
+"""The 1-D translation toy of Tian et al. (2020), Figure 3 (docs/theory.md section 5).
 
 A circular binary signal of length d holds one object at location z': pattern "11"
 (z0 = 1, label 0) or "101" (z0 = 2, label 1), starting at z' and wrapping around. Augmentation

@@ -8,7 +8,7 @@ def projection_head(input_dim, hidden_dim=512, out_dim=128, num_layers=2, sync_b
     """SimCLR projection MLP ``[B, input_dim] -> [B, out_dim]``.
 
     ``num_layers - 1`` blocks of Dense(hidden_dim)-BN-ReLU, then Dense(out_dim); the
-    paper's head (DIGEST section 6) is ``projection_head(512, 512, 128, 2)``, i.e.
+    paper's head (docs/theory.md section 6) is ``projection_head(512, 512, 128, 2)``, i.e.
     Linear(512,512)-BN-ReLU-Linear(512,128). Hidden Dense layers have no bias because the
     BatchNorm after them has its own shift.
 
@@ -47,7 +47,7 @@ class LinearProbe(keras.layers.Layer):
     """Linear classifier on (optionally standardised) features: ``[B, R] -> logits [B, K]``.
 
     With ``standardize`` the features first pass a BatchNorm without scale and shift, i.e.
-    are standardised per dimension with running statistics (DIGEST section 6's linear
+    are standardised per dimension with running statistics (docs/theory.md section 6's linear
     evaluation standardises features); the classifier is then a plain Dense layer. Used as
     ContrastiveMethod's online probe on ``stop_gradient(representation)``.
 

@@ -3,7 +3,7 @@
 The representation is the global-average-pooled output of the last stage: [B, 512 w] for
 ResNet-18 and [B, 2048 w] for ResNet-50, w the width multiplier (no classifier layer).
 
-Two stems (DIGEST section 6 uses the CIFAR one, also for STL-10):
+Two stems (the paper uses the CIFAR one, also for STL-10; docs/theory.md section 6):
 
 * ``"cifar"``: 3x3 conv, stride 1, no max-pool (total downsampling 8x);
 * ``"imagenet"``: 7x7 conv, stride 2, then 3x3 max-pool stride 2 (total 32x);

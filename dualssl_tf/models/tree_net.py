@@ -1,4 +1,4 @@
-"""The ReLU network matched to an HLTM tree (DIGEST section 4)."""
+"""The ReLU network matched to an HLTM tree (docs/theory.md section 4)."""
 
 import keras
 from keras import ops
