@@ -25,7 +25,12 @@ def test_flag_names_and_resumable_set_are_kept():
     names = [name for name, _, _ in config.flag_fields()]
     assert len(names) == len(set(names))
     assert set(OLD_FLAGS) <= set(names)
-    assert set(names) - set(OLD_FLAGS) == {"method", "probe_learning_rate"}
+    new = {"method", "probe_learning_rate", "proj_bn"}
+    for prefix in ("byol_", "simsiam_"):   # the non-contrastive methods' sections
+        new |= {prefix + n for n in ("predictor", "pred_hidden_dim", "pred_bn",
+                                     "directpred_rate", "directpred_every", "directpred_eps")}
+    new |= {"byol_base_momentum", "byol_final_momentum", "byol_ema", "simsiam_stop_gradient"}
+    assert set(names) - set(OLD_FLAGS) == new
     assert config.RESUMABLE_FLAGS == OLD_RESUMABLE
 
 
