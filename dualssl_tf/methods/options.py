@@ -90,32 +90,24 @@ class ContrastiveOptions(Section):
 PREDICTORS = ("mlp", "none", "directpred")
 
 
-def _unused(section, flag_names, reason):
-    """ConfigError for the first of ``flag_names`` (fields of ``section``) that is not at
-    its default: it does nothing under the section's other settings (``reason``)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(section)}
-    for name in flag_names:
-        value = getattr(section, name)
-        if value != defaults[name]:
-            raise ConfigError(section.prefix + name,
-                              f"{reason}; got --{section.prefix}{name}={value}, allowed: the "
-                              f"default {defaults[name]} (drop the flag)")
-
-
 @dataclasses.dataclass
 class _PredictorOptions(Section):
     """Fields shared by BYOL and SimSiam (each method has its own prefixed copy).
 
     The predictor's output size is the projection's (``--proj_dim`` for images, the
     representation without a head), the only size whose cosine to the target exists.
+
+    Within a method, the options of a switch that is off are ignored, not refused (the
+    mlp predictor's width with ``--*_predictor=none``, the momentum with ``--nobyol_ema``):
+    a switch can then be flipped on top of a flagfile, as the collapse study does.
     """
     predictor: str = option("mlp", "Predictor on the online projection: mlp (trained "
                             "Linear-BN-ReLU-Linear) | none | directpred (linear, not trained: "
                             "set from the eigen-decomposition of the moving-average "
                             "correlation F of the online projections; Tian et al. 2021).")
-    pred_hidden_dim: int = option(512, "Hidden width of the mlp predictor (>= 1).")
-    pred_bn: bool = option(True, "BatchNorm in the mlp predictor's hidden layer "
-                           "(--no..._pred_bn: the BN-free predictor of the collapse study).")
+    pred_hidden_dim: int = option(512, "Hidden width of the mlp predictor (>= 1; mlp only).")
+    pred_bn: bool = option(True, "BatchNorm in the mlp predictor's hidden layer (mlp only; "
+                           "off: the BN-free predictor of the collapse study).")
     directpred_rate: float = option(0.3, "DirectPred: F <- rate * F + (1 - rate) * "
                                     "E[z z^T] every step (rho, in [0, 1)).")
     directpred_every: int = option(1, "DirectPred: set the predictor from F every k steps "
@@ -134,12 +126,6 @@ class _PredictorOptions(Section):
                 f"must be >= 1 (steps), got {self.directpred_every}")
         require(self.directpred_eps >= 0, p + "directpred_eps",
                 f"must be >= 0, got {self.directpred_eps}")
-        if self.predictor != "mlp":
-            _unused(self, ("pred_hidden_dim", "pred_bn"),
-                    f"only --{p}predictor=mlp has a hidden layer (got {self.predictor})")
-        if self.predictor != "directpred":
-            _unused(self, ("directpred_rate", "directpred_every", "directpred_eps"),
-                    f"only --{p}predictor=directpred uses it (got {self.predictor})")
 
 
 @dataclasses.dataclass
@@ -147,11 +133,11 @@ class BYOLOptions(_PredictorOptions):
     """BYOL (Grill et al. 2020): a predictor and a moving-average target
     (:class:`dualssl_tf.methods.byol.BYOLMethod`)."""
     prefix = "byol_"
-    pred_hidden_dim: int = option(4096, "Hidden width of the mlp predictor (>= 1; BYOL: "
-                                  "4096).")
+    pred_hidden_dim: int = option(4096, "Hidden width of the mlp predictor (>= 1; mlp "
+                                  "only; BYOL: 4096).")
     base_momentum: float = option(0.996, "Target momentum tau at the first step, in [0, 1] "
                                   "(BYOL: 0.996); it rises to --byol_final_momentum by a "
-                                  "cosine over the run.")
+                                  "cosine over the run (with --byol_ema only).")
     final_momentum: float = option(1.0, "Target momentum at the last step, in [0, 1] "
                                    "(BYOL: 1).")
     ema: bool = option(True, "Moving-average target; --nobyol_ema: the target is the online "
@@ -162,9 +148,6 @@ class BYOLOptions(_PredictorOptions):
         for flag, value in (("byol_base_momentum", self.base_momentum),
                             ("byol_final_momentum", self.final_momentum)):
             require(0.0 <= value <= 1.0, flag, f"must be in [0, 1], got {value}")
-        if not self.ema:
-            _unused(self, ("base_momentum", "final_momentum"),
-                    "the target momentum needs the moving-average target (--byol_ema)")
 
 
 @dataclasses.dataclass
