@@ -49,8 +49,10 @@ def collapse_figure(curves, path, title="Collapse: embedding spread and effectiv
     for label, c in curves.items():
         for ax, key in zip(axes, KEYS):
             ax.plot(c["epoch"], c[key], marker="o", ms=3, label=label)
-    axes[0].set_ylabel("embed_std (per-dimension std of f/|f|, mean)")
-    axes[1].set_ylabel("effective rank of f/|f| (exp entropy of singular values)")
+    axes[0].set_ylabel("embed_std")
+    axes[0].set_title("per-dimension std of f/|f|, mean", fontsize=9)
+    axes[1].set_ylabel("effective rank")
+    axes[1].set_title("exp(entropy of f/|f|'s normalised singular values)", fontsize=9)
     for ax in axes:
         ax.set_xlabel("epoch (0 = initialisation)")
         ax.grid(alpha=0.3)
