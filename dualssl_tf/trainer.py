@@ -7,8 +7,9 @@ import os
 import keras
 import tensorflow as tf
 
-from dualssl_tf import (callbacks, checkpointing, config, distribute, experiments, export,
+from dualssl_tf import (callbacks, checkpointing, config, distribute, experiments,
                         runfiles)
+from dualssl_tf.evaluation import export
 from dualssl_tf.dual import DualModel
 from dualssl_tf.optim import schedules
 

@@ -127,7 +127,8 @@ def main(argv):
         cfg.model_dir = model_dir   # the run may have moved since training
         config.validate(cfg)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from dualssl_tf import experiments, export, trainer
+        from dualssl_tf import experiments, trainer
+        from dualssl_tf.evaluation import export
         checkpoint = checkpoint or find_checkpoint(model_dir)
         if not checkpoint:
             fail(f"--checkpoint: no checkpoint (*.weights.h5 or tf.train checkpoint) in "

@@ -13,6 +13,14 @@ Sources, tried in this order:
 Example:
   >>> train, test, c = probe_datasets("hltm", model_card=enc.model_card)
   >>> train, test, c = probe_datasets("npz:/data/feats.npz", batch_size=512)
+
+Shapes: every source gives finite tf.data of ``(x [B, ...] float32 or uint8, label [B]
+int64)`` batches; x has the export's input shape (``[B, H, W, 3]`` images, ``[B, children**depth]``
+HLTM leaves, ``[B, d]`` for the 1-D toy).
+
+The experiment source (:func:`_from_experiment`) is the only place that knows about
+:mod:`dualssl_tf.experiments` and :mod:`dualssl_tf.config`; it is isolated so that it can be
+pointed at another task registry without touching the rest.
 """
 
 import dataclasses
@@ -89,6 +97,8 @@ def _from_hltm(model_card, batch_size, num_train, num_test):
 
 
 def _from_experiment(dataset, data_dir, image_size, batch_size, model_card):
+    """(train, test, num_classes) from a registered experiment's ``eval_data``, rebuilt from
+    the model card's flags with dataset / data_dir / image_size / batch_size overridden."""
     from dualssl_tf import config, experiments
     registry = experiments._registry()
     if dataset not in registry and not config.is_image_dataset(dataset):
