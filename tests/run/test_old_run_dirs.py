@@ -64,7 +64,7 @@ def test_old_run_dir_resumes_to_the_new_layouts_numbers(tmp_path, name):
         # The probe's numbers may differ (it has its own optimizer now); nothing else.
         assert {k: v for k, v in a.items() if k not in PROBE_KEYS} == \
             {k: v for k, v in b.items() if k not in PROBE_KEYS}
-    from dualssl_tf import export
+    from dualssl_tf.evaluation import export
     x = np.random.default_rng(0).random((4, *export.load_encoder(
         str(run / "saved_model")).input_shape)).astype(np.float32)
     got = export.load_encoder(str(run / "saved_model"))(x)["representation"].numpy()
