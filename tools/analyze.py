@@ -97,9 +97,7 @@ def main(argv):
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, "analysis")
     try:
         run = runs.load_run(FLAGS.model_dir)
-        if run.cfg.data.dataset not in report.SUPPORTED:
-            raise ValueError(f"model_dir: dataset {run.cfg.data.dataset!r} is not supported; "
-                             f"supported: {', '.join(report.SUPPORTED)}")
+        report.task_hooks(run.cfg)   # ValueError("model_dir: ...") for unsupported tasks
         layers = FLAGS.layers or report.default_layers(run.init.encoder)
         report.check_layers(run.init.encoder, layers)
         result = report.analyze_run(run, layers, FLAGS.points, FLAGS.augmentations,
