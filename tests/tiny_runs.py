@@ -1,6 +1,5 @@
 """Shared by the resume tests: a tiny HLTM run and a reader of TensorBoard event files."""
 
-import dataclasses
 import os
 
 import tensorflow as tf
