@@ -22,6 +22,17 @@ def fail(tool, message, status=EXIT_BAD_INPUT):
     sys.exit(status)
 
 
+def interrupted(tool, message, status):
+    """Prints ``TOOL: MESSAGE`` on stderr (after ending a progress-bar line on a terminal)
+    and exits with ``status`` (128 + the signal)."""
+    if sys.stdout.isatty():
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    sys.stderr.write(f"{tool}: {message}\n")
+    sys.stderr.flush()
+    sys.exit(status)
+
+
 def _flagfile_holding(name, argv):
     """The --flagfile among argv whose lines set --name (for naming the culprit file)."""
     for arg in argv:

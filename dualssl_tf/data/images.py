@@ -386,6 +386,43 @@ def pipeline_source(source, input_context):
                         input_context.input_pipeline_id)
 
 
+def shuffled_passes(elements, num_examples, buffer_size, seed, first=0):
+    """Endless passes over ``elements``, each shuffled by its own seed, from element ``first``.
+
+    Pass ``p`` is ``elements.shuffle(buffer_size)`` with seeds drawn statelessly from
+    ``(seed, p)``, so element ``i`` of the stream depends only on ``(seed, i)``: not on how
+    many iterators the dataset had before. (``shuffle(reshuffle_each_iteration=True)
+    .repeat()`` keeps its reshuffle state in the dataset object, so a second iterator of
+    the same dataset, such as ViewSummary's peek at the first batch, gives training
+    another order than a resumed run, which does not peek, gets.) Starting at ``first``
+    opens pass ``first // num_examples`` and skips the rest of the elements before it,
+    which are raw (nothing is decoded for them).
+    """
+    first_pass, offset = divmod(int(first), int(num_examples))
+
+    def one_pass(p):
+        seeds = tf.random.stateless_uniform([2], tf.stack([tf.cast(seed, tf.int64), p]),
+                                            minval=None, maxval=None, dtype=tf.int64)
+        return _shuffle_with_seeds(elements, buffer_size, seeds)
+
+    ds = tf.data.Dataset.counter(start=first_pass).flat_map(one_pass)
+    return ds.skip(offset) if offset else ds
+
+
+def _shuffle_with_seeds(ds, buffer_size, seeds):
+    """``ds.shuffle(buffer_size, reshuffle_each_iteration=False)`` with the kernel's two
+    seeds given as tensors: the op ``Dataset.shuffle`` builds, without its Python seed
+    handling, which cannot take a tensor seed when the global seed is 0 (it tests
+    ``(global, op) == (0, 0)`` in Python)."""
+    specs = tf.nest.flatten(ds.element_spec)
+    variant = tf.raw_ops.ShuffleDatasetV3(
+        input_dataset=tf.data.experimental.to_variant(ds),
+        buffer_size=tf.constant(buffer_size, tf.int64), seed=seeds[0], seed2=seeds[1],
+        seed_generator=tf.raw_ops.DummySeedGenerator(), reshuffle_each_iteration=False,
+        output_types=[s.dtype for s in specs], output_shapes=[s.shape for s in specs])
+    return tf.data.experimental.from_variant(variant, ds.element_spec)
+
+
 def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
                      color_jitter_strength=1.0, blur=False, shuffle_buffer=10000,
                      with_labels=True):
@@ -410,10 +447,8 @@ def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
                           f"({source.num_examples} examples); lower --batch_size")
     labelled = with_labels and source.num_classes > 0
     first = int(start_step) * int(batch_size)
-    ds = source.elements.shuffle(min(shuffle_buffer, source.num_examples), seed=seed,
-                                 reshuffle_each_iteration=True).repeat()
-    if first:
-        ds = ds.skip(first)  # raw elements: no decoding is spent on the skipped part
+    ds = shuffled_passes(source.elements, source.num_examples,
+                         min(shuffle_buffer, source.num_examples), seed, first)
     ds = tf.data.Dataset.zip(tf.data.Dataset.counter(start=first), ds)
     kwargs = dict(color_jitter_strength=color_jitter_strength, blur=blur)
 
