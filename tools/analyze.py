@@ -86,7 +86,7 @@ def main(argv):
     if any(h < 1 for h in hids):
         fail("--lucky_hids: every hid must be >= 1")
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.import_tensorflow()  # its C++ start-up lines captured (--tf_log shows them)
     import json  # noqa: E402
     import tensorflow as tf  # noqa: E402  (TensorFlow only when the flags are valid)
     from dualssl_tf import runfiles  # noqa: E402

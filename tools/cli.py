@@ -54,3 +54,66 @@ def run(main, tool):
     """``app.run(main)`` with one-line flag errors and TF's INFO logging off the console."""
     logging.set_verbosity(logging.WARNING)
     app.run(main, flags_parser=functools.partial(parse_flags, tool))
+
+
+# -- quiet TensorFlow start-up (issue 13, part 2) -------------------------------------------
+# TensorFlow's C++ start-up lines ("All log messages before absl::InitializeLog()", oneDNN,
+# cudart_stub, cuInit) are written to file descriptor 2 before absl logging is set up, so
+# TF_CPP_MIN_LOG_LEVEL cannot silence them. The tools import TensorFlow through
+# import_tensorflow(), which captures them unless the user asked for them.
+
+# Recorded when this module is first imported, before anything sets a default.
+_USER_SET_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+if "tf_log" not in flags.FLAGS:
+    flags.DEFINE_bool("tf_log", False, "Show TensorFlow's C++ start-up logging (also shown "
+                      "when TF_CPP_MIN_LOG_LEVEL is set in the environment).")
+
+
+def _tf_log_requested():
+    if _USER_SET_TF_LOG_LEVEL:
+        return True
+    try:
+        return bool(flags.FLAGS.tf_log)
+    except (AttributeError, flags.UnparsedFlagAccessError):
+        return False
+
+
+def import_tensorflow(show_log=None):
+    """Imports TensorFlow and initialises its devices, its C++ start-up logging captured.
+
+    File descriptor 2 points to a temporary file while ``import tensorflow`` and
+    ``tf.config.list_physical_devices()`` run, and is restored afterwards; if the import
+    fails, the captured text is written to stderr before the exception propagates, so a
+    broken installation still shows its full message. ``show_log`` (default: ``--tf_log``
+    or TF_CPP_MIN_LOG_LEVEL set by the user) imports without capturing. Returns ``tf``.
+    """
+    if show_log is None:
+        show_log = _tf_log_requested()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if show_log or "tensorflow" in sys.modules:
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+        return tf
+    import tempfile
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                import tensorflow as tf
+                tf.config.list_physical_devices()
+            except BaseException:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode("utf-8", "replace"))
+                sys.stderr.flush()
+                raise
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+    return tf

@@ -194,7 +194,7 @@ def main(argv):
     if not remote and not os.path.exists(os.path.join(FLAGS.saved_model, "saved_model.pb")):
         fail(f"--saved_model: {FLAGS.saved_model} is not a SavedModel (no saved_model.pb); "
              "pass the directory written by tools/export.py")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.import_tensorflow()  # its C++ start-up lines captured (--tf_log shows them)
     try:
         run(decays)
     except ValueError as e:  # library errors name their flag (e.g. --dataset: ...)
