@@ -63,6 +63,8 @@ class ImageSource:
       file); see :func:`pipeline_source`.
     share: ``(input_pipeline_id, num_input_pipelines)`` when this is one pipeline's share
       of a larger source, else None.
+    num_labelled: elements with a label >= 0 when known without a pass (progress bars
+      of evaluation passes show their total from it), else None.
     """
     name: str
     elements: Any
@@ -74,6 +76,7 @@ class ImageSource:
     skipped: int = 0
     for_pipeline: Optional[Callable] = None
     share: Optional[tuple] = None
+    num_labelled: Optional[int] = None
 
 
 def _to_rgb(image):
@@ -91,9 +94,18 @@ def _to_rgb(image):
 # TensorFlow Datasets
 
 
-def _download_hint(name, data_dir):
-    return (f"download it once (network needed) with `tfds build {name} "
-            f"--data_dir={data_dir or '~/tensorflow_datasets'}` or pick another --dataset")
+def _download_hint(name, data_dir, builder=None):
+    """How to prepare a data set: ``tfds build NAME`` (``--data_dir`` only when not tfds'
+    default), with the download size when the builder's metadata knows it."""
+    size = ""
+    try:
+        if builder is not None and int(builder.info.download_size):
+            size = f" ({builder.info.download_size} download)"
+    except (AttributeError, TypeError, ValueError):
+        pass
+    where = f" --data_dir={data_dir}" if data_dir else ""
+    return (f"download it once{size} with `tfds build {name}{where}` or pick another "
+            "--dataset")
 
 
 def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0, input_context=None):
@@ -161,7 +173,7 @@ def _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_contex
     except AssertionError:  # tfds' "could not find data in ..." when not prepared
         raise ConfigError("data_dir", f"--dataset={name} is not prepared in "
                           f"--data_dir={data_dir or '(tfds default)'} and downloads are off; "
-                          + _download_hint(name, data_dir)) from None
+                          + _download_hint(name, data_dir, builder)) from None
     except ValueError as e:  # bad split expression
         raise ConfigError("dataset", f"{name!r} split {split!r}: {str(e).splitlines()[0]}"
                           ) from None
@@ -190,6 +202,7 @@ def _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_contex
         decode=lambda raw: _to_rgb(image_feature.decode_example(raw)),
         num_examples=num,
         num_classes=int(features["label"].num_classes) if has_label else 0,
+        num_labelled=num if has_label and "unlabel" not in split else None,
         image_shape=shape[:2] + (3,) if None not in shape[:2] else None,
         share=(index, pipelines) if by_file else None,
         for_pipeline=None if pipelines > 1 else functools.partial(
@@ -312,6 +325,7 @@ def folder_source(path, skip_corrupt=False, verify=True):
         decode=_decode_file,
         num_examples=len(files),
         num_classes=len(classes) if used else 0,
+        num_labelled=sum(label != UNLABELLED for label in labels),
         image_shape=None,
         skipped=skipped)
 
@@ -329,6 +343,7 @@ def generated_source(data, split="train"):
         decode=lambda i: data.example(i)[0],
         num_examples=data.num_examples[split],
         num_classes=data.num_classes,
+        num_labelled=data.num_examples[split],
         image_shape=(data.image_size, data.image_size, 3),
         views=lambda i, seed, size: data.views(i, seed))
 
@@ -352,7 +367,7 @@ def shard_source(source, num_shards, index):
         source, name=f"{source.name}[shard {index}/{num_shards}]",
         elements=source.elements.shard(num_shards, index),
         num_examples=len(range(index, source.num_examples, num_shards)),
-        for_pipeline=None, share=(index, num_shards))
+        for_pipeline=None, share=(index, num_shards), num_labelled=None)
 
 
 def pipeline_source(source, input_context):
@@ -446,7 +461,12 @@ def eval_dataset(source, batch_size, image_size, drop_remainder=False,
     ds = ds.map(lambda raw, label: (augment.center_resize(source.decode(raw), image_size),
                                     label),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    n = source.num_examples if not labelled_only else source.num_labelled
+    if int(ds.cardinality()) < 0 and n is not None:  # the filter hid a known length
+        batches = n // batch_size if drop_remainder else -(-n // batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def pretrain_split(name):
