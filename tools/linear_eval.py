@@ -33,6 +33,9 @@ flags.DEFINE_string("saved_model", "", "SavedModel directory written by tools/ex
 flags.DEFINE_string("dataset", "", "npz:PATH, hltm, or a training dataset name; default: "
                     "the dataset in the SavedModel's model_card.json.")
 flags.DEFINE_string("data_dir", "", "Where downloaded datasets live (image datasets).")
+flags.DEFINE_bool("download", True, "Download and prepare a TensorFlow Datasets data set "
+                  "not yet prepared in --data_dir (tfds' download_and_prepare); "
+                  "--nodownload stops with the `tfds build` command instead.")
 flags.DEFINE_integer("image_size", 0, "Image side for image datasets; 0 = the export's.")
 flags.DEFINE_list("method", ["linear"], "Comma-separated subset of: " + ", ".join(METHODS))
 flags.DEFINE_string("output", "representation", "Which SavedModel output to probe "
@@ -134,7 +137,8 @@ def run(decays):
              f"{FLAGS.output!r}")
     train_ds, test_ds, num_classes = data.probe_datasets(
         dataset, FLAGS.data_dir, FLAGS.image_size or None, FLAGS.batch_size,
-        model_card=card, num_train=FLAGS.num_train, num_test=FLAGS.num_test)
+        model_card=card, num_train=FLAGS.num_train, num_test=FLAGS.num_test,
+        download=FLAGS.download)
     for ds in (train_ds, test_ds):
         features.check_dataset(encoder, ds)
 

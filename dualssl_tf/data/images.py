@@ -108,7 +108,8 @@ def _download_hint(name, data_dir, builder=None):
             "--dataset")
 
 
-def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0, input_context=None):
+def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0, input_context=None,
+                download=False, download_refused=""):
     """An :class:`ImageSource` over a prepared tfds image-classification data set.
 
     With an ``input_context`` of P > 1 input pipelines the source is this pipeline's
@@ -136,6 +137,10 @@ def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0, input_con
       seed: file-order seed; must be the same on every host (the element-sharding
         fallback needs the same order everywhere).
       input_context: optional ``tf.distribute.InputContext``; None = the whole split.
+      download: prepare the data set with tfds' ``download_and_prepare`` when it is not
+        prepared in data_dir (see :func:`prepare_tfds`).
+      download_refused: why downloading is not done here (e.g. ``"with --strategy=tpu"``);
+        a not-prepared data set then fails with how to prepare it.
     Raises:
       ConfigError (a ValueError) naming --dataset or --data_dir, with the ``tfds build``
       command, when the name is unknown or the data set is not prepared in data_dir.
@@ -151,7 +156,43 @@ def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0, input_con
     if "image" not in features or not hasattr(features["image"], "decode_example"):
         raise ConfigError("dataset", f"{name!r} has no 'image' feature; only image data sets "
                           "can be used here")
+    if download:
+        prepare_tfds(builder, name, data_dir, download_refused)
     return _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_context)
+
+
+# -- --download (issue 13, part 1) --------------------------------------------------------
+def prepare_tfds(builder, name, data_dir="", refused=""):
+    """Downloads and prepares a tfds data set that is not prepared in data_dir yet, with
+    tfds' own machinery (``download_and_prepare``, the builder's download config and its
+    progress bars); nothing happens when it is prepared.
+
+    ``refused`` (e.g. ``"with --strategy=tpu"``; a gs:// data_dir always refuses) makes a
+    not-prepared data set a ConfigError saying how to prepare it once, instead: every
+    worker would otherwise download into the same bucket.
+    """
+    import tensorflow_datasets as tfds
+
+    if builder.is_prepared():
+        return
+    if not refused and str(data_dir).startswith("gs://"):
+        refused = "into a gs:// --data_dir"
+    if refused:
+        raise ConfigError("data_dir", f"--dataset={name} is not prepared in --data_dir="
+                          f"{data_dir or '(tfds default)'} and is not downloaded {refused}; "
+                          f"prepare it once with `tfds build {name} --data_dir="
+                          f"{data_dir if '://' in data_dir else 'gs://BUCKET/tensorflow_datasets'}`"
+                          " and pass that --data_dir")
+    where = data_dir or "tfds' default ~/tensorflow_datasets"
+    print(f"Downloading and preparing {name} into {where} (first use; --nodownload "
+          "stops instead) ...", flush=True)
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
+    except Exception as e:  # noqa: BLE001  network, disk, checksum errors
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        raise ConfigError("dataset", f"downloading --dataset={name} into {where} failed "
+                          f"({e.__class__.__name__}: {first}); "
+                          + _download_hint(name, data_dir, builder)) from None
 
 
 def _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_context):
@@ -172,7 +213,8 @@ def _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_contex
                                 decoders={"image": tfds.decode.SkipDecoding()})
     except AssertionError:  # tfds' "could not find data in ..." when not prepared
         raise ConfigError("data_dir", f"--dataset={name} is not prepared in "
-                          f"--data_dir={data_dir or '(tfds default)'} and downloads are off; "
+                          f"--data_dir={data_dir or '(tfds default)'} and downloads are off "
+                          "(--nodownload); "
                           + _download_hint(name, data_dir, builder)) from None
     except ValueError as e:  # bad split expression
         raise ConfigError("dataset", f"{name!r} split {split!r}: {str(e).splitlines()[0]}"
@@ -475,7 +517,7 @@ def pretrain_split(name):
 
 
 def sources(dataset, data_dir="", image_size=32, seed=0, skip_corrupt=False,
-            generated=None):
+            generated=None, download=False, download_refused=""):
     """Pretraining source and probing (train, test) sources for a ``--dataset`` value.
 
     Args:
@@ -486,6 +528,7 @@ def sources(dataset, data_dir="", image_size=32, seed=0, skip_corrupt=False,
       skip_corrupt: folder only, see :func:`folder_source`.
       generated: optional :class:`GeneratedImages` (default: one built from image_size
         and seed).
+      download, download_refused: tfds only, see :func:`tfds_source`.
     Returns:
       (pretrain, probe_train, probe_test) ImageSources; probe_test may be None (a folder
       without ``train/`` and ``test/`` sub-folders).
@@ -502,7 +545,7 @@ def sources(dataset, data_dir="", image_size=32, seed=0, skip_corrupt=False,
         src = folder_source(data_dir, skip_corrupt)
         return src, src, None
     pretrain = tfds_source(dataset, pretrain_split(dataset), data_dir, shuffle_files=True,
-                           seed=seed)
+                           seed=seed, download=download, download_refused=download_refused)
     train_split, test_split = EVAL_SPLITS.get(dataset, EVAL_SPLITS["default"])
     return (pretrain, tfds_source(dataset, train_split, data_dir),
             tfds_source(dataset, test_split, data_dir))
