@@ -94,15 +94,21 @@ def _to_rgb(image):
 # TensorFlow Datasets
 
 
+# Download sizes of the paper's data sets (the tfds catalog), for when the builder's
+# metadata does not carry them (it often does not before the data set is prepared).
+DOWNLOAD_SIZES = {"stl10": "2.46 GiB", "cifar10": "162.17 MiB", "cifar100": "160.71 MiB"}
+
+
 def _download_hint(name, data_dir, builder=None):
     """How to prepare a data set: ``tfds build NAME`` (``--data_dir`` only when not tfds'
-    default), with the download size when the builder's metadata knows it."""
-    size = ""
+    default), with the download size when known."""
+    size = DOWNLOAD_SIZES.get(name.split(":")[0].split("/")[0], "")
     try:
         if builder is not None and int(builder.info.download_size):
-            size = f" ({builder.info.download_size} download)"
+            size = str(builder.info.download_size)
     except (AttributeError, TypeError, ValueError):
         pass
+    size = f" ({size} download)" if size else ""
     where = f" --data_dir={data_dir}" if data_dir else ""
     return (f"download it once{size} with `tfds build {name}{where}` or pick another "
             "--dataset")
