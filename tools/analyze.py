@@ -72,6 +72,11 @@ def main(argv):
     if not remote and not os.path.exists(os.path.join(FLAGS.model_dir, "metrics.jsonl")):
         fail(f"--model_dir: no metrics.jsonl in {FLAGS.model_dir}; point it at a run written "
              "by tools/train.py")
+    if not remote and not os.path.isdir(os.path.join(FLAGS.model_dir, "saved_model")):
+        fail(f"--model_dir: {FLAGS.model_dir} holds an unfinished or killed run (no "
+             "saved_model/); finish it by re-running tools/train.py with "
+             f"--flagfile={os.path.join(FLAGS.model_dir, 'flags.txt')}, or export its last "
+             "checkpoint with tools/export.py")
     if FLAGS.points < 2:
         fail(f"--points: must be >= 2 (a covariance needs M >= 2 base points), got "
              f"{FLAGS.points}")
