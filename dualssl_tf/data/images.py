@@ -544,10 +544,13 @@ def sources(dataset, data_dir="", image_size=32, seed=0, skip_corrupt=False,
         return (generated_source(data, "train"), generated_source(data, "train"),
                 generated_source(data, "test"))
     if dataset == "folder":
-        train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
-        if data_dir and tf.io.gfile.isdir(train_dir) and tf.io.gfile.isdir(test_dir):
-            train = folder_source(train_dir, skip_corrupt)
-            return train, train, folder_source(test_dir, skip_corrupt)
+        # DIR/train/ with DIR/test/ or (the ImageNet layout) DIR/val/: a held-out split.
+        train_dir = os.path.join(data_dir, "train")
+        for held_out in ("test", "val"):
+            test_dir = os.path.join(data_dir, held_out)
+            if data_dir and tf.io.gfile.isdir(train_dir) and tf.io.gfile.isdir(test_dir):
+                train = folder_source(train_dir, skip_corrupt)
+                return train, train, folder_source(test_dir, skip_corrupt)
         src = folder_source(data_dir, skip_corrupt)
         return src, src, None
     pretrain = tfds_source(dataset, pretrain_split(dataset), data_dir, shuffle_files=True,
