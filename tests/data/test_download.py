@@ -88,3 +88,16 @@ def test_tpu_refuses_with_how_to_prepare(source, tmp_path):
     assert "with --strategy=tpu" in str(e.value)
     assert f"tfds build {NAME} --data_dir=gs://" in str(e.value)
     assert not os.path.exists(tmp_path / "tfds" / NAME)
+
+
+@pytest.mark.slow
+def test_train_prepares_on_first_use_then_trains_a_step(source, tmp_path):
+    from dualssl_tf.run import trainer
+    cfg = _cfg(tmp_path / "tfds", model_dir=str(tmp_path / "run"), width_multiplier=0.0625,
+               proj_hidden_dim=8, proj_dim=4, steps_per_epoch=1, epochs=1, verbose=0,
+               loss="ntxent", temperature=0.5, optimizer="sgd", learning_rate=0.01,
+               shuffle_buffer=16)
+    result = trainer.run(cfg)
+    assert not result["finished"]
+    assert os.path.isdir(tmp_path / "tfds" / NAME / "1.0.0")
+    assert os.path.exists(tmp_path / "run" / "saved_model" / "saved_model.pb")
