@@ -25,8 +25,9 @@ def test_flag_names_and_resumable_set_are_kept():
     names = [name for name, _, _ in config.flag_fields()]
     assert len(names) == len(set(names))
     assert set(OLD_FLAGS) <= set(names)
-    assert set(names) - set(OLD_FLAGS) == {"method", "probe_learning_rate"}
-    assert config.RESUMABLE_FLAGS == OLD_RESUMABLE
+    # Added since: --method, --probe_learning_rate; --download (issue 13, resumable).
+    assert set(names) - set(OLD_FLAGS) == {"method", "probe_learning_rate", "download"}
+    assert config.RESUMABLE_FLAGS == OLD_RESUMABLE | {"download"}
 
 
 def test_every_flag_has_help():

@@ -58,7 +58,7 @@ def config_from_flags():
 def _train(cfg):
     try:
         config.validate(cfg)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        cli.import_tensorflow()  # its C++ start-up lines captured (--tf_log shows them)
         from dualssl_tf.run import callbacks, trainer  # TensorFlow only for valid settings
         try:
             return trainer.run(cfg)

@@ -94,7 +94,7 @@ def _from_hltm(model_card, batch_size, num_train, num_test):
     return splits[0], splits[1], 2
 
 
-def _from_task(dataset, data_dir, image_size, batch_size, model_card):
+def _from_task(dataset, data_dir, image_size, batch_size, model_card, download=True):
     """(train, test, num_classes) from the task's ``eval_data`` (no network is built), for
     the model card's flags with dataset / data_dir / image_size / batch_size overridden."""
     from dualssl_tf import config, tasks
@@ -106,7 +106,7 @@ def _from_task(dataset, data_dir, image_size, batch_size, model_card):
                          f"{', '.join(names)} or a TensorFlow Datasets name") from None
     cfg = config.from_flag_strings({k: str(v) for k, v in
                                     ((model_card or {}).get("flags") or {}).items()})
-    changes = dict(dataset=dataset, batch_size=batch_size)
+    changes = dict(dataset=dataset, batch_size=batch_size, download=download)
     if data_dir:
         changes["data_dir"] = data_dir
     if image_size:
@@ -115,7 +115,7 @@ def _from_task(dataset, data_dir, image_size, batch_size, model_card):
 
 
 def probe_datasets(dataset, data_dir="", image_size=None, batch_size=256, model_card=None,
-                   num_train=10000, num_test=5000):
+                   num_train=10000, num_test=5000, download=True):
     """Finite (x, label) train and test datasets for probing.
 
     Args:
@@ -125,6 +125,8 @@ def probe_datasets(dataset, data_dir="", image_size=None, batch_size=256, model_
       batch_size: examples per batch.
       model_card: the export's model card (flags and metadata rebuild its data).
       num_train, num_test: sample counts for generated data (hltm).
+      download: a TensorFlow Datasets set not prepared in data_dir is downloaded and
+        prepared first (``--download`` of tools/linear_eval.py).
     Returns:
       (train_ds, test_ds, num_classes): tf.data of (x [B, ...] float32 or uint8,
       label [B] int64) batches; num_classes may be None (then infer it from the labels).
@@ -139,4 +141,4 @@ def probe_datasets(dataset, data_dir="", image_size=None, batch_size=256, model_
         return _from_npz(dataset[4:] if dataset.startswith("npz:") else dataset, batch_size)
     if dataset == "hltm":
         return _from_hltm(model_card or {}, batch_size, num_train, num_test)
-    return _from_task(dataset, data_dir, image_size, batch_size, model_card)
+    return _from_task(dataset, data_dir, image_size, batch_size, model_card, download)

@@ -105,6 +105,7 @@ def extract_features(encoder, ds, output="representation", pool="auto", verbose=
     n_batches = int(ds.cardinality())
     bar = keras.utils.Progbar(n_batches if n_batches > 0 else None, verbose=verbose,
                               unit_name="batch")
+    i = -1
     feats, labels = [], []
     for i, element in enumerate(ds):
         x, y = split_element(element)
@@ -114,6 +115,8 @@ def extract_features(encoder, ds, output="representation", pool="auto", verbose=
         feats.append(pool_features(out, pool).numpy().astype(np.float32)[keep])
         labels.append(y[keep])
         bar.update(i + 1)
+    if verbose and n_batches <= 0:  # a bar without a total is left on its line
+        bar.update(i + 1, finalize=True)
     if sum(len(f) for f in feats) == 0:
         raise ValueError("dataset: the split is empty; nothing to extract features from")
     return np.concatenate(feats), np.concatenate(labels)

@@ -56,12 +56,22 @@ def run(cfg):
               initial_epoch=found["epoch"] if found else 0, verbose=cfg.run.verbose,
               callbacks=fit_callbacks(cfg, task, model, rundir, callbacks, found))
     final = rundir.last_metrics()
+    print(end_of_run_line(final, rundir.saved_model), flush=True)
     export.export_encoder(task.encoder, task.head, rundir.saved_model, task.input_shape,
                           model_card=export.run_model_card(cfg.flags(), task.metadata, final),
                           intermediate_layers=export.default_intermediates(task.encoder))
     rundir.mark_finished(max(cfg.optim.epochs, found["epoch"] if found else 0))
     summary = task.summarize(initial, final) if task.summarize and initial else ""
     return {"initial": initial, "final": final, "summary": summary, "finished": False}
+
+
+def end_of_run_line(final, saved_model, keys=("loss", "probe_test_acc", "probe_acc")):
+    """One short line printed between the last epoch and the (silent) export: the final
+    metric and what is being written."""
+    shown = [f"{k} {final[k]:.4g}" for k in keys
+             if isinstance(final.get(k), (int, float))][:2]
+    return (f"Training done ({', '.join(shown) or 'no metrics'}); exporting the encoder to "
+            f"{saved_model} ...")
 
 
 def build_model(cfg, task):

@@ -141,6 +141,14 @@ def test_folder_train_test_layout(tmp_path):
     assert none is None
 
 
+def test_folder_imagenet_train_val_layout(tmp_path):
+    _make_folder(tmp_path / "train")
+    _make_folder(tmp_path / "val", per_class=2)   # ImageNet's DIR/train + DIR/val
+    pre, train, test = images.sources("folder", str(tmp_path))
+    assert pre.num_examples == 6 and test.num_examples == 4
+    assert test.name.endswith("val") and test.num_labelled == 4
+
+
 def test_batch_larger_than_dataset(tmp_path):
     src = images.folder_source(str(_make_folder(tmp_path / "i", per_class=1)))
     with pytest.raises(ConfigError, match="^--batch_size: 4 is larger than"):

@@ -86,7 +86,8 @@ def test_probe_ignores_unlabelled_examples():
 
 def test_tfds_task_errors(tmp_path):
     with pytest.raises(ConfigError, match="^--data_dir: --dataset=cifar10 is not prepared"):
-        build(_cfg(tmp_path, dataset="cifar10", data_dir=str(tmp_path), image_size=0))
+        build(_cfg(tmp_path, dataset="cifar10", data_dir=str(tmp_path), image_size=0,
+                   download=False))   # never download in tests
     with tfds.testing.mock_data(num_examples=8):
         with pytest.raises(ConfigError, match="^--batch_size: 16 is larger than cifar10"):
             build(_cfg(tmp_path, dataset="cifar10", data_dir=str(tmp_path), image_size=0))
