@@ -3,7 +3,14 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
+
+
+def derive_seed(*entropy):
+    """An int seed in [0, 2**31) mixed from ints (``numpy.random.SeedSequence``): distinct
+    entropy tuples give independent streams (e.g. (run seed, depth, 0 = kernel / 1 = bias))."""
+    return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0] >> 1)
 
 
 class GroupedDense(keras.layers.Layer):
@@ -12,12 +19,16 @@ class GroupedDense(keras.layers.Layer):
     The block-diagonal layer behind the HLTM tree network: each latent's group of units is
     fully connected to its own children's units and to nothing else. Initialised like
     PyTorch's ``nn.Linear`` (uniform in +-1/sqrt(fan_in), bias too), as in the paper's code,
-    so lucky-node statistics at initialisation match it.
+    so lucky-node statistics at initialisation match it. Kernel and bias are independent
+    draws (as in ``nn.Linear``): one seeded initializer shared by both would hand Keras'
+    same stream to each, giving ``bias == kernel.ravel()[:bias.size]``.
 
     Args:
       groups: number of groups g.
       units: output units per group.
       use_bias: add a per-group bias.
+      seed: int, or None for Keras' global seed stream; the kernel is drawn from
+        ``derive_seed(seed, 0)``, the bias from ``derive_seed(seed, 1)``.
 
     Input [B, g, fan_in] -> output [B, g, units]. Kernel [g, fan_in, units].
 
@@ -26,20 +37,25 @@ class GroupedDense(keras.layers.Layer):
       >>> y = layer(keras.ops.ones([4, 16, 2]))   # [4, 16, 10]
     """
 
-    def __init__(self, groups, units, use_bias=True, **kwargs):
+    def __init__(self, groups, units, use_bias=True, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.groups = groups
         self.units = units
         self.use_bias = use_bias
+        self.seed = seed
 
     def build(self, input_shape):
         fan_in = input_shape[-1]
         bound = 1.0 / math.sqrt(fan_in)
-        init = keras.initializers.RandomUniform(-bound, bound)
+
+        def init(which):  # a fresh initializer per weight: independent streams
+            seed = None if self.seed is None else derive_seed(self.seed, which)
+            return keras.initializers.RandomUniform(-bound, bound, seed=seed)
+
         self.kernel = self.add_weight(name="kernel", shape=(self.groups, fan_in, self.units),
-                                      initializer=init)
+                                      initializer=init(0))
         self.bias = (self.add_weight(name="bias", shape=(self.groups, self.units),
-                                     initializer=init) if self.use_bias else None)
+                                     initializer=init(1)) if self.use_bias else None)
 
     def call(self, x):
         y = ops.einsum("bgi,giu->bgu", x, self.kernel)
@@ -50,5 +66,6 @@ class GroupedDense(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(groups=self.groups, units=self.units, use_bias=self.use_bias)
+        config.update(groups=self.groups, units=self.units, use_bias=self.use_bias,
+                      seed=self.seed)
         return config

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from dualssl_tf.models.grouped_dense import GroupedDense
+from dualssl_tf.models.grouped_dense import GroupedDense, derive_seed
 
 
 @keras.saving.register_keras_serializable(package="dualssl_tf")
@@ -20,6 +20,8 @@ class TreeNet(keras.Model):
       num_children: c.
       hid: units per latent group.
       use_bias: biases in every group (the paper's network has them).
+      seed: int seed of the initial weights (depth d's layer draws from
+        ``derive_seed(seed, d)``), or None for Keras' global seed stream.
 
     Example:
       >>> net = TreeNet(depth=5, num_children=2, hid=10)
@@ -27,13 +29,15 @@ class TreeNet(keras.Model):
       >>> pre = net.pre_activations(x)                # list: depth d -> [8, 2**(5-d), 10]
     """
 
-    def __init__(self, depth=5, num_children=2, hid=10, use_bias=True, **kwargs):
+    def __init__(self, depth=5, num_children=2, hid=10, use_bias=True, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.depth = depth
         self.num_children = num_children
         self.hid = hid
         self.use_bias = use_bias
+        self.seed = seed
         self.levels = [GroupedDense(num_children ** (depth - d), hid, use_bias=use_bias,
+                                    seed=None if seed is None else derive_seed(seed, d),
                                     name=f"depth_{d}") for d in range(1, depth + 1)]
 
     def pre_activations(self, x):
@@ -55,4 +59,4 @@ class TreeNet(keras.Model):
 
     def get_config(self):
         return {"depth": self.depth, "num_children": self.num_children, "hid": self.hid,
-                "use_bias": self.use_bias, "name": self.name}
+                "use_bias": self.use_bias, "seed": self.seed, "name": self.name}

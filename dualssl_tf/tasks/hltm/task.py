@@ -28,7 +28,8 @@ def tree_of(cfg):
 
 def build(cfg, start_step=0):
     tree = tree_of(cfg)
-    net = TreeNet(cfg.hltm.depth, cfg.hltm.children, cfg.hltm.hid, name="tree_net")
+    net = TreeNet(cfg.hltm.depth, cfg.hltm.children, cfg.hltm.hid, seed=cfg.run.seed,
+                  name="tree_net")
     net(tf.zeros([1, tree.num_leaves]))
     x_eval, latents = tree.sample(cfg.hltm.eval_samples, seed=[cfg.run.seed, EVAL_SEED_OFFSET])
     steps = cfg.optim.steps_per_epoch or cfg.hltm.samples_per_epoch // cfg.optim.batch_size
