@@ -92,3 +92,11 @@ def test_multi_seed_refuses_lars(tmp_path):
     with pytest.raises(config.ConfigError, match="hltm_seeds"):
         config.validate(TINY_HLTM.replace(hltm_seeds=2, optimizer="lars",
                                           model_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("name,loss", [("hltm.cfg", "nce"), ("hltm_official.cfg", "nce_batch")])
+def test_hltm_configs_validate(tmp_path, name, loss):
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", name)
+    cfg = config.from_flag_strings(config.read_flagfile(path)).replace(model_dir=str(tmp_path))
+    config.validate(cfg)
+    assert cfg.contrastive.loss == loss and cfg.hltm.seeds == 1
