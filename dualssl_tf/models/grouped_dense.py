@@ -54,12 +54,14 @@ class GroupedDense(keras.layers.Layer):
 
         seeds = self.seed if isinstance(self.seed, list) else [self.seed]
 
-        def init(which):  # a fresh draw per weight and block: independent streams
+        def init(which):  # a fresh initializer per weight and block: independent streams
+            inits = [keras.initializers.RandomUniform(
+                -bound, bound, seed=None if s is None else derive_seed(s, which))
+                for s in seeds]
+
             def draw(shape, dtype=None):
                 block = (shape[0] // self.blocks, *shape[1:])
-                parts = [keras.random.uniform(
-                    block, -bound, bound, dtype=dtype,
-                    seed=None if s is None else derive_seed(s, which)) for s in seeds]
+                parts = [i(block, dtype=dtype) for i in inits]
                 return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=0)
             return draw
 
