@@ -89,7 +89,7 @@ def main(argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import json  # noqa: E402
     import tensorflow as tf  # noqa: E402  (TensorFlow only when the flags are valid)
-    from dualssl_tf import runfiles, tasks  # noqa: E402
+    from dualssl_tf import runfiles  # noqa: E402
     from dualssl_tf.analysis import report, runs  # noqa: E402
     # Retracing / pfor-fallback notices are expected here (one connection function per layer).
     tf.get_logger().setLevel("ERROR")
@@ -97,10 +97,7 @@ def main(argv):
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, "analysis")
     try:
         run = runs.load_run(FLAGS.model_dir)
-        supported = [n for n, t in tasks.TASKS.items() if t.analysis]
-        if not tasks.spec(run.cfg.data.dataset).analysis:
-            raise ValueError(f"model_dir: dataset {run.cfg.data.dataset!r} is not supported; "
-                             f"supported tasks: {', '.join(supported)}")
+        report.task_hooks(run.cfg)   # ValueError("model_dir: ...") for unsupported tasks
         layers = FLAGS.layers or report.default_layers(run.init.encoder)
         report.check_layers(run.init.encoder, layers)
         result = report.analyze_run(run, layers, FLAGS.points, FLAGS.augmentations,

@@ -115,7 +115,8 @@ def main(argv):
         cfg.run.model_dir = model_dir   # the run may have moved since training
         config.validate(cfg)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from dualssl_tf import export, tasks
+        from dualssl_tf import tasks
+        from dualssl_tf.evaluation import export
         from dualssl_tf.run import trainer
         checkpoint = checkpoint or find_checkpoint(model_dir)
         if not checkpoint:

@@ -35,7 +35,7 @@ def read_metrics(path):
 def load_savedmodel_weights(model, saved_model_dir, prefix="encoder"):
     """Copies the encoder's variables of an exported SavedModel into the rebuilt ``model``.
 
-    Two layouts are understood: the Keras ExportArchive of :mod:`dualssl_tf.export`
+    Two layouts are understood: the Keras ExportArchive of :mod:`dualssl_tf.evaluation.export`
     (``variables/<i>``: the encoder's variables first, in ``model.variables`` order, then the
     head's) and a plain ``tf.Module`` export (``<prefix>/levels/0/kernel``: the same
     attribute path is followed on the rebuilt model). Returns the number of variables

@@ -82,6 +82,12 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
             self.probe_optimizer = (keras.optimizers.get(probe_optimizer) if probe_optimizer
                                     is not None else keras.optimizers.Adam(1e-3))
 
+    def fit(self, *args, shuffle=False, **kwargs):
+        """``keras.Model.fit`` with ``shuffle=False`` by default: the batches come from a
+        tf.data pipeline that shuffles (and resumes) on its own; Keras would only warn
+        that its default ``shuffle=True`` is ignored for a dataset."""
+        return super().fit(*args, shuffle=shuffle, **kwargs)
+
     @property
     def method_variables(self):
         """The trainable variables of the method's optimizer: all but the probe's."""

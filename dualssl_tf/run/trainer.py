@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from dualssl_tf import config, methods, runfiles, tasks
-from dualssl_tf import export  # TODO(merge): dualssl_tf.evaluation.export
+from dualssl_tf.evaluation import export
 from dualssl_tf.optim import schedules
 from dualssl_tf.run import distribute
 from dualssl_tf.run.callbacks import NonFiniteLossGuard
