@@ -100,9 +100,12 @@ class HLTMCorrelation(EpochMetric):
     """Adds the per-depth best correlation ``best_corr/<d>`` to the epoch logs.
 
     Evaluated on a fixed held-out HLTM sample per seed (never trained on), so epochs are
-    comparable (docs/theory.md section 7 defines the metric). Each seed's tree network is
-    evaluated alone on its own sample (:meth:`TreeNet.pre_activations` with ``tree=s``),
-    exactly as a single-seed run evaluates its network.
+    comparable (docs/theory.md section 7 defines the metric). One seed is evaluated as it
+    always was. Several seeds are evaluated in one batched pass: the S held-out samples are
+    stacked side by side ([n, S * c**L], seed s's leaves in block s, as in training), one
+    compiled forest pass gives every seed's pre-activations and the float64 best-correlation
+    reduction runs over all S * groups columns at once (each column's statistics are its own,
+    so seed s's values equal evaluating it alone, to float tolerance).
 
     With one seed the logs are ``best_corr/<d>`` only. With S > 1: ``best_corr/<d>`` is the
     mean over seeds, ``best_corr_sd/<d>`` the standard deviation (ddof 1),
@@ -123,18 +126,29 @@ class HLTMCorrelation(EpochMetric):
         self.xs = list(x) if isinstance(x, (list, tuple)) else [x]
         self.latent_list = list(latents) if isinstance(latents, (list, tuple)) else [latents]
         self.x, self.latents = self.xs[0], self.latent_list[0]  # seed 0 (analysis hooks)
-        # Compiled once: the held-out samples have one fixed shape and the tree index is a
-        # tensor, so there is one trace for every seed.
-        self._pre_activations = tf.function(lambda x, s: net.pre_activations(x, tree=s))
+        self.num_seeds = len(self.xs)
+        if self.num_seeds == 1:
+            # Compiled once: the held-out sample has one fixed shape.
+            self._pre_activations = tf.function(lambda x: net.pre_activations(x, tree=0))
+        else:
+            # [n, S * c**L]: seed s's leaves in block s, the forest's own input layout; the
+            # latents likewise [n, S * c**(L-d)] per depth (seed-major columns, matching the
+            # forest's [n, S * c**(L-d), hid] pre-activations).
+            self._x_all = tf.concat([tf.convert_to_tensor(x) for x in self.xs], axis=-1)
+            self._latents_all = {d: tf.concat([tf.convert_to_tensor(l[d])
+                                               for l in self.latent_list], axis=-1)
+                                 for d in self.latents}
+            self._pre_activations = tf.function(lambda x: net.pre_activations(x))
 
     def per_seed(self):
         """{depth: [S, groups]} best correlation of every group of every seed."""
-        out = {}
-        for s, (x, latents) in enumerate(zip(self.xs, self.latent_list)):
-            fn = functools.partial(self._pre_activations, s=tf.constant(s))
-            for d, v in correlation.best_correlation_groups_by_depth(fn, x, latents).items():
-                out.setdefault(d, []).append(v)
-        return {d: np.stack(v) for d, v in out.items()}
+        if self.num_seeds == 1:
+            groups = correlation.best_correlation_groups_by_depth(
+                self._pre_activations, self.x, self.latents)
+            return {d: np.asarray(v)[None] for d, v in groups.items()}
+        groups = correlation.best_correlation_groups_by_depth(
+            self._pre_activations, self._x_all, self._latents_all)
+        return {d: np.asarray(v).reshape(self.num_seeds, -1) for d, v in groups.items()}
 
     def compute(self, epoch=0):
         groups = self.per_seed()
@@ -142,7 +156,7 @@ class HLTMCorrelation(EpochMetric):
             return {f"best_corr/{d}": float(tf.reduce_mean(g[0])) for d, g in groups.items()}
         logs = {}
         for d, g in groups.items():
-            per_seed = np.array([float(tf.reduce_mean(row)) for row in g])
+            per_seed = tf.reduce_mean(tf.constant(g, tf.float64), axis=1).numpy()  # [S]
             dead = (g == 0.0).mean(axis=1)
             logs.update({f"best_corr/{d}": float(per_seed.mean()),
                          f"best_corr_sd/{d}": float(per_seed.std(ddof=1)),
