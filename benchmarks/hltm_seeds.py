@@ -9,6 +9,11 @@ JSON line: wall seconds, and per depth the per-seed best correlations at init an
 ``bias.size`` entries of its own kernel, per seed block), for the before/after comparison.
 ``--eval_every=K`` evaluates the correlation every K-th epoch only (at init as always): the
 README table needs init and final only (K = epochs); the wall-time benchmark keeps K = 1.
+
+Measured (issue 12, 2 CPU cores shared with other jobs, load 8-14, so only a rough guide):
+3 epochs at (0.8, 10), K = 1, whole ``trainer.run`` wall time: S = 1 67 s, S = 5 125 s;
+S = 20 did not finish in that session (past 5 min, at epoch 1 of 3). A 10-seed 50-epoch
+table row (K = 50) took 1078-1557 s. The 50-epoch S = 1 / 5 / 20 benchmark is still to run.
 """
 
 import argparse
