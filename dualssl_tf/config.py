@@ -40,6 +40,12 @@ class DataOptions(Section):
                           "(stl10, cifar10, cifar100).")
     data_dir: str = option("", "Directory (or gs:// bucket) holding downloaded datasets.",
                            resumable=True)
+    download: bool = option(True, "A TensorFlow Datasets data set not yet prepared in "
+                            "--data_dir is downloaded and prepared on first use (tfds' own "
+                            "download_and_prepare, with its progress bars); --nodownload "
+                            "stops with the `tfds build` command instead. Never with "
+                            "--strategy=tpu or a gs:// --data_dir: prepare those once with "
+                            "`tfds build NAME --data_dir=gs://...`.", resumable=True)
     encoder: str = option("auto", "Encoder network; auto = the dataset's own (TreeNet for "
                           "hltm, ResNet-18 for images); images: resnet18 | resnet50.")
 

@@ -274,3 +274,54 @@ def test_flagfile_from_an_older_version_compares_only_known_flags(tmp_path):
                              hltm_samples_per_epoch=64, hltm_eval_samples=128,
                              model_dir=str(prev))
     assert config.validate(cfg) is cfg
+
+
+# -- the other tools (issue 13, part 7): one line naming the flag or file, exit 2, nothing
+# written. Cases marked pre-import fail before TensorFlow loads (fast); the others need a
+# TensorFlow import in the subprocess and are slow on a loaded CPU.
+
+def _other_tool_fixtures(tmp):
+    cfg = config.TrainConfig(dataset="hltm", hltm_depth=3, hltm_hid=4, batch_size=16,
+                             hltm_samples_per_epoch=64, hltm_eval_samples=128, epochs=2)
+    for name in ("nockpt", "corrupt", "unfinished"):
+        (tmp / name).mkdir()
+        (tmp / name / "flags.txt").write_text(
+            config.to_flagfile(cfg.replace(model_dir=str(tmp / name))))
+    (tmp / "corrupt" / "model.weights.h5").write_bytes(b"not an h5 file")
+    (tmp / "unfinished" / "metrics.jsonl").write_text('{"epoch": 0, "loss": 1.0}\n{"epo')
+    (tmp / "notsm").mkdir()
+
+
+OTHER_TOOLS = [
+    # (id, tool, argv, culprit, slow)
+    ("linear_eval_not_a_savedmodel", "linear_eval.py", ["--saved_model={tmp}/notsm"],
+     "--saved_model: {tmp}/notsm is not a SavedModel", False),
+    ("linear_eval_missing_dir", "linear_eval.py", ["--saved_model={tmp}/absent"],
+     "--saved_model: {tmp}/absent is not a directory", False),
+    ("analyze_unfinished_run", "analyze.py", ["--model_dir={tmp}/unfinished"],
+     "--model_dir: {tmp}/unfinished holds an unfinished or killed run", False),
+    ("export_without_checkpoint", "export.py", ["--model_dir={tmp}/nockpt"],
+     "--checkpoint: no checkpoint", True),
+    ("export_corrupt_checkpoint", "export.py", ["--model_dir={tmp}/corrupt"],
+     "--checkpoint: cannot load {tmp}/corrupt/model.weights.h5", True),
+]
+
+
+@pytest.mark.parametrize(
+    "name,tool_name,args,culprit",
+    [pytest.param(*c[:4], marks=[pytest.mark.slow] if c[4] else []) for c in OTHER_TOOLS],
+    ids=[c[0] for c in OTHER_TOOLS])
+def test_other_tools_bad_input_is_one_line(tmp_path, name, tool_name, args, culprit):
+    _other_tool_fixtures(tmp_path)
+    before = _snapshot(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = ROOT
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool_name),
+                           *[a.format(tmp=tmp_path) for a in args]],
+                          capture_output=True, text=True, env=env, timeout=300)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1, proc.stderr   # TensorFlow's start-up lines are captured too
+    assert lines[0].startswith(f"{tool_name}: error: "), lines[0]
+    assert culprit.format(tmp=tmp_path) in lines[0], lines[0]
+    assert _snapshot(tmp_path) == before

@@ -21,6 +21,8 @@ def test_valid_image_configs(tmp_path):
     for ds in ("generated_images", "stl10", "cifar10", "cifar100", "mnist",
                "imagenet2012/subset:5.0.0"):
         config.validate(_cfg(tmp_path, dataset=ds))
+    (tmp_path / "cls").mkdir()   # the folder must hold an image file (checked before TF)
+    (tmp_path / "cls" / "a.png").write_bytes(b"")
     config.validate(_cfg(tmp_path, dataset="folder", data_dir=str(tmp_path), image_size=64))
     config.validate(_cfg(tmp_path, optimizer="lars", lr_schedule="cosine", warmup_epochs=10,
                          epochs=100, lr_scaling="sqrt"))

@@ -24,7 +24,7 @@ def _tool(name, *args):
 
 def _linear_top1(model_dir, out_dir):
     _tool("linear_eval.py", f"--saved_model={model_dir}/saved_model", "--method=linear,knn",
-          "--linear_epochs=30", "--knn_k=20", f"--output_dir={out_dir}", "--verbose=0")
+          "--knn_k=20", f"--output_dir={out_dir}", "--verbose=0")
     with open(os.path.join(out_dir, "linear_eval.json")) as f:
         return json.load(f)
 

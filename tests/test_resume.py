@@ -1,15 +1,18 @@
 """Resume after a crash: checkpoints, metrics.jsonl repair, corrupt checkpoints, SIGKILL.
 
-The fast tests run the trainer in-process on a tiny HLTM (depth 3, hid 4) and compare a
+The fast tests run the trainer in-process on a tiny HLTM (depth 3, hid 4) and on tiny
+generated images whose epoch is not a multiple of --steps_per_execution, and compare a
 resumed run with an uninterrupted one *exactly* (CPU, fixed seed, deterministic ops): the
-metrics.jsonl bytes and every tensor of the last checkpoint. The SIGKILL test (slow) does
-the same through real processes killed at random points (see benchmarks/kill_resume.py).
+metrics.jsonl bytes and every tensor of the last checkpoint. The SIGKILL / SIGINT tests
+(slow) do the same through real processes interrupted at random points (see
+benchmarks/kill_resume.py); tests/test_interrupt.py has the fast signal tests.
 """
 
 import json
 import os
 import random
 import shutil
+import signal
 import sys
 
 import numpy as np
@@ -23,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import kill_resume  # noqa: E402
 
-from tests.tiny_runs import TINY_HLTM as BASE, train  # noqa: E402
+from tests.tiny_runs import TINY_HLTM as BASE, TINY_IMAGES, train, train_interrupted  # noqa: E402
 
 
 def ckpt_tensors(model_dir, epoch):
@@ -37,10 +40,10 @@ def metrics_bytes(model_dir):
         return f.read()
 
 
-def assert_same_run(a, b, epoch):
+def assert_same_run(a, b, epoch, tensors=16):  # HLTM: 6 weights, 8 optimizer, epoch, step
     assert metrics_bytes(a) == metrics_bytes(b)
     ta, tb = ckpt_tensors(a, epoch), ckpt_tensors(b, epoch)
-    assert sorted(ta) == sorted(tb) and len(ta) == 16  # 6 weights, 8 optimizer, epoch, step
+    assert sorted(ta) == sorted(tb) and len(ta) == tensors
     for k in ta:
         np.testing.assert_array_equal(ta[k], tb[k], err_msg=k)
 
@@ -215,22 +218,48 @@ def test_tool_resumes_past_missing_index_with_one_line_no_traceback(runs, tmp_pa
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("sig,steps_per_execution", [
+    (signal.SIGKILL, 2), (signal.SIGKILL, 3), (signal.SIGINT, 3)],
+    ids=["SIGKILL", "SIGKILL-odd", "SIGINT-odd"])  # odd: 8 steps = 3 + 3 + 2
+def test_interrupts_at_random_points_then_resume_equals_uninterrupted(tmp_path, sig,
+                                                                      steps_per_execution):
     epochs = 8
     flags = kill_resume.tiny_flags(epochs=epochs, steps_per_epoch=8, checkpoint_every=2,
-                                   steps_per_execution=2)
+                                   steps_per_execution=steps_per_execution)
     ref = kill_resume.run_to_end(flags, tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-2000:]
     points, final = kill_resume.run_with_kills(flags, str(tmp_path / "killed"), kills=3,
                                                epochs=epochs, rng=random.Random(7),
-                                               max_delay=0.5)
+                                               max_delay=0.5, sig=sig)
     assert final.returncode == 0, final.stderr[-2000:]
     assert sum(p["killed"] for p in points) >= 2, points
+    for p in points:
+        ok, why = kill_resume.check_interrupted(p)
+        assert ok, (why, p)
     for what, equal, detail in kill_resume.compare_runs(tmp_path / "ref",
                                                         tmp_path / "killed", epochs):
         assert equal, (what, detail, points)
     again = kill_resume.run_to_end(flags, tmp_path / "killed")
     assert again.returncode == 0 and "already finished" in again.stdout
+
+
+# Three ResNet runs (~45 s alone): slow. In the default suite tests/data/test_images.py
+# guards the image stream (the same for every iterator, resumable across passes).
+@pytest.mark.slow
+def test_images_odd_epoch_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    # 5 steps per epoch, 2 per execution (2 + 2 + 1): Ctrl-C inside epoch 2, then resume.
+    # The image stream must continue exactly (its shuffle once depended on ViewSummary's
+    # peek at the first batch, which only a fresh run takes) and the epoch must stay 5 steps.
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    train(ref, base=TINY_IMAGES, epochs=2)
+    e = train_interrupted(run, epoch=2, batch=2, base=TINY_IMAGES, epochs=2)
+    assert (e.epoch, e.step, e.between_epochs) == (2, 9, False)
+    assert len(metrics_bytes(run).splitlines()) == 2  # epochs 0 and 1
+    train(run, base=TINY_IMAGES, epochs=2)
+    assert ckpt_tensors(run, 2)["step/.ATTRIBUTES/VARIABLE_VALUE"] == 10
+    n = len(ckpt_tensors(ref, 2))
+    assert n > 100  # ResNet-18 + head + probe weights, BatchNorm statistics, Adam state
+    assert_same_run(ref, run, 2, tensors=n)
 
 
 def test_empty_dataset_is_a_config_error_before_any_write(tmp_path, monkeypatch):

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf import config, export, runfiles
+from dualssl_tf import config, runfiles
+from dualssl_tf.evaluation import export
 from dualssl_tf.run import rundir
 
 from tests.tiny_runs import TINY_HLTM as BASE, events, train  # noqa: E402
@@ -195,7 +196,7 @@ def test_tools_take_url_run_directories(tmp_path):
     np.testing.assert_array_equal(a(x)["representation"].numpy(),
                                   b(x)["representation"].numpy())
     tool("linear_eval.py", f"--saved_model={url}/saved_model", "--num_train=200",
-         "--num_test=100", "--linear_epochs=2", "--weight_decays=0", "--method=knn",
+         "--num_test=100", "--weight_decays=0", "--method=knn",
          "--verbose=0", f"--cache_dir={url}/cache")
     with open(tmp_path / "run" / "linear_eval.json") as f:
         result = json.load(f)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf import config, export, tasks
+from dualssl_tf import config, tasks
+from dualssl_tf.evaluation import export
 from dualssl_tf.run import rundir, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +86,7 @@ def test_export_tool_reproduces_checkpoint_weights(run_dir, exported):
 
 def test_linear_eval_tool_linear_and_knn_share_features(exported, tmp_path):
     args = [f"--saved_model={exported}", "--num_train=600", "--num_test=300",
-            "--linear_epochs=5", "--weight_decays=0,1e-2", "--knn_k=20", "--verbose=0",
+            "--weight_decays=0,1e-2", "--knn_k=20", "--verbose=0",
             f"--output_dir={tmp_path}"]
     proc = run_tool("linear_eval.py", *args, "--method=linear,knn")
     assert proc.returncode == 0, proc.stderr
@@ -103,7 +104,7 @@ def test_linear_eval_tool_linear_and_knn_share_features(exported, tmp_path):
 @pytest.mark.slow
 def test_linear_eval_tool_second_method_reuses_cache(exported, tmp_path):
     args = [f"--saved_model={exported}", "--num_train=600", "--num_test=300",
-            "--linear_epochs=5", "--weight_decays=0,1e-2", "--knn_k=20", "--verbose=0",
+            "--weight_decays=0,1e-2", "--knn_k=20", "--verbose=0",
             f"--output_dir={tmp_path}"]
     proc = run_tool("linear_eval.py", *args, "--method=linear")
     assert proc.returncode == 0, proc.stderr

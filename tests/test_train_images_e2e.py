@@ -40,7 +40,7 @@ def test_bad_image_flags_exit_2_before_writing(tmp_path, args, text):
 
 @pytest.mark.slow
 def test_missing_tfds_data_and_empty_folder_exit_2(tmp_path):
-    proc = _run(TINY[1:] + ["--dataset=cifar10", "--image_size=32",
+    proc = _run(TINY[1:] + ["--dataset=cifar10", "--image_size=32", "--nodownload",
                             f"--data_dir={tmp_path}", f"--model_dir={tmp_path / 'r1'}"])
     assert proc.returncode == 2
     assert f"tfds build cifar10 --data_dir={tmp_path}" in proc.stderr.strip().splitlines()[-1]

@@ -1,12 +1,14 @@
-"""Shared by the resume tests: a tiny HLTM run and a reader of TensorBoard event files."""
+"""Shared by the resume tests: tiny HLTM and image runs, an in-process Ctrl-C, and a reader
+of TensorBoard event files."""
 
-import dataclasses
 import os
+import signal
 
+import keras
 import tensorflow as tf
 
 from dualssl_tf import config
-from dualssl_tf.run import trainer
+from dualssl_tf.run import interrupt as run_interrupt, safe_stop as run_interrupt_callback, trainer
 
 # Depth-3 binary tree, 4 units per latent, 3 steps of 16 pairs per epoch: a few seconds a run.
 TINY_HLTM = config.TrainConfig(
@@ -17,9 +19,46 @@ TINY_HLTM = config.TrainConfig(
     deterministic=True)
 
 
-def train(model_dir, **changes):
-    """Runs TINY_HLTM (with ``changes``) in ``model_dir``; returns trainer.run's result."""
-    return trainer.run(TINY_HLTM.replace(model_dir=str(model_dir), **changes))
+# Generated shapes, 16 px, a 1/16-width ResNet-18: 80 examples of batch 16 = 5 steps per
+# epoch, and 2 per execution do not divide it (2 + 2 + 1).
+TINY_IMAGES = config.TrainConfig(
+    dataset="generated_images", image_size=16, stem="cifar", width_multiplier=0.0625,
+    proj_hidden_dim=16, proj_dim=8, batch_size=16, generated_examples=80,
+    generated_classes=3, loss="ntxent", temperature=0.5, optimizer="adam",
+    learning_rate=0.001, seed=1, steps_per_execution=2, checkpoint_every=1,
+    keep_checkpoints=3, verbose=0, deterministic=True)
+
+
+def train(model_dir, base=TINY_HLTM, **changes):
+    """Runs ``base`` (TINY_HLTM; with ``changes``) in ``model_dir``; returns trainer.run's
+    result."""
+    return trainer.run(base.replace(model_dir=str(model_dir), **changes))
+
+
+def train_interrupted(model_dir, epoch, batch, sig=signal.SIGINT, base=TINY_HLTM, **changes):
+    """:func:`train` under tools/train.py's SignalCatcher, sending ``sig`` to this process
+    when the execution at ``batch`` (its first step in the epoch) of the 1-based ``epoch``
+    begins: it is then pending while that execution runs, as a Ctrl-C in the middle of one.
+    Returns the :class:`~dualssl_tf.run_interrupt.Interrupted` the run ended with."""
+
+    class Send(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            self.epoch = e + 1
+
+        def on_train_batch_begin(self, b, logs=None):
+            if (self.epoch, b) == (epoch, batch):
+                os.kill(os.getpid(), sig)
+
+    real = run_interrupt_callback.callbacks
+    run_interrupt_callback.callbacks = lambda *a: [Send()] + real(*a)
+    try:
+        with run_interrupt.SignalCatcher():
+            train(model_dir, base=base, **changes)
+    except run_interrupt.Interrupted as e:
+        return e
+    finally:
+        run_interrupt_callback.callbacks = real
+    raise AssertionError(f"the run was not interrupted at epoch {epoch}, batch {batch}")
 
 
 def events(log_dir):

@@ -72,6 +72,11 @@ def main(argv):
     if not remote and not os.path.exists(os.path.join(FLAGS.model_dir, "metrics.jsonl")):
         fail(f"--model_dir: no metrics.jsonl in {FLAGS.model_dir}; point it at a run written "
              "by tools/train.py")
+    if not remote and not os.path.isdir(os.path.join(FLAGS.model_dir, "saved_model")):
+        fail(f"--model_dir: {FLAGS.model_dir} holds an unfinished or killed run (no "
+             "saved_model/); finish it by re-running tools/train.py with "
+             f"--flagfile={os.path.join(FLAGS.model_dir, 'flags.txt')}, or export its last "
+             "checkpoint with tools/export.py")
     if FLAGS.points < 2:
         fail(f"--points: must be >= 2 (a covariance needs M >= 2 base points), got "
              f"{FLAGS.points}")
@@ -86,7 +91,7 @@ def main(argv):
     if any(h < 1 for h in hids):
         fail("--lucky_hids: every hid must be >= 1")
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.import_tensorflow()  # its C++ start-up lines captured (--tf_log shows them)
     import json  # noqa: E402
     import tensorflow as tf  # noqa: E402  (TensorFlow only when the flags are valid)
     from dualssl_tf import runfiles  # noqa: E402
@@ -97,9 +102,7 @@ def main(argv):
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, "analysis")
     try:
         run = runs.load_run(FLAGS.model_dir)
-        if run.cfg.data.dataset not in report.SUPPORTED:
-            raise ValueError(f"model_dir: dataset {run.cfg.data.dataset!r} is not supported; "
-                             f"supported: {', '.join(report.SUPPORTED)}")
+        report.task_hooks(run.cfg)   # ValueError("model_dir: ...") for unsupported tasks
         layers = FLAGS.layers or report.default_layers(run.init.encoder)
         report.check_layers(run.init.encoder, layers)
         result = report.analyze_run(run, layers, FLAGS.points, FLAGS.augmentations,

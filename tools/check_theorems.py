@@ -44,7 +44,7 @@ def main(argv):
         strengths = [float(s) for s in FLAGS.strengths]
     except ValueError:
         fail(f"--strengths: expected numbers, got {','.join(FLAGS.strengths)}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.import_tensorflow()  # its C++ start-up lines captured (--tf_log shows them)
     import numpy as np
     from dualssl_tf.analysis import theorems
 

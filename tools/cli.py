@@ -22,6 +22,17 @@ def fail(tool, message, status=EXIT_BAD_INPUT):
     sys.exit(status)
 
 
+def interrupted(tool, message, status):
+    """Prints ``TOOL: MESSAGE`` on stderr (after ending a progress-bar line on a terminal)
+    and exits with ``status`` (128 + the signal)."""
+    if sys.stdout.isatty():
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    sys.stderr.write(f"{tool}: {message}\n")
+    sys.stderr.flush()
+    sys.exit(status)
+
+
 def _flagfile_holding(name, argv):
     """The --flagfile among argv whose lines set --name (for naming the culprit file)."""
     for arg in argv:
@@ -38,19 +49,155 @@ def _flagfile_holding(name, argv):
 
 
 def parse_flags(tool, argv):
-    """Parses argv into absl's FLAGS; any flag error is one line and exit status 2."""
+    """Parses argv into absl's FLAGS; any flag error is one line and exit status 2.
+
+    ``--help``/``--helpfull`` exit 0; an unknown flag close to a known one says "did you
+    mean"; ``~`` is expanded in --flagfile and in every path flag (:func:`expand_paths`).
+    """
+    argv = [argv[0], *expand_flagfile_args(argv[1:])]
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+    except SystemExit as e:  # absl's --help/--helpfull print the usage, then exit 1
+        if e.code == 1 and _asks_for_help(argv[1:]):
+            sys.exit(0)
+        raise
     except (flags.Error, ValueError) as e:  # absl raises ValueError for --noflag=value
         message = str(e).splitlines()[0].replace("ERROR:: ", "")
         if isinstance(e, flags.UnrecognizedFlagError):
             path = _flagfile_holding(e.flagname, argv[1:])
             message = (f"--{e.flagname}: unknown flag" + (f" in flagfile {path}" if path else "")
+                       + did_you_mean(e.flagname)
                        + f"; see --helpfull for the flags of {tool}")
         fail(tool, message)
+    expand_paths(flags.FLAGS)
+    return rest
+
+
+# -- help, near-miss flags, ~ in paths (issue 13, part 5) ----------------------------------
+_HELP_ARGS = ("--help", "-help", "-h", "--helpfull", "-helpfull", "--helpshort", "-?",
+              "--helpxml")
+
+# Flags holding a file or directory: these names, or names ending in _dir / _path.
+PATH_FLAGS = ("saved_model", "checkpoint", "flagfile")
+
+
+def _asks_for_help(args):
+    return any(a.split("=", 1)[0] in _HELP_ARGS for a in args)
+
+
+def did_you_mean(name):
+    """``" (did you mean --epochs?)"`` for a near-miss of a defined flag, else ``""``."""
+    import difflib
+    known = [n for n in flags.FLAGS if len(n) > 1]
+    if name.startswith("no"):  # --noFLAG of a boolean flag
+        close = difflib.get_close_matches(
+            name[2:], [n for n in known if flags.FLAGS[n].boolean], n=1, cutoff=0.75)
+        if close:
+            return f" (did you mean --no{close[0]}?)"
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    return f" (did you mean --{close[0]}?)" if close else ""
+
+
+def is_path_flag(name):
+    return name.endswith(("_dir", "_path", "_file")) or name in PATH_FLAGS
+
+
+def expand_user(value):
+    """``~`` / ``~user`` at the start of a local path expanded (URLs kept as they are)."""
+    if isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    return value
+
+
+def expand_flagfile_args(args):
+    """argv entries ``--flagfile=~/x.cfg`` with ``~`` expanded (absl keeps it literal)."""
+    out = []
+    for a in args:
+        for prefix in ("--flagfile=", "-flagfile="):
+            if a.startswith(prefix):
+                a = prefix + expand_user(a[len(prefix):])
+        out.append(a)
+    return out
+
+
+def expand_paths(flag_values):
+    """Expands ``~`` in every parsed string flag that names a path (:func:`is_path_flag`),
+    whether given on the command line or in a flagfile."""
+    for name in list(flag_values):
+        if not is_path_flag(name) and name != "dataset":
+            continue
+        value = getattr(flag_values, name)
+        expanded = expand_user(value)
+        if name == "dataset" and isinstance(value, str) and value.startswith("npz:~"):
+            expanded = "npz:" + expand_user(value[4:])  # linear_eval's --dataset=npz:PATH
+        if expanded != value:
+            flag_values[name].value = expanded
 
 
 def run(main, tool):
     """``app.run(main)`` with one-line flag errors and TF's INFO logging off the console."""
     logging.set_verbosity(logging.WARNING)
     app.run(main, flags_parser=functools.partial(parse_flags, tool))
+
+
+# -- quiet TensorFlow start-up (issue 13, part 2) -------------------------------------------
+# TensorFlow's C++ start-up lines ("All log messages before absl::InitializeLog()", oneDNN,
+# cudart_stub, cuInit) are written to file descriptor 2 before absl logging is set up, so
+# TF_CPP_MIN_LOG_LEVEL cannot silence them. The tools import TensorFlow through
+# import_tensorflow(), which captures them unless the user asked for them.
+
+# Recorded when this module is first imported, before anything sets a default.
+_USER_SET_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+if "tf_log" not in flags.FLAGS:
+    flags.DEFINE_bool("tf_log", False, "Show TensorFlow's C++ start-up logging (also shown "
+                      "when TF_CPP_MIN_LOG_LEVEL is set in the environment).")
+
+
+def _tf_log_requested():
+    if _USER_SET_TF_LOG_LEVEL:
+        return True
+    try:
+        return bool(flags.FLAGS.tf_log)
+    except (AttributeError, flags.UnparsedFlagAccessError):
+        return False
+
+
+def import_tensorflow(show_log=None):
+    """Imports TensorFlow and initialises its devices, its C++ start-up logging captured.
+
+    File descriptor 2 points to a temporary file while ``import tensorflow`` and
+    ``tf.config.list_physical_devices()`` run, and is restored afterwards; if the import
+    fails, the captured text is written to stderr before the exception propagates, so a
+    broken installation still shows its full message. ``show_log`` (default: ``--tf_log``
+    or TF_CPP_MIN_LOG_LEVEL set by the user) imports without capturing. Returns ``tf``.
+    """
+    if show_log is None:
+        show_log = _tf_log_requested()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if show_log or "tensorflow" in sys.modules:
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+        return tf
+    import tempfile
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                import tensorflow as tf
+                tf.config.list_physical_devices()
+            except BaseException:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode("utf-8", "replace"))
+                sys.stderr.flush()
+                raise
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+    return tf

@@ -94,7 +94,7 @@ def main(argv):
     read_text = None
     if "://" in model_dir or "://" in checkpoint:
         # URLs (gs://) need TensorFlow's file systems: import it before the checks.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        cli.import_tensorflow()  # its C++ start-up lines captured (--tf_log shows them)
         from dualssl_tf import runfiles
         exists, isfile, read_text = runfiles.exists, runfiles.exists, runfiles.read_text
     else:
@@ -114,8 +114,9 @@ def main(argv):
         cfg = read_flagfile(flagfile, read_text)
         cfg.run.model_dir = model_dir   # the run may have moved since training
         config.validate(cfg)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from dualssl_tf import export, tasks
+        cli.import_tensorflow()  # its C++ start-up lines captured (--tf_log shows them)
+        from dualssl_tf import tasks
+        from dualssl_tf.evaluation import export
         from dualssl_tf.run import trainer
         checkpoint = checkpoint or find_checkpoint(model_dir)
         if not checkpoint:

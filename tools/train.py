@@ -6,7 +6,9 @@ end with one line on stderr naming the flag, and exit status 2, before anything 
 
 Re-running the same command resumes the run in --model_dir from its newest readable
 checkpoint, or says it is finished (exit 0). A NaN/Inf loss stops the run with one line
-naming the step and exit status 3; the last good checkpoint and export are kept.
+naming the step and exit status 3; the last good checkpoint and export are kept. Ctrl-C
+(SIGINT) or SIGTERM stops it at the next safe point with one line naming the epoch, the
+step and the last checkpoint, and exit status 130 / 143 (dualssl_tf/run/interrupt.py).
 """
 
 import os
@@ -19,6 +21,7 @@ from tools import cli  # noqa: E402
 
 TOOL = "train.py"
 from dualssl_tf import config  # noqa: E402  (TensorFlow-free: errors come fast)
+from dualssl_tf.run import interrupt  # noqa: E402  (TensorFlow-free: caught before the import)
 
 def define_flags():
     """One absl flag per option field, typed by its default, with the field's help.
@@ -52,20 +55,28 @@ def config_from_flags():
                                  for name, _, _ in config.flag_fields()})
 
 
-def main(argv):
-    if len(argv) > 1:
-        fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
-    cfg = config_from_flags()
+def _train(cfg):
     try:
         config.validate(cfg)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        cli.import_tensorflow()  # its C++ start-up lines captured (--tf_log shows them)
         from dualssl_tf.run import callbacks, trainer  # TensorFlow only for valid settings
         try:
-            result = trainer.run(cfg)
+            return trainer.run(cfg)
         except callbacks.NonFiniteLossError as e:
             fail(str(e), EXIT_NON_FINITE)
     except config.ConfigError as e:
         fail(str(e))
+
+
+def main(argv):
+    if len(argv) > 1:
+        fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
+    cfg = config_from_flags()
+    with interrupt.SignalCatcher():  # Ctrl-C / SIGTERM: one line, exit 130 / 143
+        try:
+            result = _train(cfg)
+        except interrupt.Interrupted as e:
+            cli.interrupted(TOOL, interrupt.message(e, cfg.run.model_dir), e.exit_status)
     if result["finished"]:
         print(result["summary"])
         return

@@ -76,6 +76,17 @@ class CovarianceMonitor(EpochMetric):
 
     def compute(self, epoch=0):
         """Returns the log dict for one analysis (fresh sample seeded by ``epoch``)."""
+        logger = tf.get_logger()
+        level = logger.level
+        # TensorFlow's vectorised Jacobian notes its while_loop fallback for conv filters
+        # ("pfor ... uses a while_loop") on every trace: expected here, not the user's news.
+        logger.setLevel("ERROR")
+        try:
+            return self._compute(epoch)
+        finally:
+            logger.setLevel(level)
+
+    def _compute(self, epoch):
         x_aug = self.sampler(self.seed + epoch)
         if x_aug.shape[0] < 2:
             raise ValueError(f"M: need at least 2 base points, got {x_aug.shape[0]}")

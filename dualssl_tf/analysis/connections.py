@@ -16,6 +16,9 @@ linear in the batch (a plain ``tape.jacobian`` of a [B, n_L] output w.r.t. a sha
 would be quadratic in B, since every output row back-propagates through the whole batch).
 """
 
+import types
+import weakref
+
 import numpy as np
 import tensorflow as tf
 import keras
@@ -81,6 +84,42 @@ def _tf_var(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
+# The traced connection functions of the model analysed last: {key: tf.function}. One
+# model at a time, so that a long process (the test suite) does not keep every model.
+_TRACE_CACHE = {"model": None, "functions": {}}
+
+
+def _named(fn, name):
+    """``fn`` with a code object of its own, named ``name``. tf.function's retracing
+    detector groups calls by code object, so without this the first trace of each layer's
+    function counts as a retrace of one function ("5 out of the last 6 calls ...")."""
+    name = "".join(c if c.isalnum() else "_" for c in name)
+    try:
+        code = fn.__code__.replace(co_name=name, co_qualname=name)
+    except TypeError:  # Python < 3.11: no co_qualname
+        code = fn.__code__.replace(co_name=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+
+
+def _traced(model, key, python_fn, name):
+    """``tf.function(python_fn)`` once per key for ``model``; later calls reuse it, so the
+    repeated checks of one layer trace once per input shape (``reduce_retracing``)."""
+    def make():
+        return tf.function(_named(python_fn, name), reduce_retracing=True)
+
+    cached = _TRACE_CACHE["model"]
+    if cached is None or cached() is not model:
+        try:
+            _TRACE_CACHE["model"] = weakref.ref(model)
+        except TypeError:  # not weak-referenceable: no caching
+            return make()
+        _TRACE_CACHE["functions"] = {}
+    functions = _TRACE_CACHE["functions"]
+    if key not in functions:
+        functions[key] = make()
+    return functions[key]
+
+
 class Connection:
     """Reusable connection function ``x [B, ...] -> K_l(x)^T [B, n_L, P]``.
 
@@ -124,7 +163,11 @@ class Connection:
                 jac = jac[:, self.index]
             return tf.reshape(jac, [tf.shape(y)[0], self.num_params])
 
-        self._fn = tf.function(lambda x: tf.vectorized_map(one, x), reduce_retracing=True)
+        # One traced function per (model, weight, group, output_fn): building a Connection
+        # again for the same layer (each theorem check does) reuses its trace.
+        self._fn = _traced(model, ("connection", id(var), index, output_fn),
+                           lambda x: tf.vectorized_map(one, x),
+                           f"connection_{var.name}" + ("" if index is None else f"_{index}"))
 
     def __call__(self, x):
         """x: [B, ...] -> K_l(x)^T as a tf.Tensor [B, n_L, P] in the variable's dtype."""
@@ -171,7 +214,8 @@ class MultiConnection:
 
         #: graph-mode ``x -> list of [B, n_L, P_i]`` (usable inside another tf.function).
         self.graph_fn = lambda x: tf.vectorized_map(one, x)
-        self._fn = tf.function(self.graph_fn, reduce_retracing=True)
+        self._fn = _traced(model, ("multi", tuple(id(v) for v in tvars), output_fn),
+                           self.graph_fn, "connections_" + "_".join(v.name for v in tvars))
 
     def __call__(self, x):
         """x: [B, ...] -> list of tf.Tensor [B, n_L, P_i]."""

@@ -28,14 +28,30 @@ def read_flagfile(path):
 
 
 def read_metrics(path):
-    """metrics.jsonl -> list of dicts (one per epoch, epoch 0 = initialisation)."""
-    return [json.loads(line) for line in runfiles.read_lines(path) if line.strip()]
+    """metrics.jsonl -> list of dicts (one per epoch, epoch 0 = initialisation).
+
+    A half-written last line (a run killed mid-write) is left out; any other line that is
+    not JSON raises ValueError("model_dir: ...") naming the file and line.
+    """
+    lines = runfiles.read_lines(path)
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines) and not line.endswith("\n"):
+                continue   # the killed run's partial last record
+            raise ValueError(f"model_dir: {path} line {number} is not a JSON record; the "
+                             "run's metrics are damaged") from None
+    return records
 
 
 def load_savedmodel_weights(model, saved_model_dir, prefix="encoder"):
     """Copies the encoder's variables of an exported SavedModel into the rebuilt ``model``.
 
-    Two layouts are understood: the Keras ExportArchive of :mod:`dualssl_tf.export`
+    Two layouts are understood: the Keras ExportArchive of :mod:`dualssl_tf.evaluation.export`
     (``variables/<i>``: the encoder's variables first, in ``model.variables`` order, then the
     head's) and a plain ``tf.Module`` export (``<prefix>/levels/0/kernel``: the same
     attribute path is followed on the rebuilt model). Returns the number of variables

@@ -63,6 +63,8 @@ class ImageSource:
       file); see :func:`pipeline_source`.
     share: ``(input_pipeline_id, num_input_pipelines)`` when this is one pipeline's share
       of a larger source, else None.
+    num_labelled: elements with a label >= 0 when known without a pass (progress bars
+      of evaluation passes show their total from it), else None.
     """
     name: str
     elements: Any
@@ -74,6 +76,7 @@ class ImageSource:
     skipped: int = 0
     for_pipeline: Optional[Callable] = None
     share: Optional[tuple] = None
+    num_labelled: Optional[int] = None
 
 
 def _to_rgb(image):
@@ -91,12 +94,28 @@ def _to_rgb(image):
 # TensorFlow Datasets
 
 
-def _download_hint(name, data_dir):
-    return (f"download it once (network needed) with `tfds build {name} "
-            f"--data_dir={data_dir or '~/tensorflow_datasets'}` or pick another --dataset")
+# Download sizes of the paper's data sets (the tfds catalog), for when the builder's
+# metadata does not carry them (it often does not before the data set is prepared).
+DOWNLOAD_SIZES = {"stl10": "2.46 GiB", "cifar10": "162.17 MiB", "cifar100": "160.71 MiB"}
 
 
-def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0, input_context=None):
+def _download_hint(name, data_dir, builder=None):
+    """How to prepare a data set: ``tfds build NAME`` (``--data_dir`` only when not tfds'
+    default), with the download size when known."""
+    size = DOWNLOAD_SIZES.get(name.split(":")[0].split("/")[0], "")
+    try:
+        if builder is not None and int(builder.info.download_size):
+            size = str(builder.info.download_size)
+    except (AttributeError, TypeError, ValueError):
+        pass
+    size = f" ({size} download)" if size else ""
+    where = f" --data_dir={data_dir}" if data_dir else ""
+    return (f"download it once{size} with `tfds build {name}{where}` or pick another "
+            "--dataset")
+
+
+def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0, input_context=None,
+                download=False, download_refused=""):
     """An :class:`ImageSource` over a prepared tfds image-classification data set.
 
     With an ``input_context`` of P > 1 input pipelines the source is this pipeline's
@@ -124,6 +143,10 @@ def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0, input_con
       seed: file-order seed; must be the same on every host (the element-sharding
         fallback needs the same order everywhere).
       input_context: optional ``tf.distribute.InputContext``; None = the whole split.
+      download: prepare the data set with tfds' ``download_and_prepare`` when it is not
+        prepared in data_dir (see :func:`prepare_tfds`).
+      download_refused: why downloading is not done here (e.g. ``"with --strategy=tpu"``);
+        a not-prepared data set then fails with how to prepare it.
     Raises:
       ConfigError (a ValueError) naming --dataset or --data_dir, with the ``tfds build``
       command, when the name is unknown or the data set is not prepared in data_dir.
@@ -139,7 +162,43 @@ def tfds_source(name, split, data_dir="", shuffle_files=False, seed=0, input_con
     if "image" not in features or not hasattr(features["image"], "decode_example"):
         raise ConfigError("dataset", f"{name!r} has no 'image' feature; only image data sets "
                           "can be used here")
+    if download:
+        prepare_tfds(builder, name, data_dir, download_refused)
     return _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_context)
+
+
+# -- --download (issue 13, part 1) --------------------------------------------------------
+def prepare_tfds(builder, name, data_dir="", refused=""):
+    """Downloads and prepares a tfds data set that is not prepared in data_dir yet, with
+    tfds' own machinery (``download_and_prepare``, the builder's download config and its
+    progress bars); nothing happens when it is prepared.
+
+    ``refused`` (e.g. ``"with --strategy=tpu"``; a gs:// data_dir always refuses) makes a
+    not-prepared data set a ConfigError saying how to prepare it once, instead: every
+    worker would otherwise download into the same bucket.
+    """
+    import tensorflow_datasets as tfds
+
+    if builder.is_prepared():
+        return
+    if not refused and str(data_dir).startswith("gs://"):
+        refused = "into a gs:// --data_dir"
+    if refused:
+        raise ConfigError("data_dir", f"--dataset={name} is not prepared in --data_dir="
+                          f"{data_dir or '(tfds default)'} and is not downloaded {refused}; "
+                          f"prepare it once with `tfds build {name} --data_dir="
+                          f"{data_dir if '://' in data_dir else 'gs://BUCKET/tensorflow_datasets'}`"
+                          " and pass that --data_dir")
+    where = data_dir or "tfds' default ~/tensorflow_datasets"
+    print(f"Downloading and preparing {name} into {where} (first use; --nodownload "
+          "stops instead) ...", flush=True)
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
+    except Exception as e:  # noqa: BLE001  network, disk, checksum errors
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        raise ConfigError("dataset", f"downloading --dataset={name} into {where} failed "
+                          f"({e.__class__.__name__}: {first}); "
+                          + _download_hint(name, data_dir, builder)) from None
 
 
 def _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_context):
@@ -160,8 +219,9 @@ def _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_contex
                                 decoders={"image": tfds.decode.SkipDecoding()})
     except AssertionError:  # tfds' "could not find data in ..." when not prepared
         raise ConfigError("data_dir", f"--dataset={name} is not prepared in "
-                          f"--data_dir={data_dir or '(tfds default)'} and downloads are off; "
-                          + _download_hint(name, data_dir)) from None
+                          f"--data_dir={data_dir or '(tfds default)'} and downloads are off "
+                          "(--nodownload); "
+                          + _download_hint(name, data_dir, builder)) from None
     except ValueError as e:  # bad split expression
         raise ConfigError("dataset", f"{name!r} split {split!r}: {str(e).splitlines()[0]}"
                           ) from None
@@ -190,6 +250,7 @@ def _tfds_read(builder, name, split, data_dir, shuffle_files, seed, input_contex
         decode=lambda raw: _to_rgb(image_feature.decode_example(raw)),
         num_examples=num,
         num_classes=int(features["label"].num_classes) if has_label else 0,
+        num_labelled=num if has_label and "unlabel" not in split else None,
         image_shape=shape[:2] + (3,) if None not in shape[:2] else None,
         share=(index, pipelines) if by_file else None,
         for_pipeline=None if pipelines > 1 else functools.partial(
@@ -312,6 +373,7 @@ def folder_source(path, skip_corrupt=False, verify=True):
         decode=_decode_file,
         num_examples=len(files),
         num_classes=len(classes) if used else 0,
+        num_labelled=sum(label != UNLABELLED for label in labels),
         image_shape=None,
         skipped=skipped)
 
@@ -329,6 +391,7 @@ def generated_source(data, split="train"):
         decode=lambda i: data.example(i)[0],
         num_examples=data.num_examples[split],
         num_classes=data.num_classes,
+        num_labelled=data.num_examples[split],
         image_shape=(data.image_size, data.image_size, 3),
         views=lambda i, seed, size: data.views(i, seed))
 
@@ -352,7 +415,7 @@ def shard_source(source, num_shards, index):
         source, name=f"{source.name}[shard {index}/{num_shards}]",
         elements=source.elements.shard(num_shards, index),
         num_examples=len(range(index, source.num_examples, num_shards)),
-        for_pipeline=None, share=(index, num_shards))
+        for_pipeline=None, share=(index, num_shards), num_labelled=None)
 
 
 def pipeline_source(source, input_context):
@@ -386,6 +449,43 @@ def pipeline_source(source, input_context):
                         input_context.input_pipeline_id)
 
 
+def shuffled_passes(elements, num_examples, buffer_size, seed, first=0):
+    """Endless passes over ``elements``, each shuffled by its own seed, from element ``first``.
+
+    Pass ``p`` is ``elements.shuffle(buffer_size)`` with seeds drawn statelessly from
+    ``(seed, p)``, so element ``i`` of the stream depends only on ``(seed, i)``: not on how
+    many iterators the dataset had before. (``shuffle(reshuffle_each_iteration=True)
+    .repeat()`` keeps its reshuffle state in the dataset object, so a second iterator of
+    the same dataset, such as ViewSummary's peek at the first batch, gives training
+    another order than a resumed run, which does not peek, gets.) Starting at ``first``
+    opens pass ``first // num_examples`` and skips the rest of the elements before it,
+    which are raw (nothing is decoded for them).
+    """
+    first_pass, offset = divmod(int(first), int(num_examples))
+
+    def one_pass(p):
+        seeds = tf.random.stateless_uniform([2], tf.stack([tf.cast(seed, tf.int64), p]),
+                                            minval=None, maxval=None, dtype=tf.int64)
+        return _shuffle_with_seeds(elements, buffer_size, seeds)
+
+    ds = tf.data.Dataset.counter(start=first_pass).flat_map(one_pass)
+    return ds.skip(offset) if offset else ds
+
+
+def _shuffle_with_seeds(ds, buffer_size, seeds):
+    """``ds.shuffle(buffer_size, reshuffle_each_iteration=False)`` with the kernel's two
+    seeds given as tensors: the op ``Dataset.shuffle`` builds, without its Python seed
+    handling, which cannot take a tensor seed when the global seed is 0 (it tests
+    ``(global, op) == (0, 0)`` in Python)."""
+    specs = tf.nest.flatten(ds.element_spec)
+    variant = tf.raw_ops.ShuffleDatasetV3(
+        input_dataset=tf.data.experimental.to_variant(ds),
+        buffer_size=tf.constant(buffer_size, tf.int64), seed=seeds[0], seed2=seeds[1],
+        seed_generator=tf.raw_ops.DummySeedGenerator(), reshuffle_each_iteration=False,
+        output_types=[s.dtype for s in specs], output_shapes=[s.shape for s in specs])
+    return tf.data.experimental.from_variant(variant, ds.element_spec)
+
+
 def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
                      color_jitter_strength=1.0, blur=False, shuffle_buffer=10000,
                      with_labels=True):
@@ -410,10 +510,8 @@ def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
                           f"({source.num_examples} examples); lower --batch_size")
     labelled = with_labels and source.num_classes > 0
     first = int(start_step) * int(batch_size)
-    ds = source.elements.shuffle(min(shuffle_buffer, source.num_examples), seed=seed,
-                                 reshuffle_each_iteration=True).repeat()
-    if first:
-        ds = ds.skip(first)  # raw elements: no decoding is spent on the skipped part
+    ds = shuffled_passes(source.elements, source.num_examples,
+                         min(shuffle_buffer, source.num_examples), seed, first)
     ds = tf.data.Dataset.zip(tf.data.Dataset.counter(start=first), ds)
     kwargs = dict(color_jitter_strength=color_jitter_strength, blur=blur)
 
@@ -446,7 +544,12 @@ def eval_dataset(source, batch_size, image_size, drop_remainder=False,
     ds = ds.map(lambda raw, label: (augment.center_resize(source.decode(raw), image_size),
                                     label),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    n = source.num_examples if not labelled_only else source.num_labelled
+    if int(ds.cardinality()) < 0 and n is not None:  # the filter hid a known length
+        batches = n // batch_size if drop_remainder else -(-n // batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def pretrain_split(name):
@@ -455,7 +558,7 @@ def pretrain_split(name):
 
 
 def sources(dataset, data_dir="", image_size=32, seed=0, skip_corrupt=False,
-            generated=None):
+            generated=None, download=False, download_refused=""):
     """Pretraining source and probing (train, test) sources for a ``--dataset`` value.
 
     Args:
@@ -466,6 +569,7 @@ def sources(dataset, data_dir="", image_size=32, seed=0, skip_corrupt=False,
       skip_corrupt: folder only, see :func:`folder_source`.
       generated: optional :class:`GeneratedImages` (default: one built from image_size
         and seed).
+      download, download_refused: tfds only, see :func:`tfds_source`.
     Returns:
       (pretrain, probe_train, probe_test) ImageSources; probe_test may be None (a folder
       without ``train/`` and ``test/`` sub-folders).
@@ -475,14 +579,17 @@ def sources(dataset, data_dir="", image_size=32, seed=0, skip_corrupt=False,
         return (generated_source(data, "train"), generated_source(data, "train"),
                 generated_source(data, "test"))
     if dataset == "folder":
-        train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
-        if data_dir and tf.io.gfile.isdir(train_dir) and tf.io.gfile.isdir(test_dir):
-            train = folder_source(train_dir, skip_corrupt)
-            return train, train, folder_source(test_dir, skip_corrupt)
+        # DIR/train/ with DIR/test/ or (the ImageNet layout) DIR/val/: a held-out split.
+        train_dir = os.path.join(data_dir, "train")
+        for held_out in ("test", "val"):
+            test_dir = os.path.join(data_dir, held_out)
+            if data_dir and tf.io.gfile.isdir(train_dir) and tf.io.gfile.isdir(test_dir):
+                train = folder_source(train_dir, skip_corrupt)
+                return train, train, folder_source(test_dir, skip_corrupt)
         src = folder_source(data_dir, skip_corrupt)
         return src, src, None
     pretrain = tfds_source(dataset, pretrain_split(dataset), data_dir, shuffle_files=True,
-                           seed=seed)
+                           seed=seed, download=download, download_refused=download_refused)
     train_split, test_split = EVAL_SPLITS.get(dataset, EVAL_SPLITS["default"])
     return (pretrain, tfds_source(dataset, train_split, data_dir),
             tfds_source(dataset, test_split, data_dir))

@@ -12,7 +12,8 @@
 
 A subclass implements :meth:`forward` and :meth:`per_example_loss` (and, if it has one,
 :meth:`after_apply`; networks that take no gradient, e.g. a moving-average target, are left
-out of :attr:`method_variables` by :meth:`frozen_variables`). Why ``per_example_loss`` and not ``keras.Model.compute_loss``: Keras'
+out of :attr:`method_variables` by :meth:`frozen_variables`). Why ``per_example_loss`` and
+not ``keras.Model.compute_loss``: Keras'
 ``compute_loss(x, y, y_pred, sample_weight)`` is the supervised contract that ``fit``'s
 default step calls; a self-supervised loss has no ``y``, and overriding it with another
 signature would break that public method for callers who rely on it.
@@ -97,6 +98,12 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
         if self.probe is not None:
             self.probe_optimizer = (keras.optimizers.get(probe_optimizer) if probe_optimizer
                                     is not None else keras.optimizers.Adam(1e-3))
+
+    def fit(self, *args, shuffle=False, **kwargs):
+        """``keras.Model.fit`` with ``shuffle=False`` by default: the batches come from a
+        tf.data pipeline that shuffles (and resumes) on its own; Keras would only warn
+        that its default ``shuffle=True`` is ignored for a dataset."""
+        return super().fit(*args, shuffle=shuffle, **kwargs)
 
     @property
     def method_variables(self):

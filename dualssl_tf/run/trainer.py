@@ -10,9 +10,9 @@ import keras
 import tensorflow as tf
 
 from dualssl_tf import config, methods, runfiles, tasks
-from dualssl_tf import export  # TODO(merge): dualssl_tf.evaluation.export
+from dualssl_tf.evaluation import export
 from dualssl_tf.optim import schedules
-from dualssl_tf.run import distribute
+from dualssl_tf.run import distribute, epoch_steps, safe_stop
 from dualssl_tf.run.callbacks import NonFiniteLossGuard
 from dualssl_tf.run.rundir import RunDir
 
@@ -38,6 +38,8 @@ def run(cfg):
     with strategy.scope():  # networks, method and optimizers all live on the replicas
         task = tasks.build(cfg, start_step=found["step"] if found else 0)
     check_not_empty(cfg, task)
+    if found:  # epoch E of a checkpoint must end at step E * steps_per_epoch
+        epoch_steps.check_resume_step(found, task.steps_per_epoch)
     data = distribute.train_input(strategy, cfg.optim.batch_size, task,
                                   lambda ds: select_negatives(cfg, task, ds))
     callbacks = list(task.callbacks)
@@ -52,10 +54,9 @@ def run(cfg):
     initial = rundir.begin(found, lambda: initial_logs(callbacks), network_variables(task))
     model.fit(data, epochs=cfg.optim.epochs, steps_per_epoch=task.steps_per_epoch,
               initial_epoch=found["epoch"] if found else 0, verbose=cfg.run.verbose,
-              shuffle=False, callbacks=[NonFiniteLossGuard(cfg.run.steps_per_execution),
-                                        *callbacks, *rundir.callbacks(
-                                            cfg.run.checkpoint_every, cfg.optim.epochs, found)])
+              callbacks=fit_callbacks(cfg, task, model, rundir, callbacks, found))
     final = rundir.last_metrics()
+    print(end_of_run_line(final, rundir.saved_model), flush=True)
     export.export_encoder(task.encoder, task.head, rundir.saved_model, task.input_shape,
                           model_card=export.run_model_card(cfg.flags(), task.metadata, final),
                           intermediate_layers=model.export_outputs(
@@ -63,6 +64,15 @@ def run(cfg):
     rundir.mark_finished(max(cfg.optim.epochs, found["epoch"] if found else 0))
     summary = task.summarize(initial, final) if task.summarize and initial else ""
     return {"initial": initial, "final": final, "summary": summary, "finished": False}
+
+
+def end_of_run_line(final, saved_model, keys=("loss", "probe_test_acc", "probe_acc")):
+    """One short line printed between the last epoch and the (silent) export: the final
+    metric and what is being written."""
+    shown = [f"{k} {final[k]:.4g}" for k in keys
+             if isinstance(final.get(k), (int, float))][:2]
+    return (f"Training done ({', '.join(shown) or 'no metrics'}); exporting the encoder to "
+            f"{saved_model} ...")
 
 
 def build_model(cfg, task):
@@ -96,6 +106,16 @@ def build_optimizer(cfg, steps_per_epoch=1):
         warmup_steps=int(round(o.warmup_epochs * steps_per_epoch)))
     return schedules.build_optimizer(o.optimizer, lr, momentum=o.momentum,
                                      weight_decay=o.weight_decay, eta=o.lars_eta)
+
+
+def fit_callbacks(cfg, task, model, rundir, task_callbacks, found):
+    """``fit``'s callbacks in their order: the NaN guard, the task's measurements, the run
+    directory's (metrics line, checkpoint, TensorBoard), exact epochs for any
+    ``--steps_per_execution``, and the safe stop on Ctrl-C/SIGTERM (tools/train.py)."""
+    saved = rundir.callbacks(cfg.run.checkpoint_every, cfg.optim.epochs, found)
+    return [NonFiniteLossGuard(cfg.run.steps_per_execution), *task_callbacks, *saved,
+            *epoch_steps.exact_epochs(model, task.steps_per_epoch),
+            *safe_stop.callbacks(saved[1], task.steps_per_epoch)]
 
 
 def network_variables(task):

@@ -141,6 +141,14 @@ def test_folder_train_test_layout(tmp_path):
     assert none is None
 
 
+def test_folder_imagenet_train_val_layout(tmp_path):
+    _make_folder(tmp_path / "train")
+    _make_folder(tmp_path / "val", per_class=2)   # ImageNet's DIR/train + DIR/val
+    pre, train, test = images.sources("folder", str(tmp_path))
+    assert pre.num_examples == 6 and test.num_examples == 4
+    assert test.name.endswith("val") and test.num_labelled == 4
+
+
 def test_batch_larger_than_dataset(tmp_path):
     src = images.folder_source(str(_make_folder(tmp_path / "i", per_class=1)))
     with pytest.raises(ConfigError, match="^--batch_size: 4 is larger than"):
@@ -185,3 +193,23 @@ def test_shard_source_splits_examples():
     ids = [sorted(int(r) for r, _ in s.elements.as_numpy_iterator()) for s in shards]
     assert sorted(sum(ids, [])) == list(range(10)) and ids[1] == [1, 4, 7]
     assert images.shard_source(src, 1, 0) is src
+
+
+def test_stream_is_the_same_for_every_iterator_and_resumes_across_passes():
+    # A second iterator of the same dataset (ViewSummary peeks at the first batch of a fresh
+    # run only) must not change the order: each pass is shuffled with a seed of its own.
+    data = GeneratedImages(image_size=16, num_examples=12, num_test=4, seed=2)
+    pre, _, _ = images.sources("generated_images", generated=data)
+    ds = images.pretrain_dataset(pre, 4, 16, seed=5, shuffle_buffer=8)
+    first = _first(ds, 1)
+    a = _first(ds, 7)  # 28 elements: passes 0, 1 and part of 2
+    for k in first[0]:
+        np.testing.assert_array_equal(first[0][k], a[0][k])
+    resumed = _first(images.pretrain_dataset(pre, 4, 16, seed=5, shuffle_buffer=8,
+                                             start_step=4), 3)  # element 16: inside pass 1
+    for x, y in zip(a[4:], resumed):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    labels = np.concatenate([b["label"] for b in a])
+    assert sorted(labels[:12]) == sorted(labels[12:24])  # every pass holds every example
+    assert not np.array_equal(labels[:12], labels[12:24])  # in another order

@@ -262,7 +262,7 @@ def test_switches():
 
 
 def test_export_has_the_prediction_output(tmp_path):
-    from dualssl_tf import export
+    from dualssl_tf.evaluation import export
     encoder, head = _nets()
     model = BYOLMethod(encoder, head, pred_hidden_dim=8)
     export.export_encoder(encoder, head, tmp_path / "sm", (6,),

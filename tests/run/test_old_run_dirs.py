@@ -1,8 +1,13 @@
-"""Run directories written before the redesign (tests/run/fixtures/v1_*: one epoch of a tiny
-HLTM run and of a tiny translation-toy run, made by the previous layout's tools/train.py)
-still load and resume: flags.txt parses, the checkpoint restores (the translation toy's
-through the legacy path, since its online probe then shared the method's optimizer), and
-training continues to the same contrastive numbers as a run started on this layout."""
+"""Run directories written before the redesign still load and resume.
+
+tests/run/fixtures/ (see its README.md) holds one epoch of a tiny HLTM run and of a tiny
+translation-toy run made by the previous layout's tools/train.py, and what that layout
+produced when the same runs went on uninterrupted to epoch 2. Resumed here to epoch 2, they
+must end where the old layout ended: flags.txt parses, the checkpoint restores (the toy's
+through the legacy path: its online probe then shared the method's optimizer), and the
+metrics and the exported encoder match. The probe's numbers may differ (it has its own
+optimizer now); nothing else may.
+"""
 
 import json
 import os
@@ -14,62 +19,54 @@ import numpy as np
 import pytest
 
 from dualssl_tf import config
+from dualssl_tf.evaluation import export
 from dualssl_tf.run import rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+FIXTURES = os.path.join(ROOT, "tests", "run", "fixtures")
 PROBE_KEYS = {"probe_acc", "probe_loss"}
 
 
-def _old_run(tmp_path, name):
-    run = tmp_path / name
-    shutil.copytree(os.path.join(FIXTURES, f"v1_{name}"), run)
-    text = (run / "flags.txt").read_text()
-    assert "--method=" not in text      # written before --method existed
-    cfg = config.from_flag_strings(config.parse_flagfile(text))
-    return run, cfg.replace(model_dir=str(run), epochs=2, verbose=0)
-
-
-def _train(flagfile, model_dir):
-    """tools/train.py in a subprocess: the environment the fixtures were made in (the
-    tools turn oneDNN on; this test process imported TensorFlow without it)."""
+def _resume(run):
+    """tools/train.py --epochs=2 on the run dir, in the environment the fixtures were made
+    in (oneDNN off: the same CPU kernels)."""
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train.py"),
-                          f"--flagfile={flagfile}", f"--model_dir={model_dir}", "--epochs=2",
-                          "--verbose=0"], capture_output=True, text=True, cwd=ROOT)
+                          f"--flagfile={run / 'flags.txt'}", f"--model_dir={run}",
+                          "--epochs=2", "--verbose=0"],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     return out
 
 
-def _metrics(path):
-    return [json.loads(line) for line in open(path)]
-
-
 @pytest.mark.parametrize("name", ["hltm", "translation1d"])
-def test_old_run_dir_resumes_to_the_new_layouts_numbers(tmp_path, name):
-    run, cfg = _old_run(tmp_path, name)
-    config.validate(cfg)                 # the old flags are compatible with the old run dir
+def test_old_run_dir_resumes_to_where_the_old_layout_ended(tmp_path, name):
+    fixture = os.path.join(FIXTURES, f"v1_{name}")
+    run = tmp_path / name
+    shutil.copytree(fixture, run, ignore=shutil.ignore_patterns("expected_*"))
+    text = (run / "flags.txt").read_text()
+    assert "--method=" not in text      # written before --method existed
+    cfg = config.from_flag_strings(config.parse_flagfile(text)).replace(model_dir=str(run))
+    config.validate(cfg)                # its flags are compatible with its own run dir
     found = rundir.RunDir(str(run)).find_checkpoint()
     assert (found["epoch"], found["step"]) == (1, cfg.optim.steps_per_epoch)
-    flagfile = tmp_path / "old_flags.txt"
-    shutil.copy(run / "flags.txt", flagfile)
-    assert "Resuming" in _train(flagfile, run).stdout
-    _train(flagfile, tmp_path / "fresh")
-    old, new = _metrics(run / "metrics.jsonl"), _metrics(tmp_path / "fresh" / "metrics.jsonl")
-    assert [r["epoch"] for r in old] == [0, 1, 2]
-    if name == "hltm":   # no probe: the epoch trained on this layout is the same bytes
-        assert (run / "metrics.jsonl").read_bytes().splitlines()[-1] == \
-            (tmp_path / "fresh" / "metrics.jsonl").read_bytes().splitlines()[-1]
-    for a, b in zip(old, new):
-        # The probe's numbers may differ (it has its own optimizer now); nothing else. The
-        # lines the old layout wrote lack the metrics added since (e.g. pos_cos, and
-        # embed_std / effective_rank for hltm): the numbers they do hold are the same.
-        assert set(a) <= set(b)
-        assert {k: v for k, v in a.items() if k not in PROBE_KEYS} == \
-            {k: b[k] for k in a if k not in PROBE_KEYS}
-    from dualssl_tf import export
-    x = np.random.default_rng(0).random((4, *export.load_encoder(
-        str(run / "saved_model")).input_shape)).astype(np.float32)
-    got = export.load_encoder(str(run / "saved_model"))(x)["representation"].numpy()
-    want = export.load_encoder(str(tmp_path / "fresh" / "saved_model"))(x)["representation"]
-    np.testing.assert_array_equal(got, want.numpy())
+
+    assert "Resuming" in _resume(run).stdout
+    expected = os.path.join(fixture, "expected_metrics_2_epochs.jsonl")
+    if name == "hltm":   # no probe: the lines the old layout wrote are its very bytes
+        assert (run / "metrics.jsonl").read_bytes().splitlines()[:2] == \
+            open(expected, "rb").read().splitlines()[:2]
+    got = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    want = [json.loads(line) for line in open(expected)]
+    assert [r["epoch"] for r in got] == [0, 1, 2]
+    for a, b in zip(got, want):
+        # The epoch resumed on this layout also logs the metrics added since (pos_cos;
+        # embed_std and effective_rank for hltm: issue 14); every number the old layout
+        # wrote is the same.
+        assert set(b) <= set(a)
+        assert {k: a[k] for k in b if k not in PROBE_KEYS} == \
+            {k: v for k, v in b.items() if k not in PROBE_KEYS}
+    encoder = export.load_encoder(str(run / "saved_model"))
+    x = np.random.default_rng(0).random((4, *encoder.input_shape)).astype(np.float32)
+    np.testing.assert_array_equal(encoder(x)["representation"].numpy(),
+                                  np.load(os.path.join(fixture, "expected_representation.npy")))

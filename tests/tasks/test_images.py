@@ -86,7 +86,8 @@ def test_probe_ignores_unlabelled_examples():
 
 def test_tfds_task_errors(tmp_path):
     with pytest.raises(ConfigError, match="^--data_dir: --dataset=cifar10 is not prepared"):
-        build(_cfg(tmp_path, dataset="cifar10", data_dir=str(tmp_path), image_size=0))
+        build(_cfg(tmp_path, dataset="cifar10", data_dir=str(tmp_path), image_size=0,
+                   download=False))   # never download in tests
     with tfds.testing.mock_data(num_examples=8):
         with pytest.raises(ConfigError, match="^--batch_size: 16 is larger than cifar10"):
             build(_cfg(tmp_path, dataset="cifar10", data_dir=str(tmp_path), image_size=0))
@@ -113,7 +114,7 @@ def test_tfds_hosts_read_their_own_files(tmp_path, caplog):
     exp = build(_cfg(tmp_path, dataset=tiny_tfds.NAME, data_dir=str(data_dir), image_size=0,
                      batch_size=4))
     assert exp.metadata["images"]["num_examples"] == tiny_tfds.NUM_TRAIN
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")  # any earlier SavedModel export leaves it at WARNING
     for pid in (0, 1):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid,
                                          num_replicas_in_sync=2)

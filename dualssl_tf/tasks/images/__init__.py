@@ -5,10 +5,11 @@ the online probe and the monitors are built in :mod:`dualssl_tf.tasks.images.tas
 """
 
 import dataclasses
+import os
 import re
 
 from dualssl_tf.models import stems
-from dualssl_tf.options import Section, choice, option, require
+from dualssl_tf.options import ConfigError, Section, choice, option, require
 from dualssl_tf.tasks.base import TaskSpec
 
 # --dataset values with their own source; any other tfds-shaped name is a tfds data set.
@@ -32,6 +33,25 @@ def image_size(cfg):
     """The image side a run uses: --image_size, else the data set's native size (0 when
     unknown before the data is opened, e.g. a folder or another tfds data set)."""
     return cfg.images.image_size or NATIVE_IMAGE_SIZE.get(cfg.data.dataset.split(":")[0], 0)
+
+
+# Image file extensions of --dataset=folder (dualssl_tf.data.images.IMAGE_EXTENSIONS).
+_FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def check_folder(path):
+    """Before TensorFlow is imported: a local --data_dir of --dataset=folder exists, is a
+    directory and holds at least one image file (the walk stops at the first). URLs are
+    checked when the data is opened."""
+    if not path or "://" in path:
+        return
+    require(os.path.exists(path), "data_dir", f"{path} does not exist")
+    require(os.path.isdir(path), "data_dir", f"{path} is not a directory")
+    for _, _, files in os.walk(path, followlinks=True):
+        if any(f.lower().endswith(_FOLDER_EXTENSIONS) for f in files):
+            return
+    raise ConfigError("data_dir", f"{path} contains no image files "
+                      f"({', '.join(_FOLDER_EXTENSIONS)})")
 
 
 @dataclasses.dataclass
@@ -63,6 +83,8 @@ class ImageOptions(Section):
         require(cfg.data.dataset != "folder" or cfg.data.data_dir, "data_dir",
                 "is required with --dataset=folder: a directory of images, one sub-folder "
                 "per class")
+        if cfg.data.dataset == "folder":
+            check_folder(cfg.data.data_dir)
         require(cfg.data.encoder in ENCODERS, "encoder",
                 f"got {cfg.data.encoder!r}; allowed for image data: {', '.join(ENCODERS)}")
         choice(self.stem, stems.STEMS, "stem")

@@ -50,7 +50,9 @@ def sources(cfg):
                                     view_jitter=g.view_jitter, seed=cfg.run.seed)
     pretrain, probe_train, probe_test = images.sources(
         cfg.data.dataset, cfg.data.data_dir, seed=cfg.run.seed,
-        skip_corrupt=cfg.images.skip_corrupt_images, generated=generated)
+        skip_corrupt=cfg.images.skip_corrupt_images, generated=generated,
+        download=cfg.data.download,
+        download_refused="with --strategy=tpu" if cfg.run.strategy == "tpu" else "")
     return pretrain, probe_train, probe_test, _image_size(cfg, pretrain)
 
 

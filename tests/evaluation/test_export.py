@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 
 import dualssl_tf
-from dualssl_tf import export
+from dualssl_tf.evaluation import export
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHAPE = (8, 8, 3)
 
 

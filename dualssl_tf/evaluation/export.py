@@ -12,7 +12,9 @@ An export is a TF SavedModel directory with
   moving averages updated), for fine-tuning.
 * trainable variables, checkpointed under ``encoder/...`` and ``head/...``, so a loaded
   model can be fine-tuned with ``tf.GradientTape`` or as
-  ``keras.layers.TFSMLayer(..., trainable=True)``.
+  :class:`dualssl_tf.evaluation.finetune.SavedModelLayer` inside a Keras model
+  (``keras.layers.TFSMLayer`` loads it too, but Keras 3.15 optimizers cannot build slots for
+  its ``...:0`` weight names inside ``fit``).
 * ``model_card.json`` next to ``saved_model.pb`` (inside the directory, so the card and the
   weights are replaced together): run facts (flags, dataset, epochs, final metrics) plus the
   package version, input shape and output shapes.

@@ -6,16 +6,22 @@ Sources, tried in this order:
   ``y_test`` (your own features or images; labels int in [0, C)).
 * ``hltm``: fresh samples of the SavedModel's own tree (rebuilt from its model card's
   ``metadata.hltm`` polarities, else from its ``flags``); the label is the root latent.
-* any other name registered in :mod:`dualssl_tf.experiments` whose Experiment has
-  ``eval_data = (train, test)`` (image datasets, the 1-D translation toy): the experiment is
-  rebuilt from the SavedModel's model-card flags with ``dataset``/``data_dir`` overridden.
+* any other ``--dataset`` of :mod:`dualssl_tf.tasks` (image datasets, the 1-D translation
+  toy): the task's ``eval_data`` for the SavedModel's model-card flags with
+  ``dataset``/``data_dir`` overridden (no network is built).
 
 Example:
   >>> train, test, c = probe_datasets("hltm", model_card=enc.model_card)
   >>> train, test, c = probe_datasets("npz:/data/feats.npz", batch_size=512)
+
+Shapes: every source gives finite tf.data of ``(x [B, ...] float32 or uint8, label [B]
+int64)`` batches; x has the export's input shape (``[B, H, W, 3]`` images, ``[B, children**depth]``
+HLTM leaves, ``[B, d]`` for the 1-D toy).
+
+The task source (:func:`_from_task`) is the only place that knows about
+:mod:`dualssl_tf.tasks` and :mod:`dualssl_tf.config`.
 """
 
-import dataclasses
 import os
 
 import numpy as np
@@ -88,52 +94,39 @@ def _from_hltm(model_card, batch_size, num_train, num_test):
     return splits[0], splits[1], 2
 
 
-def _from_experiment(dataset, data_dir, image_size, batch_size, model_card):
-    from dualssl_tf import config, experiments
-    registry = experiments._registry()
-    if dataset not in registry and not config.is_image_dataset(dataset):
-        raise ValueError(f"--dataset: unknown dataset {dataset!r}; allowed: npz:PATH, "
-                         f"{', '.join(sorted(set(registry) | {'hltm'}))}")
-    known = {f.name for f in dataclasses.fields(config.TrainConfig)}
-    flags = {k: v for k, v in ((model_card or {}).get("flags") or {}).items() if k in known}
-    flags.update(dataset=dataset, batch_size=batch_size)
-    if data_dir:
-        flags["data_dir"] = data_dir
-    if image_size and "image_size" in known:
-        flags["image_size"] = image_size
+def _from_task(dataset, data_dir, image_size, batch_size, model_card, download=True):
+    """(train, test, num_classes) from the task's ``eval_data`` (no network is built), for
+    the model card's flags with dataset / data_dir / image_size / batch_size overridden."""
+    from dualssl_tf import config, tasks
     try:
-        exp = experiments.build(config.TrainConfig(**flags))
-    except config.ConfigError as e:
-        if e.flag == "dataset":   # unknown name: also offer the probe-only sources
-            raise ValueError(f"{e}; or npz:PATH") from None
-        raise
-    train, test = exp.eval_data if exp.eval_data else (None, None)
-    if train is None or test is None:
-        missing = "labelled eval data" if train is None else "a test split"
-        raise ValueError(f"--dataset: {dataset!r} has no {missing} to probe with")
-    return train, test, _metadata_num_classes(exp.metadata or {})
-
-
-def _metadata_num_classes(metadata):
-    """``num_classes`` from an experiment's metadata (top level or one level down)."""
-    candidates = [metadata] + [v for v in metadata.values() if isinstance(v, dict)]
-    for d in candidates:
-        if isinstance(d.get("num_classes"), int) and d["num_classes"] > 0:
-            return d["num_classes"]
-    return None
+        tasks.spec(dataset)
+    except config.ConfigError:
+        names = sorted({"hltm", "translation1d", "generated_images", "folder"})
+        raise ValueError(f"--dataset: unknown dataset {dataset!r}; allowed: npz:PATH, "
+                         f"{', '.join(names)} or a TensorFlow Datasets name") from None
+    cfg = config.from_flag_strings({k: str(v) for k, v in
+                                    ((model_card or {}).get("flags") or {}).items()})
+    changes = dict(dataset=dataset, batch_size=batch_size, download=download)
+    if data_dir:
+        changes["data_dir"] = data_dir
+    if image_size:
+        changes["image_size"] = image_size
+    return tasks.eval_data(cfg.replace(**changes), batch_size)
 
 
 def probe_datasets(dataset, data_dir="", image_size=None, batch_size=256, model_card=None,
-                   num_train=10000, num_test=5000):
+                   num_train=10000, num_test=5000, download=True):
     """Finite (x, label) train and test datasets for probing.
 
     Args:
-      dataset: ``npz:PATH``, ``hltm`` or a name of :mod:`dualssl_tf.experiments`.
+      dataset: ``npz:PATH``, ``hltm`` or another ``--dataset`` of :mod:`dualssl_tf.tasks`.
       data_dir: where downloaded datasets live (image datasets).
       image_size: optional image side for image datasets (None: the export's own).
       batch_size: examples per batch.
       model_card: the export's model card (flags and metadata rebuild its data).
       num_train, num_test: sample counts for generated data (hltm).
+      download: a TensorFlow Datasets set not prepared in data_dir is downloaded and
+        prepared first (``--download`` of tools/linear_eval.py).
     Returns:
       (train_ds, test_ds, num_classes): tf.data of (x [B, ...] float32 or uint8,
       label [B] int64) batches; num_classes may be None (then infer it from the labels).
@@ -148,4 +141,4 @@ def probe_datasets(dataset, data_dir="", image_size=None, batch_size=256, model_
         return _from_npz(dataset[4:] if dataset.startswith("npz:") else dataset, batch_size)
     if dataset == "hltm":
         return _from_hltm(model_card or {}, batch_size, num_train, num_test)
-    return _from_experiment(dataset, data_dir, image_size, batch_size, model_card)
+    return _from_task(dataset, data_dir, image_size, batch_size, model_card, download)
