@@ -23,20 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import kill_resume  # noqa: E402
 
-from tests.tiny_runs import train, train_interrupted  # noqa: E402
+from tests.tiny_runs import ckpt_tensors, metrics_bytes, train, train_interrupted  # noqa: E402
 
 ODD = dict(steps_per_epoch=5, steps_per_execution=2)
-
-
-def ckpt_tensors(model_dir, epoch):
-    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints", f"ckpt-{epoch}"))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.startswith(("model/", "optimizer/", "epoch/", "step/"))}
-
-
-def metrics_bytes(model_dir):
-    with open(os.path.join(model_dir, "metrics.jsonl"), "rb") as f:
-        return f.read()
 
 
 def assert_same_run(a, b, epoch):

@@ -26,18 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import kill_resume  # noqa: E402
 
-from tests.tiny_runs import TINY_HLTM as BASE, TINY_IMAGES, train, train_interrupted  # noqa: E402
-
-
-def ckpt_tensors(model_dir, epoch):
-    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints", f"ckpt-{epoch}"))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.startswith(("model/", "optimizer/", "epoch/", "step/"))}
-
-
-def metrics_bytes(model_dir):
-    with open(os.path.join(model_dir, "metrics.jsonl"), "rb") as f:
-        return f.read()
+from tests.tiny_runs import (TINY_HLTM as BASE, TINY_IMAGES, ckpt_tensors,  # noqa: E402
+                             metrics_bytes, train, train_interrupted)
 
 
 def assert_same_run(a, b, epoch, tensors=16):  # HLTM: 6 weights, 8 optimizer, epoch, step

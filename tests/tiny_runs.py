@@ -61,6 +61,18 @@ def train_interrupted(model_dir, epoch, batch, sig=signal.SIGINT, base=TINY_HLTM
     raise AssertionError(f"the run was not interrupted at epoch {epoch}, batch {batch}")
 
 
+def ckpt_tensors(model_dir, epoch):
+    """{key: array} of the weights, optimizer state, epoch and step of ckpt-<epoch>."""
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints", f"ckpt-{epoch}"))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k.startswith(("model/", "optimizer/", "epoch/", "step/"))}
+
+
+def metrics_bytes(model_dir):
+    with open(os.path.join(model_dir, "metrics.jsonl"), "rb") as f:
+        return f.read()
+
+
 def events(log_dir):
     """[(subdir, tag, step, value)] of every scalar summary in every events file under
     log_dir (local or URL), in file order; subdir is the events file's directory name."""

@@ -1,4 +1,4 @@
-"""Evaluating an exported encoder (DIGEST section 6): one concept per module.
+"""Evaluating an exported encoder (docs/theory.md section 6): one concept per module.
 
 * :mod:`~dualssl_tf.evaluation.export` -- SavedModel export of encoder (+ head) and loading it
   back (``export_encoder``, ``load_encoder``, ``ExportedEncoder``, ``run_model_card``,
