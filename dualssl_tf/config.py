@@ -63,6 +63,14 @@ class MethodOptions(Section):
 
     def validate(self, cfg):
         choice(self.method, tuple(methods.METHODS), "method")
+        unused = methods.unused_option(cfg)
+        if unused:
+            flag, value, owner = unused
+            default = _FLAG_SECTION[flag][1].default
+            raise ConfigError(flag, f"is an option of --method={owner}, not of --method="
+                              f"{self.method}; got --{flag}={_format(value)}, allowed: its "
+                              f"default {_format(default)} (drop the flag) or "
+                              f"--method={owner}")
         require(self.probe_learning_rate > 0, "probe_learning_rate",
                 f"must be > 0, got {self.probe_learning_rate}")
 

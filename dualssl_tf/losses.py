@@ -16,6 +16,10 @@ Two layers of functions:
   :func:`soft_triplet_loss`, :func:`info_nce_loss`, :func:`exact_cov_loss`, plus the
   official HLTM code's batch form :func:`batch_mean_nce_loss`.
 
+The non-contrastive methods (BYOL, SimSiam: :mod:`dualssl_tf.methods.byol`) compare a
+prediction with a target by cosine: :func:`cosine`, :func:`byol_loss`, :func:`simsiam_loss`
+(symmetric over the two view orders, per example).
+
 The names of ``--loss`` and the choice of a loss by name live with the method that uses
 them (:data:`dualssl_tf.methods.contrastive.LOSSES`); this module imports nothing of the
 package.
@@ -161,3 +165,40 @@ def batch_mean_nce_loss(r_pos, r_neg, temperature, dim, mean_fn=tf.reduce_mean):
     mse_neg = 2.0 * mean_fn(r_neg) / dim
     value = -tf.sigmoid((mse_neg - mse_pos) / temperature)
     return tf.fill(tf.shape(r_pos), value)
+
+
+# -- cosine losses of the non-contrastive methods ------------------------------------------
+
+# Squared-norm floor of the cosine's normalisation (tf.math.l2_normalize's default; PyTorch's
+# F.normalize in BYOL/SimSiam floors the norm at 1e-12, the same up to this floor).
+COSINE_EPS = 1e-12
+
+
+def cosine(a, b):
+    """Row-wise cosine ``a.b / (|a| |b|)`` (norms floored at ``sqrt(COSINE_EPS)``).
+
+    a, b: [B, D] -> [B], in float32 (float64 stays float64)."""
+    a, b = _f32(a), _f32(b)
+    a = tf.math.l2_normalize(a, axis=-1, epsilon=COSINE_EPS)
+    b = tf.math.l2_normalize(b, axis=-1, epsilon=COSINE_EPS)
+    return tf.reduce_sum(a * b, axis=-1)
+
+
+def mean_cosine(a, b):
+    """Mean of :func:`cosine` over the batch (a scalar)."""
+    return tf.reduce_mean(cosine(a, b))
+
+
+def byol_loss(p1, p2, t1, t2):
+    """BYOL's symmetric loss per example (Grill et al. 2020, eq. 2 and its symmetrisation):
+    ``(2 - 2 cos(p1, t2)) + (2 - 2 cos(p2, t1))``, in [0, 8].
+
+    p1, p2: [B, D] online predictions of views 1 and 2; t1, t2: [B, D] target projections
+    (the caller stops their gradient). Returns [B]."""
+    return (2.0 - 2.0 * cosine(p1, t2)) + (2.0 - 2.0 * cosine(p2, t1))
+
+
+def simsiam_loss(p1, p2, t1, t2):
+    """SimSiam's symmetric negative cosine per example (Chen & He 2021, eq. 2):
+    ``-(cos(p1, t2) + cos(p2, t1)) / 2``, in [-1, 1]. Arguments as :func:`byol_loss`."""
+    return -0.5 * (cosine(p1, t2) + cosine(p2, t1))

@@ -7,6 +7,9 @@ TensorFlow initialises its devices, so each configuration runs in a fresh proces
       CPU split into R logical devices; one SGD step under MirroredStrategy on R replicas
       vs one step on one device with the same global batch, for every loss; local
       negatives; SyncBN statistics vs the global batch. Writes max |difference| per case.
+  python tests/distribute_worker.py siamese R OUT.json
+      The same equality for BYOL (moving-average target), BYOL with DirectPred's predictor
+      and SimSiam, SyncBN in encoder and predictor, over two steps.
   python tests/distribute_worker.py train OUT.npz
       Multi-worker run (TF_CONFIG set by the caller) or, without TF_CONFIG, the
       single-process reference: STEPS SGD steps on fixed global batches; saves weights.
@@ -84,21 +87,53 @@ def build(case, gather_fn=None):
     return model
 
 
+# name -> BYOLMethod / SimSiamMethod settings (tests/methods/test_byol_distributed.py).
+SIAMESE_CASES = {
+    "byol": dict(method="byol"),
+    "byol_directpred": dict(method="byol", predictor="directpred"),
+    "simsiam": dict(method="simsiam"),
+}
+SIAMESE_STEPS = 2     # the second step's target is the moving average of the first
+
+
+def build_siamese(case, gather_fn=None):
+    """Tiny MLP encoder + head with (Sync)BN, BYOL or SimSiam + SGD, fixed init."""
+    import keras
+    from dualssl_tf.run import distribute
+    from dualssl_tf.methods.byol import BYOLMethod, SimSiamMethod
+
+    keras.utils.set_random_seed(1)
+    sync = distribute.use_sync_bn()
+    encoder = keras.Sequential([keras.Input((IN_DIM,)), keras.layers.Dense(WIDTH),
+                                keras.layers.BatchNormalization(momentum=0.5,
+                                                                synchronized=sync),
+                                keras.layers.ReLU()])
+    head = keras.Sequential([keras.Input((WIDTH,)), keras.layers.Dense(OUT_DIM)])
+    cls = BYOLMethod if case["method"] == "byol" else SimSiamMethod
+    extra = (dict(base_momentum=0.5, final_momentum=0.9, total_steps=SIAMESE_STEPS)
+             if case["method"] == "byol" else {})
+    model = cls(encoder, head, predictor=case.get("predictor", "mlp"), pred_hidden_dim=WIDTH,
+                sync_bn=sync, **extra)
+    model.compile(optimizer=keras.optimizers.SGD(LR),
+                  run_eagerly=os.environ.get("DIST_TEST_EAGER") == "1")
+    return model
+
+
 def weights(model):
     """All variables (trainable and BN moving statistics), as numpy, in a fixed order."""
     return [np.array(v.numpy()) for v in model.variables if "iteration" not in v.path
             and "learning_rate" not in v.path]
 
 
-def fit_single(case, batches):
+def fit_single(case, batches, builder=None):
     import tensorflow as tf
-    model = build(case)
+    model = (builder or build)(case)
     ds = tf.data.Dataset.from_tensor_slices(_stack(batches))
     model.fit(ds, epochs=1, steps_per_epoch=len(batches), verbose=0)
     return weights(model)
 
 
-def fit_replicas(strategy, case, batches, gather_fn):
+def fit_replicas(strategy, case, batches, gather_fn, builder=None):
     """Trains under ``strategy`` with distribute.distributed_dataset; replica r of step t
     gets rows [r*b, (r+1)*b) of global batch t (one pipeline: consecutive elements go to
     consecutive replicas; several pipelines: pipeline p reads its own rows)."""
@@ -106,7 +141,7 @@ def fit_replicas(strategy, case, batches, gather_fn):
     from dualssl_tf.run import distribute
 
     with strategy.scope():
-        model = build(case, gather_fn)
+        model = (builder or build)(case, gather_fn)
     r = strategy.num_replicas_in_sync
 
     def make(per_replica, ctx):
@@ -227,6 +262,27 @@ def equality(replicas, out_path, names="", model_dir=""):
         json.dump(result, f)
 
 
+def siamese(replicas, out_path):
+    """BYOL / DirectPred / SimSiam: SIAMESE_STEPS SGD steps on R replicas vs one device."""
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * int(replicas))
+    from dualssl_tf.run import distribute
+
+    strategy = distribute.make_strategy("mirrored")
+    result = {"replicas": strategy.num_replicas_in_sync, "cases": {}}
+    for name, case in SIAMESE_CASES.items():
+        batches = make_batches(SIAMESE_STEPS, seed=11)
+        ref = fit_single(case, batches, build_siamese)
+        got = fit_replicas(strategy, case, batches, None, build_siamese)
+        result["cases"][name] = {"diff": _maxdiff(ref, got),
+                                 "moved": _maxdiff(ref, weights(build_siamese(case))),
+                                 "variables": len(ref)}
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
 def train(out_path):
     """Multi-worker (TF_CONFIG set) or single-process reference training."""
     import tensorflow as tf
@@ -265,4 +321,5 @@ def images(replicas, model_dir, out_path):
 
 
 if __name__ == "__main__":
-    {"equality": equality, "train": train, "images": images}[sys.argv[1]](*sys.argv[2:])
+    {"equality": equality, "train": train, "images": images,
+     "siamese": siamese}[sys.argv[1]](*sys.argv[2:])

@@ -95,6 +95,32 @@ CASES = [
                                   "--stem=imagenet"], "--image_size"),
     ("explicit_negatives_for_images", ["--dataset=generated_images", "--negatives=explicit"],
      "--negatives"),
+    # Methods (--method) and their options: each method's flags only with that method.
+    ("unknown_method", ["--method=moco"],
+     "--method: got 'moco'; allowed: contrastive, byol, simsiam"),
+    ("byol_flag_with_contrastive", ["--byol_base_momentum=0.99"],
+     "--byol_base_momentum: is an option of --method=byol, not of --method=contrastive"),
+    ("simsiam_flag_with_byol", ["--method=byol", "--nosimsiam_stop_gradient"],
+     "--simsiam_stop_gradient: is an option of --method=simsiam"),
+    ("contrastive_loss_with_byol", ["--method=byol", "--loss=ntxent"],
+     "--loss: is an option of --method=contrastive, not of --method=byol; got "
+     "--loss=ntxent, allowed: its default nce"),
+    ("contrastive_temperature_with_simsiam", ["--method=simsiam", "--temperature=0.5"],
+     "--temperature: is an option of --method=contrastive"),
+    ("byol_momentum_above_1", ["--method=byol", "--byol_base_momentum=1.5"],
+     "--byol_base_momentum: must be in [0, 1], got 1.5"),
+    ("byol_final_momentum_negative", ["--method=byol", "--byol_final_momentum=-0.1"],
+     "--byol_final_momentum: must be in [0, 1]"),
+    ("byol_predictor_width_0", ["--method=byol", "--byol_pred_hidden_dim=0"],
+     "--byol_pred_hidden_dim: must be >= 1"),
+    ("simsiam_predictor_width_negative", ["--method=simsiam", "--simsiam_pred_hidden_dim=-4"],
+     "--simsiam_pred_hidden_dim: must be >= 1"),
+    ("unknown_predictor", ["--method=byol", "--byol_predictor=deep"],
+     "--byol_predictor: got 'deep'; allowed: mlp, none, directpred"),
+    ("directpred_rate_1", ["--method=byol", "--byol_predictor=directpred",
+                           "--byol_directpred_rate=1"], "--byol_directpred_rate: must be in [0, 1)"),
+    ("directpred_every_0", ["--method=simsiam", "--simsiam_directpred_every=0"],
+     "--simsiam_directpred_every: must be >= 1"),
     # The model dir.
     ("model_dir_empty", ["--model_dir="], "--model_dir"),
     ("model_dir_under_a_file", ["--model_dir={tmp}/afile/run"], "afile"),
@@ -107,7 +133,8 @@ CASES = [
 # Cases also run as real processes (argv parsing and exit status as a user sees them).
 SUBPROCESS = ["unknown_flag", "missing_flagfile", "unknown_flag_in_flagfile",
               "int_not_a_number", "negated_bool_with_value", "tri_without_margin",
-              "model_dir_unwritable", "resume_other_hid"]
+              "model_dir_unwritable", "resume_other_hid", "unknown_method",
+              "contrastive_loss_with_byol"]
 
 
 def _fixtures(tmp):

@@ -25,8 +25,14 @@ def test_flag_names_and_resumable_set_are_kept():
     names = [name for name, _, _ in config.flag_fields()]
     assert len(names) == len(set(names))
     assert set(OLD_FLAGS) <= set(names)
-    # Added since: --method, --probe_learning_rate; --download (issue 13, resumable).
-    assert set(names) - set(OLD_FLAGS) == {"method", "probe_learning_rate", "download"}
+    # Added since: --method, --probe_learning_rate; --download (issue 13, resumable);
+    # --proj_bn and the BYOL / SimSiam sections (issue 14).
+    new = {"method", "probe_learning_rate", "download", "proj_bn"}
+    for prefix in ("byol_", "simsiam_"):   # the non-contrastive methods' sections
+        new |= {prefix + n for n in ("predictor", "pred_hidden_dim", "pred_bn",
+                                     "directpred_rate", "directpred_every", "directpred_eps")}
+    new |= {"byol_base_momentum", "byol_final_momentum", "byol_ema", "simsiam_stop_gradient"}
+    assert set(names) - set(OLD_FLAGS) == new
     assert config.RESUMABLE_FLAGS == OLD_RESUMABLE | {"download"}
 
 

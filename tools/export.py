@@ -142,7 +142,8 @@ def main(argv):
         card["checkpoint"] = checkpoint if "://" in checkpoint else os.path.abspath(checkpoint)
         try:
             export.export_encoder(task.encoder, task.head, export_dir, task.input_shape,
-                                  model_card=card, intermediate_layers=taps)
+                                  model_card=card,
+                                  intermediate_layers=model.export_outputs(taps))
         except ValueError as e:
             msg = str(e)
             fail("--" + msg if msg.split(":")[0] in ("intermediate_layers", "export_dir")

@@ -66,7 +66,9 @@ def _intermediates_fn(encoder, intermediate_layers):
       list of layer names / dict {output name: layer name}: outputs of those layers of a
         functional (or Sequential) encoder, computed in the same forward pass.
       callable ``(x, training) -> {name: tensor}``: for subclassed encoders (e.g. the HLTM
-        tree net's per-depth activations); called in addition to the encoder.
+        tree net's per-depth activations); called in addition to the encoder. A callable
+        ``tf.Module`` (e.g. a method's extra outputs, :meth:`SSLMethod.export_outputs`) is
+        tracked by the export, so variables of its own are saved with it.
     """
     if intermediate_layers is None:
         return lambda x, training: (encoder(x, training=training), {})
@@ -228,6 +230,10 @@ def export_encoder(encoder, head, export_dir, input_shape, model_card=None,
     root.encoder = encoder
     if head is not None:
         root.head = head
+    if isinstance(intermediate_layers, tf.Module):
+        # A callable module (e.g. a BYOL predictor's ``prediction`` output) brings variables
+        # of its own: tracked here, they are saved with the export.
+        root.extra_outputs = intermediate_layers
     root.serve = tf.function(lambda x: forward(x, False), input_signature=[spec],
                              autograph=False)
     root.train_mode = tf.function(lambda x: forward(x, True), input_signature=[spec],

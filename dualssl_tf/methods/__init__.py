@@ -12,7 +12,7 @@ This module is TensorFlow-free; a method's module is imported only when it is bu
 import dataclasses
 import importlib
 
-from dualssl_tf.methods.options import ContrastiveOptions
+from dualssl_tf.methods.options import BYOLOptions, ContrastiveOptions, SimSiamOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +31,35 @@ class MethodSpec:
 METHODS = {
     "contrastive": MethodSpec("contrastive", "contrastive", ContrastiveOptions,
                               "dualssl_tf.methods.contrastive:ContrastiveMethod"),
+    "byol": MethodSpec("byol", "byol", BYOLOptions, "dualssl_tf.methods.byol:BYOLMethod"),
+    "simsiam": MethodSpec("simsiam", "simsiam", SimSiamOptions,
+                          "dualssl_tf.methods.byol:SimSiamMethod"),
 }
 
 
 def spec(name):
     """The MethodSpec of ``--method=name``; KeyError for unknown names."""
     return METHODS[name]
+
+
+def unused_option(cfg):
+    """``(flag, value, owner)`` of the first option of a method other than ``--method`` that
+    is not at its default, or None.
+
+    An option is "given" when its value differs from its default: the config is a set of
+    values (a flagfile, flags.txt or ``TrainConfig(...)``), which does not say where a value
+    came from, so a flag passed with its default value is indistinguishable from an absent
+    one and is accepted.
+    """
+    for spec_ in METHODS.values():
+        if spec_.name == cfg.method.method:
+            continue
+        section = getattr(cfg, spec_.section)
+        for flag, field in spec_.options.flag_fields():
+            value = getattr(section, field.name)
+            if value != field.default:
+                return flag, value, spec_.name
+    return None
 
 
 def build(cfg, task, gather_fn=None):

@@ -6,12 +6,14 @@
     per_example, logs = per_example_loss(batch, outputs)
     loss = sum(per_example) / (examples * replicas)   # this replica's share
     apply(gradient(scale(loss + regularisation)))     # the method's optimizer
-    after_apply()                             # e.g. BYOL's moving-average target
+    after_apply(outputs)                      # e.g. BYOL's moving-average target
     probe_step(batch, outputs)                # online probe, its own optimizer
     metrics
 
 A subclass implements :meth:`forward` and :meth:`per_example_loss` (and, if it has one,
-:meth:`after_apply`). Why ``per_example_loss`` and not ``keras.Model.compute_loss``: Keras'
+:meth:`after_apply`; networks that take no gradient, e.g. a moving-average target, are left
+out of :attr:`method_variables` by :meth:`frozen_variables`). Why ``per_example_loss`` and
+not ``keras.Model.compute_loss``: Keras'
 ``compute_loss(x, y, y_pred, sample_weight)`` is the supervised contract that ``fit``'s
 default step calls; a self-supervised loss has no ``y``, and overriding it with another
 signature would break that public method for callers who rely on it.
@@ -44,6 +46,9 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
     """
 
     metric_names = ("loss",)
+    # Whether the method reads a batch's explicit ``negatives`` (the trainer drops them
+    # from the data of a method that does not).
+    uses_negatives = False
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -63,8 +68,20 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
         on this replica, and scalar logs named in ``metric_names`` (``loss`` is added)."""
         raise NotImplementedError
 
-    def after_apply(self):
-        """Runs after each optimizer step on every replica (e.g. a moving-average target)."""
+    def after_apply(self, outputs):
+        """Runs after each optimizer step on every replica (e.g. a moving-average target);
+        ``outputs``: this step's :meth:`forward` (computed before the step)."""
+
+    def frozen_variables(self):
+        """Trainable variables the method's optimizer must not update (e.g. BYOL's target,
+        which moves only by its moving average); none by default."""
+        return []
+
+    def export_outputs(self, intermediate_layers):
+        """The ``intermediate_layers`` argument of the export: the task's taps (None, layer
+        names or a callable) plus the method's own named outputs. A method without extra
+        outputs returns its argument unchanged."""
+        return intermediate_layers
 
     # -- the probe -------------------------------------------------------------------------
 
@@ -90,11 +107,15 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
 
     @property
     def method_variables(self):
-        """The trainable variables of the method's optimizer: all but the probe's."""
-        if self.probe is None:
+        """The trainable variables of the method's optimizer: all but the probe's and the
+        :meth:`frozen_variables`."""
+        excluded = list(self.frozen_variables())
+        if self.probe is not None:
+            excluded += self.probe.trainable_variables
+        if not excluded:
             return self.trainable_variables
-        probe_ids = {id(v) for v in self.probe.trainable_variables}
-        return [v for v in self.trainable_variables if id(v) not in probe_ids]
+        ids = {id(v) for v in excluded}
+        return [v for v in self.trainable_variables if id(v) not in ids]
 
     def build_optimizers(self):
         """Creates both optimizers' state now (checkpoints know it from step 0)."""
@@ -155,7 +176,7 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
             scaled = self.optimizer.scale_loss(total)
         variables = self.method_variables
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        self.after_apply()
+        self.after_apply(outputs)
         logs.update(self.probe_step(batch, outputs, training=True))
         return self.update_metrics(logs)
 

@@ -53,10 +53,11 @@ def local_candidates(z1, z2):
 class ContrastiveMethod(SSLMethod):
     """SimCLR-style dual network: ``f = normalize(head(encoder(x)))`` on both views.
 
-    ``fit`` reports ``loss``, ``r_pos``, ``r_neg`` (mean distances) and ``contrastive_acc``
+    ``fit`` reports ``loss``, ``r_pos``, ``r_neg`` (mean distances), ``contrastive_acc``
     (fraction of anchors whose positive is strictly nearer than every negative; two
-    identical embeddings tie and do not count), plus ``probe_loss``/``probe_acc`` with a
-    probe.
+    identical embeddings tie and do not count) and ``pos_cos`` (mean cosine of the two
+    views' embeddings, as every method reports it), plus ``probe_loss``/``probe_acc`` with
+    a probe.
 
     Batches are dicts: ``view1``, ``view2`` [B, ...]; ``negatives`` (optional) [B, H, ...]
     explicit negatives, without which the other 2B-2 views of the (global) batch are the
@@ -78,7 +79,8 @@ class ContrastiveMethod(SSLMethod):
       >>> model.fit(dataset_of_view_dicts, epochs=1)
     """
 
-    metric_names = ("loss", "r_pos", "r_neg", "contrastive_acc")
+    metric_names = ("loss", "r_pos", "r_neg", "contrastive_acc", "pos_cos")
+    uses_negatives = True
 
     def __init__(self, encoder, head=None, loss="ntxent", temperature=0.5, margin=0.0,
                  beta=0.0, normalize=True, norm_eps=1e-4, gather_fn=None, probe=None,
@@ -161,5 +163,6 @@ class ContrastiveMethod(SSLMethod):
         per_anchor = self._get_loss_fn(outputs["z1"].shape[-1])(r_pos, r_neg)
         logs = {"r_pos": tf.reduce_mean(r_pos), "r_neg": tf.reduce_mean(r_neg),
                 "contrastive_acc": tf.reduce_mean(tf.cast(
-                    r_pos < tf.reduce_min(r_neg, axis=1), tf.float32))}
+                    r_pos < tf.reduce_min(r_neg, axis=1), tf.float32)),
+                "pos_cos": losses.mean_cosine(outputs["z1"], outputs["z2"])}
         return per_anchor, logs

@@ -81,3 +81,80 @@ class ContrastiveOptions(Section):
                               f"{self.temperature} (e^{x:.1f} > 65504); use "
                               f"--mixed_precision=bfloat16 or --temperature >= "
                               f"{math.ceil(need * 1000) / 1000}")
+
+
+# -- the non-contrastive dual networks (BYOL, SimSiam; DirectPred as a predictor) ----------
+
+# --byol_predictor / --simsiam_predictor: a trained MLP, none (the online projection is
+# compared with the target directly), or DirectPred's linear predictor set in closed form.
+PREDICTORS = ("mlp", "none", "directpred")
+
+
+@dataclasses.dataclass
+class _PredictorOptions(Section):
+    """Fields shared by BYOL and SimSiam (each method has its own prefixed copy).
+
+    The predictor's output size is the projection's (``--proj_dim`` for images, the
+    representation without a head), the only size whose cosine to the target exists.
+
+    Within a method, the options of a switch that is off are ignored, not refused (the
+    mlp predictor's width with ``--*_predictor=none``, the momentum with ``--nobyol_ema``):
+    a switch can then be flipped on top of a flagfile, as the collapse study does.
+    """
+    predictor: str = option("mlp", "Predictor on the online projection: mlp (trained "
+                            "Linear-BN-ReLU-Linear) | none | directpred (linear, not trained: "
+                            "set from the eigen-decomposition of the moving-average "
+                            "correlation F of the online projections; Tian et al. 2021).")
+    pred_hidden_dim: int = option(512, "Hidden width of the mlp predictor (>= 1; mlp only).")
+    pred_bn: bool = option(True, "BatchNorm in the mlp predictor's hidden layer (mlp only; "
+                           "off: the BN-free predictor of the collapse study).")
+    directpred_rate: float = option(0.3, "DirectPred: F <- rate * F + (1 - rate) * "
+                                    "E[z z^T] every step (rho, in [0, 1)).")
+    directpred_every: int = option(1, "DirectPred: set the predictor from F every k steps "
+                                   "(>= 1).")
+    directpred_eps: float = option(0.01, "DirectPred: s_j = sqrt(p_j) / max sqrt(p) + eps "
+                                   "(>= 0).")
+
+    def validate(self, cfg):
+        p = self.prefix
+        choice(self.predictor, PREDICTORS, p + "predictor")
+        require(self.pred_hidden_dim >= 1, p + "pred_hidden_dim",
+                f"must be >= 1 (the predictor's hidden width), got {self.pred_hidden_dim}")
+        require(0 <= self.directpred_rate < 1, p + "directpred_rate",
+                f"must be in [0, 1), got {self.directpred_rate}")
+        require(self.directpred_every >= 1, p + "directpred_every",
+                f"must be >= 1 (steps), got {self.directpred_every}")
+        require(self.directpred_eps >= 0, p + "directpred_eps",
+                f"must be >= 0, got {self.directpred_eps}")
+
+
+@dataclasses.dataclass
+class BYOLOptions(_PredictorOptions):
+    """BYOL (Grill et al. 2020): a predictor and a moving-average target
+    (:class:`dualssl_tf.methods.byol.BYOLMethod`)."""
+    prefix = "byol_"
+    pred_hidden_dim: int = option(4096, "Hidden width of the mlp predictor (>= 1; mlp "
+                                  "only; BYOL: 4096).")
+    base_momentum: float = option(0.996, "Target momentum tau at the first step, in [0, 1] "
+                                  "(BYOL: 0.996); it rises to --byol_final_momentum by a "
+                                  "cosine over the run (with --byol_ema only).")
+    final_momentum: float = option(1.0, "Target momentum at the last step, in [0, 1] "
+                                   "(BYOL: 1).")
+    ema: bool = option(True, "Moving-average target; --nobyol_ema: the target is the online "
+                       "network under stop-gradient (SimSiam's target with BYOL's loss).")
+
+    def validate(self, cfg):
+        super().validate(cfg)
+        for flag, value in (("byol_base_momentum", self.base_momentum),
+                            ("byol_final_momentum", self.final_momentum)):
+            require(0.0 <= value <= 1.0, flag, f"must be in [0, 1], got {value}")
+
+
+@dataclasses.dataclass
+class SimSiamOptions(_PredictorOptions):
+    """SimSiam (Chen & He 2021): a predictor and a stop-gradient target, no moving average
+    (:class:`dualssl_tf.methods.byol.SimSiamMethod`)."""
+    prefix = "simsiam_"
+    stop_gradient: bool = option(True, "Stop-gradient on the target branch; "
+                                 "--nosimsiam_stop_gradient: the collapsing variant of the "
+                                 "SimSiam paper.")

@@ -4,7 +4,7 @@ import keras
 
 
 def projection_head(input_dim, hidden_dim=512, out_dim=128, num_layers=2, sync_bn=False,
-                    name="projection_head"):
+                    name="projection_head", batch_norm=True):
     """SimCLR projection MLP ``[B, input_dim] -> [B, out_dim]``.
 
     ``num_layers - 1`` blocks of Dense(hidden_dim)-BN-ReLU, then Dense(out_dim); the
@@ -19,6 +19,7 @@ def projection_head(input_dim, hidden_dim=512, out_dim=128, num_layers=2, sync_b
       num_layers: number of Dense layers; 0 means no head (returns None = identity).
       sync_bn: cross-replica BatchNorm.
       name: model name.
+      batch_norm: False drops the BatchNorm: blocks of Dense(hidden_dim, bias)-ReLU.
     Returns:
       keras.Model (functional) or None when ``num_layers == 0``.
 
@@ -34,9 +35,10 @@ def projection_head(input_dim, hidden_dim=512, out_dim=128, num_layers=2, sync_b
     inputs = keras.Input([input_dim], name="representation")
     x = inputs
     for i in range(num_layers - 1):
-        x = keras.layers.Dense(hidden_dim, use_bias=False, name=f"dense{i + 1}")(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
-                                            synchronized=sync_bn, name=f"bn{i + 1}")(x)
+        x = keras.layers.Dense(hidden_dim, use_bias=not batch_norm, name=f"dense{i + 1}")(x)
+        if batch_norm:
+            x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                                synchronized=sync_bn, name=f"bn{i + 1}")(x)
         x = keras.layers.ReLU(name=f"relu{i + 1}")(x)
     x = keras.layers.Dense(out_dim, name=f"dense{num_layers}")(x)
     return keras.Model(inputs, x, name=name)

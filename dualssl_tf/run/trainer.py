@@ -59,7 +59,8 @@ def run(cfg):
     print(end_of_run_line(final, rundir.saved_model), flush=True)
     export.export_encoder(task.encoder, task.head, rundir.saved_model, task.input_shape,
                           model_card=export.run_model_card(cfg.flags(), task.metadata, final),
-                          intermediate_layers=export.default_intermediates(task.encoder))
+                          intermediate_layers=model.export_outputs(
+                              export.default_intermediates(task.encoder)))
     rundir.mark_finished(max(cfg.optim.epochs, found["epoch"] if found else 0))
     summary = task.summarize(initial, final) if task.summarize and initial else ""
     return {"initial": initial, "final": final, "summary": summary, "finished": False}
@@ -145,8 +146,12 @@ def check_not_empty(cfg, task):
 
 
 def select_negatives(cfg, task, dataset):
-    """Applies ``--negatives``: keep explicit negatives, or drop them for in-batch ones."""
+    """Applies ``--negatives``: keep explicit negatives, or drop them for in-batch ones.
+    A method that reads no negatives (BYOL, SimSiam) gets batches without them."""
     has_explicit = "negatives" in dataset.element_spec
+    if not methods.spec(cfg.method.method).model_class().uses_negatives:
+        return (dataset.map(lambda b: {k: v for k, v in b.items() if k != "negatives"})
+                if has_explicit else dataset)
     mode = cfg.contrastive.negatives
     if mode == "auto":
         mode = "explicit" if has_explicit else "batch"

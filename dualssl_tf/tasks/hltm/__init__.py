@@ -43,9 +43,11 @@ class HLTMOptions(Section):
                 f"{self.samples_per_epoch}")
         require(self.eval_samples >= 2, "hltm_eval_samples",
                 f"must be >= 2, got {self.eval_samples}")
-        require(cfg.contrastive.negatives != "batch" or cfg.contrastive.loss != "nce_batch",
-                "negatives", "nce_batch is the official code's explicit-negative form; use "
-                "--negatives=explicit")
+        if cfg.method.method == "contrastive":  # the contrastive method's options only
+            require(cfg.contrastive.negatives != "batch"
+                    or cfg.contrastive.loss != "nce_batch", "negatives",
+                    "nce_batch is the official code's explicit-negative form; use "
+                    "--negatives=explicit")
 
 
 def _validate(cfg):

@@ -9,9 +9,11 @@ from dualssl_tf import correlation
 from dualssl_tf.data.hltm import HLTM
 from dualssl_tf.models.tree_net import TreeNet
 from dualssl_tf.run import distribute
-from dualssl_tf.run.callbacks import EpochMetric
+from dualssl_tf.run.callbacks import EmbeddingSpread, EpochMetric
 from dualssl_tf.tasks.base import Task
 
+# Held-out samples of the collapse monitor (embed_std, effective_rank).
+SPREAD_SAMPLES = 256
 # Seed stream for the held-out correlation sample; distinct from every training batch seed.
 EVAL_SEED_OFFSET = 1_000_003
 # Seeds of the evaluation samples (label = root latent): distinct from every training batch
@@ -38,7 +40,8 @@ def build(cfg, start_step=0):
         steps_per_epoch=steps,
         encoder=net,
         input_shape=(tree.num_leaves,),
-        callbacks=[HLTMCorrelation(net, x_eval, latents)],
+        callbacks=[HLTMCorrelation(net, x_eval, latents),
+                   EmbeddingSpread(net, None, x_eval[:SPREAD_SAMPLES])],
         metadata={"hltm": tree.to_dict()},
         summarize=functools.partial(correlation_table, num_children=cfg.hltm.children))
 

@@ -67,6 +67,9 @@ class ImageOptions(Section):
     proj_hidden_dim: int = option(512, "Projection head hidden width.")
     proj_layers: int = option(2, "Projection head Dense layers (0 = no head; 2 = "
                               "Linear-BN-ReLU-Linear).")
+    proj_bn: bool = option(True, "BatchNorm in the projection head's hidden layers "
+                           "(--noproj_bn: Linear-ReLU-Linear, for the BYOL/SimSiam BatchNorm "
+                           "study).")
     color_jitter_strength: float = option(1.0, "SimCLR colour jitter strength s (1.0 stl10, "
                                           "0.5 cifar; 0 off).")
     blur: bool = option(False, "SimCLR Gaussian blur with p 0.5 (used for stl10).")
@@ -103,8 +106,9 @@ class ImageOptions(Section):
                 f"must be >= 0, got {self.color_jitter_strength}")
         require(self.shuffle_buffer >= 1, "shuffle_buffer",
                 f"must be >= 1, got {self.shuffle_buffer}")
-        require(cfg.contrastive.negatives != "explicit", "negatives",
-                "image data sets use in-batch negatives; use --negatives=batch or auto")
+        if cfg.method.method == "contrastive":  # the contrastive method's options only
+            require(cfg.contrastive.negatives != "explicit", "negatives",
+                    "image data sets use in-batch negatives; use --negatives=batch or auto")
 
 
 @dataclasses.dataclass

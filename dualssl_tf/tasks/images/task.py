@@ -91,7 +91,7 @@ def build(cfg, start_step=0):
                             width_multiplier=o.width_multiplier, sync_bn=sync_bn)
     rep_dim = encoder.output_shape[-1]
     head = heads.projection_head(rep_dim, o.proj_hidden_dim, o.proj_dim, o.proj_layers,
-                                 sync_bn)
+                                 sync_bn, batch_norm=o.proj_bn)
     num_classes = probe_train.num_classes
     probe = None
     if cfg.method.probe and num_classes > 0 and pretrain.num_classes > 0:
@@ -146,7 +146,8 @@ def _data(source, cfg, size, start_step, batch_size, input_context=None):
 def summarize(initial, final):
     """One line per health metric and the probe accuracy: at initialisation and final."""
     rows = []
-    for key in ("embed_std", "contrastive_acc", "probe_acc", "probe_test_acc"):
+    for key in ("embed_std", "effective_rank", "contrastive_acc", "pos_cos", "probe_acc",
+                "probe_test_acc"):
         if key in final:
             start = initial.get(key)
             start = f"{start:.3f} -> " if isinstance(start, (int, float)) else ""

@@ -30,8 +30,9 @@ class Translation1DOptions(Section):
         require(1 <= self.kernel <= self.length, "translation1d_kernel",
                 f"must be in [1, --translation1d_length={self.length}], got {self.kernel}")
         choice(self.pooling, ("max", "avg"), "translation1d_pooling")
-        require(cfg.contrastive.negatives != "explicit", "negatives",
-                "translation1d has no explicit negatives; use --negatives=auto or batch")
+        if cfg.method.method == "contrastive":  # the contrastive method's options only
+            require(cfg.contrastive.negatives != "explicit", "negatives",
+                    "translation1d has no explicit negatives; use --negatives=auto or batch")
 
 
 def _validate(cfg):

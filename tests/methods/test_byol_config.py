@@ -1,0 +1,108 @@
+"""The non-contrastive methods' options: flagfiles parse and validate, each method's
+options only with that method (an option is "given" when it differs from its default),
+and the contrastive-only task checks apply only to --method=contrastive. TensorFlow-free."""
+
+import importlib.util
+import os
+
+import pytest
+from absl import flags
+
+from dualssl_tf import config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location(
+        "train_tool_byol_cfg", os.path.join(ROOT, "tools", "train.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.define_flags()
+    return module
+
+
+def _load(tool, tmp_path, *argv):
+    flags.FLAGS.unparse_flags()
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        flags.FLAGS(["train.py", *argv, f"--model_dir={tmp_path / 'run'}"])
+    finally:
+        os.chdir(cwd)
+    cfg = tool.config_from_flags()
+    flags.FLAGS.unparse_flags()
+    return cfg
+
+
+def test_published_configs(tool, tmp_path):
+    c = config.validate(_load(tool, tmp_path, "--flagfile=configs/byol_cifar10.cfg"))
+    assert (c.method.method, c.images.proj_hidden_dim, c.images.proj_dim) == ("byol", 4096, 256)
+    assert (c.byol.pred_hidden_dim, c.byol.base_momentum, c.byol.final_momentum) == (
+        4096, 0.99, 1.0)
+    assert (c.optim.optimizer, c.optim.learning_rate, c.optim.batch_size,
+            c.optim.weight_decay, c.optim.epochs) == ("lars", 1.0, 256, 1e-5, 1000)
+    s = config.validate(_load(tool, tmp_path, "--flagfile=configs/byol_stl10.cfg"))
+    assert (s.data.dataset, s.byol.base_momentum, s.byol.final_momentum) == (
+        "stl10", 0.996, 0.996)
+    assert (s.optim.optimizer, s.optim.learning_rate, s.optim.weight_decay) == (
+        "sgd", 0.03, 4e-4)
+    m = config.validate(_load(tool, tmp_path, "--flagfile=configs/simsiam_cifar10.cfg"))
+    assert (m.method.method, m.images.proj_dim, m.simsiam.pred_hidden_dim) == (
+        "simsiam", 2048, 512)
+    assert (m.optim.optimizer, m.optim.learning_rate, m.optim.momentum) == ("sgd", 0.5, 0.9)
+    for name in ("byol", "simsiam"):
+        g = config.validate(_load(tool, tmp_path,
+                                  f"--flagfile=configs/generated_images_{name}.cfg"))
+        ref = config.validate(_load(tool, tmp_path, "--flagfile=configs/generated_images.cfg"))
+        assert g.method.method == name and g.data.dataset == "generated_images"
+        # The same run as the contrastive CPU config, but the method.
+        for attr in ("images", "generated", "optim"):
+            assert getattr(g, attr) == getattr(ref, attr), attr
+
+
+def test_the_hltm_config_takes_method_byol(tool, tmp_path):
+    cfg = config.validate(_load(tool, tmp_path, "--flagfile=configs/hltm.cfg",
+                                "--method=byol"))
+    assert cfg.method.method == "byol" and cfg.byol.ema
+
+
+def test_contrastive_options_are_refused_with_another_method(tool, tmp_path):
+    # configs/generated_images.cfg sets --loss=ntxent: a contrastive run's flagfile.
+    cfg = _load(tool, tmp_path, "--flagfile=configs/generated_images.cfg", "--method=byol")
+    with pytest.raises(config.ConfigError) as e:
+        config.validate(cfg)
+    assert e.value.flag == "loss"
+    assert str(e.value).startswith("--loss: is an option of --method=contrastive, not of "
+                                   "--method=byol; got --loss=ntxent, allowed: its default nce")
+    # A flag given at its default value is the same config as no flag: accepted.
+    config.validate(config.TrainConfig(method="byol", loss="nce", model_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("kw", [dict(dataset="generated_images"),
+                                dict(dataset="translation1d"), dict(dataset="hltm")])
+@pytest.mark.parametrize("method", ["byol", "simsiam"])
+def test_contrastive_task_checks_only_for_contrastive(tmp_path, kw, method):
+    # --negatives=explicit is refused for images and the toy, nce_batch+batch for hltm:
+    # with another method the flag itself is the error (it belongs to contrastive).
+    bad = {"generated_images": dict(negatives="explicit"),
+           "translation1d": dict(negatives="explicit"),
+           "hltm": dict(negatives="batch", loss="nce_batch")}[kw["dataset"]]
+    with pytest.raises(config.ConfigError) as e:
+        config.validate(config.TrainConfig(model_dir=str(tmp_path), **kw, **bad))
+    assert e.value.flag == "negatives" and "is an option" not in str(e.value)
+    with pytest.raises(config.ConfigError) as e:
+        config.validate(config.TrainConfig(model_dir=str(tmp_path), method=method, **kw,
+                                           **bad))
+    assert "is an option of --method=contrastive" in str(e.value)
+    config.validate(config.TrainConfig(model_dir=str(tmp_path), method=method, **kw))
+
+
+def test_resume_refuses_another_method(tmp_path):
+    cfg = config.TrainConfig(method="byol", model_dir=str(tmp_path))
+    (tmp_path / "flags.txt").write_text(config.to_flagfile(cfg))
+    with pytest.raises(config.ConfigError, match="--method: .* made with --method=byol"):
+        config.validate(cfg.replace(method="simsiam"))
+    with pytest.raises(config.ConfigError, match="--byol_base_momentum"):
+        config.validate(cfg.replace(byol_base_momentum=0.99))

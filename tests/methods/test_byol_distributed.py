@@ -1,0 +1,45 @@
+"""Scale-out of BYOL and SimSiam: one update under MirroredStrategy on 2 and 4 logical CPU
+devices (SyncBN on) equals the single-device update on the global batch, target network,
+predictor and DirectPred's F included (tests/distribute_worker.py, one process per replica
+count: splitting the CPU must happen before TensorFlow starts)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(HERE)
+WORKER = os.path.join(HERE, "distribute_worker.py")
+TOL = 1e-6
+MOVED = 1e-3
+CASES = ("byol", "byol_directpred", "simsiam")
+
+
+def _run(tmp_path, replicas):
+    out = tmp_path / f"siamese{replicas}.json"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, DIST_TEST_EAGER="1")
+    proc = subprocess.run([sys.executable, WORKER, "siamese", str(replicas), str(out)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def _check(result, replicas):
+    assert result["replicas"] == replicas
+    assert set(result["cases"]) == set(CASES)
+    for name, got in result["cases"].items():
+        assert got["moved"] > MOVED, (name, got)
+        assert got["diff"] < TOL, (name, got)
+
+
+def test_two_replicas_equal_one_device(tmp_path):
+    _check(_run(tmp_path, 2), 2)
+
+
+@pytest.mark.slow
+def test_four_replicas_equal_one_device(tmp_path):
+    _check(_run(tmp_path, 4), 4)
