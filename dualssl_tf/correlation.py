@@ -34,6 +34,14 @@ def best_correlation(z, acts):
     return tf.reduce_max(tf.abs(pearson_per_unit(z, acts)), axis=1)
 
 
+def best_correlation_groups_by_depth(pre_activations, x, latents, batch_size=65536):
+    """Like :func:`best_correlation_by_depth`, per latent: {depth: [groups] tensor}."""
+    n = int(x.shape[0])
+    chunks = [pre_activations(x[i:i + batch_size]) for i in range(0, n, batch_size)]
+    return {d: best_correlation(latents[d], tf.concat([c[d - 1] for c in chunks], axis=0))
+            for d in range(1, len(chunks[0]) + 1)}
+
+
 def best_correlation_by_depth(pre_activations, x, latents, batch_size=65536):
     """Mean best correlation per latent depth of a tree network.
 
@@ -45,10 +53,5 @@ def best_correlation_by_depth(pre_activations, x, latents, batch_size=65536):
     Returns:
       dict {depth (int, 1 = lowest latents): float}.
     """
-    n = int(x.shape[0])
-    chunks = [pre_activations(x[i:i + batch_size]) for i in range(0, n, batch_size)]
-    out = {}
-    for d in range(1, len(chunks[0]) + 1):
-        acts = tf.concat([c[d - 1] for c in chunks], axis=0)
-        out[d] = float(tf.reduce_mean(best_correlation(latents[d], acts)))
-    return out
+    groups = best_correlation_groups_by_depth(pre_activations, x, latents, batch_size)
+    return {d: float(tf.reduce_mean(v)) for d, v in groups.items()}

@@ -40,6 +40,30 @@ def emergence_curves(epochs, series, path, title="Emergence of latent selectivit
     return _save(fig, path)
 
 
+def emergence_band(epochs, per_seed, path, title="Emergence of latent selectivity",
+                   ylabel="mean best |corr(unit, latent)|", label_fmt="depth {}"):
+    """Per-depth mean over seeds vs epoch with a mean +- sd band.
+
+    per_seed: dict key -> [T, S] values (S seeds) aligned with epochs [T].
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    keys = list(per_seed)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(keys), 1)))
+    for color, key in zip(colors, keys):
+        v = np.asarray(per_seed[key], float)
+        mean, sd = v.mean(axis=1), v.std(axis=1, ddof=1) if v.shape[1] > 1 else 0 * v[:, 0]
+        ax.plot(epochs, mean, marker="o", ms=3, color=color,
+                label=label_fmt.format(key) + f" ({v.shape[1]} seeds)")
+        ax.fill_between(epochs, mean - sd, mean + sd, color=color, alpha=0.2, lw=0)
+    ax.set_xlabel("epoch (0 = initialisation)")
+    ax.set_ylabel(ylabel + " (mean +- sd over seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    _integer_x(ax)
+    return _save(fig, path)
+
+
 def lucky_node_scatter(init_by_depth, final_by_depth, path, stats=None,
                        title="Lucky nodes: selectivity at init vs after training"):
     """Scatter of every unit's |corr| at init (x) vs after training (y), one colour per depth.

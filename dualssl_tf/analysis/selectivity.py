@@ -21,16 +21,19 @@ from dualssl_tf.data.hltm import HLTM
 from dualssl_tf.models.tree_net import TreeNet
 
 
-def unit_correlations(net, x, latents, batch_size=8192):
+def unit_correlations(net, x, latents, batch_size=8192, tree=None):
     """Signed Pearson correlation of every unit with its group's latent.
 
     Args:
       net: :class:`TreeNet`; x: [n, c**L] leaves; latents: dict depth -> [n, c**(L-d)].
+      tree: in a multi-seed forest, the index of the tree that x and latents belong to.
     Returns:
       dict depth d (1..L) -> numpy [c**(L-d), hid] float64.
     """
     n = int(x.shape[0])
-    chunks = [net.pre_activations(x[i:i + batch_size]) for i in range(0, n, batch_size)]
+    chunks = [net.pre_activations(x[i:i + batch_size], **({} if tree is None else
+                                                          {"tree": tree}))
+              for i in range(0, n, batch_size)]
     out = {}
     for d in range(1, net.depth + 1):
         acts = np.concatenate([np.asarray(c[d - 1]) for c in chunks], axis=0)

@@ -148,7 +148,7 @@ class ContrastiveMethod(SSLMethod):
                           return_representation=True)
         out = {"z1": z[:b], "z2": z[b:2 * b], "h1": h[:b]}
         if negs is not None:
-            out["zn"] = tf.reshape(z[2 * b:], [b, neg_shape[1], -1])
+            out["zn"] = tf.reshape(z[2 * b:], [b, neg_shape[1], *z.shape[1:]])
         return out
 
     def distances(self, outputs):
@@ -159,6 +159,20 @@ class ContrastiveMethod(SSLMethod):
         return losses.in_batch_distances(outputs["z1"], outputs["z2"], z1_all, z2_all, offset)
 
     def per_example_loss(self, batch, outputs):
+        """Per-anchor loss [A] and logs. An encoder with an experiment axis (embeddings
+        [B, S, D]: S independent experiments side by side, e.g. HLTM seeds) gets each
+        experiment's own loss (batch means of ``nce_batch`` included), summed over S, so
+        the gradient of experiment s's weights is that of its loss alone; logs are means
+        over S."""
+        if outputs["z1"].shape.rank == 3:
+            parts = [self._one_loss({k: (v[:, :, s] if k == "zn" else v[:, s])
+                                     for k, v in outputs.items() if k != "h1"})
+                     for s in range(outputs["z1"].shape[1])]
+            logs = {k: tf.add_n([p[1][k] for p in parts]) / len(parts) for k in parts[0][1]}
+            return tf.add_n([p[0] for p in parts]), logs
+        return self._one_loss(outputs)
+
+    def _one_loss(self, outputs):
         r_pos, r_neg = self.distances(outputs)
         per_anchor = self._get_loss_fn(outputs["z1"].shape[-1])(r_pos, r_neg)
         logs = {"r_pos": tf.reduce_mean(r_pos), "r_neg": tf.reduce_mean(r_neg),

@@ -483,7 +483,7 @@ class RunDir:
         truncate_events(self.log_dir, (found["epoch"] if found else 0) - 1)
         return [MetricsLogger(self.metrics_path),
                 self.checkpoints.callback(checkpoint_every, epochs),
-                keras.callbacks.TensorBoard(log_dir=self.log_dir, write_graph=not found)]
+                ScalarTensorBoard(log_dir=self.log_dir, write_graph=not found)]
 
     def last_metrics(self):
         """The last metrics.jsonl record, flattened back to ``name/key`` form."""
@@ -518,3 +518,12 @@ def restore_initial(variables, model_dir):
         return False
     tf.train.Checkpoint(variables=list(variables)).read(prefix).assert_consumed()
     return True
+
+
+class ScalarTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback writing the scalar epoch logs only: array logs (e.g. the
+    per-seed ``best_corr_seeds/<d>`` of a multi-seed HLTM run) go to metrics.jsonl."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, {k: v for k, v in (logs or {}).items()
+                                     if np.ndim(v) == 0})

@@ -23,6 +23,10 @@ class HLTMOptions(Section):
     delta_upper: float = option(1.0, "Upper bound of |polarity| in [0, 1].")
     samples_per_epoch: int = option(64000, "Fresh HLTM samples per training epoch.")
     eval_samples: int = option(64000, "Held-out HLTM samples for the correlation metric.")
+    seeds: int = option(1, "Independent HLTM experiments S trained at once as one model "
+                        "(a seed axis in the network and the data, one loss per seed, "
+                        "summed): seed i = 0..S-1 is the single-seed run with --seed=<seed>+i "
+                        "(its own tree, initial weights and data stream).")
 
     def validate(self, cfg):
         require(self.depth >= 1, "hltm_depth", f"must be >= 1, got {self.depth}")
@@ -43,6 +47,17 @@ class HLTMOptions(Section):
                 f"{self.samples_per_epoch}")
         require(self.eval_samples >= 2, "hltm_eval_samples",
                 f"must be >= 2, got {self.eval_samples}")
+        require(self.seeds >= 1, "hltm_seeds", f"must be >= 1, got {self.seeds}")
+        if self.seeds > 1:
+            require(cfg.optim.optimizer != "lars", "hltm_seeds",
+                    "LARS's layer-wise trust ratio would couple the seeds (one norm over "
+                    "every seed's weights); use --optimizer=sgd, adam or adamw")
+            require(not cfg.analysis.every, "hltm_seeds",
+                    "--analysis_every monitors one tree network; use --hltm_seeds=1")
+            # A predictor/projector MLP would be one network shared by every seed.
+            require(cfg.method.method == "contrastive", "hltm_seeds",
+                    f"several seeds train --method=contrastive only (got "
+                    f"--method={cfg.method.method}); use --hltm_seeds=1")
         if cfg.method.method == "contrastive":  # the contrastive method's options only
             require(cfg.contrastive.negatives != "batch"
                     or cfg.contrastive.loss != "nce_batch", "negatives",

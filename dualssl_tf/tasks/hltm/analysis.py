@@ -22,10 +22,17 @@ def monitor(cfg, task, num_aug):
     return layers, sampling.hltm_sampler(tree, cfg.analysis.points, num_aug)
 
 
+def trees(metadata):
+    """The run's trees: one per seed (``hltm_trees`` of a multi-seed run, else ``hltm``)."""
+    return [HLTM.from_dict(t) for t in metadata.get("hltm_trees", [metadata["hltm"]])]
+
+
 def sampler(run, points, augmentations, seed):
-    """``() -> x_aug [M, A, c**L]`` for the whole-run analysis."""
-    tree = HLTM.from_dict(run.init.metadata["hltm"])
-    return lambda: sampling.hltm_augmented(tree, points, augmentations, seed)[0]
+    """``() -> x_aug [M, A, S * c**L]`` for the whole-run analysis (each seed's tree feeds
+    its own tree network of a multi-seed forest)."""
+    ts = trees(run.init.metadata)
+    return lambda: np.concatenate([np.asarray(sampling.hltm_augmented(
+        t, points, augmentations, seed)[0]) for t in ts], axis=-1)
 
 
 def emergence_series(series):
@@ -33,16 +40,25 @@ def emergence_series(series):
 
 
 def lucky_nodes(run):
-    """Unit correlations before/after training on the run's own held-out sample.
+    """Unit correlations before/after training on the run's own held-out sample(s).
 
+    A multi-seed run is pooled over seeds: each seed's network on its own sample, groups
+    stacked seed after seed.
     Returns dict with ``init_corr`` / ``final_corr`` (depth -> [groups, hid] lists),
     ``persistence`` (:func:`selectivity.lucky_node_persistence`) and ``init_reproduced``
     (max |best_corr recomputed at init - metrics.jsonl epoch 0|, ~0 when the initial
     weights read back are the run's).
     """
-    monitor_cb = next(cb for cb in run.init.callbacks if hasattr(cb, "latents"))
-    init = selectivity.unit_correlations(run.init.encoder, monitor_cb.x, monitor_cb.latents)
-    final = selectivity.unit_correlations(run.final.encoder, monitor_cb.x, monitor_cb.latents)
+    cb = next(cb for cb in run.init.callbacks if hasattr(cb, "latents"))
+    if len(cb.xs) == 1:
+        init = selectivity.unit_correlations(run.init.encoder, cb.x, cb.latents)
+        final = selectivity.unit_correlations(run.final.encoder, cb.x, cb.latents)
+    else:
+        def pooled(net):
+            per = [selectivity.unit_correlations(net, x, lat, tree=s)
+                   for s, (x, lat) in enumerate(zip(cb.xs, cb.latent_list))]
+            return {d: np.concatenate([p[d] for p in per]) for d in per[0]}
+        init, final = pooled(run.init.encoder), pooled(run.final.encoder)
     logged = run.metrics[0].get("best_corr", {})
     diffs = [abs(np.abs(init[d]).max(1).mean() - logged[str(d)]) for d in init
              if str(d) in logged]
@@ -56,6 +72,11 @@ def study(run, lucky_hids=(), progress=print):
     """The task's part of analysis.json: lucky nodes (and their dependence on hid)."""
     progress("lucky nodes: unit correlations at init and after training")
     out = {"lucky_nodes": lucky_nodes(run)}
+    if "best_corr_seeds" in run.metrics[0]:  # several seeds: the per-seed curves
+        out["emergence_seeds"] = {
+            "epochs": [m["epoch"] for m in run.metrics],
+            "series": {d: [m["best_corr_seeds"][d] for m in run.metrics]
+                       for d in run.metrics[0]["best_corr_seeds"]}}
     if lucky_hids:
         progress(f"lucky nodes at init vs hid {list(lucky_hids)}")
         o = run.cfg.hltm
@@ -69,12 +90,19 @@ def study(run, lucky_hids=(), progress=print):
 def figures(result, out_dir):
     """Emergence and lucky-node figures. Returns {name: path}."""
     em, lucky = result["emergence"], result["lucky_nodes"]
-    paths = {"emergence": plots.emergence_curves(em["epochs"], em["series"],
-                                                 os.path.join(out_dir, "emergence.png"))}
+    path = os.path.join(out_dir, "emergence.png")
+    if "emergence_seeds" in result:  # mean +- sd band over seeds
+        es = result["emergence_seeds"]
+        paths = {"emergence": plots.emergence_band(es["epochs"], es["series"], path)}
+    else:
+        paths = {"emergence": plots.emergence_curves(em["epochs"], em["series"], path)}
+    title = "Lucky nodes: selectivity at init vs after training" + (
+        f" ({len(next(iter(result['emergence_seeds']['series'].values()))[0])} seeds "
+        "pooled)" if "emergence_seeds" in result else "")
     paths["lucky_nodes"] = plots.lucky_node_scatter(
         {int(d): v for d, v in lucky["init_corr"].items()},
         {int(d): v for d, v in lucky["final_corr"].items()},
-        os.path.join(out_dir, "lucky_nodes.png"),
+        os.path.join(out_dir, "lucky_nodes.png"), title=title,
         stats={int(d): v for d, v in lucky["persistence"].items()})
     if "init_selectivity_by_hid" in result:
         by_hid = {int(h): {"by_depth": {int(d): s for d, s in v.items()}}

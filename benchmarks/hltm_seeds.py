@@ -1,0 +1,81 @@
+"""Multi-seed HLTM runs for the README table, the --hltm_seeds benchmark and the bias fix.
+
+    python benchmarks/hltm_seeds.py --model_dir=runs/s20 --seeds=20 [--delta_lower=0.8]
+        [--hid=10] [--loss=nce] [--epochs=50] [--tied_bias] [--eval_every=1]
+
+Trains configs/hltm.cfg (with the given changes) through ``trainer.run`` and prints one
+JSON line: wall seconds, and per depth the per-seed best correlations at init and final.
+``--tied_bias`` reproduces the bug fixed in issue 12 (every layer's bias = the first
+``bias.size`` entries of its own kernel, per seed block), for the before/after comparison.
+``--eval_every=K`` evaluates the correlation every K-th epoch only (at init as always): the
+README table needs init and final only (K = epochs); the wall-time benchmark keeps K = 1.
+
+Measured (issue 12, 2 CPU cores shared with other jobs, load 8-14, so only a rough guide):
+3 epochs at (0.8, 10), K = 1, whole ``trainer.run`` wall time: S = 1 67 s, S = 5 125 s;
+S = 20 did not finish in that session (past 5 min, at epoch 1 of 3). A 10-seed 50-epoch
+table row (K = 50) took 1078-1557 s. The 50-epoch S = 1 / 5 / 20 benchmark is still to run.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from dualssl_tf import config  # noqa: E402
+from dualssl_tf.run import trainer  # noqa: E402
+from dualssl_tf.tasks.hltm import task as hltm_task  # noqa: E402
+
+
+def tie_biases(net):
+    for level in net.levels:
+        g, n = level.groups, level.groups * level.units
+        k, b = level.kernel.numpy(), level.bias.numpy().copy()
+        for s in range(level.blocks):
+            b[s * g:(s + 1) * g] = k[s * g:(s + 1) * g].ravel()[:n].reshape(g, level.units)
+        level.bias.assign(b)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model_dir", required=True)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--delta_lower", type=float, default=0.8)
+    p.add_argument("--hid", type=int, default=10)
+    p.add_argument("--loss", default="nce")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--tied_bias", action="store_true")
+    p.add_argument("--eval_every", type=int, default=1)
+    a = p.parse_args()
+    here = os.path.dirname(__file__)
+    cfg = config.from_flag_strings(config.read_flagfile(
+        os.path.join(here, "..", "configs", "hltm.cfg"))).replace(
+        model_dir=a.model_dir, hltm_seeds=a.seeds, hltm_delta_lower=a.delta_lower,
+        hltm_hid=a.hid, loss=a.loss, epochs=a.epochs, verbose=0)
+    build = hltm_task.build
+
+    def patched_build(c, start_step=0):
+        t = build(c, start_step)
+        if a.tied_bias:
+            tie_biases(t.encoder)
+        for cb in t.callbacks:
+            if isinstance(cb, hltm_task.HLTMCorrelation):
+                cb.every = a.eval_every
+        return t
+    hltm_task.build = patched_build
+    t0 = time.time()
+    result = trainer.run(cfg)
+    wall = time.time() - t0
+    print(result["summary"])
+    init, final = result["initial"], result["final"]
+    key = "best_corr_seeds" if a.seeds > 1 else "best_corr"
+    out = {"args": vars(a), "wall_s": wall,
+           "init": {k: v for k, v in init.items() if k.startswith((key, "dead"))},
+           "final": {k: v for k, v in final.items() if k.startswith(key)}}
+    print("RESULT " + json.dumps(out, default=lambda v: v.tolist()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
