@@ -26,8 +26,8 @@ def test_flag_names_and_resumable_set_are_kept():
     assert len(names) == len(set(names))
     assert set(OLD_FLAGS) <= set(names)
     # Added since: --method, --probe_learning_rate; --download (issue 13, resumable);
-    # --proj_bn and the BYOL / SimSiam sections (issue 14).
-    new = {"method", "probe_learning_rate", "download", "proj_bn"}
+    # --proj_bn and the BYOL / SimSiam sections (issue 14); --hltm_seeds (issue 12).
+    new = {"method", "probe_learning_rate", "download", "proj_bn", "hltm_seeds"}
     for prefix in ("byol_", "simsiam_"):   # the non-contrastive methods' sections
         new |= {prefix + n for n in ("predictor", "pred_hidden_dim", "pred_bn",
                                      "directpred_rate", "directpred_every", "directpred_eps")}

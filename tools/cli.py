@@ -134,10 +134,11 @@ def expand_paths(flag_values):
             flag_values[name].value = expanded
 
 
-def run(main, tool):
-    """``app.run(main)`` with one-line flag errors and TF's INFO logging off the console."""
+def run(main, tool, parser=None):
+    """``app.run(main)`` with one-line flag errors and TF's INFO logging off the console;
+    ``parser(argv)`` replaces :func:`parse_flags` (a tool that wraps it)."""
     logging.set_verbosity(logging.WARNING)
-    app.run(main, flags_parser=functools.partial(parse_flags, tool))
+    app.run(main, flags_parser=parser or functools.partial(parse_flags, tool))
 
 
 # -- quiet TensorFlow start-up (issue 13, part 2) -------------------------------------------

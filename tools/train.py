@@ -45,14 +45,48 @@ def fail(message, status=EXIT_BAD_INPUT):
     cli.fail(TOOL, message, status)
 
 
+def command_line_flags(argv):
+    """Names of the flags written on the command line itself (not read from a --flagfile)."""
+    names = set()
+    for arg in argv[1:]:
+        if not arg.startswith("-") or arg.lstrip("-").startswith("flagfile"):
+            continue
+        name = arg.lstrip("-").split("=", 1)[0]
+        if name.startswith("no") and name not in flags.FLAGS and name[2:] in flags.FLAGS:
+            name = name[2:]
+        names.add(name)
+    return names
+
+
+# Flags written on the command line of the last parse_flags (not read from a --flagfile).
+_COMMAND_LINE = set()
+
+
 def parse_flags(argv):
     """Parses argv; any flag error is one line on stderr and exit status 2."""
+    _COMMAND_LINE.clear()
+    _COMMAND_LINE.update(command_line_flags(argv))
     return cli.parse_flags(TOOL, argv)
 
 
 def config_from_flags():
     return config.TrainConfig(**{name: getattr(flags.FLAGS, name)
                                  for name, _, _ in config.flag_fields()})
+
+
+def drop_other_methods_options(cfg, explicit):
+    """Resets the options of other methods that came from a --flagfile, so one config
+    serves every method (``--flagfile=configs/generated_images.cfg --method=byol``); the
+    returned note names them. Ones on the command line stay, and validation refuses them."""
+    from dualssl_tf import methods
+    dropped = {flag: value for flag, value, _ in methods.other_methods_options(cfg)
+               if flag not in explicit}
+    if not dropped:
+        return cfg, ""
+    defaults = {name: field.default for name, _, field in config.flag_fields()}
+    note = (f"note: --method={cfg.method.method} does not use the flagfile's "
+            + ", ".join(f"--{f}={v}" for f, v in dropped.items()) + "; left at their defaults")
+    return cfg.replace(**{f: defaults[f] for f in dropped}), note
 
 
 def _train(cfg):
@@ -71,7 +105,9 @@ def _train(cfg):
 def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
-    cfg = config_from_flags()
+    cfg, note = drop_other_methods_options(config_from_flags(), _COMMAND_LINE)
+    if note:
+        print(note, flush=True)
     with interrupt.SignalCatcher():  # Ctrl-C / SIGTERM: one line, exit 130 / 143
         try:
             result = _train(cfg)
@@ -87,4 +123,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main, TOOL)
+    cli.run(main, TOOL, parser=parse_flags)

@@ -42,15 +42,18 @@ def spec(name):
     return METHODS[name]
 
 
-def unused_option(cfg):
-    """``(flag, value, owner)`` of the first option of a method other than ``--method`` that
-    is not at its default, or None.
+def other_methods_options(cfg):
+    """``[(flag, value, owner)]``: every option of a method other than ``--method`` that is
+    not at its default.
 
     An option is "given" when its value differs from its default: the config is a set of
     values (a flagfile, flags.txt or ``TrainConfig(...)``), which does not say where a value
     came from, so a flag passed with its default value is indistinguishable from an absent
-    one and is accepted.
+    one and is accepted. (tools/train.py knows more: options that came from a --flagfile
+    rather than the command line are reset to their defaults there, with a note, so
+    ``--flagfile=configs/generated_images.cfg --method=byol`` runs.)
     """
+    found = []
     for spec_ in METHODS.values():
         if spec_.name == cfg.method.method:
             continue
@@ -58,8 +61,14 @@ def unused_option(cfg):
         for flag, field in spec_.options.flag_fields():
             value = getattr(section, field.name)
             if value != field.default:
-                return flag, value, spec_.name
-    return None
+                found.append((flag, value, spec_.name))
+    return found
+
+
+def unused_option(cfg):
+    """The first of :func:`other_methods_options`, or None."""
+    found = other_methods_options(cfg)
+    return found[0] if found else None
 
 
 def build(cfg, task, gather_fn=None):

@@ -69,7 +69,8 @@ def test_the_hltm_config_takes_method_byol(tool, tmp_path):
 
 
 def test_contrastive_options_are_refused_with_another_method(tool, tmp_path):
-    # configs/generated_images.cfg sets --loss=ntxent: a contrastive run's flagfile.
+    # configs/generated_images.cfg sets --loss=ntxent and --temperature=0.5: a contrastive
+    # run's flagfile. As a config (Python, flags.txt) that is refused ...
     cfg = _load(tool, tmp_path, "--flagfile=configs/generated_images.cfg", "--method=byol")
     with pytest.raises(config.ConfigError) as e:
         config.validate(cfg)
@@ -78,6 +79,29 @@ def test_contrastive_options_are_refused_with_another_method(tool, tmp_path):
                                    "--method=byol; got --loss=ntxent, allowed: its default nce")
     # A flag given at its default value is the same config as no flag: accepted.
     config.validate(config.TrainConfig(method="byol", loss="nce", model_dir=str(tmp_path)))
+    # ... but train.py resets the options that came from the flagfile, with a note ...
+    argv = ["train.py", "--flagfile=configs/generated_images.cfg", "--method=byol"]
+    fixed, note = tool.drop_other_methods_options(cfg, tool.command_line_flags(argv))
+    assert note == ("note: --method=byol does not use the flagfile's --loss=ntxent, "
+                    "--temperature=0.5; left at their defaults")
+    assert (fixed.contrastive.loss, fixed.contrastive.temperature) == ("nce", 0.1)
+    assert fixed.replace(loss="ntxent", temperature=0.5) == cfg
+    config.validate(fixed)
+    # ... and keeps the ones written on the command line, which validation refuses.
+    bad = _load(tool, tmp_path, "--flagfile=configs/generated_images.cfg", "--method=byol",
+                "--temperature=0.2")
+    kept, note = tool.drop_other_methods_options(
+        bad, tool.command_line_flags([*argv, "--temperature=0.2"]))
+    assert note.endswith("--loss=ntxent; left at their defaults")
+    with pytest.raises(config.ConfigError, match="^--temperature: is an option of "
+                       "--method=contrastive"):
+        config.validate(kept)
+
+
+def test_command_line_flags(tool):
+    assert tool.command_line_flags(
+        ["train.py", "--flagfile=a.cfg", "--method=byol", "--noprobe", "-epochs=3",
+         "--jit_compile", "rest"]) == {"method", "probe", "epochs", "jit_compile"}
 
 
 @pytest.mark.parametrize("kw", [dict(dataset="generated_images"),

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from dualssl_tf import correlation
-from dualssl_tf.data.hltm import HLTM
+from dualssl_tf.data.hltm import HLTM, forest_dataset
 from dualssl_tf.models.tree_net import TreeNet
 from dualssl_tf.run import distribute
 from dualssl_tf.run.callbacks import EmbeddingSpread, EpochMetric
@@ -76,15 +76,9 @@ def _data(trees, num_negatives, seeds, steps, start_step, batch_size, input_cont
     """
     per_pipeline = (1 if input_context is None else
                     input_context.num_replicas_in_sync // input_context.num_input_pipelines)
-    streams = [tree.dataset(batch_size, num_negatives,
-                            distribute.replica_seed(seed, input_context),
-                            steps * per_pipeline, start_step=start_step * per_pipeline)
-               for tree, seed in zip(trees, seeds)]
-    if len(streams) == 1:
-        return streams[0]
-    return tf.data.Dataset.zip(tuple(streams)).map(
-        lambda *bs: {k: tf.concat([b[k] for b in bs], axis=-1) for k in bs[0]},
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return forest_dataset(trees, batch_size, num_negatives,
+                          [distribute.replica_seed(seed, input_context) for seed in seeds],
+                          steps * per_pipeline, start_step=start_step * per_pipeline)
 
 
 def eval_data(cfg, batch_size=256, num_train=10000, num_test=5000, tree=None):
@@ -106,11 +100,11 @@ class HLTMCorrelation(EpochMetric):
 
     Evaluated on a fixed held-out HLTM sample per seed (never trained on), so epochs are
     comparable (docs/theory.md section 7 defines the metric). One seed is evaluated as it
-    always was. Several seeds are evaluated in one batched pass: the S held-out samples are
-    stacked side by side ([n, S * c**L], seed s's leaves in block s, as in training), one
-    compiled forest pass gives every seed's pre-activations and the float64 best-correlation
-    reduction runs over all S * groups columns at once (each column's statistics are its own,
-    so seed s's values equal evaluating it alone, to float tolerance).
+    always was. Several seeds are evaluated together: the S held-out samples are stacked side
+    by side ([n, S * c**L], seed s's leaves in block s, as in training) and streamed through
+    the forest in chunks (:func:`correlation.best_correlation_streamed`: float64 shifted
+    sums over all S * groups columns; each column's statistics are its own, so seed s's
+    values equal evaluating it alone, to float tolerance).
 
     With one seed the logs are ``best_corr/<d>`` only. With S > 1: ``best_corr/<d>`` is the
     mean over seeds, ``best_corr_sd/<d>`` the standard deviation (ddof 1),
@@ -151,7 +145,7 @@ class HLTMCorrelation(EpochMetric):
             groups = correlation.best_correlation_groups_by_depth(
                 self._pre_activations, self.x, self.latents)
             return {d: np.asarray(v)[None] for d, v in groups.items()}
-        groups = correlation.best_correlation_groups_by_depth(
+        groups = correlation.best_correlation_streamed(
             self._pre_activations, self._x_all, self._latents_all)
         return {d: np.asarray(v).reshape(self.num_seeds, -1) for d, v in groups.items()}
 
