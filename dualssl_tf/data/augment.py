@@ -56,8 +56,10 @@ class HostRandom:
 
     The interface the parameter samplers use (:func:`sample_view_params`):
     ``split(seed, num)`` -> ``num`` seeds indexable as ``s[i]``; ``uniform(seed, minval,
-    maxval, shape=())`` -> float32 of ``shape`` (the device path's batched twin returns
-    ``[B, *shape]``).
+    maxval, shape=())`` -> float32 of ``shape`` (the device path's batched twin,
+    ``device_augment.BatchedRandom``, returns ``[B, *shape]``). Samplers only index
+    seeds, split them and draw uniforms, with no branch on a drawn value, so the batched
+    twin can record the draws first and make them all at once.
     """
 
     @staticmethod
@@ -93,7 +95,8 @@ def crop_window(height, width, seed, area_range=(0.08, 1.0), aspect_range=(3 / 4
       (y0, x0, h, w): int32 scalars (one per image of ``rng``'s batch: [B]), the window's
       top-left corner and size.
     """
-    s_area, s_ratio, s_y, s_x = tf.unstack(rng.split(seed, 4))
+    s = rng.split(seed, 4)
+    s_area, s_ratio, s_y, s_x = s[0], s[1], s[2], s[3]
     height = tf.cast(height, tf.int32)
     width = tf.cast(width, tf.int32)
     hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
