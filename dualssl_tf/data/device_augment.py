@@ -29,10 +29,13 @@ Randomness. :func:`sample_params` is :func:`augment.sample_view_params`, the hos
 sampler, run with a :class:`BatchedRandom` instead of ``augment.HOST``: a batched
 re-implementation of the Philox-4x32-10 draws ``tf.random.stateless_uniform`` and
 ``stateless_split`` make on CPU/GPU (``StatelessRandomGetKeyCounter``'s seed scrambling,
-then one Philox block per 4 words), on B seeds at once in uint64 arithmetic. The same seed gives the same numbers as
-the host (bit for bit in eager mode; XLA may fuse ``u * (max - min) + min`` into one FMA,
-1 ulp), and the result does not depend on the device (``tf.random`` ops are not used on the
-device: XLA's own stateless RNG differs from the CPU kernels'). :func:`device_view_pairs`
+then one Philox block per 4 words), on B seeds at once in uint64 arithmetic. The same
+seed gives the same numbers as the host (bit for bit in eager mode; XLA may fuse
+``u * (max - min) + min`` into one FMA, 1 ulp), and the result does not depend on the
+device (``tf.random`` ops are not used on the device: XLA's own stateless RNG differs
+from the CPU kernels'). Integer draws (crop windows, flips, orders) stayed exact under
+XLA in the tests; a float landing within 1 ulp of a rounding boundary could move a crop
+by one pixel there (not seen). :func:`device_view_pairs`
 derives the pair seed of image i from ``(seed, step, replica)`` and i, so a resumed run
 (its step comes from the checkpointed optimizer) draws the same views and replicas draw
 different ones.
