@@ -15,3 +15,14 @@ def _seeded():
 
     keras.utils.set_random_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _augment_on_auto_is_host(request, monkeypatch):
+    """``--augment_on=auto`` resolves by the machine (device views when a GPU is visible);
+    the suite's expectations (batches of views from the task's data) are the CPU ones, so
+    auto resolves to host here unless a test is marked ``gpu``."""
+    if request.node.get_closest_marker("gpu") is None:
+        from dualssl_tf.tasks.images import task as image_task
+
+        monkeypatch.setattr(image_task, "accelerator_visible", lambda cfg: False)

@@ -17,7 +17,16 @@ A SimCLR view (:func:`simclr_view`) is, in order:
 5. optionally (STL-10) Gaussian blur with p 0.5: kernel 10% of the side, sigma U(0.1, 2).
 
 Brightness is multiplicative (as torchvision and SimCLR v2); contrast, saturation and hue
-use ``tf.image.stateless_random_*``. Values are clipped to [0, 1] after every colour op.
+are ``tf.image.adjust_*`` with the factors ``tf.image.stateless_random_*`` would draw.
+Values are clipped to [0, 1] after every colour op.
+
+The random parameters of a view (crop window, flip, jitter factors and order, grayscale,
+blur sigma) are drawn by :func:`sample_view_params` from the seed alone, before any pixel
+is touched, through a small ``rng`` object (``split``, ``uniform``). The host path passes
+:data:`HOST` (``tf.random``'s stateless ops on one [2] seed); the device path
+(:mod:`dualssl_tf.data.device_augment`) passes a batched re-implementation of the same
+Philox draws on [B] seeds, so both paths draw the same parameters for the same seeds by
+construction (one sampling function, the same random numbers).
 """
 
 import math
@@ -42,13 +51,36 @@ def _uniform(seed, minval, maxval, shape=()):
     return tf.random.stateless_uniform(shape, seed, minval=minval, maxval=maxval)
 
 
-def _bernoulli(seed, p):
-    """Scalar bool tensor, True with probability p."""
-    return _uniform(seed, 0.0, 1.0) < p
+class HostRandom:
+    """Stateless draws for one image: ``seed`` is a [2] int tensor (``tf.random``'s ops).
+
+    The interface the parameter samplers use (:func:`sample_view_params`):
+    ``split(seed, num)`` -> ``num`` seeds indexable as ``s[i]``; ``uniform(seed, minval,
+    maxval, shape=())`` -> float32 of ``shape`` (the device path's batched twin,
+    ``device_augment.BatchedRandom``, returns ``[B, *shape]``). Samplers only index
+    seeds, split them and draw uniforms, with no branch on a drawn value, so the batched
+    twin can record the draws first and make them all at once.
+    """
+
+    @staticmethod
+    def split(seed, num):
+        return split_seed(seed, num)
+
+    @staticmethod
+    def uniform(seed, minval, maxval, shape=()):
+        return _uniform(seed, minval, maxval, shape)
+
+
+HOST = HostRandom()
+
+
+def _take_last(x, index):
+    """``x[..., index]`` with one index per leading position: x [..., A], index [...]."""
+    return tf.gather(x, index[..., None], axis=-1, batch_dims=index.shape.rank)[..., 0]
 
 
 def crop_window(height, width, seed, area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3),
-                attempts=10):
+                attempts=10, rng=HOST):
     """Samples a random-resized-crop window (torchvision's RandomResizedCrop rule).
 
     Draws ``attempts`` candidates (area fraction uniform in ``area_range``, aspect ratio
@@ -56,31 +88,36 @@ def crop_window(height, width, seed, area_range=(0.08, 1.0), aspect_range=(3 / 4
     if none fits, the whole image is used.
 
     Args:
-      height, width: scalar int tensors, the image size.
-      seed: [2] int seed.
+      height, width: scalar int tensors (or python ints), the image size.
+      seed: [2] int seed (``rng=HOST``), or the seeds of ``rng``'s batch.
+      rng: the draws (:class:`HostRandom`; the device path's batched one).
     Returns:
-      (y0, x0, h, w): int32 scalars, the window's top-left corner and size.
+      (y0, x0, h, w): int32 scalars (one per image of ``rng``'s batch: [B]), the window's
+      top-left corner and size.
     """
-    s_area, s_ratio, s_y, s_x = tf.unstack(split_seed(seed, 4))
+    s = rng.split(seed, 4)
+    s_area, s_ratio, s_y, s_x = s[0], s[1], s[2], s[3]
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
     hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    area = hf * wf * _uniform(s_area, area_range[0], area_range[1], [attempts])
-    log_ratio = _uniform(s_ratio, math.log(aspect_range[0]), math.log(aspect_range[1]),
-                         [attempts])
+    area = hf * wf * rng.uniform(s_area, area_range[0], area_range[1], [attempts])
+    log_ratio = rng.uniform(s_ratio, math.log(aspect_range[0]), math.log(aspect_range[1]),
+                            [attempts])
     ratio = tf.exp(log_ratio)
     cw = tf.cast(tf.round(tf.sqrt(area * ratio)), tf.int32)
     ch = tf.cast(tf.round(tf.sqrt(area / ratio)), tf.int32)
     fits = (cw >= 1) & (ch >= 1) & (cw <= width) & (ch <= height)
     # First fitting candidate; argmax of a bool vector returns the first True.
-    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
-    any_fit = tf.reduce_any(fits)
-    h = tf.where(any_fit, ch[first], height)
-    w = tf.where(any_fit, cw[first], width)
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=-1, output_type=tf.int32)
+    any_fit = tf.reduce_any(fits, axis=-1)
+    h = tf.where(any_fit, _take_last(ch, first), height)
+    w = tf.where(any_fit, _take_last(cw, first), width)
     # Offsets uniform over the valid positions 0 .. H - h (inclusive).
-    y0 = tf.minimum(tf.cast(tf.floor(_uniform(s_y, 0.0, 1.0) * tf.cast(height - h + 1,
-                                                                        tf.float32)),
+    y0 = tf.minimum(tf.cast(tf.floor(rng.uniform(s_y, 0.0, 1.0) * tf.cast(height - h + 1,
+                                                                           tf.float32)),
                             tf.int32), height - h)
-    x0 = tf.minimum(tf.cast(tf.floor(_uniform(s_x, 0.0, 1.0) * tf.cast(width - w + 1,
-                                                                        tf.float32)),
+    x0 = tf.minimum(tf.cast(tf.floor(rng.uniform(s_x, 0.0, 1.0) * tf.cast(width - w + 1,
+                                                                           tf.float32)),
                             tf.int32), width - w)
     return y0, x0, h, w
 
@@ -93,39 +130,102 @@ def random_resized_crop(image, seed, size, area_range=(0.08, 1.0),
     values inside the input's range.
     """
     shape = tf.shape(image)
-    y0, x0, h, w = crop_window(shape[0], shape[1], seed, area_range, aspect_range)
+    window = crop_window(shape[0], shape[1], seed, area_range, aspect_range)
+    return crop_and_resize(image, window, size)
+
+
+def crop_and_resize(image, window, size):
+    """The crop ``window = (y0, x0, h, w)`` of ``image`` [H, W, C], resized bilinearly
+    (half-pixel centres) to [size, size, C] float32."""
+    y0, x0, h, w = window
     crop = tf.slice(image, tf.stack([y0, x0, 0]), tf.stack([h, w, -1]))
     out = tf.image.resize(crop, [size, size], method="bilinear")
     return tf.ensure_shape(out, [size, size, image.shape[-1]])
 
 
 def random_flip(image, seed):
-    """Horizontal flip with probability 0.5. image: [H, W, C] -> same."""
-    return tf.image.stateless_random_flip_left_right(image, seed)
+    """Horizontal flip with probability 0.5. image: [H, W, C] -> same.
+
+    The draw of ``tf.image.stateless_random_flip_left_right`` (uniform < 0.5), made by
+    :func:`flip_bit` so the device path shares it.
+    """
+    return tf.cond(flip_bit(seed), lambda: tf.reverse(image, [1]), lambda: image)
+
+
+def flip_bit(seed, rng=HOST):
+    """Whether to flip: ``stateless_random_flip_left_right``'s draw (bool, or [B])."""
+    return rng.uniform(seed, 0.0, 1.0) < 0.5
+
+
+def jitter_ranges(strength):
+    """{op: (minval, maxval)} of the four jitter factors at strength s (hue: the shift)."""
+    b = 0.8 * strength
+    # tf.image's hue shift must stay in [0, 0.5] (half the colour wheel).
+    hue = min(0.5, 0.2 * strength)
+    return {"brightness": (max(0.0, 1.0 - b), 1.0 + b),
+            "contrast": (max(0.0, 1.0 - b), 1.0 + b),
+            "saturation": (max(0.0, 1.0 - b), 1.0 + b),
+            "hue": (-hue, hue)}
+
+
+def jitter_params(seed, strength, rng=HOST):
+    """The colour-jitter draws of one seed: each op's factor and the order.
+
+    The same draws as ``tf.image.stateless_random_{contrast,saturation,hue}`` with the
+    seeds ``split(seed, 5)[i]`` of op i (brightness: a multiplicative factor from seed 0),
+    and the order ``argsort`` of 4 uniforms from seed 4.
+
+    Returns:
+      dict ``brightness``, ``contrast``, ``saturation``, ``hue`` (float32 scalars, or [B]
+      with a batched ``rng``) and ``order`` (int32 [4] or [B, 4]: the op index applied at
+      each position).
+    """
+    seeds = rng.split(seed, len(_JITTER_OPS) + 1)
+    ranges = jitter_ranges(strength)
+    out = {name: rng.uniform(seeds[i], *ranges[name]) for i, name in enumerate(_JITTER_OPS)}
+    out["order"] = tf.argsort(rng.uniform(seeds[-1], 0.0, 1.0, [len(_JITTER_OPS)]), axis=-1)
+    return out
+
+
+def apply_jitter_op(name, image, factor):
+    """One colour-jitter op with its factor (hue: its shift); output clipped to [0, 1]."""
+    if name == "brightness":
+        out = image * factor
+    elif name == "contrast":
+        out = tf.image.adjust_contrast(image, factor)
+    elif name == "saturation":
+        out = tf.image.adjust_saturation(image, factor)
+    else:
+        out = tf.image.adjust_hue(image, factor)
+    return tf.clip_by_value(out, 0.0, 1.0)
 
 
 def _jitter_op(name, image, seed, strength):
-    """One colour-jitter op of strength s; output clipped to [0, 1]."""
-    if name == "brightness":
-        b = 0.8 * strength
-        out = image * _uniform(seed, max(0.0, 1.0 - b), 1.0 + b)
-    elif name == "contrast":
-        c = 0.8 * strength
-        out = tf.image.stateless_random_contrast(image, max(0.0, 1.0 - c), 1.0 + c, seed)
-    elif name == "saturation":
-        c = 0.8 * strength
-        out = tf.image.stateless_random_saturation(image, max(0.0, 1.0 - c), 1.0 + c, seed)
-    else:
-        # tf.image's hue shift must stay in [0, 0.5] (half the colour wheel).
-        out = tf.image.stateless_random_hue(image, min(0.5, 0.2 * strength), seed)
-    return tf.clip_by_value(out, 0.0, 1.0)
+    """One colour-jitter op of strength s with its factor drawn from ``seed`` (the op's
+    own seed, as ``tf.image.stateless_random_*``); output clipped to [0, 1]."""
+    return apply_jitter_op(name, image, _uniform(seed, *jitter_ranges(strength)[name]))
+
+
+def apply_color_jitter(image, params):
+    """The four ops of :func:`jitter_params` ``params`` in its ``order``."""
+    order = params["order"]
+
+    def step(k, img):
+        # A loop over one switch traces the four ops once (not once per position).
+        branches = [(lambda name=name: apply_jitter_op(name, img, params[name]))
+                    for name in _JITTER_OPS]
+        return k + 1, tf.ensure_shape(tf.switch_case(order[k], branches), img.shape)
+
+    _, image = tf.while_loop(lambda k, _: k < len(_JITTER_OPS), step,
+                             (tf.constant(0), image))
+    return image
 
 
 def color_jitter(image, seed, strength):
     """SimCLR colour jitter (always applied; see :func:`simclr_view` for p 0.8).
 
     Brightness, contrast, saturation (factors in [1 - 0.8s, 1 + 0.8s]) and hue (shift in
-    [-0.2s, 0.2s]) in a random order drawn from the seed.
+    [-0.2s, 0.2s]) in a random order drawn from the seed (:func:`jitter_params`).
 
     Args:
       image: [H, W, 3] float32 in [0, 1].
@@ -136,19 +236,7 @@ def color_jitter(image, seed, strength):
     """
     if strength <= 0:
         return image
-    seeds = split_seed(seed, len(_JITTER_OPS) + 1)
-    order = tf.argsort(_uniform(seeds[-1], 0.0, 1.0, [len(_JITTER_OPS)]))
-
-    def step(k, img):
-        # Each op keeps its own seed, so only the order depends on the permutation. A loop
-        # over one switch traces the four ops once (not once per position).
-        branches = [(lambda name=name, s=seeds[i]: _jitter_op(name, img, s, strength))
-                    for i, name in enumerate(_JITTER_OPS)]
-        return k + 1, tf.ensure_shape(tf.switch_case(order[k], branches), img.shape)
-
-    _, image = tf.while_loop(lambda k, _: k < len(_JITTER_OPS), step,
-                             (tf.constant(0), image))
-    return image
+    return apply_color_jitter(image, jitter_params(seed, strength))
 
 
 def to_grayscale(image):
@@ -194,6 +282,50 @@ def random_blur(image, seed, side, sigma_range=(0.1, 2.0)):
     return gaussian_blur(image, sigma, blur_kernel_size(side))
 
 
+BLUR_SIGMA_RANGE = (0.1, 2.0)
+
+
+def sample_view_params(seed, height, width, rng=HOST, crop=True, flip=True,
+                       color_jitter_strength=1.0, color_jitter_prob=0.8,
+                       grayscale_prob=0.2, blur=False, blur_prob=0.5,
+                       area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3)):
+    """Every random parameter of one SimCLR view, drawn from its seed alone.
+
+    The one sampler of both paths: :func:`simclr_view` calls it with :data:`HOST` and one
+    [2] seed, :func:`dualssl_tf.data.device_augment.sample_params` with the batched twin
+    and [B] seeds, so the two draw the same distributions by construction (and, for the
+    same seeds, the same values). Seed ``split(seed, 7)[k]`` feeds: 0 crop, 1 flip,
+    2 jitter-or-not, 3 jitter factors and order, 4 grayscale, 5 blur-or-not, 6 sigma.
+
+    Args:
+      seed: [2] int (or the batched ``rng``'s seeds).
+      height, width: the un-cropped image's size (int or scalar int tensor).
+      rng: :data:`HOST` or a batched twin.
+      other args: as :func:`simclr_view`.
+    Returns:
+      dict of scalars (``[B]`` / ``[B, 4]`` with a batched ``rng``); a key is absent when
+      its transform is off: ``y0, x0, crop_h, crop_w`` (int32), ``flip`` (bool),
+      ``jitter`` (bool) with ``brightness, contrast, saturation, hue`` (float32) and
+      ``order`` (int32 [4]), ``gray`` (bool), ``blur`` (bool) with ``sigma`` (float32).
+    """
+    s = rng.split(seed, 7)
+    p = {}
+    if crop:
+        p["y0"], p["x0"], p["crop_h"], p["crop_w"] = crop_window(
+            height, width, s[0], area_range, aspect_range, rng=rng)
+    if flip:
+        p["flip"] = flip_bit(s[1], rng)
+    if color_jitter_strength > 0 and color_jitter_prob > 0:
+        p["jitter"] = rng.uniform(s[2], 0.0, 1.0) < color_jitter_prob
+        p.update(jitter_params(s[3], color_jitter_strength, rng))
+    if grayscale_prob > 0:
+        p["gray"] = rng.uniform(s[4], 0.0, 1.0) < grayscale_prob
+    if blur and blur_prob > 0:
+        p["blur"] = rng.uniform(s[5], 0.0, 1.0) < blur_prob
+        p["sigma"] = rng.uniform(s[6], *BLUR_SIGMA_RANGE)
+    return p
+
+
 def simclr_view(image, seed, size, color_jitter_strength=1.0, blur=False, crop=True,
                 flip=True, color_jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5,
                 area_range=(0.08, 1.0)):
@@ -216,22 +348,25 @@ def simclr_view(image, seed, size, color_jitter_strength=1.0, blur=False, crop=T
       >>> view = simclr_view(image, tf.constant([1, 2]), size=32,
       ...                    color_jitter_strength=0.5)
     """
-    s = split_seed(seed, 7)
+    shape = tf.shape(image)
+    p = sample_view_params(seed, shape[0], shape[1], HOST, crop=crop, flip=flip,
+                           color_jitter_strength=color_jitter_strength,
+                           color_jitter_prob=color_jitter_prob,
+                           grayscale_prob=grayscale_prob, blur=blur, blur_prob=blur_prob,
+                           area_range=area_range)
     if crop:
-        image = random_resized_crop(image, s[0], size, area_range=area_range)
+        image = crop_and_resize(image, (p["y0"], p["x0"], p["crop_h"], p["crop_w"]), size)
     else:
         image = tf.ensure_shape(tf.image.resize(image, [size, size]), [size, size, 3])
-    if flip:
-        image = random_flip(image, s[1])
-    if color_jitter_strength > 0 and color_jitter_prob > 0:
-        image = tf.cond(_bernoulli(s[2], color_jitter_prob),
-                        lambda: color_jitter(image, s[3], color_jitter_strength),
-                        lambda: image)
-    if grayscale_prob > 0:
-        image = tf.cond(_bernoulli(s[4], grayscale_prob), lambda: to_grayscale(image),
-                        lambda: image)
-    if blur and blur_prob > 0:
-        image = tf.cond(_bernoulli(s[5], blur_prob), lambda: random_blur(image, s[6], size),
+    if "flip" in p:
+        image = tf.cond(p["flip"], lambda: tf.reverse(image, [1]), lambda: image)
+    if "jitter" in p:
+        image = tf.cond(p["jitter"], lambda: apply_color_jitter(image, p), lambda: image)
+    if "gray" in p:
+        image = tf.cond(p["gray"], lambda: to_grayscale(image), lambda: image)
+    if "blur" in p:
+        image = tf.cond(p["blur"],
+                        lambda: gaussian_blur(image, p["sigma"], blur_kernel_size(size)),
                         lambda: image)
     return tf.clip_by_value(image, 0.0, 1.0)
 

@@ -486,9 +486,19 @@ def _shuffle_with_seeds(ds, buffer_size, seeds):
     return tf.data.experimental.from_variant(variant, ds.element_spec)
 
 
+def device_input_shape(source, image_size):
+    """(H, W, 3) of the images :func:`pretrain_dataset` batches for device views: the
+    source's own size when all its images share one (CIFAR, STL-10: the views then crop
+    the very images the host path crops), else ``image_size`` square (centre crop of the
+    shorter side resized to it, as the eval transform: folders of mixed sizes)."""
+    if source.image_shape is not None:
+        return tuple(int(d) for d in source.image_shape[:2]) + (3,)
+    return (int(image_size), int(image_size), 3)
+
+
 def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
                      color_jitter_strength=1.0, blur=False, shuffle_buffer=10000,
-                     with_labels=True):
+                     with_labels=True, views_on="host"):
     """Endless two-view training batches of a source.
 
     Args:
@@ -501,10 +511,19 @@ def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
         :func:`augment.simclr_view`); unused by sources with their own ``views``.
       shuffle_buffer: shuffle buffer size, in raw elements (capped at the source size).
       with_labels: add ``label`` [B] int32 (-1 = unlabelled) when the source has labels.
+      views_on: ``host`` (views made here) or ``device``: batches of the un-augmented
+        images, ``image`` [B, H, W, 3] uint8 (:func:`device_input_shape`), whose views
+        the train step makes (:mod:`dualssl_tf.data.device_augment`); the order of the
+        examples is the host path's.
     Returns:
-      tf.data.Dataset of dicts ``view1``, ``view2`` [B, S, S, 3] float32 in [0, 1] and
-      optionally ``label`` [B] int32.
+      tf.data.Dataset of dicts ``view1``, ``view2`` [B, S, S, 3] float32 in [0, 1] (or
+      ``image`` with ``views_on="device"``) and optionally ``label`` [B] int32.
     """
+    if views_on not in ("host", "device"):
+        raise ValueError(f"views_on must be host or device, got {views_on!r}")
+    if views_on == "device" and source.views is not None:
+        raise ConfigError("augment_on", f"{source.name} renders its own views on the host; "
+                          "use --augment_on=host")
     if batch_size > source.num_examples:
         raise ConfigError("batch_size", f"{batch_size} is larger than {source.name} "
                           f"({source.num_examples} examples); lower --batch_size")
@@ -515,9 +534,23 @@ def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
     ds = tf.data.Dataset.zip(tf.data.Dataset.counter(start=first), ds)
     kwargs = dict(color_jitter_strength=color_jitter_strength, blur=blur)
 
+    shape = device_input_shape(source, image_size)
+
     def make(i, element):
         raw, label = element
         pair_seed = tf.stack([tf.cast(seed, tf.int64), i])
+        if views_on == "device":
+            image = source.decode(raw)
+            if source.image_shape is None:
+                image = augment.center_resize(image, image_size)
+            # uint8 on the wire: a quarter of float32's bytes to the device; uint8 ->
+            # float -> uint8 is exact (k/255 * 255.5 truncates to k), so a source of
+            # fixed-size images reaches the device bit for bit.
+            out = {"image": tf.ensure_shape(
+                tf.image.convert_image_dtype(image, tf.uint8, saturate=True), shape)}
+            if labelled:
+                out["label"] = label
+            return out
         if source.views is not None:
             v1, v2 = source.views(raw, pair_seed, image_size)
         else:

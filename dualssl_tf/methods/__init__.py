@@ -72,5 +72,8 @@ def unused_option(cfg):
 
 
 def build(cfg, task, gather_fn=None):
-    """The method selected by ``cfg.method.method``, built on ``task``'s networks."""
-    return spec(cfg.method.method).model_class().from_options(cfg, task, gather_fn=gather_fn)
+    """The method selected by ``cfg.method.method``, built on ``task``'s networks (with the
+    task's ``device_views``, if any: views made in the step, --augment_on=device)."""
+    model = spec(cfg.method.method).model_class().from_options(cfg, task, gather_fn=gather_fn)
+    model.device_views = getattr(task, "device_views", None)
+    return model

@@ -39,7 +39,10 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
     """Base of the self-supervised methods (see the module docstring).
 
     Batches are dicts: ``view1``, ``view2`` [B, ...]; optionally ``negatives`` [B, H, ...]
-    and ``label`` [B] int (-1 = unlabelled; used by the online probe only).
+    and ``label`` [B] int (-1 = unlabelled; used by the online probe only). A batch may
+    carry ``image`` [B, H, W, C] (un-augmented) instead of the views when
+    :attr:`device_views` is set: :meth:`make_views` makes them first thing in the step,
+    inside the compiled function, so every method gets device augmentation unchanged.
 
     Subclasses set ``metric_names`` (the logs of :meth:`per_example_loss`, ``loss`` first),
     assign their networks in ``__init__`` and then call :meth:`attach_probe`.
@@ -49,12 +52,39 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
     # Whether the method reads a batch's explicit ``negatives`` (the trainer drops them
     # from the data of a method that does not).
     uses_negatives = False
+    # ``(images, step, replica_id) -> (view1, view2)`` for batches that carry ``image``
+    # (--augment_on=device; set by ``methods.build`` from ``Task.device_views``).
+    device_views = None
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.probe = None
         self.probe_optimizer = None
         self._trackers = {}
+
+    # -- views made in the step --------------------------------------------------------------
+
+    def make_views(self, batch):
+        """A batch with ``view1``, ``view2``: ``batch`` itself, or for a batch of
+        un-augmented ``image`` the views :attr:`device_views` makes of it.
+
+        The step is the optimizer's ``iterations`` (checkpointed, so a resumed run makes
+        the views of the uninterrupted one) and the replica is this replica's id in the
+        sync group (replicas draw different views). Runs inside ``train_step``, so the
+        augmentation is part of the compiled (XLA) step and runs on the accelerator.
+        """
+        if not isinstance(batch, dict) or "image" not in batch or "view1" in batch:
+            return batch
+        if self.device_views is None:
+            raise ValueError("the batch carries 'image' but this method has no "
+                             "device_views to make its views (set by --augment_on=device)")
+        ctx = tf.distribute.get_replica_context()
+        replica = ctx.replica_id_in_sync_group if ctx is not None else 0
+        step = self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0
+        view1, view2 = self.device_views(batch["image"], step, replica)
+        out = {k: v for k, v in batch.items() if k != "image"}
+        out.update(view1=view1, view2=view2)
+        return out
 
     # -- what a method defines -------------------------------------------------------------
 
@@ -168,6 +198,7 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
         return tf.add_n([tf.cast(l, tf.float32) for l in self.losses]) / replicas
 
     def train_step(self, batch):
+        batch = self.make_views(batch)
         with tf.GradientTape() as tape:
             outputs = self.forward(batch, training=True)
             loss, logs = self.replica_loss(batch, outputs)
@@ -181,6 +212,7 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
         return self.update_metrics(logs)
 
     def test_step(self, batch):
+        batch = self.make_views(batch)
         outputs = self.forward(batch, training=False)
         _, logs = self.replica_loss(batch, outputs)
         logs.update(self.probe_step(batch, outputs, training=False))

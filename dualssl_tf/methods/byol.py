@@ -300,7 +300,7 @@ class SiameseMethod(SSLMethod):
     def call(self, x, training=False):
         """Normalised online projection. x: [B, ...] (or a batch dict: its ``view1``)."""
         if isinstance(x, dict):  # Keras builds a model under a strategy from one batch
-            x = x["view1"]
+            x = self.make_views(x)["view1"]
         _, z = self._online(x, training)
         return z / (tf.norm(z, axis=-1, keepdims=True) + self.norm_eps)
 

@@ -114,7 +114,7 @@ class ContrastiveMethod(SSLMethod):
         if isinstance(x, dict):
             # Keras builds a model under a tf.distribute strategy by calling it on one
             # (symbolic) training batch before the first step.
-            x = x["view1"]
+            x = self.make_views(x)["view1"]
         return self.embed(x, training=training)
 
     def embed(self, x, training=False, return_representation=False):

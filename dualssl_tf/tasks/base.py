@@ -30,6 +30,10 @@ class Task:
     per_replica_data: False when ``make_data`` has no per-replica form; several replicas
       then split its global batches.
     norm_eps: epsilon of the embedding normalisation ``f / (||f|| + eps)``.
+    device_views: optional ``(images, step, replica_id) -> (view1, view2)`` when
+      ``make_data``'s batches carry un-augmented ``image`` [b, H, W, C] instead of the
+      views (``--augment_on=device``): the method makes the views at the start of its
+      compiled step (``SSLMethod.make_views``).
 
     Built inside the trainer's ``strategy.scope()``; models with BatchNorm take
     ``sync_bn=cfg.run.sync_bn``, set by the trainer when there is more than one replica.
@@ -45,6 +49,7 @@ class Task:
     summarize: Optional[Callable] = None
     per_replica_data: bool = True
     norm_eps: float = 1e-4
+    device_views: Optional[Callable] = None
 
 
 @dataclasses.dataclass(frozen=True)

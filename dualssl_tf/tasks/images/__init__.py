@@ -15,6 +15,8 @@ from dualssl_tf.tasks.base import TaskSpec
 # --dataset values with their own source; any other tfds-shaped name is a tfds data set.
 OWN_SOURCES = ("generated_images", "folder")
 ENCODERS = ("auto", "resnet18", "resnet50")
+# --augment_on: where the SimCLR views are made (auto = device when a GPU/TPU is there).
+AUGMENT_ON = ("auto", "host", "device")
 # tfds names: lower-case identifier, optional /config and :version.
 _TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?(:[0-9.*]+)?$")
 # Native image side of the paper's data sets (used when --image_size=0).
@@ -73,6 +75,13 @@ class ImageOptions(Section):
     color_jitter_strength: float = option(1.0, "SimCLR colour jitter strength s (1.0 stl10, "
                                           "0.5 cifar; 0 off).")
     blur: bool = option(False, "SimCLR Gaussian blur with p 0.5 (used for stl10).")
+    augment_on: str = option("auto", "Where the SimCLR views are made: host (tf.data on the "
+                             "CPU, per image) | device (inside the compiled train step, "
+                             "batched, on the GPU/TPU; the host only decodes and batches "
+                             "uint8 images, resized to --image_size when they vary in size) "
+                             "| auto (device when a GPU is visible or --strategy=tpu, else "
+                             "host; the resolved value is kept in run.json and a resumed "
+                             "run keeps it).")
     shuffle_buffer: int = option(10000, "Shuffle buffer of the image pipeline, in examples.")
     skip_corrupt_images: bool = option(False, "Folder data: leave out files that do not "
                                        "decode (counted) instead of stopping.",
@@ -104,6 +113,11 @@ class ImageOptions(Section):
                 f"must be >= 0 (0 = no head), got {self.proj_layers}")
         require(self.color_jitter_strength >= 0, "color_jitter_strength",
                 f"must be >= 0, got {self.color_jitter_strength}")
+        choice(self.augment_on, AUGMENT_ON, "augment_on")
+        require(self.augment_on != "device" or cfg.data.dataset != "generated_images",
+                "augment_on", "device needs images to crop; --dataset=generated_images "
+                "renders each view itself on the host (shapes re-drawn per view): use "
+                "--augment_on=host or auto")
         require(self.shuffle_buffer >= 1, "shuffle_buffer",
                 f"must be >= 1, got {self.shuffle_buffer}")
         if cfg.method.method == "contrastive":  # the contrastive method's options only

@@ -2,8 +2,10 @@
 folders or the generated shapes, a ResNet encoder, a projection head and an online probe."""
 
 import functools
+import json
 import os
 
+from dualssl_tf import runfiles
 from dualssl_tf.data import images
 from dualssl_tf.data.generated_images import GeneratedImages
 from dualssl_tf.models import heads, resnet, stems
@@ -75,6 +77,70 @@ def eval_data(cfg, batch_size=None):
     return train, test, probe_train.num_classes or None
 
 
+def accelerator_visible(cfg):
+    """Whether the run has a GPU or TPU to make views on (``--augment_on=auto``)."""
+    import tensorflow as tf
+
+    return cfg.run.strategy == "tpu" or bool(tf.config.list_logical_devices("GPU"))
+
+
+def recorded_augment_on(model_dir):
+    """``augment_on`` resolved by the run already in ``model_dir`` (its run.json), "host"
+    for a run.json from before the option (it made its views on the host), None when
+    there is no run there."""
+    path = os.path.join(model_dir, "run.json") if model_dir else ""
+    if not path or not runfiles.exists(path):
+        return None
+    try:
+        meta = json.loads(runfiles.read_text(path))
+    except (ValueError, OSError):
+        return None
+    return (meta.get("images") or {}).get("augment_on", "host")
+
+
+def resolve_augment_on(cfg, source, accelerator=None):
+    """``host`` or ``device``: where this run makes its views.
+
+    ``--augment_on=host|device`` as given (device refused for a source that renders its own
+    views: ConfigError). ``auto``: the value the run in ``--model_dir`` resolved (so a
+    resumed run draws the same stream whatever machine it resumes on), else ``device``
+    when a GPU is visible or ``--strategy=tpu`` (``accelerator``, default
+    :func:`accelerator_visible`) and the source has no views of its own, else ``host``.
+    """
+    wanted = cfg.images.augment_on
+    own_views = source.views is not None
+    if wanted == "device" and own_views:
+        raise ConfigError("augment_on", f"{source.name} renders its own views on the host; "
+                          "use --augment_on=host or auto")
+    if wanted != "auto":
+        return wanted
+    recorded = recorded_augment_on(cfg.run.model_dir)
+    if recorded in ("host", "device"):
+        return recorded
+    if own_views:
+        return "host"
+    if accelerator is None:
+        accelerator = accelerator_visible(cfg)
+    return "device" if accelerator else "host"
+
+
+def device_views(cfg, size):
+    """The method's ``device_views`` hook of a run with ``--augment_on=device``:
+    ``(images [B, H, W, 3] uint8, step, replica_id) -> (view1, view2)`` [B, size, size, 3]
+    float32, seeded by ``--seed``, the step and the replica (device_augment)."""
+    from dualssl_tf.data import device_augment
+
+    o = cfg.images
+    return functools.partial(_device_views, seed=cfg.run.seed, size=size,
+                             color_jitter_strength=o.color_jitter_strength, blur=o.blur,
+                             fn=device_augment.device_view_pairs)
+
+
+def _device_views(images, step, replica_id, seed, size, color_jitter_strength, blur, fn):
+    return fn(images, seed, step, replica_id, size, color_jitter_strength=color_jitter_strength,
+              blur=blur)
+
+
 def build(cfg, start_step=0):
     """The Task of ``--dataset`` in generated_images | folder | a tfds name.
 
@@ -82,7 +148,9 @@ def build(cfg, start_step=0):
     unreadable, a batch larger than the data set, or an image size the stem cannot take.
     """
     pretrain, probe_train, probe_test, size = sources(cfg)
-    make_data = functools.partial(_data, pretrain, cfg, size, start_step)
+    augment_on = resolve_augment_on(cfg, pretrain)
+    views = device_views(cfg, size) if augment_on == "device" else None
+    make_data = functools.partial(_data, pretrain, cfg, size, start_step, augment_on)
 
     o = cfg.images
     # Built inside the trainer's strategy scope: BatchNorm syncs across several replicas.
@@ -106,7 +174,7 @@ def build(cfg, start_step=0):
         cbs.append(callbacks.ProbeAccuracy(encoder, probe, eval_test))
     if cfg.run.model_dir:
         cbs.append(callbacks.ViewSummary(os.path.join(cfg.run.model_dir, "logs", "views"),
-                                         make_data(cfg.optim.batch_size)))
+                                         make_data(cfg.optim.batch_size), views=views))
     return Task(
         make_data=make_data,
         steps_per_epoch=cfg.optim.steps_per_epoch or pretrain.num_examples // cfg.optim.batch_size,
@@ -115,7 +183,11 @@ def build(cfg, start_step=0):
         head=head,
         probe=probe,
         callbacks=cbs,
+        device_views=views,
         metadata={"images": {"dataset": cfg.data.dataset, "pretrain": pretrain.name,
+                             "augment_on": augment_on,
+                             "device_input_shape": (list(images.device_input_shape(
+                                 pretrain, size)) if views is not None else None),
                              "num_examples": pretrain.num_examples,
                              "num_classes": num_classes, "image_size": size,
                              "stem": stems.resolve_stem(o.stem, size),
@@ -124,8 +196,9 @@ def build(cfg, start_step=0):
         summarize=summarize)
 
 
-def _data(source, cfg, size, start_step, batch_size, input_context=None):
-    """Training batches of one input pipeline (:attr:`Task.make_data`).
+def _data(source, cfg, size, start_step, augment_on, batch_size, input_context=None):
+    """Training batches of one input pipeline (:attr:`Task.make_data`): two views, or
+    with ``augment_on="device"`` the uint8 images the train step makes them from.
 
     Each pipeline (host) reads only its own share of the examples
     (:func:`images.pipeline_source`: tfds data sets by file, others by element) with its
@@ -140,7 +213,8 @@ def _data(source, cfg, size, start_step, batch_size, input_context=None):
     return images.pretrain_dataset(
         source, batch_size, size, seed=distribute.replica_seed(cfg.run.seed, input_context),
         start_step=start_step * per_pipeline, color_jitter_strength=o.color_jitter_strength,
-        blur=o.blur, shuffle_buffer=o.shuffle_buffer, with_labels=cfg.method.probe)
+        blur=o.blur, shuffle_buffer=o.shuffle_buffer, with_labels=cfg.method.probe,
+        views_on=augment_on)
 
 
 def summarize(initial, final):
