@@ -43,3 +43,17 @@ def test_bad_input_is_one_line(tmp_path):
                               env=dict(os.environ, PYTHONPATH=ROOT))
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and culprit in lines[0], proc.stderr
+
+
+def test_analyze_draws_one_runs_collapse_figure(tmp_path):
+    # What tools/analyze.py adds to a run's figures: its own collapse curves, or nothing.
+    from dualssl_tf.analysis import collapse
+    run = _run_dir(tmp_path / "byol", [0.03, 0.06, 0.07], [1.4, 1.6, 1.6])
+    path = collapse.run_figure(run, str(tmp_path), "--method=byol")
+    assert path == str(tmp_path / "collapse.png")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    toy = tmp_path / "toy"
+    toy.mkdir()
+    (toy / "metrics.jsonl").write_text('{"epoch": 0, "loss": 1}\n')
+    assert collapse.run_figure(str(toy), str(tmp_path / "x"), "toy") is None

@@ -95,7 +95,7 @@ def main(argv):
     import json  # noqa: E402
     import tensorflow as tf  # noqa: E402  (TensorFlow only when the flags are valid)
     from dualssl_tf import runfiles  # noqa: E402
-    from dualssl_tf.analysis import report, runs  # noqa: E402
+    from dualssl_tf.analysis import collapse, report, runs  # noqa: E402
     # Retracing / pfor-fallback notices are expected here (one connection function per layer).
     tf.get_logger().setLevel("ERROR")
 
@@ -116,6 +116,10 @@ def main(argv):
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         paths = report.make_figures(result, tmp)
+        # Every method's collapse monitor (embed_std, effective_rank), when the run has it.
+        figure = collapse.run_figure(FLAGS.model_dir, tmp, f"--method={run.cfg.method.method}")
+        if figure:
+            paths["collapse"] = figure
         with open(os.path.join(tmp, "analysis.json"), "w") as f:
             json.dump(result, f, indent=1)
     except ValueError as e:

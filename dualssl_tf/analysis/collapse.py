@@ -3,8 +3,9 @@
 For the BYOL/SimSiam BatchNorm, predictor and stop-gradient study (several runs, one per
 variant) of any task, read from each run's ``metrics.jsonl`` only (``embed_std`` and
 ``effective_rank`` of :class:`dualssl_tf.run.callbacks.EmbeddingSpread`, epoch 0 = at
-initialisation). ``tools/analyze.py`` analyses one HLTM or translation-toy run at a time
-from its networks, so this figure has its own small tool, ``tools/collapse_figure.py``.
+initialisation). ``tools/analyze.py`` draws it for the run it analyses
+(:func:`run_figure`); several runs in one figure have their own small tool,
+``tools/collapse_figure.py``.
 TensorFlow-free for local run directories (``gs://`` paths go through tf.io.gfile).
 """
 
@@ -71,3 +72,13 @@ def end_values(curves):
                     f"{c['embed_std'][-1]:8.4f}     {c['effective_rank'][0]:7.2f} -> "
                     f"{c['effective_rank'][-1]:7.2f}")
     return "\n".join(rows)
+
+
+def run_figure(model_dir, out_dir, label):
+    """``out_dir/collapse.png`` of one run (one line, ``label``), or None when the run
+    logged no collapse monitor (e.g. the translation toy)."""
+    try:
+        curves = read_curves(model_dir)
+    except ValueError:
+        return None
+    return collapse_figure({label: curves}, os.path.join(out_dir, "collapse.png"))
