@@ -290,6 +290,31 @@ def _other_tool_fixtures(tmp):
     (tmp / "corrupt" / "model.weights.h5").write_bytes(b"not an h5 file")
     (tmp / "unfinished" / "metrics.jsonl").write_text('{"epoch": 0, "loss": 1.0}\n{"epo')
     (tmp / "notsm").mkdir()
+    # A trainer checkpoint cut short by a full disk (index and data both garbage).
+    (tmp / "badckpt").mkdir()
+    (tmp / "badckpt" / "flags.txt").write_text(
+        config.to_flagfile(cfg.replace(model_dir=str(tmp / "badckpt"))))
+    (tmp / "badckpt" / "checkpoints").mkdir()
+    (tmp / "badckpt" / "checkpoints" / "ckpt-2.index").write_bytes(b"\x00" * 10)
+    (tmp / "badckpt" / "checkpoints" / "ckpt-2.data-00000-of-00001").write_bytes(b"x")
+    # What the pre-import checks look at (the files' contents are never read there).
+    (tmp / "run" / "saved_model").mkdir(parents=True)
+    (tmp / "run" / "saved_model" / "saved_model.pb").write_bytes(b"")
+    (tmp / "nocard").mkdir()
+    (tmp / "nocard" / "saved_model.pb").write_bytes(b"")
+    (tmp / "hltm_sm").mkdir()
+    (tmp / "hltm_sm" / "saved_model.pb").write_bytes(b"")
+    (tmp / "hltm_sm" / "model_card.json").write_text('{"dataset": "hltm", "input_shape": [8]}')
+    # Finished once, then resumed and killed: finished.json gone, the export older than the
+    # newest checkpoint.
+    stale = tmp / "stale"
+    (stale / "saved_model").mkdir(parents=True)
+    (stale / "checkpoints").mkdir()
+    (stale / "flags.txt").write_text(config.to_flagfile(cfg.replace(model_dir=str(stale))))
+    (stale / "metrics.jsonl").write_text('{"epoch": 0, "loss": 1.0}\n')
+    (stale / "saved_model" / "saved_model.pb").write_bytes(b"")
+    (stale / "checkpoints" / "ckpt-3.index").write_bytes(b"")
+    os.utime(stale / "saved_model" / "saved_model.pb", (1e9, 1e9))
 
 
 OTHER_TOOLS = [
@@ -298,12 +323,31 @@ OTHER_TOOLS = [
      "--saved_model: {tmp}/notsm is not a SavedModel", False),
     ("linear_eval_missing_dir", "linear_eval.py", ["--saved_model={tmp}/absent"],
      "--saved_model: {tmp}/absent is not a directory", False),
+    ("linear_eval_run_dir", "linear_eval.py", ["--saved_model={tmp}/run"],
+     "--saved_model: {tmp}/run is a run directory, not a SavedModel; pass "
+     "--saved_model={tmp}/run/saved_model", False),
+    ("linear_eval_run_dir_without_export", "linear_eval.py",
+     ["--saved_model={tmp}/unfinished"],
+     "--saved_model: {tmp}/unfinished is a run directory without an export", False),
+    ("linear_eval_no_model_card", "linear_eval.py", ["--saved_model={tmp}/nocard"],
+     "--saved_model: {tmp}/nocard has no model_card.json", False),
+    ("linear_eval_dataset_of_other_task", "linear_eval.py",
+     ["--saved_model={tmp}/hltm_sm", "--dataset=translation1d"],
+     "--dataset: 'translation1d' does not fit {tmp}/hltm_sm, trained on --dataset=hltm "
+     "(input shape (8,))", False),
+    ("linear_eval_image_dataset_for_hltm_export", "linear_eval.py",   # nothing downloaded
+     ["--saved_model={tmp}/hltm_sm", "--dataset=cifar10", "--data_dir={tmp}/tfds"],
+     "--dataset: 'cifar10' does not fit {tmp}/hltm_sm", False),
     ("analyze_unfinished_run", "analyze.py", ["--model_dir={tmp}/unfinished"],
      "--model_dir: {tmp}/unfinished holds an unfinished or killed run", False),
+    ("analyze_killed_after_resume", "analyze.py", ["--model_dir={tmp}/stale"],
+     "--model_dir: {tmp}/stale holds an unfinished or killed run (no finished.json", False),
     ("export_without_checkpoint", "export.py", ["--model_dir={tmp}/nockpt"],
      "--checkpoint: no checkpoint", True),
     ("export_corrupt_checkpoint", "export.py", ["--model_dir={tmp}/corrupt"],
      "--checkpoint: cannot load {tmp}/corrupt/model.weights.h5", True),
+    ("export_corrupt_trainer_checkpoint", "export.py", ["--model_dir={tmp}/badckpt"],
+     "--checkpoint: {tmp}/badckpt/checkpoints/ckpt-2 is corrupt or truncated", True),
 ]
 
 

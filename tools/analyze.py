@@ -60,6 +60,20 @@ def _flag_error(e):
     return text
 
 
+def _stale_export(model_dir):
+    """True when a local run's saved_model/ predates its newest checkpoint and the run has
+    no finished.json (the trainer writes it last, after the export): a run resumed after an
+    earlier finish and then killed, whose export is of fewer epochs than its metrics."""
+    if os.path.exists(os.path.join(model_dir, "finished.json")):
+        return False
+    import glob
+    checkpoints = glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index"))
+    exported = os.path.join(model_dir, "saved_model", "saved_model.pb")
+    if not checkpoints or not os.path.exists(exported):
+        return False
+    return os.path.getmtime(exported) < max(os.path.getmtime(c) for c in checkpoints)
+
+
 def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
@@ -76,6 +90,12 @@ def main(argv):
         fail(f"--model_dir: {FLAGS.model_dir} holds an unfinished or killed run (no "
              "saved_model/); finish it by re-running tools/train.py with "
              f"--flagfile={os.path.join(FLAGS.model_dir, 'flags.txt')}, or export its last "
+             "checkpoint with tools/export.py")
+    if not remote and _stale_export(FLAGS.model_dir):
+        fail(f"--model_dir: {FLAGS.model_dir} holds an unfinished or killed run (no "
+             "finished.json, and its saved_model/ is older than its newest checkpoint); "
+             "finish it by re-running tools/train.py with "
+             f"--flagfile={os.path.join(FLAGS.model_dir, 'flags.txt')}, or export that "
              "checkpoint with tools/export.py")
     if FLAGS.points < 2:
         fail(f"--points: must be >= 2 (a covariance needs M >= 2 base points), got "
@@ -100,6 +120,7 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")
 
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, "analysis")
+    tmp = None
     try:
         run = runs.load_run(FLAGS.model_dir)
         report.task_hooks(run.cfg)   # ValueError("model_dir: ...") for unsupported tasks
@@ -122,8 +143,12 @@ def main(argv):
             paths["collapse"] = figure
         with open(os.path.join(tmp, "analysis.json"), "w") as f:
             json.dump(result, f, indent=1)
-    except ValueError as e:
-        fail(_flag_error(e))
+    except BaseException as e:
+        if tmp:   # nothing half-written is left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, ValueError):
+            fail(_flag_error(e))
+        raise
     runfiles.rmtree(out_dir)
     runfiles.rename_dir(tmp, out_dir)   # local: atomic rename; URL: copy (see runfiles)
     print(f"analysis.json and {len(paths)} figures written to {out_dir}:")

@@ -44,16 +44,33 @@ def read_flagfile(path, read_text=None):
 
 
 def find_checkpoint(model_dir):
-    """The run's newest readable trainer checkpoint, else its newest ``*.weights.h5``."""
+    """The run's newest readable trainer checkpoint, else its newest ``*.weights.h5``.
+
+    Writes nothing in the run directory. A newer checkpoint that cannot be read is skipped
+    with one warning line; when none can be read, fails with one line naming the newest.
+    """
     from dualssl_tf import runfiles
     from dualssl_tf.run import rundir
-    found = rundir.RunDir(model_dir).find_checkpoint()
+    unreadable = []
+    found = rundir.RunDir(model_dir).find_checkpoint(
+        report=lambda prefix, reason: unreadable.append((prefix, reason)), clean=False)
     if found:
+        if unreadable:
+            sys.stderr.write(f"{TOOL}: warning: {unreadable[0][0]} is unreadable "
+                             f"({unreadable[0][1]}); exporting {found['path']}\n")
         return found["path"]
     files = (runfiles.glob(os.path.join(model_dir, "*.weights.h5"))
              + runfiles.glob(os.path.join(model_dir, rundir.CHECKPOINT_DIR,
                                           "*.weights.h5")))
-    return max(files, key=runfiles.mtime) if files else ""
+    if files:
+        return max(files, key=runfiles.mtime)
+    if unreadable:
+        prefix, reason = unreadable[0]
+        more = (f" (and {len(unreadable) - 1} older one{'s' * (len(unreadable) > 2)})"
+                if len(unreadable) > 1 else "")
+        fail(f"--checkpoint: {prefix}{more} is corrupt or truncated ({reason}); pass "
+             "--checkpoint=PATH of a readable one, or retrain with tools/train.py")
+    return ""
 
 
 def load_weights(model, checkpoint, input_shape):

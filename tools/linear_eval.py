@@ -96,6 +96,61 @@ def check_flags():
     return decays
 
 
+def _task_of(dataset):
+    """The task family serving a --dataset name (None for npz: files, unknown names)."""
+    from dualssl_tf import config, tasks
+    if not dataset or dataset.startswith("npz:") or dataset.endswith(".npz"):
+        return None
+    try:
+        return next(name for name, spec in tasks.TASKS.items()
+                    if spec is tasks.spec(dataset))
+    except (config.ConfigError, StopIteration):
+        return None
+
+
+def check_dataset_family(dataset, card, saved_model):
+    """An export of one data family (hltm, translation1d, images) probed on another fails
+    here, before any data is generated or downloaded."""
+    trained = card.get("dataset") or (card.get("flags") or {}).get("dataset") or ""
+    if not dataset or not trained:
+        return
+    want, got = _task_of(trained), _task_of(dataset)
+    if want and got and want != got:
+        shape = card.get("input_shape")
+        fail(f"--dataset: {dataset!r} does not fit {saved_model}, trained on "
+             f"--dataset={trained}" + (f" (input shape {tuple(shape)})" if shape else "")
+             + f"; pass --dataset={trained} or npz:PATH with inputs of that shape")
+
+
+def check_saved_model_dir(path):
+    """Local --saved_model checks before TensorFlow: a directory holding saved_model.pb,
+    and, without --dataset, a model_card.json that names the dataset."""
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        inner = os.path.join(path, "saved_model")
+        if os.path.exists(os.path.join(inner, "saved_model.pb")):
+            fail(f"--saved_model: {path} is a run directory, not a SavedModel; pass "
+                 f"--saved_model={inner}")
+        if os.path.exists(os.path.join(path, "flags.txt")):
+            fail(f"--saved_model: {path} is a run directory without an export (no "
+                 f"saved_model/); export it with tools/export.py --model_dir={path}")
+        fail(f"--saved_model: {path} is not a SavedModel (no saved_model.pb); "
+             "pass the directory written by tools/export.py")
+    card_path = os.path.join(path, "model_card.json")
+    card = {}
+    if os.path.exists(card_path):
+        try:
+            with open(card_path) as f:
+                card = json.load(f)
+        except ValueError as e:
+            fail(f"--saved_model: {card_path} is not valid JSON ({e}); re-export the run "
+                 "with tools/export.py")
+    elif not FLAGS.dataset:
+        fail(f"--saved_model: {path} has no model_card.json, so its dataset is unknown; "
+             "pass --dataset (npz:PATH, hltm or a dataset name), or re-export the run with "
+             "tools/export.py")
+    check_dataset_family(FLAGS.dataset, card, path)
+
+
 def write_results(path, update):
     """Merges ``update`` into the JSON at path (keeping other methods' results), atomically
     (temp + rename on local disk; one whole object on gs://, see dualssl_tf.runfiles)."""
@@ -131,7 +186,9 @@ def run(decays):
     card = encoder.model_card
     dataset = FLAGS.dataset or card.get("dataset") or ""
     if not dataset:
-        fail(f"--dataset: is required ({saved_model}/model_card.json names no dataset)")
+        what = "names no dataset" if card else "is missing"
+        fail(f"--dataset: is required ({saved_model}/model_card.json {what})")
+    check_dataset_family(dataset, card, saved_model)
     if FLAGS.output not in encoder.output_keys:
         fail(f"--output: {saved_model} has outputs {', '.join(encoder.output_keys)}, not "
              f"{FLAGS.output!r}")
@@ -200,9 +257,8 @@ def main(argv):
     if not remote and not os.path.isdir(FLAGS.saved_model):
         fail(f"--saved_model: {FLAGS.saved_model} is not a directory; pass a SavedModel "
              "written by tools/export.py")
-    if not remote and not os.path.exists(os.path.join(FLAGS.saved_model, "saved_model.pb")):
-        fail(f"--saved_model: {FLAGS.saved_model} is not a SavedModel (no saved_model.pb); "
-             "pass the directory written by tools/export.py")
+    if not remote:
+        check_saved_model_dir(FLAGS.saved_model)
     cli.import_tensorflow()  # its C++ start-up lines captured (--tf_log shows them)
     try:
         run(decays)

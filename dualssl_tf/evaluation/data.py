@@ -76,9 +76,11 @@ def hltm_tree(model_card):
     if flags.get("dataset") == "hltm":
         return HLTM(flags["hltm_depth"], flags["hltm_children"], flags["hltm_delta_lower"],
                     flags["hltm_delta_upper"], seed=flags["seed"])
-    raise ValueError("--dataset: hltm probing needs the tree the model was trained on, but "
-                     "the SavedModel's model_card.json has neither metadata.hltm nor hltm "
-                     "flags; export it with tools/export.py from its model_dir")
+    what = ("has no model_card.json" if not card else
+            "has a model_card.json with neither metadata.hltm nor hltm flags")
+    raise ValueError(f"--dataset: hltm probing needs the tree the model was trained on, but "
+                     f"the SavedModel {what}; export it with tools/export.py from its "
+                     f"model_dir")
 
 
 def _from_hltm(model_card, batch_size, num_train, num_test):

@@ -156,12 +156,16 @@ class RunCheckpoints:
             reader.get_tensor(name)
         return int(reader.get_tensor(_EPOCH_KEY)), int(reader.get_tensor(_STEP_KEY))
 
-    def find_latest(self):
+    def find_latest(self, report=None, clean=True):
         """The newest readable checkpoint: dict(path, epoch, step), or None.
 
-        Each unreadable newer checkpoint is reported in one line on stderr.
+        Each unreadable newer checkpoint is reported in one line on stderr, or passed to
+        ``report(prefix, reason)`` instead (a reader such as tools/export.py, which words
+        its own message). ``clean=False`` leaves a killed save's ``*_temp*`` files alone
+        (a reader writes nothing in the run directory).
         """
-        self._remove_partial_writes()
+        if clean:
+            self._remove_partial_writes()
         found = self._numbers()
         rejected = []
         for number in sorted(found, reverse=True):
@@ -170,6 +174,9 @@ class RunCheckpoints:
                 epoch, step = self.verify(number, found[number])
             except Exception as e:  # noqa: BLE001  any failure to read = unusable (IndexError, DataLossError, ...)
                 rejected.append(prefix)
+                if report is not None:
+                    report(prefix, _first_line(e))
+                    continue
                 older = [n for n in found if n < number]
                 fallback = (f"falling back to ckpt-{max(older)}" if older
                             else "no older checkpoint, starting from scratch")
@@ -433,9 +440,10 @@ class RunDir:
         """Epochs of the finished (trained and exported) run here, or None."""
         return self.checkpoints.finished_epochs()
 
-    def find_checkpoint(self):
-        """The newest readable checkpoint (dict ``path``, ``epoch``, ``step``) or None."""
-        return self.checkpoints.find_latest()
+    def find_checkpoint(self, report=None, clean=True):
+        """The newest readable checkpoint (dict ``path``, ``epoch``, ``step``) or None;
+        ``report``, ``clean``: see :meth:`RunCheckpoints.find_latest`."""
+        return self.checkpoints.find_latest(report=report, clean=clean)
 
     def write_config(self, flagfile_text, metadata):
         """Creates the directory and writes ``flags.txt`` and ``run.json`` (atomically)."""
