@@ -43,6 +43,10 @@ def _check_outputs(out, toy_run):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     result = json.load(open(os.path.join(out, "analysis.json")))
     assert result["layers"] == ["conv"]
+    # The toy's exact sample (2 objects x 8 locations), as the tool prints it, whatever
+    # --points asked for.
+    assert (result["points"], result["augmentations"]) == (2, 8)
+    assert result["requested"]["points"] == 512
     assert result["emergence"]["epochs"] == [0, 1, 2]
     assert result["monitor"]["epochs"] == [0, 1, 2]                  # --analysis_every=1
     metrics = [json.loads(l) for l in open(os.path.join(toy_run, "metrics.jsonl"))]

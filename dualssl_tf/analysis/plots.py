@@ -16,8 +16,8 @@ def _integer_x(ax):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _save(fig, path):
-    fig.tight_layout()
+def _save(fig, path, rect=None):
+    fig.tight_layout(**({} if rect is None else {"rect": rect}))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -102,9 +102,14 @@ def selectivity_scatter(init, final, path, title="Filter selectivity: init vs tr
     init, final = np.asarray(init), np.asarray(final)
     ax.axhline(0, color="grey", lw=0.6)
     ax.axvline(0, color="grey", lw=0.6)
-    ax.scatter(init, final, s=40, color="tab:blue", label="filter")
-    for j, (a, b) in enumerate(zip(init, final)):
-        ax.annotate(str(j), (a, b), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.scatter(init, final, s=40, color="tab:blue", label="filter (label: its index)")
+    # Filters closer than a label's size share one label ("2,5"): no overlapping text.
+    for members in _clusters(np.stack([init, final], axis=1), radius=0.12):
+        a, b = init[members].mean(), final[members].mean()
+        right = a < 0.55   # labels near the right edge go to the point's left
+        ax.annotate(",".join(str(j) for j in members), (a, b), textcoords="offset points",
+                    xytext=(5 if right else -5, 4), ha="left" if right else "right",
+                    fontsize=8)
     ax.set_xlim(-1.05, 1.05)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel('selectivity at init  (+1: "11" only, -1: "101" only)')
@@ -115,23 +120,62 @@ def selectivity_scatter(init, final, path, title="Filter selectivity: init vs tr
     return _save(fig, path)
 
 
+def _layer_and_stage(label):
+    """("depth_1", "init") from "depth_1 init"; a label without a stage is "trained"."""
+    for stage in ("init", "trained"):
+        if label.endswith(" " + stage):
+            return label[:-len(stage) - 1], stage
+    return label, "trained"
+
+
+def _clusters(points, radius):
+    """Index lists of points grouped greedily (single linkage within ``radius``, in data
+    units), each sorted, in order of their first member."""
+    points = np.asarray(points, np.float64)
+    label = list(range(len(points)))
+
+    def root(i):
+        while label[i] != i:
+            i = label[i]
+        return i
+    for i in range(len(points)):
+        for j in range(i):
+            if np.linalg.norm(points[i] - points[j]) < radius:
+                label[root(i)] = root(j)
+    groups = {}
+    for i in range(len(points)):
+        groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values())
+
+
 def op_spectra(spectra, path, title="Covariance operator spectrum", top_k=20):
-    """Eigenvalues of OP (descending, log scale). spectra: dict label -> 1-D array."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    labels = list(spectra)
-    colors = plt.cm.tab10(np.arange(len(labels)) % 10)
-    for color, label in zip(colors, labels):
-        values = np.asarray(spectra[label], np.float64)[:top_k]
-        values = np.maximum(values, 1e-300)
-        style = "--" if "init" in label else "-"
-        ax.semilogy(np.arange(1, len(values) + 1), values, style, marker=".", color=color,
-                    label=label)
+    """Eigenvalues of OP (descending, log scale). spectra: dict label -> 1-D array, labels
+    ``"<layer> init"`` / ``"<layer> trained"``: one colour per layer, init dashed and
+    trained solid; the legend (layers, then the two line styles) sits right of the axes."""
+    from matplotlib.lines import Line2D
+    layers = []
+    for label in spectra:
+        layer, _ = _layer_and_stage(label)
+        if layer not in layers:
+            layers.append(layer)
+    colors = dict(zip(layers, plt.cm.tab10(np.arange(len(layers)) % 10)))
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
+    for label, values in spectra.items():
+        layer, stage = _layer_and_stage(label)
+        values = np.maximum(np.asarray(values, np.float64)[:top_k], 1e-300)
+        ax.semilogy(np.arange(1, len(values) + 1), values,
+                    "--" if stage == "init" else "-", marker=".", color=colors[layer],
+                    alpha=0.8 if stage == "init" else 1.0)
     _integer_x(ax)
     ax.set_xlabel("eigenvalue index")
     ax.set_ylabel("eigenvalue of OP_l")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="best", fontsize=7, ncol=2)
+    handles = [Line2D([], [], color=colors[l], marker=".", label=l) for l in layers]
+    handles += [Line2D([], [], color="k", ls="--", label="init"),
+                Line2D([], [], color="k", ls="-", label="trained")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8,
+              borderaxespad=0.0)
     return _save(fig, path)
 
 
@@ -154,16 +198,22 @@ def alignment_curves(epochs, series, path, ylabel="|cos(vec W_l, top eigenvector
 
 def alignment_bars(labels, init, final, path,
                    title="Alignment of W_l with OP_l's top eigenvector",
-                   ylabel="|cos(vec W_l, top eigenvector)|"):
-    """Grouped bars: alignment at init vs after training, per layer/filter."""
+                   ylabel="|cos(vec W_l, top eigenvector)|", na_note=None):
+    """Grouped bars: alignment at init vs after training, per layer/filter. An entry that
+    is None in both is drawn as "n/a"; ``na_note`` (a sentence saying why) is then printed
+    as a footnote under the axes."""
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(labels) + 2), 4.2))
     x = np.arange(len(labels))
     init = np.array([np.nan if v is None else v for v in init], np.float64)
     final = np.array([np.nan if v is None else v for v in final], np.float64)
     ax.bar(x - 0.2, init, 0.4, label="init", color="tab:gray")
     ax.bar(x + 0.2, final, 0.4, label="trained", color="tab:orange")
-    for xi in x[np.isnan(init) & np.isnan(final)]:
+    missing = x[np.isnan(init) & np.isnan(final)]
+    for xi in missing:
         ax.text(xi, 0.02, "n/a", ha="center", fontsize=8, color="grey")
+    if len(missing) and na_note:
+        fig.text(0.01, 0.01, f"n/a: {na_note}", fontsize=7, color="dimgrey", ha="left",
+                 va="bottom", wrap=True)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.02)
@@ -171,7 +221,8 @@ def alignment_bars(labels, init, final, path,
     ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+    # Room under the axes for the footnote.
+    return _save(fig, path, rect=(0, 0.08, 1, 1) if len(missing) and na_note else None)
 
 
 def init_selectivity_by_hid(result, path, title="Lucky nodes at init vs group width (hid)"):

@@ -63,7 +63,18 @@ def operator_summary(run, layers, points=512, augmentations=8, top_k=20, seed=0,
     OP_final), ``align_final_to_init_op`` (W_final vs OP_init's top eigenvector),
     ``w_norm_init``, ``w_norm_final``}.
     """
-    x_aug = task_hooks(run.cfg).sampler(run, points, augmentations, seed)()
+    return _operator_summary(run, layers, _sample(run, points, augmentations, seed), top_k,
+                             progress)
+
+
+def _sample(run, points, augmentations, seed):
+    """The analysis sample x_aug [M, A, ...] of the run's task. M and A are the requested
+    points and augmentations where the task draws them; the translation toy always uses its
+    exact set (2 objects x every location) whatever is asked."""
+    return task_hooks(run.cfg).sampler(run, points, augmentations, seed)()
+
+
+def _operator_summary(run, layers, x_aug, top_k, progress):
     out = {}
     for i, name in enumerate(layers, start=1):
         progress(f"[{i}/{len(layers)}] covariance operator of {name} "
@@ -115,12 +126,16 @@ def analyze_run(run, layers, points=512, augmentations=8, top_k=20, seed=0,
     if run.final is None:
         raise ValueError(f"model_dir: no saved_model/ in {run.model_dir}; the analysis needs "
                          "the trained encoder")
+    x_aug = _sample(run, points, augmentations, seed)
+    # The sample actually used (the toy ignores --points/--augmentations): analysis.json
+    # and the printout agree; what was asked is kept when it differs.
+    used = {"points": int(x_aug.shape[0]), "augmentations": int(x_aug.shape[1])}
     result = {"model_dir": run.model_dir, "dataset": run.cfg.data.dataset,
-              "layers": list(layers),
-              "points": points, "augmentations": augmentations,
+              "layers": list(layers), **used,
               "emergence": emergence(run), "monitor": monitor_curves(run),
-              "operators": operator_summary(run, layers, points, augmentations, top_k, seed,
-                                            progress)}
+              "operators": _operator_summary(run, layers, x_aug, top_k, progress)}
+    if used != {"points": points, "augmentations": augmentations}:
+        result["requested"] = {"points": points, "augmentations": augmentations}
     result.update(task_hooks(run.cfg).study(run, lucky_hids, progress))
     return result
 

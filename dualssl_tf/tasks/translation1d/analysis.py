@@ -50,5 +50,8 @@ def figures(result, out_dir):
         [f"filter {j}" for j in range(len(f["align_init"]))], f["align_init"],
         f["align_final"], os.path.join(out_dir, "filter_alignment.png"),
         title="Filters vs top eigenvector of OP (per filter block) at init",
-        ylabel="|cos(w_j, top eigvec of OP_jj at init)|")
+        ylabel="|cos(w_j, top eigvec of OP_jj at init)|",
+        na_note="OP's block OP_jj of the filter is zero at init (its averaged connection "
+                "is the same for both objects, as for a filter whose ReLU is never active), "
+                "so it has no top eigenvector to align with.")
     return paths
