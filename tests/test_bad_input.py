@@ -7,7 +7,6 @@ error printer). Most run in this process by calling the tool's ``parse_flags`` a
 case through); a handful also run as real subprocesses.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from absl import flags
 
 import dualssl_tf
 from dualssl_tf import config
+from tests import train_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "train.py")
@@ -182,11 +182,7 @@ def _watched_dir(argv, tmp):
 @pytest.fixture(scope="module")
 def tool():
     """tools/train.py loaded as a module, its flags defined once in this process."""
-    spec = importlib.util.spec_from_file_location("train_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.define_flags()  # replaces same-named flags other tools' tests defined
-    return module
+    return train_tool.load("train_tool")
 
 
 def _run_in_process(tool, argv, monkeypatch, capsys):

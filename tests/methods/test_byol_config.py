@@ -2,25 +2,21 @@
 options only with that method (an option is "given" when it differs from its default),
 and the contrastive-only task checks apply only to --method=contrastive. TensorFlow-free."""
 
-import importlib.util
 import os
 
 import pytest
 from absl import flags
 
 from dualssl_tf import config
+from tests import train_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location(
-        "train_tool_byol_cfg", os.path.join(ROOT, "tools", "train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.define_flags()
-    return module
+    """tools/train.py loaded as a module, its flags defined once in this process."""
+    return train_tool.load("train_tool_byol_cfg")
 
 
 def _load(tool, tmp_path, *argv):

@@ -7,22 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from tests.tiny_runs import train
+from tests.tiny_runs import ckpt_tensors as _tensors, metrics_bytes as _metrics, train
 
 BYOL = dict(method="byol", byol_pred_hidden_dim=8, byol_base_momentum=0.9)
-
-
-def _tensors(model_dir, epoch):
-    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints", f"ckpt-{epoch}"))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.startswith(("model/", "optimizer/", "epoch/", "step/"))}
-
-
-def _metrics(model_dir):
-    with open(os.path.join(model_dir, "metrics.jsonl"), "rb") as f:
-        return f.read()
 
 
 def _check_resume(tmp_path, **kw):
