@@ -29,8 +29,9 @@ counted. The PyTorch row runs the same network, so the same count. MFU is achiev
 FLOP/s over the device's dense peak for the step's precision (a table of vendor figures for
 GPUs, see PEAK_TFLOPS; on a CPU the best tf.matmul rate measured here, in the compute
 dtype, which is a measurement, not a vendor peak). Each figure is the best of --repeats
-timed blocks of --steps steps after --warmup untimed steps; the load average is printed:
-on a shared machine every figure is pessimistic.
+timed blocks of --steps steps after --warmup untimed steps, the rows' blocks interleaved
+(one block of every row per round, PyTorch's too) so that a shared machine's load hits
+them alike; the load average is printed: on a shared machine every figure is pessimistic.
 """
 
 import json
@@ -68,10 +69,9 @@ flags.DEFINE_integer("threads", 0, "CPU threads for TensorFlow and PyTorch (0 = 
 flags.DEFINE_list("rows", ["host", "device", "step", "fit_memory", "fit", "torch"],
                   "Rows to run.")
 flags.DEFINE_enum("torch_channels_last", "auto", ["auto", "true", "false"],
-                  "PyTorch row in channels-last format; auto: on a GPU only (PyTorch's "
-                  "faster layout: NCHW on this CPU, channels-last with AMP on GPUs).")
+                  "PyTorch row's memory format; auto: the faster of NCHW and channels-last "
+                  "for the shape (one step each).")
 flags.DEFINE_float("peak_tflops", 0.0, "Override the device's dense peak (TFLOP/s).")
-flags.DEFINE_integer("torch_timeout", 900, "Seconds the PyTorch subprocess may take.")
 flags.DEFINE_string("json_out", "", "Also write the rows as JSON to this file.")
 FLAGS = flags.FLAGS
 
@@ -235,32 +235,55 @@ def device_augment_fn(module):
 
 
 # -- timing ------------------------------------------------------------------------------------
+#
+# Each row is prepared (built, traced/compiled, warmed up) first; then the rows' timed blocks
+# run interleaved, --repeats rounds of one block per row, PyTorch's included (its process
+# waits between blocks), and each row keeps its best block: a shared machine's load hits
+# every row alike.
 
-def best_rate(run_block, steps):
-    """Pairs/s of the best of --repeats calls of ``run_block()`` (each ``steps`` steps and
-    synchronised at its end)."""
-    best = float("inf")
-    for _ in range(FLAGS.repeats):
+class Row:
+    """A benchmark row: ``block()`` runs one timed block, returns (seconds, pairs)."""
+
+    def __init__(self, name, block, counts_flops=True):
+        self.name, self.block, self.counts_flops = name, block, counts_flops
+        self.best = None   # pairs/s
+        self.note = ""
+
+    def time_once(self):
+        seconds, pairs = self.block()
+        rate = pairs / seconds
+        self.best = rate if self.best is None else max(self.best, rate)
+
+
+def timed(fn):
+    """``fn()`` -> (seconds, pairs) with ``fn`` returning pairs (synchronised at its end)."""
+    def block():
         start = time.perf_counter()
-        run_block()
-        best = min(best, time.perf_counter() - start)
-    return steps * FLAGS.batch_size / best
+        pairs = fn()
+        return time.perf_counter() - start, pairs
+    return block
 
 
-def rate_host():
-    it = iter(host_pipeline())
-    for _ in range(FLAGS.warmup):
-        next(it)
+def host_row():
+    """A fresh iterator per block (the prefetch buffer would otherwise fill while the other
+    rows run): --warmup batches untimed, then max(--steps, 20) batches timed."""
+    data = host_pipeline()
+    n = max(FLAGS.steps, 20)
 
     def block():
-        for _ in range(FLAGS.steps):
+        it = iter(data)
+        for _ in range(FLAGS.warmup):
+            next(it)
+        start = time.perf_counter()
+        for _ in range(n):
             batch = next(it)
         batch["view1"].numpy()
+        return time.perf_counter() - start, n * FLAGS.batch_size
 
-    return best_rate(block, FLAGS.steps)
+    return Row("host pipeline alone (tf.data, CPU)", block, counts_flops=False)
 
 
-def rate_device_augment(module):
+def device_augment_row(module):
     import tensorflow as tf
     arr, _ = random_uint8(FLAGS.batch_size, FLAGS.image_size)
     images = tf.constant(arr)
@@ -273,71 +296,74 @@ def rate_device_augment(module):
 
     counter = [0]
 
-    def block(n):
+    def run(n=FLAGS.steps):
         out = None
         for _ in range(n):
             out = views(tf.constant(counter[0], tf.int64))
             counter[0] += 1
         out.numpy()
+        return n * FLAGS.batch_size
 
-    block(FLAGS.warmup)
-    return best_rate(lambda: block(FLAGS.steps), FLAGS.steps)
+    run(FLAGS.warmup)
+    return Row("device augmentations alone", timed(run), counts_flops=False)
 
 
-def rate_step():
+def step_row():
     import tensorflow as tf
     model = make_model()
     batch = fixed_batch(tf)
     step = tf.function(model.train_step, jit_compile=FLAGS.jit_compile, autograph=False)
 
-    def block(n):
+    def run(n=FLAGS.steps):
         logs = None
         for _ in range(n):
             logs = step(batch)
         float(logs["loss"])
+        return n * FLAGS.batch_size
 
-    block(FLAGS.warmup)
-    return best_rate(lambda: block(FLAGS.steps), FLAGS.steps)
-
-
-class _EpochClock:
-    """Keras callback: wall time of each epoch (an epoch ends synchronised: fit converts
-    its logs to numbers)."""
-
-    def __new__(cls):
-        import keras
-
-        class Clock(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.times = []
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self._start = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                self.times.append(time.perf_counter() - self._start)
-
-        return Clock()
+    run(FLAGS.warmup)
+    return Row("train step alone (views in memory)", timed(run))
 
 
-def rate_fit(data, augment=None):
-    """model.fit over ``data``: one warm-up epoch, then --repeats timed epochs of --steps
-    steps (rounded up to whole executions); the iterator is kept across epochs."""
+def _batch_clock():
+    """Keras callback: the time at the end of every execution (fit has synchronised by
+    then: it converts the logs of each execution's last step)."""
+    import keras
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.ends = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            if logs and "loss" in logs:
+                float(logs["loss"])
+            self.ends.append(time.perf_counter())
+
+    return Clock()
+
+
+def fit_row(name, data, augment=None):
+    """model.fit over ``data``: a warm-up fit, then one fit per block; a block is timed from
+    the end of its first execution to the end of its last (the iterator's start-up and the
+    first execution are left out)."""
     spe = FLAGS.steps_per_execution
-    steps = -(-FLAGS.steps // spe) * spe
-    warm = max(-(-FLAGS.warmup // spe) * spe, spe)
-    # Epochs of equal length: the warm-up epoch is ceil(warm / steps) timed-size epochs.
-    warm_epochs = -(-warm // steps)
+    executions = max(-(-FLAGS.steps // spe), 1) + 1
     model = make_model(augment)
-    clock = _EpochClock()
-    model.fit(data, epochs=warm_epochs + FLAGS.repeats, steps_per_epoch=steps, verbose=0,
-              callbacks=[clock])
-    return steps * FLAGS.batch_size / min(clock.times[warm_epochs:])
+    model.fit(data, epochs=1, steps_per_epoch=max(-(-FLAGS.warmup // spe), 1) * spe,
+              verbose=0)
+    clock = _batch_clock()
+
+    def block():
+        model.fit(data, epochs=1, steps_per_epoch=executions * spe, verbose=0,
+                  callbacks=[clock])
+        return clock.ends[-1] - clock.ends[0], (len(clock.ends) - 1) * spe * FLAGS.batch_size
+
+    return Row(name, block)
 
 
-def rate_torch(kind):
-    """(pairs/s, note) of benchmarks/throughput_torch.py, or (None, why skipped)."""
+def torch_row(kind):
+    """The PyTorch row (a persistent benchmarks/throughput_torch.py --serve process), or
+    (None, why it was skipped)."""
     try:
         import torch  # noqa: F401
     except ImportError as e:
@@ -345,29 +371,40 @@ def rate_torch(kind):
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "throughput_torch.py")
     from dualssl_tf.models import stems
     stem = stems.resolve_stem(FLAGS.stem, FLAGS.image_size)
-    args = [sys.executable, script, f"--image_size={FLAGS.image_size}",
+    args = [sys.executable, script, "--serve", f"--image_size={FLAGS.image_size}",
             f"--batch_size={FLAGS.batch_size}", f"--encoder={FLAGS.encoder}", f"--stem={stem}",
             f"--width_multiplier={FLAGS.width_multiplier}", f"--steps={FLAGS.steps}",
-            f"--warmup={FLAGS.warmup}", f"--repeats={FLAGS.repeats}",
-            f"--threads={FLAGS.threads or os.cpu_count()}",
-            "--channels_last" if (FLAGS.torch_channels_last == "true" or (
-                FLAGS.torch_channels_last == "auto" and kind == "GPU"))
-            else "--no-channels_last"]
+            f"--warmup={FLAGS.warmup}", f"--threads={FLAGS.threads or os.cpu_count()}",
+            f"--channels_last={FLAGS.torch_channels_last}"]
     if FLAGS.mixed_precision == "bfloat16":
         args.append("--bf16")
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=1)
+
+    def read():
+        line = proc.stdout.readline()
+        if not line:
+            err = (proc.stderr.read().strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"PyTorch process ended (exit {proc.wait()}): {err}")
+        return json.loads(line)
+
     try:
-        proc = subprocess.run(args, capture_output=True, text=True,
-                              timeout=FLAGS.torch_timeout)
-    except subprocess.TimeoutExpired:
-        return None, f"PyTorch row skipped: no result in {FLAGS.torch_timeout} s"
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-    if proc.returncode or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return None, f"PyTorch row failed (exit {proc.returncode}): {tail}"
-    out = json.loads(lines[-1])
-    return out["pairs_per_s"], (f"PyTorch {out['torch']}, {out['threads']} threads, "
-                                f"network: {out['network']}, channels_last "
-                                f"{out['channels_last']}, bf16 autocast {out['bf16']}")
+        info = read()
+    except RuntimeError as e:
+        return None, f"PyTorch row failed: {e}"
+
+    def block():
+        proc.stdin.write("run\n")
+        proc.stdin.flush()
+        out = read()
+        return out["seconds"], out["pairs"]
+
+    row = Row("PyTorch step (views in memory)", block)
+    row.note = (f"PyTorch {info['torch']} on {info['device']}, {info['threads']} threads, network: "
+                f"{info['network']}, channels_last {info['channels_last']}, bf16 autocast "
+                f"{info['bf16']}")
+    row.proc = proc
+    return row, ""
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -395,47 +432,46 @@ def main(_):
     del enc, head
     peak, peak_note = peak_tflops(tf, kind, name, compute_dtype)
 
-    rows = []   # (name, pairs/s or None, counts FLOPs)
+    rows = []
     want = set(FLAGS.rows)
-    torch_first = rate_torch(kind) if "torch" in want else None
     if "host" in want:
-        rows.append(("host pipeline alone (tf.data, CPU)", rate_host(), False))
+        rows.append(host_row())
     if "device" in want:
         if module is None:
             notes.append("device augmentations: not available in this checkout")
         else:
-            rows.append(("device augmentations alone", rate_device_augment(module), False))
+            rows.append(device_augment_row(module))
     if "step" in want:
-        rows.append(("train step alone (views in memory)", rate_step(), True))
+        rows.append(step_row())
     if "fit_memory" in want:
-        rows.append(("model.fit, views in memory", rate_fit(
-            tf.data.Dataset.from_tensors(fixed_batch(tf)).repeat()), True))
+        rows.append(fit_row("model.fit, views in memory",
+                            tf.data.Dataset.from_tensors(fixed_batch(tf)).repeat()))
     if "fit" in want:
         if augment_on == "device" and module is None:
             notes.append("--augment_on=device: dualssl_tf.data.device_augment is not in "
                          "this checkout; the end-to-end row uses the host pipeline")
             augment_on = "host"
         if augment_on == "device":
-            rows.append(("model.fit end to end (device augment)",
-                         rate_fit(uint8_batches(), device_augment_fn(module)), True))
+            rows.append(fit_row("model.fit end to end (device augment)", uint8_batches(),
+                                device_augment_fn(module)))
         else:
-            rows.append(("model.fit end to end (host augment)", rate_fit(host_pipeline()),
-                         True))
-    torch_rate = None
+            rows.append(fit_row("model.fit end to end (host augment)", host_pipeline()))
+    torch = None
     if "torch" in want:
-        # Run before and after our rows, best kept: a shared machine's load then hits both
-        # sides alike.
-        rate, note = torch_first
-        if rate is not None:
-            rate2, note = rate_torch(kind)
-            notes.append(f"PyTorch step: {rate:.1f} pairs/s before our rows, "
-                         f"{rate2 or 0:.1f} after (best kept)")
-            rate = max(rate, rate2 or 0)
-        notes.append(note)
-        torch_rate = rate
-        if torch_rate is not None:
-            rows.append(("PyTorch step (views in memory)", torch_rate, True))
+        torch, why = torch_row(kind)
+        if torch is None:
+            notes.append(why)
+        else:
+            rows.append(torch)
+    for _ in range(FLAGS.repeats):
+        for row in rows:
+            row.time_once()
+    if torch is not None:
+        torch.proc.stdin.close()
+        torch.proc.wait(timeout=60)
+        notes.append(torch.note)
     load_after = load_average()
+    torch_rate = torch.best if torch is not None else None
 
     print(f"\nSimCLR throughput on {name} ({kind}); {FLAGS.encoder} width "
           f"{FLAGS.width_multiplier:g}, {FLAGS.image_size} px, batch {FLAGS.batch_size}, "
@@ -444,22 +480,23 @@ def main(_):
     print(f"FLOPs per pair (analytic, conv/dense MACs x2, 2 views, x3 training): "
           f"{flop_pair / 1e9:.2f} GFLOP ({flop_fwd / 1e9:.3f} GFLOP forward per view)")
     print("peak: " + (f"{peak:.4g} TFLOP/s, {peak_note}" if peak else f"n/a ({peak_note})"))
-    print(f"{load_before} (start), {load_after} (end); best of {FLAGS.repeats} x "
-          f"{FLAGS.steps} steps after {FLAGS.warmup} warm-up")
+    print(f"{load_before} (start), {load_after} (end); best of {FLAGS.repeats} interleaved "
+          f"blocks of {FLAGS.steps} steps after {FLAGS.warmup} warm-up")
     head_line = f"{'row':<40} {'pairs/s':>9} {'TFLOP/s':>8} {'MFU':>7} {'vs PyTorch':>10}"
     print(head_line)
     print("-" * len(head_line))
     results = []
-    for row, rate, counts in rows:
-        tflops = rate * flop_pair / 1e12 if counts else None
+    for row in rows:
+        rate = row.best
+        tflops = rate * flop_pair / 1e12 if row.counts_flops else None
         mfu = tflops / peak if (tflops is not None and peak) else None
-        ratio = rate / torch_rate if (counts and torch_rate) else None
+        ratio = rate / torch_rate if (row.counts_flops and torch_rate) else None
         cells = [f"{rate:9.1f}",
                  f"{tflops:8.4g}" if tflops is not None else f"{'':>8}",
                  f"{mfu:7.1%}" if mfu is not None else f"{'':>7}",
                  f"{ratio:9.2f}x" if ratio is not None else f"{'':>10}"]
-        print(f"{row:<40} " + " ".join(cells))
-        results.append({"row": row, "pairs_per_s": rate, "tflops": tflops, "mfu": mfu,
+        print(f"{row.name:<40} " + " ".join(cells))
+        results.append({"row": row.name, "pairs_per_s": rate, "tflops": tflops, "mfu": mfu,
                         "vs_pytorch": ratio})
     for note in notes:
         print(note)

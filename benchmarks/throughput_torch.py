@@ -2,8 +2,9 @@
 
     python benchmarks/throughput_torch.py --image_size=32 --batch_size=128 [--encoder=resnet18]
 
-Run by throughput.py in a subprocess (same process tree, same thread count); prints one JSON
-line. The step is the one throughput.py times on the TensorFlow side: ResNet-18/50 with
+Run by throughput.py in a subprocess (same process tree, same thread count) with --serve,
+which times one block per request so that throughput.py interleaves them with its rows;
+alone it prints one JSON line (best of --repeats blocks). The step is the one throughput.py times on the TensorFlow side: ResNet-18/50 with
 the same stem (cifar: 3x3/1, no max-pool; imagenet: 7x7/2 + max-pool) and width, the
 projection head Linear(R, 512, no bias)-BN-ReLU-Linear(512, 128), NT-Xent (tau 0.5) over
 the 2B views of the batch, SGD momentum 0.9, plus the online linear probe (a BatchNorm
@@ -11,7 +12,8 @@ without affine + Linear(R, 10), Adam 1e-3, on the detached representation of vie
 fixed augmentation-free views in memory. The network is torchvision's ResNet when
 torchvision imports; otherwise (e.g. a CUDA torchvision next to a CPU torch) this file's
 re-declaration of the same architecture (torchvision v1.5 blocks), said so in the output.
-Channels-last memory format (as TensorFlow's NHWC) unless --no-channels_last.
+The memory format is PyTorch's faster one for the shape (--channels_last=auto: NCHW and
+channels-last timed one step each), on the GPU when torch sees one.
 """
 
 import argparse
@@ -33,7 +35,13 @@ def parse():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="0 = every core (os.cpu_count()).")
     p.add_argument("--bf16", action="store_true", help="autocast the step to bfloat16.")
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--channels_last", choices=("auto", "true", "false"), default="auto",
+                   help="memory format; auto: the faster of the two for this shape.")
+    p.add_argument("--serve", action="store_true",
+                   help="after the warm-up print one JSON line (the set-up), then time one "
+                        "block of --steps steps per 'run' line on stdin (one JSON line "
+                        "each: seconds, pairs) until stdin closes: throughput.py "
+                        "interleaves these blocks with its own rows.")
     return p.parse_args()
 
 
@@ -141,27 +149,40 @@ def main():
     import torch
     threads = args.threads or os.cpu_count()
     torch.set_num_threads(threads)
+    # TensorFlow runs its kernels with denormals flushed to zero (ScopedFlushDenormal);
+    # without it PyTorch's CPU step slows down by up to 100x once values become denormal.
+    denormals_flushed = bool(torch.set_flush_denormal(True))
     torch.manual_seed(0)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     nn = torch.nn
     net, rep, source = encoder(torch, args)
     head = nn.Sequential(nn.Linear(rep, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(),
                          nn.Linear(512, 128))
     probe = nn.Sequential(nn.BatchNorm1d(rep, affine=False), nn.Linear(rep, 10))
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    net = net.to(memory_format=fmt)
+    net, head, probe = net.to(dev), head.to(dev), probe.to(dev)
     params = list(net.parameters()) + list(head.parameters())
-    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    probe_opt = torch.optim.Adam(probe.parameters(), lr=1e-3)
+
+    def optimizers():
+        return (torch.optim.SGD(params, lr=0.1, momentum=0.9),
+                torch.optim.Adam(probe.parameters(), lr=1e-3))
+
+    opts = list(optimizers())
     b, s = args.batch_size, args.image_size
-    x1 = torch.rand(b, 3, s, s).to(memory_format=fmt)
-    x2 = torch.rand(b, 3, s, s).to(memory_format=fmt)
-    labels = torch.randint(0, 10, (b,))
+    views = [torch.rand(b, 3, s, s, device=dev), torch.rand(b, 3, s, s, device=dev)]
+    labels = torch.randint(0, 10, (b,), device=dev)
     tau = 0.5
-    targets = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)])
-    eye = torch.eye(2 * b, dtype=torch.bool)
+    targets = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(dev)
+    eye = torch.eye(2 * b, dtype=torch.bool, device=dev)
+
+    def set_layout(channels_last):
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        net.to(memory_format=fmt)
+        views[:] = [v.contiguous(memory_format=fmt) for v in views]
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        x1, x2 = views
+        opt, probe_opt = opts
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=args.bf16):
             h = net(torch.cat([x1, x2]))
             z = head(h)
         z = nn.functional.normalize(z.float(), dim=1, eps=1e-4)
@@ -174,20 +195,50 @@ def main():
         probe_opt.zero_grad(set_to_none=True)
         probe_loss.backward()
         probe_opt.step()
-        return float(loss.detach())
+        return float(loss.detach())   # synchronises
 
+    layouts = {"true": [True], "false": [False], "auto": [False, True]}[args.channels_last]
+    if len(layouts) > 1:
+        # PyTorch's faster layout for this shape (NCHW or channels-last; which one wins
+        # depends on the width and the device): one warm-up and one timed step each.
+        times = {}
+        for cl in layouts:
+            set_layout(cl)
+            step()
+            start = time.perf_counter()
+            step()
+            times[cl] = time.perf_counter() - start
+        channels_last = min(times, key=times.get)
+    else:
+        channels_last = layouts[0]
+    set_layout(channels_last)
+    opts[:] = optimizers()   # fresh state in this layout (the probe's was in both)
     for _ in range(args.warmup):
         step()
-    best = float("inf")
-    for _ in range(args.repeats):
+    info = {"threads": threads, "torch": torch.__version__, "network": source,
+            "channels_last": channels_last, "bf16": args.bf16, "device": dev,
+            "mkldnn": bool(torch.backends.mkldnn.is_available()),
+            "flush_denormal": denormals_flushed}
+
+    def block():
         start = time.perf_counter()
         for _ in range(args.steps):
-            loss = step()
-        best = min(best, (time.perf_counter() - start) / args.steps)
-    print(json.dumps({"pairs_per_s": b / best, "step_s": best, "loss": loss,
-                      "threads": threads, "torch": torch.__version__, "network": source,
-                      "channels_last": args.channels_last, "bf16": args.bf16,
-                      "mkldnn": bool(torch.backends.mkldnn.is_available())}))
+            loss = step()   # float(): synchronised
+        return time.perf_counter() - start, loss
+
+    if args.serve:
+        print(json.dumps(info), flush=True)
+        for line in sys.stdin:
+            if line.strip() == "run":
+                seconds, loss = block()
+                print(json.dumps({"seconds": seconds, "pairs": args.steps * b, "loss": loss}),
+                      flush=True)
+        return 0
+    best = float("inf")
+    for _ in range(args.repeats):
+        seconds, loss = block()
+        best = min(best, seconds / args.steps)
+    print(json.dumps({"pairs_per_s": b / best, "step_s": best, "loss": loss, **info}))
     return 0
 
 
