@@ -12,8 +12,13 @@ def _seeded():
     """Every test starts from the same global seeds, so unseeded Keras initialisers
     give the same weights whatever ran before: a pass or fail never depends on order."""
     import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(0)
+    # On a GPU (``pytest -m gpu``, benchmarks/accelerator_check.sh): float32 matmuls and
+    # convolutions in float32, not TF32 (TensorFlow's default on Ampere and later, 10-bit
+    # mantissas), since the tests compare float32 results to ~1e-5. No-op on a CPU.
+    tf.config.experimental.enable_tensor_float_32_execution(False)
     yield
 
 

@@ -227,17 +227,38 @@ def trainer_checks(model_dir):
     return out
 
 
+def split_devices(replicas):
+    """R logical devices for MirroredStrategy (``make_strategy("mirrored")`` takes the
+    logical GPUs when there are any, else the logical CPUs): the first GPU split into R
+    logical GPUs of DIST_TEST_GPU_MB MiB each (default 2048) on a GPU machine (the
+    accelerator check, ``pytest -m gpu``), else the CPU split into R. DIST_TEST_DEVICE=cpu
+    keeps a GPU machine on the CPU split."""
+    import tensorflow as tf
+    replicas = int(replicas)
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus and os.environ.get("DIST_TEST_DEVICE", "") != "cpu":
+        mb = int(os.environ.get("DIST_TEST_GPU_MB", "2048"))
+        tf.config.set_visible_devices(gpus[0], "GPU")
+        tf.config.experimental.enable_tensor_float_32_execution(False)  # float32 = float32
+        tf.config.set_logical_device_configuration(
+            gpus[0], [tf.config.LogicalDeviceConfiguration(memory_limit=mb)] * replicas)
+        return
+    if gpus:
+        tf.config.set_visible_devices([], "GPU")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+
+
 def equality(replicas, out_path, names="", model_dir=""):
     """One process per replica count: two MirroredStrategy objects over different device
     sets in one process collide on collective group keys."""
     import tensorflow as tf
     replicas = int(replicas)
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    split_devices(replicas)
     from dualssl_tf.run import distribute
 
-    strategy = distribute.make_strategy("mirrored")   # no GPU: the logical CPU devices
+    strategy = distribute.make_strategy("mirrored")   # the logical devices of split_devices
     result = {"replicas": strategy.num_replicas_in_sync, "cases": {}}
     refs = {}
     for name in (names.split(",") if names else CASES):
@@ -265,9 +286,7 @@ def equality(replicas, out_path, names="", model_dir=""):
 def siamese(replicas, out_path):
     """BYOL / DirectPred / SimSiam: SIAMESE_STEPS SGD steps on R replicas vs one device."""
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * int(replicas))
+    split_devices(replicas)
     from dualssl_tf.run import distribute
 
     strategy = distribute.make_strategy("mirrored")
@@ -303,9 +322,7 @@ def images(replicas, model_dir, out_path):
     """trainer.run on generated images (tiny ResNet + head with SyncBN, online probe) on
     ``replicas`` logical CPU devices; writes the final logs and flags."""
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * int(replicas))
+    split_devices(replicas)
     from dualssl_tf import config
     from dualssl_tf.run import trainer
     cfg = config.TrainConfig(

@@ -78,6 +78,7 @@ def test_multi_worker_equals_single_process(tmp_path):
     assert worker._maxdiff(w0, ref) < 1e-5         # = single process (3 steps of float32)
 
 
+@pytest.mark.gpu
 @pytest.mark.slow
 def test_image_run_on_two_replicas_with_sync_bn(tmp_path):
     out = tmp_path / "result.json"
@@ -246,6 +247,7 @@ def _tree_batch(negatives, seed=0):
     return {k: v.astype(np.float32) for k, v in batch.items()}
 
 
+@pytest.mark.gpu
 def test_every_loss_compiles_with_xla():
     """One XLA program holding every loss's forward + backward (the per-replica step,
     ContrastiveMethod.replica_loss), compiled once; its gradients equal TF's non-XLA gradients."""
@@ -269,6 +271,7 @@ def test_every_loss_compiles_with_xla():
         assert worker._maxdiff(g, w) < 1e-5 * max(1.0, norm), (loss, neg)
 
 
+@pytest.mark.gpu
 @pytest.mark.slow  # XLA compiling a ResNet-18 takes minutes on a shared CPU
 def test_resnet_step_compiles_with_xla():
     """Tiny ResNet-18 + projection head (BatchNorm in training mode) under XLA."""
@@ -306,6 +309,7 @@ def no_op_determinism():
         tf_config.enable_op_determinism()
 
 
+@pytest.mark.gpu
 def test_keras_jit_compiled_train_step_equals_eager(no_op_determinism):
     batch = _tree_batch(0)
     xla = _tree_model("ntxent", jit=True)
@@ -316,6 +320,7 @@ def test_keras_jit_compiled_train_step_equals_eager(no_op_determinism):
     assert worker._maxdiff(got[1], initial) > MOVED
 
 
+@pytest.mark.gpu
 def test_float16_step_uses_loss_scaling():
     import keras
     from dualssl_tf.methods.contrastive import ContrastiveMethod
@@ -327,7 +332,8 @@ def test_float16_step_uses_loss_scaling():
         opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))
         model.compile(optimizer=opt, run_eagerly=True)
         batch = worker.make_batches(1)[0]
-        assert model(batch["view1"]).dtype == "float16"
+        assert model.encoder(batch["view1"]).dtype == "float16"
+        assert model(batch["view1"]).dtype == "float32"   # normalised in float32
         before = [v.numpy() for v in model.trainable_variables]
         after = _one_step(model, batch)
         assert all(v.dtype == "float32" for v in model.trainable_variables)
@@ -390,6 +396,7 @@ def four(workers):
     return _finish(workers["four"])
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", sorted(worker.CASES))
 def test_two_replicas_equal_one_device(two, case):
     got = two["cases"][case]
@@ -400,6 +407,7 @@ def test_two_replicas_equal_one_device(two, case):
         assert got["effect"] > MOVED
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", worker.CASES_4)
 def test_four_replicas_equal_one_device(four, case):
     got = four["cases"][case]
@@ -408,12 +416,14 @@ def test_four_replicas_equal_one_device(four, case):
     assert got["diff"] < TOL, got
 
 
+@pytest.mark.gpu
 def test_local_negatives_differ(two, four):
     # Per-replica negatives are a different loss: the same comparison must fail.
     assert two["local_negatives"] > MOVED
     assert four["local_negatives"] > MOVED
 
 
+@pytest.mark.gpu
 def test_sync_batchnorm_uses_global_batch_statistics(two, four):
     # Output normalised by the global mean/variance; moving statistics updated with them.
     for result in (two, four):
@@ -423,6 +433,7 @@ def test_sync_batchnorm_uses_global_batch_statistics(two, four):
         assert stats["moving_var"] < 1e-5
 
 
+@pytest.mark.gpu
 def test_trainer_on_two_replicas(two):
     t = two["trainer"]
     assert t["batch_size"].startswith("--batch_size: global batch 7 is not divisible by "

@@ -302,6 +302,7 @@ class SiameseMethod(SSLMethod):
         if isinstance(x, dict):  # Keras builds a model under a strategy from one batch
             x = self.make_views(x)["view1"]
         _, z = self._online(x, training)
+        z = tf.cast(z, tf.float32)  # normalised in float32 under mixed precision too
         return z / (tf.norm(z, axis=-1, keepdims=True) + self.norm_eps)
 
     def _online(self, x, training):

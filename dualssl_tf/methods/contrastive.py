@@ -118,8 +118,13 @@ class ContrastiveMethod(SSLMethod):
         return self.embed(x, training=training)
 
     def embed(self, x, training=False, return_representation=False):
+        """``f = normalize(head(encoder(x)))`` [B, D], float32 whatever the compute dtype
+        (under mixed precision the networks run in bfloat16/float16; the normalisation and
+        everything after it, the losses included, in float32). With
+        ``return_representation`` also ``h = encoder(x)`` [B, R] in the compute dtype."""
         h = self.encoder(x, training=training)
         p = self.head(h, training=training) if self.head is not None else h
+        p = tf.cast(p, tf.float32) if p.dtype in (tf.bfloat16, tf.float16) else p
         if self.normalize:
             p = p / (tf.norm(p, axis=-1, keepdims=True) + self.norm_eps)
         return (p, h) if return_representation else p

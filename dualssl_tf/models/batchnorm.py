@@ -10,21 +10,32 @@ has oneDNN kernels on CPU and cuDNN kernels on GPU (see benchmarks/resnet_step.p
 :class:`FusedBatchNormalization` is a drop-in subclass: same arguments, same variables
 (``gamma``, ``beta``, ``moving_mean``, ``moving_variance``), same moving-average rule
 (``moving = momentum * moving + (1 - momentum) * batch`` with the biased batch variance,
-as Keras), same ``get_config``. It takes the fused path for float32 NHWC inputs of rank 4
-normalised over the last axis, without mask or renorm, and (when ``synchronized``) only
-when there is a single replica; anything else goes through Keras' own ``call``.
+as Keras), same ``get_config``. It takes the fused path for float32, bfloat16 and float16
+NHWC inputs of rank 4 normalised over the last axis, without mask or renorm, and (when
+``synchronized``) only when there is a single replica; anything else goes through Keras'
+own ``call``.
+
+Mixed precision (``--mixed_precision=bfloat16|float16``): the op takes the half-precision
+activation with the float32 ``gamma``/``beta`` and computes the batch moments in float32
+(cuDNN, oneDNN and XLA alike), returning float32 moments and a half-precision output, as
+Keras' layer does (it casts the activation to float32, normalises and casts back); the
+moving statistics stay float32.
 """
 
 import keras
 import tensorflow as tf
 
 
+# Activation dtypes of FusedBatchNormV3 (scale, offset and moments are float32 for all).
+_FUSED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
+
+
 @keras.saving.register_keras_serializable(package="dualssl_tf")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` computed by ``tf.raw_ops.FusedBatchNormV3``.
 
-    Input and output: ``[B, H, W, C]`` float32 (any other input falls back to the Keras
-    implementation, with identical results up to float rounding).
+    Input and output: ``[B, H, W, C]`` float32, bfloat16 or float16 (any other input falls
+    back to the Keras implementation, with identical results up to float rounding).
 
     Args:
       All of ``keras.layers.BatchNormalization``'s (``axis``, ``momentum``, ``epsilon``,
@@ -38,7 +49,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def _fusable(self, inputs, mask):
         if mask is not None or self.renorm or keras.backend.backend() != "tensorflow":
             return False
-        if len(inputs.shape) != 4 or self.axis not in (-1, 3) or inputs.dtype != tf.float32:
+        if len(inputs.shape) != 4 or self.axis not in (-1, 3) or inputs.dtype not in _FUSED_DTYPES:
             return False
         if self.synchronized:
             # Cross-replica statistics need Keras' all-reduced moments.
@@ -52,7 +63,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         channels = inputs.shape[-1]
         gamma = self.gamma if self.scale else tf.ones([channels], tf.float32)
         beta = self.beta if self.center else tf.zeros([channels], tf.float32)
-        gamma, beta = tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
+        # float32 whatever the activation's dtype (the variables are never autocast).
+        gamma, beta = tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32)
         if training and self.trainable:
             empty = tf.constant([], tf.float32)
             y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(

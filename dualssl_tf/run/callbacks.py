@@ -201,6 +201,7 @@ class EmbeddingSpread(EpochMetric):
         f = self.encoder(self.x, training=False)
         if self.head is not None:
             f = self.head(f, training=False)
+        f = tf.cast(f, tf.float32)  # mixed precision: the monitor in float32, as the loss
         f = f / (tf.norm(f, axis=-1, keepdims=True) + self.norm_eps)
         return {"embed_std": float(tf.reduce_mean(tf.math.reduce_std(f, axis=0))),
                 "effective_rank": float(effective_rank(f))}

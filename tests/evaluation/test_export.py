@@ -58,6 +58,7 @@ def exported(tmp_path_factory):
     return enc, head, path, card
 
 
+@pytest.mark.gpu
 def test_outputs_match_in_memory_model(exported):
     enc, head, path, _ = exported
     x = _images()
@@ -72,6 +73,7 @@ def test_outputs_match_in_memory_model(exported):
     assert loaded.input_shape == SHAPE
 
 
+@pytest.mark.gpu
 def test_train_mode_uses_batch_statistics(exported):
     enc, _, path, _ = exported
     x = _images()
@@ -88,6 +90,7 @@ def test_train_mode_uses_batch_statistics(exported):
     assert np.abs(serve_out - train_out).max() > 1e-2
 
 
+@pytest.mark.gpu
 def test_fresh_process_reload_matches(exported, tmp_path):
     enc, head, path, _ = exported
     x = _images(5, seed=7)
@@ -106,6 +109,7 @@ def test_fresh_process_reload_matches(exported, tmp_path):
     np.testing.assert_allclose(out["projection"], head(rep).numpy(), atol=1e-6)
 
 
+@pytest.mark.gpu
 def test_tfsm_layer_in_new_keras_model(exported):
     enc, _, path, _ = exported
     layer = keras.layers.TFSMLayer(path, call_endpoint="serve",
@@ -122,6 +126,7 @@ def test_tfsm_layer_in_new_keras_model(exported):
     assert len(layer.non_trainable_weights) == 2
 
 
+@pytest.mark.gpu
 def test_variables_are_trainable_and_get_gradients(exported):
     _, _, path, _ = exported
     loaded = export.load_encoder(path)

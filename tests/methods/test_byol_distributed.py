@@ -36,10 +36,12 @@ def _check(result, replicas):
         assert got["diff"] < TOL, (name, got)
 
 
+@pytest.mark.gpu
 def test_two_replicas_equal_one_device(tmp_path):
     _check(_run(tmp_path, 2), 2)
 
 
+@pytest.mark.gpu
 @pytest.mark.slow
 def test_four_replicas_equal_one_device(tmp_path):
     _check(_run(tmp_path, 4), 4)

@@ -110,3 +110,30 @@ def test_config_round_trip_and_serialization():
     clone = keras.layers.deserialize(keras.layers.serialize(bn))
     assert type(clone) is FusedBatchNormalization
     assert (clone.momentum, clone.epsilon, clone.center, clone.name) == (0.8, 1e-4, False, "bn")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_half_precision_takes_the_fused_kernel_and_matches_keras(policy):
+    """Under mixed precision the layer gets a bfloat16/float16 activation: the fused op
+    takes it with float32 gamma/beta and moments (no cast of the activation), and its output
+    equals Keras' own layer's (which normalises in float32) to the half type's rounding."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        x = _x((4, 3, 3, 5), seed=7)
+        fused = _layer(x.shape, seed=8)
+        plain = _layer(x.shape, seed=8, cls=keras.layers.BatchNormalization)
+        half = tf.cast(x, fused.compute_dtype)
+        assert "FusedBatchNormV3" in _op_types(fused, half, True)
+        for training in (True, False):
+            got, want = fused(half, training=training), plain(half, training=training)
+            assert got.dtype == want.dtype == half.dtype
+            # One rounding of outputs of size ~3: 2**-8 (bfloat16) or 2**-11 (float16).
+            tol = 3 * 2.0 ** (-8 if policy == "mixed_bfloat16" else -11) * 4
+            np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(),
+                                       tf.cast(want, tf.float32).numpy(), atol=tol)
+        for a, b in zip(fused.weights, plain.weights):
+            assert a.dtype == "float32"
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
