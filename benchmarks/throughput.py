@@ -161,24 +161,17 @@ def networks():
 
 
 def make_model(augment=None):
-    """ContrastiveMethod on fresh networks, compiled; ``augment(images_uint8, step) ->
-    (view1, view2)`` makes the views inside the step from a batch's ``image``."""
+    """ContrastiveMethod on fresh networks, compiled; ``augment(images_uint8, step,
+    replica_id) -> (view1, view2)`` is the method's ``device_views`` (the package's own
+    --augment_on=device hook, SSLMethod.make_views): the views are made inside the step
+    from a batch's ``image``."""
     import keras
     import tensorflow as tf
     from dualssl_tf.methods.contrastive import ContrastiveMethod
 
-    class DeviceAugmented(ContrastiveMethod):
-        """Views made in the compiled step from the batch's uint8 ``image``."""
-
-        def train_step(self, batch):
-            if "image" in batch:
-                v1, v2 = augment(batch["image"], self.optimizer.iterations)
-                batch = {"view1": v1, "view2": v2, "label": batch["label"]}
-            return super().train_step(batch)
-
     enc, head, probe, _ = networks()
-    cls = DeviceAugmented if augment is not None else ContrastiveMethod
-    model = cls(enc, head, probe=probe, **LOSS)
+    model = ContrastiveMethod(enc, head, probe=probe, **LOSS)
+    model.device_views = augment
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                   steps_per_execution=FLAGS.steps_per_execution,
                   jit_compile=FLAGS.jit_compile)
@@ -226,9 +219,9 @@ def uint8_batches():
 
 
 def device_augment_fn(module):
-    def augment(images, step):
+    def augment(images, step, replica_id=0):
         return module.device_view_pairs(
-            images, seed=0, step=step, replica_id=0, size=FLAGS.image_size,
+            images, seed=0, step=step, replica_id=replica_id, size=FLAGS.image_size,
             color_jitter_strength=FLAGS.color_jitter_strength, blur=FLAGS.blur)
 
     return augment
