@@ -16,9 +16,10 @@ def test_initial_weights_are_written_and_read_back(tmp_path, monkeypatch):
     cfg = TINY_HLTM.replace(model_dir=str(run))
     keras.utils.set_random_seed(cfg.run.seed)          # how the trainer built the network
     fresh = tasks.build(cfg).encoder
-    # Another network, whatever the seed: restore_initial gives it the run's initial weights.
+    # Another network (the tree net is seeded by --seed, not Keras' global seed: another
+    # run seed): restore_initial gives it the run's initial weights.
     keras.utils.set_random_seed(12345)
-    other = tasks.build(cfg).encoder
+    other = tasks.build(cfg.replace(seed=cfg.run.seed + 1)).encoder
     assert any(not np.array_equal(a.numpy(), b.numpy())
                for a, b in zip(fresh.variables, other.variables))
     assert rundir.restore_initial(other.variables, str(run))
