@@ -10,10 +10,13 @@ JSON line: wall seconds, and per depth the per-seed best correlations at init an
 ``--eval_every=K`` evaluates the correlation every K-th epoch only (at init as always): the
 README table needs init and final only (K = epochs); the wall-time benchmark keeps K = 1.
 
-Measured (issue 12, 2 CPU cores shared with other jobs, load 8-14, so only a rough guide):
-3 epochs at (0.8, 10), K = 1, whole ``trainer.run`` wall time: S = 1 67 s, S = 5 125 s;
-S = 20 did not finish in that session (past 5 min, at epoch 1 of 3). A 10-seed 50-epoch
-table row (K = 50) took 1078-1557 s. The 50-epoch S = 1 / 5 / 20 benchmark is still to run.
+Measured (issue 12, 2 shared CPU cores, the test suite running beside it): 10 epochs at
+(0.8, 10), K = 1, whole ``trainer.run`` wall time: S = 1 50 s, S = 5 98 s (2.0x), S = 20
+507 s (10.1x; 25 s per seed against 50 s for a separate run). The goal of 20 seeds in <= 3x
+one seed's time is not met: one seed's step is overhead-bound (2.4 ms), twenty seeds' is
+compute-bound (44 ms: the forest's grouped matmuls, S x groups tiny [B, fan_in] x
+[fan_in, hid] products per layer, at ~3.5 GFLOP/s on these cores). A 10-seed 50-epoch table
+row (K = 50) takes 300-700 s (hid 2 / hid 10).
 """
 
 import argparse
