@@ -94,15 +94,18 @@ def test_unknown_layer_is_one_line_exit_2(toy_run, tmp_path):
 
 
 def test_library_errors_map_onto_flags():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("analyze_tool", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool._flag_error(ValueError("layer: no layer named 'x'")) == \
-        "--layers: no layer named 'x'"
-    assert tool._flag_error(ValueError("M: need at least 2")) == "--points: need at least 2"
-    assert tool._flag_error(ValueError("model_dir: no saved_model/")) == \
-        "--model_dir: no saved_model/"
+    # In its own process: analyze.py defines absl flags (--model_dir, ...) at import, which
+    # other tools loaded into this test process may already hold.
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from tools import analyze as t; "
+            "print(t._flag_error(ValueError(\"layer: no layer named 'x'\"))); "
+            "print(t._flag_error(ValueError('M: need at least 2'))); "
+            "print(t._flag_error(ValueError('model_dir: no saved_model/')))")
+    root = os.path.dirname(os.path.dirname(TOOL))
+    out = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.splitlines() == ["--layers: no layer named 'x'",
+                                       "--points: need at least 2",
+                                       "--model_dir: no saved_model/"], out.stderr
 
 
 def test_layer_without_kernel_is_rejected_before_work(toy_run):
