@@ -9,7 +9,7 @@ One table for the device TensorFlow trains on (the first GPU, else the CPU), row
 * host pipeline alone: the tf.data SimCLR pipeline (crop, flip, colour jitter, grayscale,
   blur with --blur) of ``dualssl_tf.data.images.pretrain_dataset`` on random uint8 images
   of the CIFAR/STL/ImageNet shape held in memory (no download);
-* device augmentations alone (when ``dualssl_tf.data.device_augment`` exists): its
+* device augmentations alone (``dualssl_tf.data.device_augment``): its
   ``device_view_pairs`` on a uint8 batch already on the device, compiled as the step is;
 * train step alone: ``ContrastiveMethod.train_step`` (ResNet, projection head
   512-128, NT-Xent tau 0.5, SGD momentum 0.9, the online probe) in a tf.function on fixed
@@ -56,8 +56,7 @@ flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
                   "Keras dtype policy of the networks (losses stay float32).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the step (and device augmentations).")
 flags.DEFINE_enum("augment_on", "auto", ["auto", "host", "device"],
-                  "Where model.fit's views are made: auto = device on a GPU when "
-                  "dualssl_tf.data.device_augment exists, else host.")
+                  "Where model.fit's views are made: auto = device on a GPU, else host.")
 flags.DEFINE_integer("steps_per_execution", 1, "model.fit steps per execution.")
 flags.DEFINE_integer("steps", 10, "Steps per timed block.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation, caches).")
