@@ -47,12 +47,27 @@ def test_valid_image_configs(tmp_path):
     (dict(warmup_epochs=20, epochs=10), "warmup_epochs", "[0, --epochs=10]"),
     (dict(negatives="explicit"), "negatives", "in-batch negatives"),
     (dict(generated_classes=7), "generated_classes", "[2, 6]"),
+    (dict(holdout_fraction=1.0), "holdout_fraction", "[0, 1), got 1.0"),
+    (dict(holdout_fraction=0.1, dataset="cifar10"), "holdout_fraction",
+     "only for --dataset=folder; cifar10 has its own test split"),
 ])
 def test_bad_image_settings(tmp_path, kw, flag, text):
     with pytest.raises(ConfigError) as err:
         config.validate(_cfg(tmp_path, **kw))
     assert err.value.flag == flag and text in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_holdout_fraction_refused_for_a_folder_with_its_own_split(tmp_path):
+    for part in ("train", "val"):
+        (tmp_path / part / "cls").mkdir(parents=True)
+        (tmp_path / part / "cls" / "a.png").write_bytes(b"")
+    config.validate(_cfg(tmp_path, dataset="folder", data_dir=str(tmp_path / "train"),
+                         image_size=32, holdout_fraction=0.2))
+    with pytest.raises(ConfigError, match="^--holdout_fraction: .* has its own held-out "
+                                          "split .*; drop --holdout_fraction$"):
+        config.validate(_cfg(tmp_path, dataset="folder", data_dir=str(tmp_path),
+                             image_size=32, holdout_fraction=0.2))
 
 
 def test_native_image_size_and_stem_auto(tmp_path):

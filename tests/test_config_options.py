@@ -28,7 +28,8 @@ def test_flag_names_and_resumable_set_are_kept():
     # Added since: --method, --probe_learning_rate; --download (issue 13, resumable);
     # --proj_bn and the BYOL / SimSiam sections (issue 14); --hltm_seeds (issue 12).
     new = {"method", "probe_learning_rate", "download", "proj_bn", "hltm_seeds",
-           "augment_on"}  # --augment_on: issue 15
+           "augment_on",  # --augment_on: issue 15
+           "holdout_fraction", "holdout_seed"}  # a folder's held-out split: issue 13
     for prefix in ("byol_", "simsiam_"):   # the non-contrastive methods' sections
         new |= {prefix + n for n in ("predictor", "pred_hidden_dim", "pred_bn",
                                      "directpred_rate", "directpred_every", "directpred_eps")}

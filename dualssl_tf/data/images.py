@@ -65,6 +65,8 @@ class ImageSource:
       of a larger source, else None.
     num_labelled: elements with a label >= 0 when known without a pass (progress bars
       of evaluation passes show their total from it), else None.
+    holdout: on a folder's held-out part (:func:`folder_holdout_sources`), the record of
+      which files were set aside; else None.
     """
     name: str
     elements: Any
@@ -77,6 +79,7 @@ class ImageSource:
     for_pipeline: Optional[Callable] = None
     share: Optional[tuple] = None
     num_labelled: Optional[int] = None
+    holdout: Optional[dict] = None
 
 
 def _to_rgb(image):
@@ -315,23 +318,9 @@ def _readable(paths):
     return {int(i) for i, _ in ds.as_numpy_iterator()}
 
 
-def folder_source(path, skip_corrupt=False, verify=True):
-    """An :class:`ImageSource` over a directory of image files.
-
-    Layout: ``path/<class>/**/*.jpg`` (labels = class folders in sorted order), or image
-    files directly in ``path`` (unlabelled, for pretraining only). Files directly in
-    ``path`` next to class folders are kept as unlabelled (-1). Extensions:
-    IMAGE_EXTENSIONS (jpeg, png, bmp, gif; case-insensitive).
-
-    Args:
-      path: local directory or ``gs://`` prefix.
-      skip_corrupt: leave out files that do not decode (counted in ``skipped``) instead
-        of failing.
-      verify: decode every file once now (one parallel pass) so that a bad file fails
-        here, by name, rather than in the middle of training.
-    Raises:
-      ConfigError naming --data_dir: missing path, no images, unreadable files.
-    """
+def _folder_listing(path, skip_corrupt=False, verify=True):
+    """``(files, labels, num_classes, skipped)`` of an image folder (see
+    :func:`folder_source`); ``num_classes`` is 0 when no file has a class."""
     if not path:
         raise ConfigError("data_dir", "is required with --dataset=folder: a directory of "
                           "images (one sub-folder per class)")
@@ -366,16 +355,91 @@ def folder_source(path, skip_corrupt=False, verify=True):
         if not files:
             raise ConfigError("data_dir", f"none of the image files in {path} can be decoded")
     used = sorted(set(labels) - {UNLABELLED})
+    return files, labels, (len(classes) if used else 0), skipped
+
+
+def _folder_image_source(name, files, labels, num_classes, skipped=0):
     return ImageSource(
-        name=f"folder:{path}",
+        name=name,
         elements=tf.data.Dataset.from_tensor_slices(
-            (tf.constant(files), tf.constant(labels, tf.int32))),
+            (tf.constant(files, tf.string), tf.constant(labels, tf.int32))),
         decode=_decode_file,
         num_examples=len(files),
-        num_classes=len(classes) if used else 0,
+        num_classes=num_classes,
         num_labelled=sum(label != UNLABELLED for label in labels),
         image_shape=None,
         skipped=skipped)
+
+
+def folder_source(path, skip_corrupt=False, verify=True):
+    """An :class:`ImageSource` over a directory of image files.
+
+    Layout: ``path/<class>/**/*.jpg`` (labels = class folders in sorted order), or image
+    files directly in ``path`` (unlabelled, for pretraining only). Files directly in
+    ``path`` next to class folders are kept as unlabelled (-1). Extensions:
+    IMAGE_EXTENSIONS (jpeg, png, bmp, gif; case-insensitive).
+
+    Args:
+      path: local directory or ``gs://`` prefix.
+      skip_corrupt: leave out files that do not decode (counted in ``skipped``) instead
+        of failing.
+      verify: decode every file once now (one parallel pass) so that a bad file fails
+        here, by name, rather than in the middle of training.
+    Raises:
+      ConfigError naming --data_dir: missing path, no images, unreadable files.
+    """
+    files, labels, num_classes, skipped = _folder_listing(path, skip_corrupt, verify)
+    return _folder_image_source(f"folder:{path}", files, labels, num_classes, skipped)
+
+
+def folder_holdout_sources(path, fraction=0.0, seed=0, recorded=None, skip_corrupt=False,
+                           verify=True):
+    """``(train, held_out)`` ImageSources of one image folder split in two (issue 13).
+
+    ``held_out`` is a seeded, stratified ``fraction`` of every class
+    (:func:`holdout.stratified_holdout`; unlabelled files stay in ``train``), or, with
+    ``recorded`` (the file names, relative to ``path``, that a run set aside: its model
+    card's ``holdout.files``), exactly those files. ``train`` is every other file: what
+    is pretrained on and what a probe is fitted to. ``held_out.holdout`` is the record
+    ``{"fraction", "seed", "num_files", "files"}`` (sorted relative names) for the run's
+    metadata.
+
+    Raises:
+      ConfigError naming --data_dir (the listing's errors; recorded files missing from the
+      folder) or --holdout_fraction (nothing to hold out).
+    """
+    from dualssl_tf.data import holdout
+
+    files, labels, num_classes, skipped = _folder_listing(path, skip_corrupt, verify)
+    prefix = os.path.join(path, "")
+    names = [f[len(prefix):] if f.startswith(prefix) else f for f in files]
+    if recorded is not None:
+        index = {n: i for i, n in enumerate(names)}
+        missing = [n for n in recorded if n not in index]
+        if missing:
+            raise ConfigError("data_dir", f"{len(missing)} of the {len(recorded)} held-out "
+                              f"files the run recorded are not in {path} (e.g. {missing[0]}); "
+                              "evaluate on the folder the run was trained on")
+        held = sorted(index[n] for n in recorded)
+    else:
+        if not num_classes:
+            raise ConfigError("holdout_fraction", f"{path} has no class sub-folders (its "
+                              "images are unlabelled): there is nothing to hold out for "
+                              "probing; drop --holdout_fraction")
+        held = [int(i) for i in holdout.stratified_holdout(labels, fraction, seed)]
+        if not held:
+            raise ConfigError("holdout_fraction", f"{fraction} sets aside no image of {path}: "
+                              "every class has fewer than 2 labelled images")
+    is_held = set(held)
+    keep = [i for i in range(len(files)) if i not in is_held]
+    train = _folder_image_source(
+        f"folder:{path} (without {len(held)} held out)", [files[i] for i in keep],
+        [labels[i] for i in keep], num_classes, skipped)
+    test = _folder_image_source(f"folder:{path} (held out)", [files[i] for i in held],
+                                [labels[i] for i in held], num_classes)
+    test.holdout = {"fraction": fraction, "seed": seed,
+                    "num_files": len(held), "files": sorted(names[i] for i in held)}
+    return train, test
 
 
 # --------------------------------------------------------------------------------------
@@ -590,8 +654,20 @@ def pretrain_split(name):
     return PRETRAIN_SPLITS.get(name.split(":")[0].split("/")[0], "train")
 
 
+def has_own_split(data_dir):
+    """``(train_dir, test_dir)`` when ``data_dir`` has ``train/`` and ``test/`` (or, the
+    ImageNet layout, ``val/``) sub-folders, else None."""
+    train_dir = os.path.join(data_dir, "train")
+    for held_out in ("test", "val"):
+        test_dir = os.path.join(data_dir, held_out)
+        if data_dir and tf.io.gfile.isdir(train_dir) and tf.io.gfile.isdir(test_dir):
+            return train_dir, test_dir
+    return None
+
+
 def sources(dataset, data_dir="", image_size=32, seed=0, skip_corrupt=False,
-            generated=None, download=False, download_refused=""):
+            generated=None, download=False, download_refused="", holdout_fraction=0.0,
+            holdout_seed=0, holdout_files=None):
     """Pretraining source and probing (train, test) sources for a ``--dataset`` value.
 
     Args:
@@ -603,22 +679,27 @@ def sources(dataset, data_dir="", image_size=32, seed=0, skip_corrupt=False,
       generated: optional :class:`GeneratedImages` (default: one built from image_size
         and seed).
       download, download_refused: tfds only, see :func:`tfds_source`.
+      holdout_fraction, holdout_seed, holdout_files: a folder without its own split only:
+        the held-out part of :func:`folder_holdout_sources` (``holdout_files``, the names
+        a run recorded, take precedence over the fraction); ignored by a folder with
+        ``train/`` and ``test/`` or ``val/``.
     Returns:
       (pretrain, probe_train, probe_test) ImageSources; probe_test may be None (a folder
-      without ``train/`` and ``test/`` sub-folders).
+      without ``train/`` and ``test/`` sub-folders and no held-out fraction).
     """
     if dataset == "generated_images":
         data = generated or GeneratedImages(image_size=image_size, seed=seed)
         return (generated_source(data, "train"), generated_source(data, "train"),
                 generated_source(data, "test"))
     if dataset == "folder":
-        # DIR/train/ with DIR/test/ or (the ImageNet layout) DIR/val/: a held-out split.
-        train_dir = os.path.join(data_dir, "train")
-        for held_out in ("test", "val"):
-            test_dir = os.path.join(data_dir, held_out)
-            if data_dir and tf.io.gfile.isdir(train_dir) and tf.io.gfile.isdir(test_dir):
-                train = folder_source(train_dir, skip_corrupt)
-                return train, train, folder_source(test_dir, skip_corrupt)
+        own = has_own_split(data_dir)
+        if own:  # DIR/train/ with DIR/test/ or (the ImageNet layout) DIR/val/
+            train = folder_source(own[0], skip_corrupt)
+            return train, train, folder_source(own[1], skip_corrupt)
+        if holdout_files is not None or holdout_fraction > 0:
+            train, test = folder_holdout_sources(data_dir, holdout_fraction, holdout_seed,
+                                                 holdout_files, skip_corrupt)
+            return train, train, test
         src = folder_source(data_dir, skip_corrupt)
         return src, src, None
     pretrain = tfds_source(dataset, pretrain_split(dataset), data_dir, shuffle_files=True,

@@ -46,8 +46,10 @@ def build(cfg, start_step=0):
     return spec(cfg.data.dataset).load().build(cfg, start_step=start_step)
 
 
-def eval_data(cfg, batch_size=256):
+def eval_data(cfg, batch_size=256, metadata=None):
     """Labelled ``(train, test, num_classes)`` tf.data of ``(x, label)`` batches for
     evaluating an export of a run made with ``cfg``; no network is built.
-    num_classes may be None (infer it from the labels)."""
-    return spec(cfg.data.dataset).load().eval_data(cfg, batch_size)
+    num_classes may be None (infer it from the labels). ``metadata``: the run's recorded
+    task metadata (model card), from which a task rebuilds exactly the run's splits (an
+    image folder's held-out files)."""
+    return spec(cfg.data.dataset).load().eval_data(cfg, batch_size, metadata=metadata)

@@ -1,5 +1,7 @@
 """Tests of the image pipelines: tfds (mocked), folders, generated images; determinism."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -147,6 +149,58 @@ def test_folder_imagenet_train_val_layout(tmp_path):
     pre, train, test = images.sources("folder", str(tmp_path))
     assert pre.num_examples == 6 and test.num_examples == 4
     assert test.name.endswith("val") and test.num_labelled == 4
+
+
+def _names(source, root):
+    return sorted(os.path.relpath(f.decode(), root)
+                  for f, _ in source.elements.as_numpy_iterator())
+
+
+def test_folder_holdout_fraction(tmp_path):
+    root = _make_folder(tmp_path / "imgs", per_class=8)
+    _write_png(root / "loose.png", 7)                       # unlabelled: never held out
+    pre, train, test = images.sources("folder", str(root), holdout_fraction=0.25,
+                                      holdout_seed=5)
+    assert pre is train and (pre.num_examples, test.num_examples) == (13, 4)
+    held, kept = _names(test, root), _names(pre, root)
+    assert not set(held) & set(kept) and len(held) + len(kept) == 17
+    assert sum(n.startswith("cat/") for n in held) == 2 == sum(n.startswith("dog/") for n in held)
+    assert test.holdout == {"fraction": 0.25, "seed": 5, "num_files": 4, "files": held}
+    assert test.num_classes == pre.num_classes == 2 and test.num_labelled == 4
+    # Labels of the held-out part are its files' classes.
+    labels = dict((os.path.relpath(f.decode(), root), int(y))
+                  for f, y in test.elements.as_numpy_iterator())
+    assert all(labels[n] == (0 if n.startswith("cat/") else 1) for n in held)
+    # Seeded: the same files again, others for another seed; none without a fraction.
+    assert _names(images.sources("folder", str(root), holdout_fraction=0.25,
+                                 holdout_seed=5)[2], root) == held
+    assert any(_names(images.sources("folder", str(root), holdout_fraction=0.25,
+                                     holdout_seed=s)[2], root) != held for s in (6, 7, 8))
+    assert images.sources("folder", str(root))[2] is None
+
+
+def test_folder_recorded_holdout_survives_new_files(tmp_path):
+    root = _make_folder(tmp_path / "imgs", per_class=6)
+    held = images.sources("folder", str(root), holdout_fraction=0.5, holdout_seed=1)[2]
+    for i in range(6, 12):                                  # the folder grows after the run
+        _write_png(root / "cat" / f"{i}.png", 100 + i)
+    again = images.sources("folder", str(root), holdout_files=held.holdout["files"])
+    assert _names(again[2], root) == held.holdout["files"]
+    assert again[0].num_examples == 18 - 6
+    (root / "cat" / held.holdout["files"][0].split("/")[-1]).unlink()
+    with pytest.raises(ConfigError, match="^--data_dir: 1 of the 6 held-out files the run "
+                                          "recorded are not in"):
+        images.sources("folder", str(root), holdout_files=held.holdout["files"])
+
+
+def test_folder_holdout_errors(tmp_path):
+    for i in range(3):
+        _write_png(tmp_path / f"flat{i}.png", i)
+    with pytest.raises(ConfigError, match="^--holdout_fraction: .* no class sub-folders"):
+        images.sources("folder", str(tmp_path), holdout_fraction=0.2)
+    single = _make_folder(tmp_path / "single", per_class=1)
+    with pytest.raises(ConfigError, match="^--holdout_fraction: 0.2 sets aside no image"):
+        images.sources("folder", str(single), holdout_fraction=0.2)
 
 
 def test_batch_larger_than_dataset(tmp_path):

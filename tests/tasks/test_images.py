@@ -107,6 +107,60 @@ def test_folder_needs_image_size_for_mixed_sizes(tmp_path):
     assert exp.probe is None and "label" not in exp.make_data(2).element_spec
 
 
+def _image_folder(root, classes=3, per_class=6):
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            tf.io.write_file(str(root / f"c{c}" / f"{i}.png"), tf.io.encode_png(
+                np.full((8, 8, 3), 10 * c + i, np.uint8)))
+    return root
+
+
+def _count(ds):
+    return sum(int(y.shape[0]) for _, y in ds)
+
+
+def test_folder_holdout_is_the_probe_test_split_and_recorded(tmp_path):
+    """--holdout_fraction: the held-out files are what the online probe tests on, never in
+    the pretraining data, and the model card's record rebuilds them for linear_eval even
+    after the folder changed."""
+    from dualssl_tf.evaluation import data, export
+    from dualssl_tf.run import callbacks
+
+    root = _image_folder(tmp_path / "imgs")
+    cfg = _cfg(tmp_path, dataset="folder", data_dir=str(root), image_size=8, batch_size=4,
+               holdout_fraction=0.34, holdout_seed=2, color_jitter_strength=0.0)
+    exp = build(cfg)
+    record = exp.metadata["images"]["holdout"]
+    assert record["num_files"] == 6 and len(record["files"]) == 6   # 2 of each class's 6
+    assert exp.metadata["images"]["num_examples"] == 12
+    (probe_cb,) = [c for c in exp.callbacks if isinstance(c, callbacks.ProbeAccuracy)]
+    assert _count(probe_cb.dataset) == 6
+    # The pretraining stream only ever shows the 12 kept images: its pixel values (each
+    # image a distinct constant) never include a held-out one's.
+    value = {f"c{c}/{i}.png": 10 * c + i for c in range(3) for i in range(6)}
+    held_values = {value[f] for f in record["files"]}
+    seen = set()
+    for batch in exp.make_data(4).take(12):
+        seen |= set(np.round(batch["view1"].numpy()[:, 4, 4, :].max(-1) * 255).astype(int))
+    assert seen and not seen & held_values, (seen, held_values)
+
+    card = export.run_model_card(cfg.flags(), exp.metadata)
+    tf.io.write_file(str(root / "c0" / "new.png"),
+                     tf.io.encode_png(np.full((8, 8, 3), 200, np.uint8)))
+    train, test, num_classes = data.probe_datasets("folder", model_card=card, batch_size=5)
+    assert (_count(train), _count(test), num_classes) == (13, 6, 3)
+    test_values = sorted(int(round(v)) for x, _ in test
+                         for v in x.numpy()[:, 4, 4, 0] * (255 if x.dtype != tf.uint8 else 1))
+    assert test_values == sorted(held_values)
+    # Another folder with its own train/ + val/ is probed on its own split.
+    other = tmp_path / "other"
+    _image_folder(other / "train", per_class=2)
+    _image_folder(other / "val", per_class=1)
+    train, test, _ = data.probe_datasets("folder", data_dir=str(other), model_card=card)
+    assert (_count(train), _count(test)) == (6, 3)
+
+
 def test_tfds_hosts_read_their_own_files(tmp_path, caplog):
     """Per-host data of a real (tiny, 4-file) tfds data set is sharded by file."""
     data_dir = tmp_path / "tfds"

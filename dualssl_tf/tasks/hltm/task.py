@@ -81,8 +81,10 @@ def _data(trees, num_negatives, seeds, steps, start_step, batch_size, input_cont
                           steps * per_pipeline, start_step=start_step * per_pipeline)
 
 
-def eval_data(cfg, batch_size=256, num_train=10000, num_test=5000, tree=None):
-    """``(train, test, 2)``: fresh samples of the run's tree labelled by the root latent."""
+def eval_data(cfg, batch_size=256, num_train=10000, num_test=5000, tree=None,
+              metadata=None):
+    """``(train, test, 2)``: fresh samples of the run's tree labelled by the root latent
+    (``metadata`` is not needed: the flags rebuild the tree)."""
     tree = tree or tree_of(cfg)
     splits = []
     for n, offset in ((num_train, PROBE_TRAIN_SEED_OFFSET), (num_test, PROBE_TEST_SEED_OFFSET)):

@@ -56,6 +56,15 @@ def check_folder(path):
                       f"({', '.join(_FOLDER_EXTENSIONS)})")
 
 
+def has_own_split(path):
+    """Before TensorFlow is imported: a local folder with ``train/`` and ``test/`` or
+    ``val/`` sub-folders (``dualssl_tf.data.images.has_own_split``; URLs: False here)."""
+    if not path or "://" in path:
+        return False
+    return os.path.isdir(os.path.join(path, "train")) and any(
+        os.path.isdir(os.path.join(path, d)) for d in ("test", "val"))
+
+
 @dataclasses.dataclass
 class ImageOptions(Section):
     """The ResNet, its projection head and the SimCLR augmentations."""
@@ -83,6 +92,13 @@ class ImageOptions(Section):
                              "host; the resolved value is kept in run.json and a resumed "
                              "run keeps it).")
     shuffle_buffer: int = option(10000, "Shuffle buffer of the image pipeline, in examples.")
+    holdout_fraction: float = option(0.0, "Folder data without train/ and val/ (or test/) "
+                                     "sub-folders: set aside this fraction of every class "
+                                     "(seeded, stratified), never pretrained on, as the "
+                                     "test split of the online probe and linear_eval.py; "
+                                     "the model card records the files. 0 = none.")
+    holdout_seed: int = option(0, "Seed of the --holdout_fraction split (independent of "
+                               "--seed, so runs of several seeds hold out the same files).")
     skip_corrupt_images: bool = option(False, "Folder data: leave out files that do not "
                                        "decode (counted) instead of stopping.",
                                        resumable=True)
@@ -94,6 +110,14 @@ class ImageOptions(Section):
                 "per class")
         if cfg.data.dataset == "folder":
             check_folder(cfg.data.data_dir)
+        require(0 <= self.holdout_fraction < 1, "holdout_fraction",
+                f"must be in [0, 1), got {self.holdout_fraction}")
+        if self.holdout_fraction > 0:
+            require(cfg.data.dataset == "folder", "holdout_fraction",
+                    f"only for --dataset=folder; {cfg.data.dataset} has its own test split")
+            require(not has_own_split(cfg.data.data_dir), "holdout_fraction",
+                    f"{cfg.data.data_dir} has its own held-out split (train/ and val/ or "
+                    "test/ sub-folders); drop --holdout_fraction")
         require(cfg.data.encoder in ENCODERS, "encoder",
                 f"got {cfg.data.encoder!r}; allowed for image data: {', '.join(ENCODERS)}")
         choice(self.stem, stems.STEMS, "stem")

@@ -36,9 +36,11 @@ def _image_size(cfg, source):
     return size
 
 
-def sources(cfg):
+def sources(cfg, holdout_files=None):
     """``(pretrain, probe_train, probe_test, image_size)``: the run's image sources
-    (probe_test may be None) and the side images are resized to.
+    (probe_test may be None) and the side images are resized to. ``holdout_files``: the
+    held-out file names a run recorded (its model card), used instead of recomputing
+    ``--holdout_fraction``'s split.
 
     Raises ConfigError (one line naming the flag) for data that is missing, empty or
     unreadable, or an image size the stem cannot take.
@@ -54,7 +56,9 @@ def sources(cfg):
         cfg.data.dataset, cfg.data.data_dir, seed=cfg.run.seed,
         skip_corrupt=cfg.images.skip_corrupt_images, generated=generated,
         download=cfg.data.download,
-        download_refused="with --strategy=tpu" if cfg.run.strategy == "tpu" else "")
+        download_refused="with --strategy=tpu" if cfg.run.strategy == "tpu" else "",
+        holdout_fraction=cfg.images.holdout_fraction, holdout_seed=cfg.images.holdout_seed,
+        holdout_files=holdout_files)
     return pretrain, probe_train, probe_test, _image_size(cfg, pretrain)
 
 
@@ -65,15 +69,23 @@ def _eval_splits(cfg, probe_train, probe_test, size):
     return train, test
 
 
-def eval_data(cfg, batch_size=None):
+def eval_data(cfg, batch_size=None, metadata=None):
     """``(train, test, num_classes)`` of un-augmented ``(x, label)`` batches of
     ``min(--batch_size, 256)`` images; no network is built. ValueError("--dataset: ...")
-    when there is no labelled test split."""
-    _, probe_train, probe_test, size = sources(cfg)
+    when there is no labelled test split. ``metadata``: the run's recorded metadata (its
+    model card's); a folder run's held-out files in it are the test split, exactly."""
+    recorded = (((metadata or {}).get("images") or {}).get("holdout") or {}).get("files")
+    if recorded is not None and images.has_own_split(cfg.data.data_dir):
+        recorded = None  # a folder with its own split (e.g. another data set) uses that
+    _, probe_train, probe_test, size = sources(cfg, holdout_files=recorded)
     train, test = _eval_splits(cfg, probe_train, probe_test, size)
     if train is None or test is None:
-        missing = "labelled eval data" if train is None else "a test split"
-        raise ValueError(f"--dataset: {cfg.data.dataset!r} has no {missing} to probe with")
+        missing = "labelled eval data" if train is None else "test split"
+        hint = ("; give the folder train/ and val/ sub-folders, or train with "
+                "--holdout_fraction (e.g. 0.1) to set a test split aside"
+                if cfg.data.dataset == "folder" and train is not None else "")
+        raise ValueError(f"--dataset: {cfg.data.dataset!r} has no {missing} to probe "
+                         f"with{hint}")
     return train, test, probe_train.num_classes or None
 
 
@@ -192,7 +204,8 @@ def build(cfg, start_step=0):
                              "num_classes": num_classes, "image_size": size,
                              "stem": stems.resolve_stem(o.stem, size),
                              "representation_dim": int(rep_dim),
-                             "skipped_images": pretrain.skipped}},
+                             "skipped_images": pretrain.skipped,
+                             "holdout": getattr(probe_test, "holdout", None)}},
         summarize=summarize)
 
 

@@ -75,9 +75,9 @@ def _data(toy, seed, start_step, batch_size, input_context=None):
     return toy.dataset(batch_size, seed, start_step=start_step)
 
 
-def eval_data(cfg, batch_size=256):
+def eval_data(cfg, batch_size=256, metadata=None):
     """``(train, test, None)``: every object at every location (train = test: the toy's
-    whole input space)."""
+    whole input space; ``metadata`` is not needed)."""
     toy = Translation1D(cfg.translation1d.length)
     return toy.eval_dataset(), toy.eval_dataset(), None
 
