@@ -57,7 +57,9 @@ def run_dir(tmp_path_factory):
         json.dump(exp.metadata, f)
     with open(os.path.join(model_dir, "metrics.jsonl"), "w") as f:
         f.write(json.dumps({"epoch": 0, "loss": 1.0}) + "\n")
+        f.write(json.dumps({"epoch": 2, "loss": 0.5}) + "\n")
         f.write(json.dumps({"epoch": 3, "loss": 0.25}) + "\n")
+    ckpts.save(epoch=2)
     ckpts.save(epoch=3)
     return model_dir, exp
 
@@ -82,6 +84,18 @@ def test_export_tool_reproduces_checkpoint_weights(run_dir, exported):
     assert card["metadata"] == json.loads(json.dumps(exp.metadata))
     assert card["checkpoint"].endswith(os.path.join("checkpoints", "ckpt-3"))
     assert {"depth_1", "depth_2"} <= set(loaded.output_keys)   # TreeNet taps
+
+
+@pytest.mark.slow
+def test_export_of_an_older_checkpoint_cards_its_own_epoch(run_dir, tmp_path):
+    model_dir, _ = run_dir
+    ckpt = os.path.join(model_dir, rundir.CHECKPOINT_DIR, "ckpt-2")
+    proc = run_tool("export.py", f"--model_dir={model_dir}", f"--checkpoint={ckpt}",
+                    f"--export_dir={tmp_path / 'sm'}")
+    assert proc.returncode == 0, proc.stderr
+    card = export.load_encoder(str(tmp_path / "sm")).model_card
+    assert card["final_metrics"] == {"epoch": 2, "loss": 0.5}
+    assert card["checkpoint"].endswith("ckpt-2")
 
 
 def test_linear_eval_tool_linear_and_knn_share_features(exported, tmp_path):

@@ -76,3 +76,44 @@ def test_pretrain_generated_images_end_to_end(tmp_path):
     assert served["representation"].shape == (2, 32)
     assert served["projection"].shape == (2, 8)
     assert np.all(np.isfinite(served["projection"].numpy()))
+
+
+def _write_folder(root, classes=3, per_class=8, seed=0):
+    import numpy as np
+    import tensorflow as tf
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            img = (rng.uniform(0, 60, (16, 16, 3)) + 80 * c).astype(np.uint8)
+            tf.io.write_file(str(root / f"c{c}" / f"{i}.png"), tf.io.encode_png(img))
+
+
+@pytest.mark.slow
+def test_folder_holdout_train_then_linear_eval(tmp_path):
+    """train.py --holdout_fraction on a folder, then linear_eval.py on the export: the test
+    split is the recorded held-out files; another folder gets its own features."""
+    _write_folder(tmp_path / "imgs")
+    out = tmp_path / "run"
+    proc = _run(TINY[1:] + ["--dataset=folder", f"--data_dir={tmp_path / 'imgs'}",
+                            "--holdout_fraction=0.25", "--batch_size=6", f"--model_dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = json.loads((out / "saved_model" / "model_card.json").read_text())
+    assert card["metadata"]["images"]["holdout"]["num_files"] == 6
+    assert "probe_test_acc" in card["final_metrics"]
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+
+    def linear_eval(*args):
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "linear_eval.py"),
+                            f"--saved_model={out / 'saved_model'}", "--method=knn",
+                            "--knn_k=3", "--verbose=0", *args],
+                           capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return json.loads((out / "linear_eval.json").read_text())["knn"]
+
+    r = linear_eval()
+    assert (r["num_train"], r["num_test"]) == (18, 6)
+    _write_folder(tmp_path / "other" / "train", per_class=2, seed=1)
+    _write_folder(tmp_path / "other" / "val", per_class=1, seed=2)
+    r = linear_eval(f"--data_dir={tmp_path / 'other'}")
+    assert (r["num_train"], r["num_test"]) == (6, 3)   # not the first folder's cache

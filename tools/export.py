@@ -87,11 +87,12 @@ def load_weights(model, checkpoint, input_shape):
     status.assert_existing_objects_matched()
 
 
-def _last_metrics(model_dir):
-    from dualssl_tf import runfiles
-    lines = [line for line in runfiles.read_lines(os.path.join(model_dir, "metrics.jsonl"))
-             if line.endswith("\n")]   # a partial last line is a crash mid-write
-    return json.loads(lines[-1]) if lines else {}
+def _checkpoint_metrics(model_dir, checkpoint):
+    """metrics.jsonl's record of the checkpoint's own epoch (an older checkpoint than the
+    run's last: its metrics, not the last epoch's); the last record for a weights file."""
+    from dualssl_tf.run import rundir
+    path = os.path.join(model_dir, "metrics.jsonl")
+    return rundir.metrics_record(path, rundir.checkpoint_epoch(checkpoint))
 
 
 def _metadata(model_dir):
@@ -155,7 +156,7 @@ def main(argv):
             taps = [n.strip() for n in FLAGS.intermediate_layers.split(",") if n.strip()]
         export_dir = FLAGS.export_dir or os.path.join(model_dir, "saved_model")
         card = export.run_model_card(cfg.flags(), _metadata(model_dir),
-                                     _last_metrics(model_dir))
+                                     _checkpoint_metrics(model_dir, checkpoint))
         card["checkpoint"] = checkpoint if "://" in checkpoint else os.path.abspath(checkpoint)
         try:
             export.export_encoder(task.encoder, task.head, export_dir, task.input_shape,

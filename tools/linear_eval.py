@@ -15,6 +15,7 @@ eval data; default: the dataset in the export's model card.
 Bad input ends with one line on stderr naming the flag or path, and exit status 2.
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -205,6 +206,14 @@ def run(decays):
     if dataset.startswith("npz:") or dataset.endswith(".npz"):
         path = dataset[4:] if dataset.startswith("npz:") else dataset
         data_key = f"{os.path.abspath(path)}-{os.path.getmtime(path)}"
+    elif dataset != "hltm":
+        # Another --data_dir (another folder) is other data; a folder's split sizes change
+        # when it grows.
+        where = FLAGS.data_dir or str((card.get("flags") or {}).get("data_dir") or "")
+        where = where if "://" in where else os.path.abspath(where) if where else ""
+        sizes = [int(ds.cardinality()) for ds in (train_ds, test_ds)]
+        digest = hashlib.sha1(f"{where}|{sizes}".encode()).hexdigest()[:10]
+        data_key = f"{data_key}-{digest}"
     results = {}
     if "linear" in FLAGS.method or "knn" in FLAGS.method:
         feats = {}
@@ -226,8 +235,12 @@ def run(decays):
                 xtr, ytr, xte, yte, c, weight_decays=decays, val_fraction=FLAGS.val_fraction,
                 seed=FLAGS.seed, max_iter=FLAGS.linear_max_iter, tol=FLAGS.linear_tol)
         if "knn" in FLAGS.method:
+            if FLAGS.verbose:
+                print(f"kNN votes of the {len(xte)} test examples (k = "
+                      f"{min(FLAGS.knn_k, len(xtr))} of {len(xtr)}):")
             results["knn"] = knn.knn_probe(xtr, ytr, xte, yte, c, k=FLAGS.knn_k,
-                                           temperature=FLAGS.knn_temperature)
+                                           temperature=FLAGS.knn_temperature,
+                                           verbose=FLAGS.verbose)
     if "finetune" in FLAGS.method:
         c = num_classes
         if not c:

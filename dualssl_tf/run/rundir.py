@@ -309,6 +309,32 @@ def _restore_legacy(model, reader, epoch, step):
     step.assign(reader.get_tensor(_STEP_KEY))
 
 
+def metrics_record(path, epoch=None):
+    """The ``metrics.jsonl`` record of ``epoch`` (the last one written for it), or with
+    ``epoch=None`` the last complete record; {} when there is none. A partial last line
+    (a crash mid-write) and unparsable lines are skipped. Reads nothing but ``path``."""
+    found = {}
+    if not runfiles.exists(path):
+        return found
+    for line in runfiles.read_lines(path):
+        if not line.endswith("\n"):
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and (epoch is None or record.get("epoch") == epoch):
+            found = record
+    return found
+
+
+def checkpoint_epoch(path):
+    """The epoch of a trainer checkpoint prefix (``.../ckpt-<epoch>``, as
+    :meth:`RunCheckpoints.save` names them), else None (e.g. a ``.weights.h5`` file)."""
+    match = re.search(r"(?:^|/)ckpt-(\d+)$", str(path).replace("\\", "/"))
+    return int(match.group(1)) if match else None
+
+
 def truncate_metrics(path, epoch):
     """Cuts ``metrics.jsonl`` back to the lines of epochs ``0 .. epoch``.
 

@@ -50,3 +50,17 @@ def test_bar_without_a_total_still_ends_its_line(tiny_export, capsys):
     print("next message")
     out = capsys.readouterr().out
     assert "\nnext message" in out, out
+
+
+def test_knn_bar_counts_query_blocks_and_keeps_the_votes(capsys):
+    from dualssl_tf.evaluation import knn
+    rng = np.random.default_rng(0)
+    xtr, ytr = rng.normal(size=(40, 5)), rng.integers(0, 3, 40)
+    xq = rng.normal(size=(10, 5))
+    quiet = knn.knn_scores(xtr, ytr, xq, 3, k=7, batch_size=4)
+    assert capsys.readouterr().out == ""
+    shown = knn.knn_scores(xtr, ytr, xq, 3, k=7, batch_size=4, verbose=1)
+    print("next message")
+    out = capsys.readouterr().out
+    assert "3/3" in out and "Unknown" not in out and "\nnext message" in out, out
+    np.testing.assert_array_equal(quiet, shown)

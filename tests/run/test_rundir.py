@@ -1,6 +1,8 @@
 """RunDir keeps the weights at initialisation (initial/), and the analysis reads them back
 instead of re-seeding and relying on the build order."""
 
+import os
+
 import keras
 import numpy as np
 
@@ -31,3 +33,18 @@ def test_initial_weights_are_written_and_read_back(tmp_path, monkeypatch):
     for a, b in zip(fresh.variables, loaded.init.encoder.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert not rundir.restore_initial(other.variables, str(tmp_path / "no_such_run"))
+
+
+def test_metrics_record_and_checkpoint_epoch(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert rundir.metrics_record(str(path)) == {}
+    path.write_text('{"epoch": 0, "loss": 2}\n{"epoch": 1, "loss": 1}\nnot json\n'
+                    '{"epoch": 1, "loss": 0.9}\n{"epoch": 2, "lo')   # a crash mid-write
+    assert rundir.metrics_record(str(path)) == {"epoch": 1, "loss": 0.9}
+    assert rundir.metrics_record(str(path), 0) == {"epoch": 0, "loss": 2}
+    assert rundir.metrics_record(str(path), 1) == {"epoch": 1, "loss": 0.9}   # the last
+    assert rundir.metrics_record(str(path), 2) == {}
+    assert rundir.checkpoint_epoch(os.path.join("run", "checkpoints", "ckpt-12")) == 12
+    assert rundir.checkpoint_epoch("gs://b/run/checkpoints/ckpt-7") == 7
+    assert rundir.checkpoint_epoch("run/final.weights.h5") is None
+    assert rundir.checkpoint_epoch("run/checkpoints/xckpt-3") is None
