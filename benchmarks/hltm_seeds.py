@@ -17,6 +17,16 @@ one seed's time is not met: one seed's step is overhead-bound (2.4 ms), twenty s
 compute-bound (44 ms: the forest's grouped matmuls, S x groups tiny [B, fan_in] x
 [fan_in, hid] products per layer, at ~3.5 GFLOP/s on these cores). A 10-seed 50-epoch table
 row (K = 50) takes 300-700 s (hid 2 / hid 10).
+
+Where an epoch goes (later measurement, quiet machine, configs/hltm.cfg): one seed 2.7 s of
+steps (5.1 ms a step, data in memory or not) + 1.4 s of correlation evaluation. Twenty
+seeds: 20.5 s of steps with the batches already in memory (41 ms a step: 8x one seed by
+itself, before any input or evaluation), 44 s with the input pipeline beside them (its
+S x 3 x 64000 x 62 stateless uniforms alone take 5.0 s an epoch, TensorFlow's Philox on
+these cores; another generator would change every run's data), and ~20 s per correlation
+pass (1 s per seed, as for one seed: ~10 s of it the float64 moments, whose precision the
+metric needs). No part alone fits in 3x one seed's epoch (~12 s), so the goal is out of
+reach on this CPU; benchmarks/grouped_dense_layouts.py times the matmul layouts.
 """
 
 import argparse

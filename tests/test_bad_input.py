@@ -91,6 +91,8 @@ CASES = [
     ("float16_overflow", ["--mixed_precision=float16", "--temperature=0.1"],
      "--mixed_precision"),
     ("folder_without_data_dir", ["--dataset=folder"], "--data_dir"),
+    ("holdout_without_folder", ["--dataset=generated_images", "--holdout_fraction=0.2"],
+     "--holdout_fraction: only for --dataset=folder"),
     ("image_too_small_for_stem", ["--dataset=generated_images", "--image_size=32",
                                   "--stem=imagenet"], "--image_size"),
     ("explicit_negatives_for_images", ["--dataset=generated_images", "--negatives=explicit"],
