@@ -165,8 +165,10 @@ def test_linear_eval_tool_bad_input(exported, tmp_path):
     module = tf.Module()
     module.v = tf.Variable(1.0)
     tf.saved_model.save(module, str(tmp_path / "nosig"), signatures={})
-    assert_one_line_error(run_tool("linear_eval.py", f"--saved_model={tmp_path}/nosig"),
-                          "--saved_model", "serving_default")
+    # (--dataset given: without a model card and without it, the tool stops before
+    # loading, on the missing dataset.)
+    assert_one_line_error(run_tool("linear_eval.py", f"--saved_model={tmp_path}/nosig",
+                                   "--dataset=hltm"), "--saved_model", "serving_default")
     # Data whose shape does not match the SavedModel input ([None, 8]).
     x = np.zeros([10, 5], np.float32)
     y = np.arange(10) % 2
