@@ -113,6 +113,14 @@ def test_folder_holdout_train_then_linear_eval(tmp_path):
 
     r = linear_eval()
     assert (r["num_train"], r["num_test"]) == (18, 6)
+    # The folder grows: the recorded files stay the test split, the new one is trained on
+    # (features extracted anew, not the cached ones of the smaller folder).
+    import numpy as np
+    import tensorflow as tf
+    tf.io.write_file(str(tmp_path / "imgs" / "c1" / "new.png"),
+                     tf.io.encode_png(np.full((16, 16, 3), 90, np.uint8)))
+    r = linear_eval()
+    assert (r["num_train"], r["num_test"]) == (19, 6)
     _write_folder(tmp_path / "other" / "train", per_class=2, seed=1)
     _write_folder(tmp_path / "other" / "val", per_class=1, seed=2)
     r = linear_eval(f"--data_dir={tmp_path / 'other'}")

@@ -168,6 +168,19 @@ def write_results(path, update):
     return results
 
 
+def folder_listing(path):
+    """Every file under an image folder with its size and modification time, as one
+    string (the feature cache's key of a folder: a changed folder is other data)."""
+    import tensorflow as tf
+    entries = []
+    for root, _, files in tf.io.gfile.walk(path):
+        for name in files:
+            stat = tf.io.gfile.stat(os.path.join(root, name))
+            entries.append(f"{os.path.relpath(os.path.join(root, name), path)}:"
+                           f"{stat.length}:{stat.mtime_nsec}")
+    return "\n".join(sorted(entries))
+
+
 TOP5_MIN_CLASSES = 10  # the printout's top-5 needs at least this many classes
 
 
@@ -207,12 +220,12 @@ def run(decays):
         path = dataset[4:] if dataset.startswith("npz:") else dataset
         data_key = f"{os.path.abspath(path)}-{os.path.getmtime(path)}"
     elif dataset != "hltm":
-        # Another --data_dir (another folder) is other data; a folder's split sizes change
-        # when it grows.
+        # Another --data_dir (another folder) is other data, and so is a folder whose files
+        # changed since the features were cached.
         where = FLAGS.data_dir or str((card.get("flags") or {}).get("data_dir") or "")
         where = where if "://" in where else os.path.abspath(where) if where else ""
-        sizes = [int(ds.cardinality()) for ds in (train_ds, test_ds)]
-        digest = hashlib.sha1(f"{where}|{sizes}".encode()).hexdigest()[:10]
+        listing = folder_listing(where) if dataset == "folder" and where else ""
+        digest = hashlib.sha1(f"{where}|{listing}".encode()).hexdigest()[:10]
         data_key = f"{data_key}-{digest}"
     results = {}
     if "linear" in FLAGS.method or "knn" in FLAGS.method:
