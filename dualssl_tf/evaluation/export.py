@@ -238,9 +238,10 @@ def export_encoder(encoder, head, export_dir, input_shape, model_card=None,
                              autograph=False)
     root.train_mode = tf.function(lambda x: forward(x, True), input_signature=[spec],
                                   autograph=False)
-    serve_fn = root.serve.get_concrete_function()
-    signatures = {SIGNATURE: serve_fn, SERVE: serve_fn,
-                  TRAIN_MODE: root.train_mode.get_concrete_function()}
+    # The tf.functions themselves (each has its input signature), not concrete functions
+    # traced here: networks built under a MirroredStrategy hold distributed variables, and
+    # a concrete function traced outside the strategy that reads them cannot be saved.
+    signatures = {SIGNATURE: root.serve, SERVE: root.serve, TRAIN_MODE: root.train_mode}
 
     card = _jsonable(dict(model_card or {}))
     card.update({

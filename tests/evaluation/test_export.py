@@ -275,3 +275,19 @@ def test_checkpoint_keys_follow_object_paths(exported):
     assert len(keys) == len(enc.weights) + len(head.weights)
     assert sum(k.startswith("encoder/") for k in keys) == len(enc.weights)
     assert sum(k.startswith("head/") for k in keys) == len(head.weights)
+
+
+def test_export_of_networks_built_under_a_mirrored_strategy(tmp_path):
+    """A multi-replica run's networks hold distributed variables (SyncBN included); the
+    export at the end of its training must save them (a concrete function traced outside
+    the strategy cannot be saved: the signatures are the tf.functions themselves)."""
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        inp = keras.Input((6, 6, 3))
+        h = keras.layers.Conv2D(4, 3, kernel_initializer=keras.initializers.GlorotUniform(1))(inp)
+        h = keras.layers.BatchNormalization(synchronized=True)(h)
+        enc = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(h))
+    x = np.random.default_rng(0).uniform(size=(3, 6, 6, 3)).astype(np.float32)
+    export.export_encoder(enc, None, tmp_path / "sm", (6, 6, 3))
+    loaded = export.load_encoder(str(tmp_path / "sm"))
+    np.testing.assert_allclose(loaded(x)["representation"].numpy(),
+                               enc(x, training=False).numpy(), rtol=1e-6, atol=1e-6)
