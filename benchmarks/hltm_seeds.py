@@ -16,7 +16,9 @@ Measured (issue 12, 2 shared CPU cores, the test suite running beside it): 10 ep
 one seed's time is not met: one seed's step is overhead-bound (2.4 ms), twenty seeds' is
 compute-bound (44 ms: the forest's grouped matmuls, S x groups tiny [B, fan_in] x
 [fan_in, hid] products per layer, at ~3.5 GFLOP/s on these cores). A 10-seed 50-epoch table
-row (K = 50) takes 300-700 s (hid 2 / hid 10).
+row (K = 50) takes 300-700 s (hid 2 / hid 10). Since the input stopped prefetching beside
+the steps (see data/hltm.forest_dataset), on a quiet machine: S = 1 31 s, S = 5 98 s,
+S = 20 392 s (12.6x; 20 s per seed).
 
 Where an epoch goes (later measurement, quiet machine, configs/hltm.cfg): one seed 2.7 s of
 steps (5.1 ms a step, data in memory or not) + 1.4 s of correlation evaluation. Twenty
