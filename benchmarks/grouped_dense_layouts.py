@@ -1,4 +1,4 @@
-"""Why 20 HLTM seeds cost ~10x one seed on CPU: the forest's grouped matmuls, timed in the
+"""Why 20 HLTM seeds cost 10-13x one seed on CPU: the forest's grouped matmuls, timed in the
 layouts TensorFlow offers, against a dense matmul on the same machine.
 
     python benchmarks/grouped_dense_layouts.py [--seeds=20] [--hid=10]
