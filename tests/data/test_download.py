@@ -101,3 +101,22 @@ def test_train_prepares_on_first_use_then_trains_a_step(source, tmp_path):
     assert not result["finished"]
     assert os.path.isdir(tmp_path / "tfds" / NAME / "1.0.0")
     assert os.path.exists(tmp_path / "run" / "saved_model" / "saved_model.pb")
+
+
+def test_gs_data_dir_refuses_with_how_to_prepare():
+    """Every worker of a run would download into the same bucket: a gs:// --data_dir that
+    lacks the data set says how to prepare it once instead (nothing is downloaded)."""
+    class NotPrepared:
+        def is_prepared(self):
+            return False
+
+        def download_and_prepare(self, **kwargs):
+            raise AssertionError("must not download into a bucket")
+
+    with pytest.raises(config.ConfigError) as e:
+        images.prepare_tfds(NotPrepared(), "cifar10", "gs://bucket/tensorflow_datasets")
+    msg = str(e.value)
+    assert msg.startswith("--data_dir: --dataset=cifar10 is not prepared in "
+                          "--data_dir=gs://bucket/tensorflow_datasets")
+    assert "into a gs:// --data_dir" in msg
+    assert "`tfds build cifar10 --data_dir=gs://bucket/tensorflow_datasets`" in msg
