@@ -169,15 +169,19 @@ def write_results(path, update):
 
 
 def folder_listing(path):
-    """Every file under an image folder with its size and modification time, as one
-    string (the feature cache's key of a folder: a changed folder is other data)."""
+    """Every file under an image folder, with its size and modification time when local,
+    as one string (the feature cache's key of a folder: a changed folder is other data).
+    A URL (gs://) lists names only: a stat there is one request per file."""
     import tensorflow as tf
     entries = []
     for root, _, files in tf.io.gfile.walk(path):
         for name in files:
-            stat = tf.io.gfile.stat(os.path.join(root, name))
-            entries.append(f"{os.path.relpath(os.path.join(root, name), path)}:"
-                           f"{stat.length}:{stat.mtime_nsec}")
+            full = os.path.join(root, name)
+            entry = os.path.relpath(full, path)
+            if "://" not in path:
+                stat = os.stat(full)
+                entry += f":{stat.st_size}:{stat.st_mtime_ns}"
+            entries.append(entry)
     return "\n".join(sorted(entries))
 
 

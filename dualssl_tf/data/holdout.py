@@ -9,10 +9,27 @@ uses exactly those files even when the folder has changed since. TensorFlow-free
 """
 
 import math
+import os
 
 import numpy as np
 
 UNLABELLED = -1
+# Sub-folders that make a folder's own held-out split (ImageNet's layout is train/ + val/).
+OWN_TRAIN, OWN_HELD_OUT = "train", ("test", "val")
+
+
+def own_split(path, isdir=os.path.isdir):
+    """``(train_dir, held_out_dir)`` when ``path`` has ``train/`` and ``test/`` (or
+    ``val/``) sub-folders, else None. ``isdir``: ``os.path.isdir`` before TensorFlow is
+    imported, ``tf.io.gfile.isdir`` for URLs (gs://)."""
+    if not path:
+        return None
+    train = os.path.join(path, OWN_TRAIN)
+    for name in OWN_HELD_OUT:
+        held = os.path.join(path, name)
+        if isdir(train) and isdir(held):
+            return train, held
+    return None
 
 
 def class_holdout_count(n, fraction):

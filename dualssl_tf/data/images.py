@@ -34,7 +34,7 @@ import tensorflow as tf
 from absl import logging
 
 from dualssl_tf.config import ConfigError
-from dualssl_tf.data import augment
+from dualssl_tf.data import augment, holdout
 from dualssl_tf.data.generated_images import GeneratedImages
 
 UNLABELLED = -1
@@ -408,8 +408,6 @@ def folder_holdout_sources(path, fraction=0.0, seed=0, recorded=None, skip_corru
       ConfigError naming --data_dir (the listing's errors; recorded files missing from the
       folder) or --holdout_fraction (nothing to hold out).
     """
-    from dualssl_tf.data import holdout
-
     files, labels, num_classes, skipped = _folder_listing(path, skip_corrupt, verify)
     prefix = os.path.join(path, "")
     names = [f[len(prefix):] if f.startswith(prefix) else f for f in files]
@@ -654,17 +652,6 @@ def pretrain_split(name):
     return PRETRAIN_SPLITS.get(name.split(":")[0].split("/")[0], "train")
 
 
-def has_own_split(data_dir):
-    """``(train_dir, test_dir)`` when ``data_dir`` has ``train/`` and ``test/`` (or, the
-    ImageNet layout, ``val/``) sub-folders, else None."""
-    train_dir = os.path.join(data_dir, "train")
-    for held_out in ("test", "val"):
-        test_dir = os.path.join(data_dir, held_out)
-        if data_dir and tf.io.gfile.isdir(train_dir) and tf.io.gfile.isdir(test_dir):
-            return train_dir, test_dir
-    return None
-
-
 def sources(dataset, data_dir="", image_size=32, seed=0, skip_corrupt=False,
             generated=None, download=False, download_refused="", holdout_fraction=0.0,
             holdout_seed=0, holdout_files=None):
@@ -692,7 +679,7 @@ def sources(dataset, data_dir="", image_size=32, seed=0, skip_corrupt=False,
         return (generated_source(data, "train"), generated_source(data, "train"),
                 generated_source(data, "test"))
     if dataset == "folder":
-        own = has_own_split(data_dir)
+        own = holdout.own_split(data_dir, tf.io.gfile.isdir)
         if own:  # DIR/train/ with DIR/test/ or (the ImageNet layout) DIR/val/
             train = folder_source(own[0], skip_corrupt)
             return train, train, folder_source(own[1], skip_corrupt)

@@ -113,18 +113,8 @@ def _from_task(dataset, data_dir, image_size, batch_size, model_card, download=T
         changes["data_dir"] = data_dir
     if image_size:
         changes["image_size"] = image_size
-    metadata = (model_card or {}).get("metadata") or {}
-    if dataset != "folder" or _has_own_split(data_dir or cfg.data.data_dir):
-        # Another data set, or a folder with its own train/ and val/: the run's held-out
-        # files (a fraction of its own folder) do not apply.
-        changes["holdout_fraction"] = 0.0
-        metadata = {k: v for k, v in metadata.items() if k != "images"}
-    return tasks.eval_data(cfg.replace(**changes), batch_size, metadata=metadata)
-
-
-def _has_own_split(path):
-    from dualssl_tf.data import images
-    return bool(path) and images.has_own_split(path) is not None
+    return tasks.eval_data(cfg.replace(**changes), batch_size,
+                           metadata=(model_card or {}).get("metadata"))
 
 
 def probe_datasets(dataset, data_dir="", image_size=None, batch_size=256, model_card=None,

@@ -309,13 +309,9 @@ def _restore_legacy(model, reader, epoch, step):
     step.assign(reader.get_tensor(_STEP_KEY))
 
 
-def metrics_record(path, epoch=None):
-    """The ``metrics.jsonl`` record of ``epoch`` (the last one written for it), or with
-    ``epoch=None`` the last complete record; {} when there is none. A partial last line
-    (a crash mid-write) and unparsable lines are skipped. Reads nothing but ``path``."""
-    found = {}
-    if not runfiles.exists(path):
-        return found
+def _complete_records(path):
+    """``(line, record)`` for each complete, parsable dict line of ``metrics.jsonl``: the
+    partial last line of a crash mid-write and unparsable lines are skipped."""
     for line in runfiles.read_lines(path):
         if not line.endswith("\n"):
             continue
@@ -323,8 +319,18 @@ def metrics_record(path, epoch=None):
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and (epoch is None or record.get("epoch") == epoch):
-            found = record
+        if isinstance(record, dict):
+            yield line, record
+
+
+def metrics_record(path, epoch=None):
+    """The ``metrics.jsonl`` record of ``epoch`` (the last one written for it), or with
+    ``epoch=None`` the last complete record; {} when there is none (or no file)."""
+    found = {}
+    if runfiles.exists(path):
+        for _, record in _complete_records(path):
+            if epoch is None or record.get("epoch") == epoch:
+                found = record
     return found
 
 
@@ -345,14 +351,8 @@ def truncate_metrics(path, epoch):
       the epoch-0 record (dict, metrics at initialisation) or None if there is none.
     """
     kept, initial = [], None
-    for line in runfiles.read_lines(path):
-        if not line.endswith("\n"):
-            continue  # the partial last line of a crash mid-write
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict) or record.get("epoch", -1) > epoch:
+    for line, record in _complete_records(path):
+        if record.get("epoch", -1) > epoch:
             continue
         if record["epoch"] == 0:
             initial = record
@@ -521,8 +521,7 @@ class RunDir:
 
     def last_metrics(self):
         """The last metrics.jsonl record, flattened back to ``name/key`` form."""
-        return flatten(json.loads(runfiles.read_text(self.metrics_path).strip()
-                                  .splitlines()[-1]))
+        return flatten(metrics_record(self.metrics_path))
 
     def mark_finished(self, epochs):
         """Records that training to ``epochs`` and the export completed."""

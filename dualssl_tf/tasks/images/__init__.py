@@ -8,6 +8,7 @@ import dataclasses
 import os
 import re
 
+from dualssl_tf.data.holdout import own_split
 from dualssl_tf.models import stems
 from dualssl_tf.options import ConfigError, Section, choice, option, require
 from dualssl_tf.tasks.base import TaskSpec
@@ -54,15 +55,6 @@ def check_folder(path):
             return
     raise ConfigError("data_dir", f"{path} contains no image files "
                       f"({', '.join(_FOLDER_EXTENSIONS)})")
-
-
-def has_own_split(path):
-    """Before TensorFlow is imported: a local folder with ``train/`` and ``test/`` or
-    ``val/`` sub-folders (``dualssl_tf.data.images.has_own_split``; URLs: False here)."""
-    if not path or "://" in path:
-        return False
-    return os.path.isdir(os.path.join(path, "train")) and any(
-        os.path.isdir(os.path.join(path, d)) for d in ("test", "val"))
 
 
 @dataclasses.dataclass
@@ -115,7 +107,8 @@ class ImageOptions(Section):
         if self.holdout_fraction > 0:
             require(cfg.data.dataset == "folder", "holdout_fraction",
                     f"only for --dataset=folder; {cfg.data.dataset} has its own test split")
-            require(not has_own_split(cfg.data.data_dir), "holdout_fraction",
+            require("://" in cfg.data.data_dir or not own_split(cfg.data.data_dir),
+                    "holdout_fraction",
                     f"{cfg.data.data_dir} has its own held-out split (train/ and val/ or "
                     "test/ sub-folders); drop --holdout_fraction")
         require(cfg.data.encoder in ENCODERS, "encoder",

@@ -74,9 +74,8 @@ def eval_data(cfg, batch_size=None, metadata=None):
     ``min(--batch_size, 256)`` images; no network is built. ValueError("--dataset: ...")
     when there is no labelled test split. ``metadata``: the run's recorded metadata (its
     model card's); a folder run's held-out files in it are the test split, exactly."""
+    # (A folder with its own train/ + val/, e.g. another one, ignores the record.)
     recorded = (((metadata or {}).get("images") or {}).get("holdout") or {}).get("files")
-    if recorded is not None and images.has_own_split(cfg.data.data_dir):
-        recorded = None  # a folder with its own split (e.g. another data set) uses that
     _, probe_train, probe_test, size = sources(cfg, holdout_files=recorded)
     train, test = _eval_splits(cfg, probe_train, probe_test, size)
     if train is None or test is None:
