@@ -102,18 +102,6 @@ def directpred_weights(corr, eps):
     return tf.matmul(u * s[tf.newaxis, :], u, transpose_b=True)
 
 
-def _global_mean_outer(z):
-    """``E[z z^T]`` over the global batch: z [n, D] on each replica -> [D, D]."""
-    z = tf.cast(z, tf.float32)
-    total = tf.matmul(z, z, transpose_a=True)
-    n = tf.cast(tf.shape(z)[0], tf.float32)
-    ctx = tf.distribute.get_replica_context()
-    if ctx is not None and ctx.num_replicas_in_sync > 1:
-        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, total)
-        n = n * ctx.num_replicas_in_sync
-    return total / n
-
-
 @keras.saving.register_keras_serializable(package="dualssl_tf")
 class DirectPredictor(keras.layers.Layer):
     """DirectPred's linear predictor ``p = z W`` (W symmetric), set in closed form.
@@ -147,7 +135,10 @@ class DirectPredictor(keras.layers.Layer):
     def update(self, z, step):
         """Folds the batch ``z`` [n, D] (this replica's rows) into F and, when ``step``
         (0-based, this update's) is a multiple of ``every``, sets the kernel from F."""
-        batch = _global_mean_outer(tf.stop_gradient(z))
+        z = tf.cast(tf.stop_gradient(z), tf.float32)
+        # E[z z^T] over the global batch; the sum z^T z of this replica's rows as one matmul.
+        batch = distribute.replica_sum(tf.matmul(z, z, transpose_a=True)) / tf.cast(
+            tf.shape(z)[0] * distribute.num_replicas(), tf.float32)
         first = tf.equal(tf.convert_to_tensor(self.updates), 0.0)
         corr = tf.where(first, batch, self.rate * tf.convert_to_tensor(self.corr)
                         + (1.0 - self.rate) * batch)
@@ -297,10 +288,8 @@ class SiameseMethod(SSLMethod):
 
     # -- networks -----------------------------------------------------------------------
 
-    def call(self, x, training=False):
-        """Normalised online projection. x: [B, ...] (or a batch dict: its ``view1``)."""
-        if isinstance(x, dict):  # Keras builds a model under a strategy from one batch
-            x = self.make_views(x)["view1"]
+    def embed(self, x, training=False):
+        """Normalised online projection (what ``model(x)`` returns). x: [B, ...] -> [B, D]."""
         _, z = self._online(x, training)
         z = tf.cast(z, tf.float32)  # normalised in float32 under mixed precision too
         return z / (tf.norm(z, axis=-1, keepdims=True) + self.norm_eps)

@@ -7,7 +7,10 @@ Everything here runs on TensorFlow's own engine; nothing is home-made:
 * :func:`cross_replica_candidates` is the ``ContrastiveMethod(gather_fn=...)`` hook: it gathers both
   views' embeddings from all replicas with the replica context's ``all_gather``, so every
   in-batch loss sees the *global* batch as negatives.
-* :func:`cross_replica_mean` gives batch-mean losses (``nce_batch``) the global-batch mean.
+* :func:`global_sum`, :func:`global_mean`, :func:`global_gather` (and :func:`replica_sum`
+  for partial statistics) give a method the sums, means and rows of the *global* batch
+  (batch-level losses, ``nce_batch``'s means via :func:`cross_replica_mean`, DirectPred's
+  ``E[z z^T]``); they are the plain reductions on one device.
 * :func:`distributed_dataset` feeds each replica its own ``global / replicas`` batch through
   ``strategy.distribute_datasets_from_function``, one input pipeline per host.
 
@@ -78,25 +81,74 @@ def cross_replica_candidates(z1, z2):
         return z1, z2, 0
     # The losses run in float32 anyway, and CPU/GPU collectives reject bfloat16.
     z1, z2 = tf.cast(z1, tf.float32), tf.cast(z2, tf.float32)
-    z1_all, z2_all = ctx.all_gather([z1, z2], axis=0)
+    z1_all, z2_all = global_gather([z1, z2])
     offset = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * tf.shape(z1)[0]
     return z1_all, z2_all, offset
 
 
-def cross_replica_mean(x):
-    """Mean of ``x`` over every element on every replica (equal-sized local tensors).
+# -- global-batch statistics ------------------------------------------------------------------
+#
+# Inside a train step (replica context) each replica holds its own rows of the global batch.
+# These helpers give every replica the statistic of the global batch; with one replica (or
+# outside any strategy) they are the plain TensorFlow reduction, op for op. They are
+# differentiable: the gradient of a SUM all-reduce is the SUM all-reduce of the replicas'
+# upstream gradients, so a loss L computed from them on every replica, divided by the replica
+# count (``SSLMethod.batch_loss``'s scaling), gives each replica dL/d(its rows), and Keras' SUM
+# of the variable gradients the single-device gradient. Every replica must hold the same
+# number of rows (static, ``drop_remainder`` batches). CPU/GPU collectives reject bfloat16:
+# cast half-precision tensors to float32 first.
 
-    x: any shape -> scalar. ``tf.reduce_mean`` with one replica; otherwise a SUM
-    all-reduce of the local sums (differentiable: the gradient is summed back), divided by
-    ``size * replicas``. Used by batch-mean losses, whose value is not a sum of per-anchor
-    terms (``nce_batch``).
+def global_sum(x, axis=0):
+    """``tf.reduce_sum(x, axis)`` over the global batch.
+
+    x: [n, ...] this replica's n rows along ``axis`` (the batch axis) -> the sum over all
+    replicas' rows, x's shape without ``axis``; ``axis=None``: the sum of every element on
+    every replica (a scalar).
+    """
+    return replica_sum(tf.reduce_sum(x, axis=axis))
+
+
+def global_mean(x, axis=0):
+    """``tf.reduce_mean(x, axis)`` over the global batch (``axis=None``: every element on
+    every replica, a scalar): :func:`global_sum` / (elements reduced x replicas)."""
+    replicas = _replicas_in_sync()
+    if replicas == 1:
+        return tf.reduce_mean(x, axis=axis)
+    count = tf.size(x) if axis is None else tf.shape(x)[axis]
+    return global_sum(x, axis) / tf.cast(count * replicas, x.dtype)
+
+
+def global_gather(x, axis=0):
+    """All replicas' rows in replica order: x [n, ...] -> [R*n, ...] along ``axis``.
+
+    ``x`` may be a list/tuple of tensors (one collective for all). Differentiable: each
+    replica gets back the gradient its rows received on every replica.
     """
     ctx = _replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
-        return tf.reduce_mean(x)
-    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(x))
-    count = tf.cast(tf.size(x) * ctx.num_replicas_in_sync, x.dtype)
-    return total / count
+        return x
+    return ctx.all_gather(x, axis=axis)
+
+
+def replica_sum(x):
+    """``x`` (any shape: this replica's partial statistic, e.g. ``z^T z`` of its rows) summed
+    elementwise over the replicas; ``x`` itself with one replica."""
+    ctx = _replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
+
+
+def _replicas_in_sync():
+    ctx = _replica_context()
+    return 1 if ctx is None else ctx.num_replicas_in_sync
+
+
+def cross_replica_mean(x):
+    """Mean of ``x`` over every element on every replica (equal-sized local tensors):
+    ``global_mean(x, axis=None)``, x: any shape -> scalar. Used by batch-mean losses, whose
+    value is not a sum of per-anchor terms (``nce_batch``)."""
+    return global_mean(x, axis=None)
 
 
 def make_strategy(name, tpu=None, num_gpus=None):
