@@ -5,22 +5,28 @@
     outputs = forward(batch)                  # the networks on the views
     per_example, logs = per_example_loss(batch, outputs)
     loss = sum(per_example) / (examples * replicas)   # this replica's share
+    #   or: loss, logs = batch_loss(batch, outputs); loss = loss / replicas
     apply(gradient(scale(loss + regularisation)))     # the method's optimizer
     after_apply(outputs)                      # e.g. BYOL's moving-average target
     probe_step(batch, outputs)                # online probe, its own optimizer
-    metrics
+    metrics                                   # global-batch values on every replica
 
-A subclass implements :meth:`forward` and :meth:`per_example_loss` (and, if it has one,
-:meth:`after_apply`; networks that take no gradient, e.g. a moving-average target, are left
-out of :attr:`method_variables` by :meth:`frozen_variables`). Why ``per_example_loss`` and
-not ``keras.Model.compute_loss``: Keras'
+A subclass implements :meth:`forward` and one of the two loss hooks: :meth:`per_example_loss`
+(a loss that is a mean of per-example terms) or :meth:`batch_loss` (a loss of global-batch
+statistics, e.g. Barlow Twins' cross-correlation or VICReg's variance, taken through
+``distribute.global_sum / global_mean / global_gather``). Optionally :meth:`after_apply`,
+:meth:`frozen_variables` (networks that take no gradient, e.g. a moving-average target),
+:meth:`embed` (what ``model(x)`` returns for inputs) and :meth:`export_outputs`. Why
+``per_example_loss`` and not ``keras.Model.compute_loss``: Keras'
 ``compute_loss(x, y, y_pred, sample_weight)`` is the supervised contract that ``fit``'s
 default step calls; a self-supervised loss has no ``y``, and overriding it with another
 signature would break that public method for callers who rely on it.
 
 Why the per-replica share: Keras sums gradients over replicas, so dividing each replica's
-sum by the global example count makes the update equal the single-device update on the
-global batch (docs/distributed.md and :mod:`dualssl_tf.run.distribute`).
+sum by the global example count (or a global-batch loss by the replica count) makes the
+update equal the single-device update on the global batch (docs/distributed.md and
+:mod:`dualssl_tf.run.distribute`). What is logged is not that share: every log (``loss``
+included) is the global batch's value, the same on 1, 2 or R replicas (:meth:`global_logs`).
 
 The online probe (a classifier on ``stop_gradient(representation)``) is trained by its own
 optimizer (Adam, no weight decay, no schedule, as in the keras-io SimCLR example): the
@@ -44,8 +50,8 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
     :attr:`device_views` is set: :meth:`make_views` makes them first thing in the step,
     inside the compiled function, so every method gets device augmentation unchanged.
 
-    Subclasses set ``metric_names`` (the logs of :meth:`per_example_loss`, ``loss`` first),
-    assign their networks in ``__init__`` and then call :meth:`attach_probe`.
+    Subclasses set ``metric_names`` (the logs of their loss hook, ``loss`` first), assign
+    their networks in ``__init__`` and then call :meth:`attach_probe`.
     """
 
     metric_names = ("loss",)
@@ -95,8 +101,42 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
 
     def per_example_loss(self, batch, outputs):
         """Returns ``(per_example [A], logs)``: the loss of each of the A examples (anchors)
-        on this replica, and scalar logs named in ``metric_names`` (``loss`` is added)."""
+        on this replica (the loss is their mean over the global batch), and scalar logs
+        named in ``metric_names`` (``loss`` is added). Each log is a mean over this
+        replica's examples or a global-batch value (:meth:`global_logs` averages it over
+        the replicas). Define this or :meth:`batch_loss`."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither per_example_loss "
+                                  "nor batch_loss")
+
+    def batch_loss(self, batch, outputs):
+        """Returns ``(loss, logs)``: the loss of the whole global batch as a float32 scalar
+        (the same value on every replica: its batch statistics taken through
+        ``distribute.global_sum / global_mean / global_gather``), and logs as in
+        :meth:`per_example_loss`. For losses that are not means of per-example terms
+        (Barlow Twins, VICReg). The base class gives the optimizer ``loss / replicas``
+        (the gradients of the global statistics are summed back over the replicas, and
+        Keras sums the replicas' gradients) and logs ``loss`` itself. A method that
+        overrides this is never asked for :meth:`per_example_loss`."""
         raise NotImplementedError
+
+    def uses_batch_loss(self):
+        """Whether the method's loss hook is :meth:`batch_loss` (it overrides it)."""
+        return type(self).batch_loss is not SSLMethod.batch_loss
+
+    def embed(self, x, training=False):
+        """What ``model(x)`` returns for a tensor of inputs x [B, ...]: the method's
+        embedding [B, D]. Optional (nothing in training needs it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no embed(); call it on a "
+                                  "batch dict (-> forward's outputs)")
+
+    def call(self, x, training=False):
+        """A batch dict -> :meth:`forward`'s outputs (its views made first); a tensor of
+        inputs [B, ...] -> :meth:`embed`. Keras calls this once, symbolically, to build
+        the model before ``fit`` under a distribution strategy (one device never calls
+        it); training itself runs :meth:`train_step`."""
+        if isinstance(x, dict):
+            return self.forward(self.make_views(x), training=training)
+        return self.embed(x, training=training)
 
     def after_apply(self, outputs):
         """Runs after each optimizer step on every replica (e.g. a moving-average target);
@@ -158,7 +198,6 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
         """Trains (when ``training``) and scores the online probe; returns its logs."""
         if self.probe is None or "label" not in batch:
             return {}
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         with tf.GradientTape() as tape:
             logits = tf.cast(self.probe(tf.stop_gradient(outputs["h1"]), training=training),
                              tf.float32)
@@ -166,10 +205,12 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
             # Label -1 marks unlabelled examples (e.g. STL-10's unlabeled split): they take
             # no part in the probe's loss or accuracy.
             valid = tf.cast(labels >= 0, tf.float32)
-            n_valid = tf.maximum(tf.reduce_sum(valid), 1.0)
+            # Labelled examples of the global batch (replicas may hold different numbers):
+            # this replica's share of the loss is its sum over that count, as for the method.
+            n_valid = tf.maximum(distribute.global_sum(valid), 1.0)
             probe_loss = tf.reduce_sum(valid * tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=tf.maximum(labels, 0), logits=logits)) / n_valid
-            scaled = self.probe_optimizer.scale_loss(probe_loss / replicas) if training else None
+            scaled = self.probe_optimizer.scale_loss(probe_loss) if training else None
         if training:
             variables = self.probe.trainable_variables
             self.probe_optimizer.apply_gradients(zip(tape.gradient(scaled, variables),
@@ -177,17 +218,29 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
         accuracy = tf.reduce_sum(valid * tf.cast(
             tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels),
             tf.float32)) / n_valid
+        replicas = distribute.num_replicas()
+        if replicas > 1:  # shares of the global values: replicas x share averages to them
+            probe_loss, accuracy = probe_loss * replicas, accuracy * replicas
         return {"probe_loss": probe_loss, "probe_acc": accuracy}
 
     # -- the step --------------------------------------------------------------------------
 
     def replica_loss(self, batch, outputs):
-        """This replica's share of the global-batch loss, and the logs."""
+        """``(share, logs)``: this replica's share of the global-batch loss (what the
+        optimizer gets; the replicas' shares sum to the loss) and the logs, whose
+        ``loss`` is this replica's mean (per_example_loss) or the global loss
+        (batch_loss): its mean over the replicas is the global-batch loss."""
+        replicas = distribute.num_replicas()
+        if self.uses_batch_loss():
+            loss, logs = self.batch_loss(batch, outputs)
+            loss = tf.cast(loss, tf.float32)
+            return (loss if replicas == 1 else loss / replicas), {"loss": loss, **logs}
         per_example, logs = self.per_example_loss(batch, outputs)
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-        n = tf.cast(tf.shape(per_example)[0] * replicas, tf.float32)
-        loss = tf.reduce_sum(per_example) / n
-        return loss, {"loss": loss, **logs}
+        total = tf.reduce_sum(per_example)
+        share = total / tf.cast(tf.shape(per_example)[0] * replicas, tf.float32)
+        mean = share if replicas == 1 else total / tf.cast(tf.shape(per_example)[0],
+                                                            tf.float32)
+        return share, {"loss": mean, **logs}
 
     def regularization_loss(self):
         """Layer regularisation losses divided by the replicas (summed back by Keras), or
@@ -222,7 +275,20 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
     def metrics(self):
         return list(self._trackers.values())
 
+    def global_logs(self, logs):
+        """Each log's mean over the replicas (one all-reduce of the stacked scalars; the
+        logs themselves with one replica): the hooks' logs are means over a replica's
+        (equally many) examples or global-batch values, so every replica then holds the
+        global batch's values, whatever Keras does with the replicas' metrics (a mean on
+        GPUs, the first replica's on TPUs)."""
+        if distribute.num_replicas() == 1 or not logs:
+            return logs
+        names = list(logs)
+        values = tf.stack([tf.cast(tf.stop_gradient(logs[n]), tf.float32) for n in names])
+        return dict(zip(names, tf.unstack(distribute.global_mean(values[tf.newaxis]))))
+
     def update_metrics(self, logs):
+        logs = self.global_logs(logs)
         for name, value in logs.items():
             self._trackers[name].update_state(value)
         results = {name: t.result() for name, t in self._trackers.items()}

@@ -109,19 +109,12 @@ class ContrastiveMethod(SSLMethod):
                    gather_fn=None if opts.local_negatives else gather_fn,
                    probe=task.probe, name="dual")
 
-    def call(self, x, training=False):
-        """Normalised embedding. x: [B, ...] (or a batch dict: its ``view1``) -> [B, D]."""
-        if isinstance(x, dict):
-            # Keras builds a model under a tf.distribute strategy by calling it on one
-            # (symbolic) training batch before the first step.
-            x = self.make_views(x)["view1"]
-        return self.embed(x, training=training)
-
     def embed(self, x, training=False, return_representation=False):
-        """``f = normalize(head(encoder(x)))`` [B, D], float32 whatever the compute dtype
-        (under mixed precision the networks run in bfloat16/float16; the normalisation and
-        everything after it, the losses included, in float32). With
-        ``return_representation`` also ``h = encoder(x)`` [B, R] in the compute dtype."""
+        """``f = normalize(head(encoder(x)))`` [B, D] (what ``model(x)`` returns), float32
+        whatever the compute dtype (under mixed precision the networks run in
+        bfloat16/float16; the normalisation and everything after it, the losses included,
+        in float32). With ``return_representation`` also ``h = encoder(x)`` [B, R] in the
+        compute dtype."""
         h = self.encoder(x, training=training)
         p = self.head(h, training=training) if self.head is not None else h
         p = tf.cast(p, tf.float32) if p.dtype in (tf.bfloat16, tf.float16) else p
