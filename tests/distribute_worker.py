@@ -6,7 +6,8 @@ TensorFlow initialises its devices, so each configuration runs in a fresh proces
   python tests/distribute_worker.py equality R OUT.json
       CPU split into R logical devices; one SGD step under MirroredStrategy on R replicas
       vs one step on one device with the same global batch, for every loss; local
-      negatives; SyncBN statistics vs the global batch. Writes max |difference| per case.
+      negatives; SyncBN statistics vs the global batch. Writes max |difference| per case,
+      of the variables and of the logged metrics (epoch and batch logs).
   python tests/distribute_worker.py siamese R OUT.json
       The same equality for BYOL (moving-average target), BYOL with DirectPred's predictor
       and SimSiam, SyncBN in encoder and predictor, over two steps.
@@ -45,14 +46,21 @@ CASES = {
     "ntxent_wd_l2": dict(loss="ntxent", temperature=0.5, weight_decay=0.1, l2=0.05,
                          base="ntxent"),
     "ntxent_syncbn": dict(loss="ntxent", temperature=0.5, bn=True),
+    # Online probe (SGD, so a wrong gradient weighting shows) on labels whose unlabelled
+    # (-1) examples are spread unevenly over the replicas.
+    "ntxent_probe": dict(loss="ntxent", temperature=0.5, probe=True),
 }
 # Cases checked on 4 replicas too (all of them on 2, to keep the test fast).
 CASES_4 = ("ntxent", "cov", "nce_explicit", "nce_batch_explicit", "ntxent_wd_l2",
-           "ntxent_syncbn")
+           "ntxent_syncbn", "ntxent_probe")
+# Probe classes; the first UNLABELLED rows of every global batch are unlabelled (-1), so
+# replica 0 of 2 holds 1 labelled example of 4 and replica 0 of 4 none.
+CLASSES, UNLABELLED = 3, 3
 
 
-def make_batches(n_steps, negatives=0, seed=0):
-    """Fixed global batches: list of dicts of float32 arrays [GLOBAL_BATCH, ...]."""
+def make_batches(n_steps, negatives=0, seed=0, labels=False):
+    """Fixed global batches: list of dicts of float32 arrays [GLOBAL_BATCH, ...] (and an
+    int32 ``label`` [GLOBAL_BATCH], -1 = unlabelled, with ``labels``)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n_steps):
@@ -60,8 +68,16 @@ def make_batches(n_steps, negatives=0, seed=0):
              "view2": rng.normal(size=(GLOBAL_BATCH, IN_DIM))}
         if negatives:
             b["negatives"] = rng.normal(size=(GLOBAL_BATCH, negatives, IN_DIM))
-        out.append({k: v.astype(np.float32) for k, v in b.items()})
+        b = {k: v.astype(np.float32) for k, v in b.items()}
+        if labels:
+            b["label"] = rng.integers(0, CLASSES, GLOBAL_BATCH).astype(np.int32)
+            b["label"][:UNLABELLED] = -1
+        out.append(b)
     return out
+
+
+def case_batches(case, n_steps=1, seed=0):
+    return make_batches(n_steps, case.get("negatives", 0), seed, labels=case.get("probe"))
 
 
 def build(case, gather_fn=None):
@@ -78,11 +94,15 @@ def build(case, gather_fn=None):
             momentum=0.5, synchronized=distribute.use_sync_bn()))
     layers += [keras.layers.ReLU(), keras.layers.Dense(OUT_DIM)]
     encoder = keras.Sequential(layers)
+    probe = keras.layers.Dense(CLASSES, name="probe") if case.get("probe") else None
     model = ContrastiveMethod(encoder, None, loss=case["loss"], temperature=case.get("temperature", 0.5),
                       margin=case.get("margin", 0.0), beta=case.get("beta", 0.0),
-                      gather_fn=gather_fn)
+                      gather_fn=gather_fn, probe=probe)
+    if probe is not None:
+        probe.build((None, OUT_DIM))
     model.compile(optimizer=keras.optimizers.SGD(
         LR, weight_decay=case.get("weight_decay") or None),
+        probe_optimizer=keras.optimizers.SGD(LR) if probe is not None else None,
         run_eagerly=os.environ.get("DIST_TEST_EAGER") == "1")
     return model
 
@@ -125,15 +145,40 @@ def weights(model):
             and "learning_rate" not in v.path]
 
 
-def fit_single(case, batches, builder=None):
+def _fit(model, ds, steps):
+    """model.fit for ``steps`` steps; returns what it logged: ``{"epoch": {name: value},
+    "batches": [{name: value} per step]}`` (the epoch's metrics and each batch's logs, as
+    callbacks, metrics.jsonl and the progress bar see them)."""
+    import keras
+    batches = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            batches.append({k: float(v) for k, v in (logs or {}).items()})
+
+    history = model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[Record()])
+    return {"epoch": {k: float(v[-1]) for k, v in history.history.items()},
+            "batches": batches}
+
+
+def logs_diff(a, b):
+    """Max |difference| of two :func:`_fit` logs (inf when their names differ)."""
+    pairs = [(a["epoch"], b["epoch"])] + list(zip(a["batches"], b["batches"]))
+    if len(a["batches"]) != len(b["batches"]) or any(set(x) != set(y) for x, y in pairs):
+        return float("inf")
+    return max(abs(x[k] - y[k]) for x, y in pairs for k in x)
+
+
+def fit_single(case, batches, builder=None, with_logs=False):
+    """Weights after training on ``batches`` on one device (and ``_fit``'s logs)."""
     import tensorflow as tf
     model = (builder or build)(case)
     ds = tf.data.Dataset.from_tensor_slices(_stack(batches))
-    model.fit(ds, epochs=1, steps_per_epoch=len(batches), verbose=0)
-    return weights(model)
+    logs = _fit(model, ds, len(batches))
+    return (weights(model), logs) if with_logs else weights(model)
 
 
-def fit_replicas(strategy, case, batches, gather_fn, builder=None):
+def fit_replicas(strategy, case, batches, gather_fn, builder=None, with_logs=False):
     """Trains under ``strategy`` with distribute.distributed_dataset; replica r of step t
     gets rows [r*b, (r+1)*b) of global batch t (one pipeline: consecutive elements go to
     consecutive replicas; several pipelines: pipeline p reads its own rows)."""
@@ -152,8 +197,8 @@ def fit_replicas(strategy, case, batches, gather_fn, builder=None):
         return tf.data.Dataset.from_tensor_slices(_stack(pieces))
 
     ds = distribute.distributed_dataset(strategy, GLOBAL_BATCH, make)
-    model.fit(ds, epochs=1, steps_per_epoch=len(batches), verbose=0)
-    return weights(model)
+    logs = _fit(model, ds, len(batches))
+    return (weights(model), logs) if with_logs else weights(model)
 
 
 def _stack(dicts):
@@ -263,12 +308,16 @@ def equality(replicas, out_path, names="", model_dir=""):
     refs = {}
     for name in (names.split(",") if names else CASES):
         case = CASES[name]
-        batches = make_batches(1, case.get("negatives", 0))
-        refs[name] = ref = fit_single(case, batches)
-        got = fit_replicas(strategy, case, batches, distribute.cross_replica_candidates)
+        batches = case_batches(case)
+        ref, ref_logs = fit_single(case, batches, with_logs=True)
+        refs[name] = ref
+        got, got_logs = fit_replicas(strategy, case, batches,
+                                     distribute.cross_replica_candidates, with_logs=True)
         result["cases"][name] = {"diff": _maxdiff(ref, got),
                                  # how far one step moves the weights (scale of the test)
-                                 "moved": _maxdiff(ref, weights(build(case)))}
+                                 "moved": _maxdiff(ref, weights(build(case))),
+                                 "logs_diff": logs_diff(ref_logs, got_logs),
+                                 "logs": ref_logs["epoch"], "replica_logs": got_logs["epoch"]}
         if "base" in case:  # the variant (beta, decay) really changes the update
             base = refs.get(case["base"]) or fit_single(CASES[case["base"]], batches)
             result["cases"][name]["effect"] = _maxdiff(ref, base)
@@ -293,11 +342,14 @@ def siamese(replicas, out_path):
     result = {"replicas": strategy.num_replicas_in_sync, "cases": {}}
     for name, case in SIAMESE_CASES.items():
         batches = make_batches(SIAMESE_STEPS, seed=11)
-        ref = fit_single(case, batches, build_siamese)
-        got = fit_replicas(strategy, case, batches, None, build_siamese)
+        ref, ref_logs = fit_single(case, batches, build_siamese, with_logs=True)
+        got, got_logs = fit_replicas(strategy, case, batches, None, build_siamese,
+                                     with_logs=True)
         result["cases"][name] = {"diff": _maxdiff(ref, got),
                                  "moved": _maxdiff(ref, weights(build_siamese(case))),
-                                 "variables": len(ref)}
+                                 "variables": len(ref),
+                                 "logs_diff": logs_diff(ref_logs, got_logs),
+                                 "logs": ref_logs["epoch"]}
     with open(out_path, "w") as f:
         json.dump(result, f)
 

@@ -1,7 +1,8 @@
 """Scale-out of BYOL and SimSiam: one update under MirroredStrategy on 2 and 4 logical CPU
 devices (SyncBN on) equals the single-device update on the global batch, target network,
-predictor and DirectPred's F included (tests/distribute_worker.py, one process per replica
-count: splitting the CPU must happen before TensorFlow starts)."""
+predictor and DirectPred's F included, and so do the logged metrics
+(tests/distribute_worker.py, one process per replica count: splitting the CPU must happen
+before TensorFlow starts)."""
 
 import json
 import os
@@ -15,6 +16,7 @@ ROOT = os.path.dirname(HERE)
 WORKER = os.path.join(HERE, "distribute_worker.py")
 TOL = 1e-6
 MOVED = 1e-3
+LOG_TOL = 1e-5  # logged metrics: float32 sums in another order (tests/test_distribute.py)
 CASES = ("byol", "byol_directpred", "simsiam")
 
 
@@ -34,6 +36,9 @@ def _check(result, replicas):
     for name, got in result["cases"].items():
         assert got["moved"] > MOVED, (name, got)
         assert got["diff"] < TOL, (name, got)
+        # What is logged (loss, pos_cos, pred_cos) is the global batch's, not a share.
+        assert got["logs_diff"] < LOG_TOL, (name, got)
+        assert abs(got["logs"]["loss"]) * (1 - 1 / replicas) > 100 * LOG_TOL, (name, got)
 
 
 @pytest.mark.gpu
