@@ -13,7 +13,8 @@ TensorFlow initialises its devices, so each configuration runs in a fresh proces
       and SimSiam, SyncBN in encoder and predictor, over two steps.
   python tests/distribute_worker.py train OUT.npz
       Multi-worker run (TF_CONFIG set by the caller) or, without TF_CONFIG, the
-      single-process reference: STEPS SGD steps on fixed global batches; saves weights.
+      single-process reference: STEPS SGD steps on fixed global batches; saves weights
+      (and OUT.npz.logs.json: what fit logged).
 """
 
 import json
@@ -363,11 +364,14 @@ def train(out_path):
     batches = make_batches(STEPS, seed=7)
     if os.environ.get("TF_CONFIG"):
         strategy = distribute.make_strategy("multi_worker")
-        got = fit_replicas(strategy, case, batches, distribute.cross_replica_candidates)
+        got, logs = fit_replicas(strategy, case, batches, distribute.cross_replica_candidates,
+                                 with_logs=True)
     else:
-        got = fit_single(case, batches)
+        got, logs = fit_single(case, batches, with_logs=True)
     del tf
     np.savez(out_path, *got)
+    with open(str(out_path) + ".logs.json", "w") as f:
+        json.dump(logs, f)
 
 
 def images(replicas, model_dir, out_path):

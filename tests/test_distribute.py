@@ -75,11 +75,16 @@ def test_multi_worker_equals_single_process(tmp_path):
     w0, w1 = ([z[k] for k in sorted(z.files, key=lambda k: int(k.split("_")[1]))]
               for z in (np.load(o) for o in outs))
     # Reference: the same STEPS global batches on one device, in this process.
-    ref = worker.fit_single(worker.CASES["ntxent"], worker.make_batches(worker.STEPS, seed=7))
+    ref, ref_logs = worker.fit_single(worker.CASES["ntxent"],
+                                      worker.make_batches(worker.STEPS, seed=7), with_logs=True)
     init = worker.weights(worker.build(worker.CASES["ntxent"]))
     assert worker._maxdiff(ref, init) > MOVED
     assert worker._maxdiff(w0, w1) == 0.0          # workers hold identical weights
     assert worker._maxdiff(w0, ref) < 1e-5         # = single process (3 steps of float32)
+    for out in outs:                               # and both log the single process's metrics
+        logs = json.loads(open(str(out) + ".logs.json").read())
+        assert worker.logs_diff(logs, ref_logs) < LOG_TOL, (logs, ref_logs)
+    assert ref_logs["epoch"]["loss"] > 100 * LOG_TOL
 
 
 @pytest.mark.gpu
