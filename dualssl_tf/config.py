@@ -141,8 +141,8 @@ class RunOptions(Section):
                                    "newest readable one.", resumable=True)
     keep_checkpoints: int = option(3, "Checkpoints kept (>= 2: a corrupt newest one falls "
                                    "back to the previous).", resumable=True)
-    deterministic: bool = option(True, "Deterministic TF ops (bit-identical resume on CPU); "
-                                 "--nodeterministic may be faster on GPU. With "
+    deterministic: bool = option(True, "Deterministic TF ops (bit-identical resume on the "
+                                 "same machine); --nodeterministic may be faster on GPU. With "
                                  "--jit_compile the XLA step is used as compiled (Keras "
                                  "disables XLA under op determinism).", resumable=True)
 

@@ -138,11 +138,7 @@ def _interrupt(run, sig, lines):
     return epoch, step, ckpt, m.group(1)
 
 
-def test_tool_sigint_then_sigterm_one_line_each_then_resume_equals_uninterrupted(tmp_path,
-                                                                              monkeypatch):
-    # The reference runs in this process, whose TensorFlow was imported without oneDNN; the
-    # tool would turn oneDNN on (tools/cli.py): other CPU kernels, other last digits.
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+def test_tool_sigint_then_sigterm_one_line_each_then_resume_equals_uninterrupted(tmp_path):
     run = tmp_path / "run"
     _, _, first, _ = _interrupt(run, signal.SIGINT, 3)        # epochs 0-2 written
     _, _, second, _ = _interrupt(run, signal.SIGTERM, first + 3)
@@ -153,9 +149,14 @@ def test_tool_sigint_then_sigterm_one_line_each_then_resume_equals_uninterrupted
     again = kill_resume.run_to_end(short, run)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"Resuming {run} at epoch {second} (step {second * 5})" in again.stdout
-    ref = tmp_path / "ref"  # in-process: the same run as FLAGS describe
-    train(ref, epochs=epochs, steps_per_epoch=5, steps_per_execution=2, seed=3,
-          hltm_eval_samples=256, checkpoint_every=1)
+    # The reference is the same command run uninterrupted: resume is promised bit-identical
+    # for the same command in the same environment on the same machine. An in-process run
+    # is not that: this process's TensorFlow picked its CPU kernels by the machine (oneDNN
+    # on AVX-512, Eigen on AVX2), the tool turns oneDNN on (tools/cli.py), and the two
+    # differ in the last bits on some machines (issue 25).
+    ref = tmp_path / "ref"
+    done = kill_resume.run_to_end(short, ref)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert_same_run(ref, run, epochs)
 
 
