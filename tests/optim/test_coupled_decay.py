@@ -232,3 +232,16 @@ def test_config_round_trip():
         assert clone.weight_decay is None
     with pytest.raises(ValueError, match="weight_decay=-1"):
         CoupledSGD(0.1, weight_decay=-1)
+
+
+def test_under_loss_scaling_the_decay_sees_the_unscaled_gradient():
+    # --mixed_precision=float16 wraps the optimizer in a LossScaleOptimizer: the gradients
+    # it gets are multiplied by the loss scale and unscaled before the inner update, so the
+    # L2 term must be added after that (in update_step), not to the scaled gradient.
+    grads = _grads(4)
+    inner = CoupledSGD(LR, momentum=MOMENTUM, weight_decay=WD)
+    scale = 2.0 ** 15   # constant over these steps (it grows after 2000 finite steps)
+    scaled = keras.optimizers.LossScaleOptimizer(inner, initial_scale=scale)
+    start, got = _run(scaled, [[g * scale for g in step] for step in grads])
+    for g, r in zip(got, torch_sgd(start, grads, LR, MOMENTUM, WD, DECAYED)):
+        np.testing.assert_allclose(g, r, rtol=0, atol=EXACT)
