@@ -43,9 +43,8 @@ class _CoupledDecay:
         # By index, as LARS: under tf.distribute update_step may get a per-replica
         # component. Matched on .name (not .path) to decay exactly what Keras'
         # decoupled path decays with the same names.
-        pattern = re.compile("|".join(self.exclude_from_decay)) if self.exclude_from_decay \
-            else None
-        self._decay = [pattern is None or pattern.search(v.name) is None for v in variables]
+        pattern = "|".join(self.exclude_from_decay)
+        self._decay = [not pattern or re.search(pattern, v.name) is None for v in variables]
 
     def update_step(self, gradient, variable, learning_rate):
         # Under tf.distribute Keras all-reduces (sums) the replicas' gradients before
