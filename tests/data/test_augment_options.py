@@ -313,3 +313,17 @@ def test_options_dataclass_fields_have_their_defaults():
     opts = image_options.ImageOptions()
     defaults = {f.name: f.default for f in dataclasses.fields(opts)}
     assert {k: defaults[k] for k in image_options._VIEW_FLAGS} == image_options._VIEW_FLAGS
+
+
+# The sampler's graph takes ~10 s to compile on 2 shared cores (as in test_device_augment).
+@pytest.mark.slow
+def test_jit_compile_of_per_view_settings_gives_the_eager_views():
+    imgs = tf.constant(np.random.default_rng(5).integers(0, 256, (6, 20, 20, 3))
+                       .astype(np.uint8))
+    step = tf.constant(9, tf.int64)
+    fn = lambda x, s: da.device_view_pairs(x, 1, s, 0, 16, **BYOL_LIKE)  # noqa: E731
+    eager = fn(imgs, step)
+    jit = tf.function(fn, jit_compile=True)(imgs, step)
+    # Integer draws exact under XLA, fused multiply-adds 1 ulp (test_device_augment.py).
+    for e, j in zip(eager, jit):
+        assert np.max(np.abs(np.asarray(e) - np.asarray(j))) <= 1e-4
