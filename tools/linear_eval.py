@@ -6,8 +6,9 @@ solved to its optimum by L-BFGS, L2 strength chosen on a held-out part of the tr
 kNN (cosine, temperature-weighted votes; at every k of --knn_k, in one pass, each k clipped
 to the train split's size) and fine-tuning report top-1 (and top-5 when there are more than
 5 classes) on the test split. kNN's results name their k: ``knn.top1@20``, ``knn.k@200``
-(the k used, min(200, N)); ``knn.top1`` / ``knn.k`` are those of the first k listed. Features are cached per SavedModel
-(``feature_cache/`` beside it) so linear and kNN share one extraction.
+(the k used, min(200, N)); ``knn.top1`` / ``knn.k`` are those of the first k listed.
+Features are cached per SavedModel (``feature_cache/`` beside it) so linear and kNN share
+one extraction.
 Results are merged into ``linear_eval.json`` next to the SavedModel (or in --output_dir).
 
 --dataset: ``npz:PATH`` (x_train, y_train, x_test, y_test), ``hltm`` (fresh samples of the

@@ -28,12 +28,12 @@ are ``tf.image.adjust_*`` with the factors ``tf.image.stateless_random_*`` would
 Values are clipped to [0, 1] after every colour op.
 
 The random parameters of a view (crop window, flip, jitter factors and order, grayscale,
-blur sigma, solarisation) are drawn by :func:`sample_view_params` from the seed alone, before any pixel
-is touched, through a small ``rng`` object (``split``, ``uniform``). The host path passes
-:data:`HOST` (``tf.random``'s stateless ops on one [2] seed); the device path
-(:mod:`dualssl_tf.data.device_augment`) passes a batched re-implementation of the same
-Philox draws on [B] seeds, so both paths draw the same parameters for the same seeds by
-construction (one sampling function, the same random numbers).
+blur sigma, solarisation) are drawn by :func:`sample_view_params` from the seed alone,
+before any pixel is touched, through a small ``rng`` object (``split``, ``uniform``). The
+host path passes :data:`HOST` (``tf.random``'s stateless ops on one [2] seed); the device
+path (:mod:`dualssl_tf.data.device_augment`) passes a batched re-implementation of the
+same Philox draws on [B] seeds, so both paths draw the same parameters for the same seeds
+by construction (one sampling function, the same random numbers).
 """
 
 import math

@@ -162,8 +162,8 @@ def test_bad_settings_name_the_flag(flags, message):
 def test_generated_images_refuse_augmentation_settings():
     cfg = config.TrainConfig(dataset="generated_images", model_dir=MODEL_DIR)
     config.validate(cfg)
-    for flag, value in (("augment_preset", "byol"), ("crop_area", "0.3,1"), ("flip_prob", 0.0),
-                        ("blur_prob", "1"), ("solarize_prob", "0,0.2")):
+    for flag, value in (("augment_preset", "byol"), ("crop_area", "0.3,1"),
+                        ("flip_prob", 0.0), ("blur_prob", "1"), ("solarize_prob", "0,0.2")):
         with pytest.raises(config.ConfigError, match=f"--{flag}: --dataset=generated_images "
                                                      "renders its own views"):
             config.validate(cfg.replace(**{flag: value}))
@@ -296,7 +296,8 @@ def test_the_flags_reach_the_host_pipeline_and_the_device_views():
         lambda i: (i, tf.cast(i % 2, tf.int32))),
         lambda i: tf.roll(ramp, tf.cast(i, tf.int32), axis=1), 4, 2, image_shape=(10, 14, 3))
     # Solarisation p 1 on view 2 only (the last op); no jitter keeps the graphs small.
-    plain = config.TrainConfig(dataset="cifar10", model_dir=MODEL_DIR, color_jitter_strength=0.0)
+    plain = config.TrainConfig(dataset="cifar10", model_dir=MODEL_DIR,
+                               color_jitter_strength=0.0)
     sol = plain.replace(solarize_prob="0,1")
     (a,) = task._data(src, plain, 6, 0, "host", 4).take(1)
     (b,) = task._data(src, sol, 6, 0, "host", 4).take(1)

@@ -29,9 +29,12 @@ AUGMENT_ON = ("auto", "host", "device")
 # SimSiam and (0.4, 0.4, 0.2, 0.1) for BYOL, is --color_jitter_strength=0.5 (saturation
 # 0.4), left to that flag.
 AUGMENT_PRESETS = {
-    "simclr": {"crop_area": (0.08, 1.0), "blur_prob": (0.5, 0.5), "solarize_prob": (0.0, 0.0)},
-    "byol": {"crop_area": (0.08, 1.0), "blur_prob": (1.0, 0.1), "solarize_prob": (0.0, 0.2)},
-    "simsiam": {"crop_area": (0.2, 1.0), "blur_prob": (0.5, 0.5), "solarize_prob": (0.0, 0.0)},
+    "simclr": {"crop_area": (0.08, 1.0), "blur_prob": (0.5, 0.5),
+               "solarize_prob": (0.0, 0.0)},
+    "byol": {"crop_area": (0.08, 1.0), "blur_prob": (1.0, 0.1),
+             "solarize_prob": (0.0, 0.2)},
+    "simsiam": {"crop_area": (0.2, 1.0), "blur_prob": (0.5, 0.5),
+                "solarize_prob": (0.0, 0.0)},
 }
 # The augmentation flags the generated shapes cannot take, with their defaults.
 _VIEW_FLAGS = {"augment_preset": "simclr", "crop_area": "", "flip_prob": 0.5,
@@ -187,8 +190,8 @@ class ImageOptions(Section):
 
 def _probabilities(text, flag):
     """``P`` or ``P1,P2`` -> (view 1, view 2) probabilities, each in [0, 1]."""
-    fix = f"expected a probability in [0, 1], or one per view as P1,P2 (e.g. 1.0,0.1); " \
-          f"got {text!r}"
+    fix = (f"expected a probability in [0, 1], or one per view as P1,P2 (e.g. 1.0,0.1); "
+           f"got {text!r}")
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
@@ -199,7 +202,8 @@ def _probabilities(text, flag):
 
 def _crop_area(text):
     """``MIN,MAX`` -> (min, max) area fractions, 0 < min <= max <= 1."""
-    fix = f"expected MIN,MAX area fractions with 0 < MIN <= MAX <= 1 (e.g. 0.3,1); got {text!r}"
+    fix = (f"expected MIN,MAX area fractions with 0 < MIN <= MAX <= 1 (e.g. 0.3,1); "
+           f"got {text!r}")
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:

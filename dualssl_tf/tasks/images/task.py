@@ -224,9 +224,9 @@ def _data(source, cfg, size, start_step, augment_on, batch_size, input_context=N
     return images.pretrain_dataset(
         source, batch_size, size, seed=distribute.replica_seed(cfg.run.seed, input_context),
         start_step=start_step * per_pipeline,
-        color_jitter_strength=settings.pop("color_jitter_strength"), blur=settings.pop("blur"),
-        shuffle_buffer=o.shuffle_buffer, with_labels=cfg.method.probe, views_on=augment_on,
-        view_options=settings)
+        color_jitter_strength=settings.pop("color_jitter_strength"),
+        blur=settings.pop("blur"), shuffle_buffer=o.shuffle_buffer,
+        with_labels=cfg.method.probe, views_on=augment_on, view_options=settings)
 
 
 def summarize(initial, final):
