@@ -47,6 +47,10 @@ CASES = {
     "ntxent_wd_l2": dict(loss="ntxent", temperature=0.5, weight_decay=0.1, l2=0.05,
                          base="ntxent"),
     "ntxent_syncbn": dict(loss="ntxent", temperature=0.5, bn=True),
+    # PyTorch's L2-in-the-gradient decay (--weight_decay_mode=coupled): added once to the
+    # all-reduced gradient, not once per replica.
+    "ntxent_coupled_wd": dict(loss="ntxent", temperature=0.5, weight_decay=0.1,
+                              weight_decay_mode="coupled", base="ntxent"),
     # Online probe (SGD, so a wrong gradient weighting shows) on labels whose unlabelled
     # (-1) examples are spread unevenly over the replicas.
     "ntxent_probe": dict(loss="ntxent", temperature=0.5, probe=True),
@@ -101,10 +105,16 @@ def build(case, gather_fn=None):
                       gather_fn=gather_fn, probe=probe)
     if probe is not None:
         probe.build((None, OUT_DIM))
-    model.compile(optimizer=keras.optimizers.SGD(
-        LR, weight_decay=case.get("weight_decay") or None),
-        probe_optimizer=keras.optimizers.SGD(LR) if probe is not None else None,
-        run_eagerly=os.environ.get("DIST_TEST_EAGER") == "1")
+    if case.get("weight_decay_mode") == "coupled":
+        from dualssl_tf.optim import schedules
+        optimizer = schedules.build_optimizer("sgd", LR, momentum=0.0,
+                                              weight_decay=case["weight_decay"],
+                                              weight_decay_mode="coupled")
+    else:
+        optimizer = keras.optimizers.SGD(LR, weight_decay=case.get("weight_decay") or None)
+    model.compile(optimizer=optimizer,
+                  probe_optimizer=keras.optimizers.SGD(LR) if probe is not None else None,
+                  run_eagerly=os.environ.get("DIST_TEST_EAGER") == "1")
     return model
 
 

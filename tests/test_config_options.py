@@ -29,7 +29,7 @@ CORE_FLAGS = {
     "data": "dataset data_dir download encoder",
     "method": "method probe probe_learning_rate",
     "optim": "batch_size epochs steps_per_epoch optimizer learning_rate momentum "
-             "weight_decay lr_schedule warmup_epochs lr_scaling lars_eta",
+             "weight_decay weight_decay_mode lr_schedule warmup_epochs lr_scaling lars_eta",
     "run": "seed steps_per_execution jit_compile strategy tpu num_gpus sync_bn "
            "mixed_precision model_dir verbose checkpoint_every keep_checkpoints deterministic",
     "analysis": "analysis_every analysis_points",
@@ -37,7 +37,10 @@ CORE_FLAGS = {
 # Flags the registered sections have today (recorded in flags.txt of runs since): they may
 # gain flags, but none of these may be renamed or removed.
 KEPT_SECTION_FLAGS = {"proj_bn", "hltm_seeds", "augment_on", "holdout_fraction",
-                      "holdout_seed"}
+                      "holdout_seed",
+                      # the augmentation controls: issue 21
+                      "augment_preset", "crop_area", "flip_prob", "blur_prob",
+                      "solarize_prob"}
 for _prefix in ("byol_", "simsiam_"):
     KEPT_SECTION_FLAGS |= {_prefix + n for n in ("predictor", "pred_hidden_dim", "pred_bn",
                                                  "directpred_rate", "directpred_every",
