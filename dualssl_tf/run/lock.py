@@ -86,6 +86,12 @@ def _alive(pid, pid_start):
     return not (pid_start and now and now != pid_start)
 
 
+def _parse_remote(text):
+    # The first JSON object: ram:// (the tests' gs:// stand-in) overwrites a file in place
+    # without truncating it; gs:// replaces the object.
+    return json.JSONDecoder().raw_decode(text.strip())[0]
+
+
 def describe(holder, path):
     """``pid 123 on host vm since 2026-12-04 20:51:33 UTC`` from a lock's contents."""
     if not holder:
@@ -208,7 +214,7 @@ class RunLock:
         if gfile.exists(self.path):
             try:
                 with gfile.GFile(self.path) as f:
-                    holder = json.loads(f.read())
+                    holder = _parse_remote(f.read())
                 age = time.time() - float(holder.get("heartbeat", 0))
             except Exception:  # noqa: BLE001  unreadable / half-copied: treat as stale
                 holder, age = None, float("inf")
@@ -220,7 +226,7 @@ class RunLock:
         self._write_remote()
         time.sleep(SETTLE_S)
         with gfile.GFile(self.path) as f:
-            holder = json.loads(f.read())
+            holder = _parse_remote(f.read())
         if holder.get("token") != self._token:
             raise RunLocked(self._refusal(holder))
         self._heartbeat = threading.Thread(target=self._renew, daemon=True)
@@ -228,12 +234,18 @@ class RunLock:
 
     def _write_remote(self):
         from tensorflow.io import gfile
+        if gfile.exists(self.path):  # replaced, not overwritten in place (ram://)
+            gfile.remove(self.path)
         with gfile.GFile(self.path, "w") as f:
             f.write(json.dumps(self._contents()) + "\n")
 
     def _renew(self):
+        from tensorflow.io import gfile
         while not self._stop.wait(HEARTBEAT_S):
             try:
+                with gfile.GFile(self.path) as f:
+                    if _parse_remote(f.read()).get("token") != self._token:
+                        return  # taken over (this process stalled past the lease)
                 self._write_remote()
             except Exception:  # noqa: BLE001  a missed heartbeat; the next one may work
                 pass
@@ -267,7 +279,7 @@ class RunLock:
             if self.remote:
                 from tensorflow.io import gfile
                 with gfile.GFile(self.path) as f:
-                    mine = json.loads(f.read()).get("token") == self._token
+                    mine = _parse_remote(f.read()).get("token") == self._token
                 if mine:
                     gfile.remove(self.path)
             else:

@@ -39,6 +39,8 @@ def run(cfg):
             return _run_locked(cfg, rundir)
     except RunLocked as e:
         raise config.ConfigError("model_dir", str(e)) from None
+    except config.ConfigError:
+        raise
     except Exception as e:
         failure = rundir.write_failure(e)  # out of space / quota / permission: one line
         if failure is None:
@@ -47,6 +49,7 @@ def run(cfg):
 
 
 def _run_locked(cfg, rundir):
+    """:func:`run` once the run directory is this process's."""
     done = rundir.finished_epochs()
     if done is not None and done >= cfg.optim.epochs:
         return {"initial": {}, "final": {}, "finished": True,
