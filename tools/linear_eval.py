@@ -197,10 +197,9 @@ def check_output_dirs(out_dir):
         runfiles.check_writable(out_dir)
     except ValueError as e:
         reason = str(e).split(" (", 1)[1].split(");", 1)[0] if " (" in str(e) else ""
-        where = ("" if FLAGS.output_dir else
-                 " (linear_eval.json goes beside the SavedModel by default)")
-        fail(f"--output_dir: {out_dir} is not writable{where} ({reason}); pass a writable "
-             "--output_dir")
+        where = (f"{out_dir} is" if FLAGS.output_dir else "linear_eval.json goes beside the "
+                 f"SavedModel, in {out_dir}, which is")
+        fail(f"--output_dir: {where} not writable ({reason}); pass a writable --output_dir")
     if FLAGS.cache_dir:
         try:
             runfiles.check_writable(FLAGS.cache_dir)
@@ -240,6 +239,9 @@ def run(decays):
         dataset, FLAGS.data_dir, FLAGS.image_size or None, FLAGS.batch_size,
         model_card=card, num_train=FLAGS.num_train, num_test=FLAGS.num_test,
         download=FLAGS.download, skip_corrupt_images=FLAGS.skip_corrupt_images)
+    if num_classes == 1:  # a probe of one class scores 1.0 whatever the features
+        fail(f"--dataset: {dataset} has a single class; a probe needs two or more"
+             + (" (one sub-folder per class in --data_dir)" if dataset == "folder" else ""))
     for ds in (train_ds, test_ds):
         features.check_dataset(encoder, ds)
 

@@ -71,6 +71,8 @@ class ImageSource:
       of evaluation passes show their total from it), else None.
     holdout: on a folder's held-out part (:func:`folder_holdout_sources`), the record of
       which files were set aside; else None.
+    labelled_classes: how many classes have a labelled element, when known without a
+      pass (folders), else None.
     """
     name: str
     elements: Any
@@ -84,6 +86,7 @@ class ImageSource:
     share: Optional[tuple] = None
     num_labelled: Optional[int] = None
     holdout: Optional[dict] = None
+    labelled_classes: Optional[int] = None
 
 
 def _to_rgb(image):
@@ -384,7 +387,7 @@ def _readable(paths):
 
 def _check_class_folders(path, classes, counts):
     """Warns (one line) about class folders without a supported image file, naming what
-    they hold, and about a folder with a single class (a probe then scores 1.0)."""
+    they hold."""
     empty = []
     for cls, n in zip(classes, counts):
         if n:
@@ -400,10 +403,6 @@ def _check_class_folders(path, classes, counts):
              + ("they still count as classes" if len(empty) > 1 else "it still counts as a "
                 "class") + " (labels follow the sorted folder names): add images or remove "
              + ("them" if len(empty) > 1 else "it"))
-    with_images = [c for c, n in zip(classes, counts) if n]
-    if len(with_images) == 1:
-        warn(f"{path} has a single class with images ({with_images[0]}/): a linear probe "
-             "on it scores 1.0 whatever the features; add a sub-folder per class")
 
 
 def _folder_listing(path, skip_corrupt=False, verify=True):
@@ -463,7 +462,8 @@ def _folder_image_source(name, files, labels, num_classes, skipped=0):
         num_classes=num_classes,
         num_labelled=sum(label != UNLABELLED for label in labels),
         image_shape=None,
-        skipped=skipped)
+        skipped=skipped,
+        labelled_classes=len(set(labels) - {UNLABELLED}))
 
 
 def folder_source(path, skip_corrupt=False, verify=True):
