@@ -26,6 +26,7 @@ from dualssl_tf.options import (ConfigError, Section, check_types, choice, optio
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")   # --strategy (run/distribute.py)
 MIXED_PRECISION = ("none", "bfloat16", "float16")
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
+WEIGHT_DECAY_MODES = ("decoupled", "coupled")   # --weight_decay_mode (optim/schedules.py)
 LR_SCHEDULES = ("constant", "cosine")
 LR_SCALINGS = ("none", "linear", "sqrt")
 
@@ -84,9 +85,13 @@ class OptimOptions(Section):
     optimizer: str = option("sgd", "sgd | adam | adamw | lars.")
     learning_rate: float = option(0.1, "Base learning rate (> 0).")
     momentum: float = option(0.0, "SGD momentum in [0, 1).")
-    weight_decay: float = option(0.0, "Weight decay (>= 0): decoupled for sgd/adam/adamw, "
-                                 "added to the gradient for lars; biases and BatchNorm are "
-                                 "exempt.")
+    weight_decay: float = option(0.0, "Weight decay (>= 0), in the form --weight_decay_mode "
+                                 "says; biases and BatchNorm are exempt.")
+    weight_decay_mode: str = option("decoupled", "Form of --weight_decay for sgd and adam: "
+                                    "decoupled (Keras: w -= lr*wd*w each step) | coupled "
+                                    "(PyTorch's SGD/Adam: wd*w added to the gradient, before "
+                                    "momentum or Adam's moments). adamw is decoupled (coupled "
+                                    "is refused); lars is always coupled and ignores it.")
     lr_schedule: str = option("constant", "constant | cosine (decay to 0 over the run, "
                               "after the warmup).")
     warmup_epochs: float = option(0.0, "Linear learning-rate warmup, in epochs.")
@@ -110,6 +115,11 @@ class OptimOptions(Section):
         require(self.lars_eta > 0, "lars_eta", f"must be > 0, got {self.lars_eta}")
         require(self.weight_decay >= 0, "weight_decay",
                 f"must be >= 0, got {self.weight_decay}")
+        choice(self.weight_decay_mode, WEIGHT_DECAY_MODES, "weight_decay_mode")
+        require(not (self.optimizer == "adamw" and self.weight_decay_mode == "coupled"),
+                "weight_decay_mode", "coupled is not for --optimizer=adamw (AdamW's decay is "
+                "decoupled by definition); for Adam with L2 in the gradient use "
+                "--optimizer=adam")
 
 
 @dataclasses.dataclass
@@ -141,8 +151,8 @@ class RunOptions(Section):
                                    "newest readable one.", resumable=True)
     keep_checkpoints: int = option(3, "Checkpoints kept (>= 2: a corrupt newest one falls "
                                    "back to the previous).", resumable=True)
-    deterministic: bool = option(True, "Deterministic TF ops (bit-identical resume on CPU); "
-                                 "--nodeterministic may be faster on GPU. With "
+    deterministic: bool = option(True, "Deterministic TF ops (bit-identical resume on the "
+                                 "same machine); --nodeterministic may be faster on GPU. With "
                                  "--jit_compile the XLA step is used as compiled (Keras "
                                  "disables XLA under op determinism).", resumable=True)
 

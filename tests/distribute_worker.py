@@ -45,6 +45,10 @@ CASES = {
     "ntxent_wd_l2": dict(loss="ntxent", temperature=0.5, weight_decay=0.1, l2=0.05,
                          base="ntxent"),
     "ntxent_syncbn": dict(loss="ntxent", temperature=0.5, bn=True),
+    # PyTorch's L2-in-the-gradient decay (--weight_decay_mode=coupled): added once to the
+    # all-reduced gradient, not once per replica.
+    "ntxent_coupled_wd": dict(loss="ntxent", temperature=0.5, weight_decay=0.1,
+                              weight_decay_mode="coupled", base="ntxent"),
 }
 # Cases checked on 4 replicas too (all of them on 2, to keep the test fast).
 CASES_4 = ("ntxent", "cov", "nce_explicit", "nce_batch_explicit", "ntxent_wd_l2",
@@ -81,9 +85,14 @@ def build(case, gather_fn=None):
     model = ContrastiveMethod(encoder, None, loss=case["loss"], temperature=case.get("temperature", 0.5),
                       margin=case.get("margin", 0.0), beta=case.get("beta", 0.0),
                       gather_fn=gather_fn)
-    model.compile(optimizer=keras.optimizers.SGD(
-        LR, weight_decay=case.get("weight_decay") or None),
-        run_eagerly=os.environ.get("DIST_TEST_EAGER") == "1")
+    if case.get("weight_decay_mode") == "coupled":
+        from dualssl_tf.optim import schedules
+        optimizer = schedules.build_optimizer("sgd", LR, momentum=0.0,
+                                              weight_decay=case["weight_decay"],
+                                              weight_decay_mode="coupled")
+    else:
+        optimizer = keras.optimizers.SGD(LR, weight_decay=case.get("weight_decay") or None)
+    model.compile(optimizer=optimizer, run_eagerly=os.environ.get("DIST_TEST_EAGER") == "1")
     return model
 
 

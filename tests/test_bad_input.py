@@ -78,6 +78,10 @@ CASES = [
     ("unknown_loss", ["--loss=hinge"], "--loss"),
     ("unknown_negatives", ["--negatives=some"], "--negatives"),
     ("unknown_optimizer", ["--optimizer=rmsprop"], "--optimizer"),
+    ("unknown_weight_decay_mode", ["--weight_decay_mode=l2"],
+     "--weight_decay_mode: got 'l2'; allowed: decoupled, coupled"),
+    ("coupled_weight_decay_with_adamw", ["--optimizer=adamw", "--weight_decay_mode=coupled"],
+     "--weight_decay_mode: coupled is not for --optimizer=adamw"),
     ("encoder_for_hltm", ["--encoder=resnet18"], "--encoder"),
     ("tri_without_margin", ["--loss=tri"], "--margin"),
     ("tri_negative_margin", ["--loss=tri", "--margin=-0.5"], "--margin"),
@@ -97,6 +101,21 @@ CASES = [
                                   "--stem=imagenet"], "--image_size"),
     ("explicit_negatives_for_images", ["--dataset=generated_images", "--negatives=explicit"],
      "--negatives"),
+    # The augmentation controls (image data sets that are cropped: cifar10, never opened).
+    ("crop_area_zero", ["--dataset=cifar10", "--crop_area=0,1"],
+     "--crop_area: expected MIN,MAX area fractions with 0 < MIN <= MAX <= 1"),
+    ("crop_area_min_above_max", ["--dataset=cifar10", "--crop_area=0.9,0.5"],
+     "--crop_area: expected MIN,MAX"),
+    ("flip_prob_above_1", ["--dataset=cifar10", "--flip_prob=1.5"],
+     "--flip_prob: must be in [0, 1], got 1.5"),
+    ("blur_prob_negative", ["--dataset=cifar10", "--blur_prob=1,-0.1"],
+     "--blur_prob: expected a probability in [0, 1], or one per view as P1,P2"),
+    ("solarize_prob_above_1", ["--dataset=cifar10", "--solarize_prob=0,2"],
+     "--solarize_prob: expected a probability in [0, 1]"),
+    ("unknown_augment_preset", ["--dataset=cifar10", "--augment_preset=moco"],
+     "--augment_preset: got 'moco'; allowed: simclr, byol, simsiam"),
+    ("augment_preset_with_generated", ["--dataset=generated_images", "--augment_preset=byol"],
+     "--augment_preset: --dataset=generated_images renders its own views"),
     # Methods (--method) and their options: each method's flags only with that method.
     ("unknown_method", ["--method=moco"],
      "--method: got 'moco'; allowed: contrastive, byol, simsiam"),
@@ -136,7 +155,7 @@ CASES = [
 SUBPROCESS = ["unknown_flag", "missing_flagfile", "unknown_flag_in_flagfile",
               "int_not_a_number", "negated_bool_with_value", "tri_without_margin",
               "model_dir_unwritable", "resume_other_hid", "unknown_method",
-              "contrastive_loss_with_byol"]
+              "contrastive_loss_with_byol", "unknown_augment_preset"]
 
 
 def _fixtures(tmp):

@@ -29,7 +29,10 @@ def test_flag_names_and_resumable_set_are_kept():
     # --proj_bn and the BYOL / SimSiam sections (issue 14); --hltm_seeds (issue 12).
     new = {"method", "probe_learning_rate", "download", "proj_bn", "hltm_seeds",
            "augment_on",  # --augment_on: issue 15
-           "holdout_fraction", "holdout_seed"}  # a folder's held-out split: issue 13
+           "holdout_fraction", "holdout_seed",  # a folder's held-out split: issue 13
+           "weight_decay_mode",  # coupled (PyTorch) weight decay: issue 20
+           # the augmentation controls: issue 21
+           "augment_preset", "crop_area", "flip_prob", "blur_prob", "solarize_prob"}
     for prefix in ("byol_", "simsiam_"):   # the non-contrastive methods' sections
         new |= {prefix + n for n in ("predictor", "pred_hidden_dim", "pred_bn",
                                      "directpred_rate", "directpred_every", "directpred_eps")}

@@ -100,10 +100,10 @@ FLAGS = kill_resume.tiny_flags(epochs=40, steps_per_epoch=5, checkpoint_every=1,
                                steps_per_execution=2)
 
 
-def _start(model_dir, flags=FLAGS):
+def _start(model_dir, flags=FLAGS, env=None):
     return subprocess.Popen([sys.executable, kill_resume.TOOL, *flags,
                              f"--model_dir={model_dir}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=kill_resume._env())
+                            stderr=subprocess.PIPE, text=True, env=env or kill_resume._env())
 
 
 def _wait_for_lines(path, n, proc, timeout=300):
@@ -126,6 +126,8 @@ def _interrupt(run, sig, lines):
     assert "Traceback" not in err
     own = kill_resume.own_lines(err)  # all but TensorFlow's C++ start-up lines
     assert len(own) == 1 and kill_resume.INTERRUPTED_LINE.match(own[0]), err[-2000:]
+    # Under TF_CPP_MIN_LOG_LEVEL=3 (kill_resume._env) those are captured too (issue 20).
+    assert err.splitlines() == own, err[-2000:]
     m = kill_resume.INTERRUPTED_LINE.match(own[0])
     epoch, step, ckpt = int(m.group(2)), int(m.group(3)), int(m.group(4))
     # Inside an epoch the stop is after an execution (2 + 2 + 1 steps); after one it is at
@@ -138,11 +140,7 @@ def _interrupt(run, sig, lines):
     return epoch, step, ckpt, m.group(1)
 
 
-def test_tool_sigint_then_sigterm_one_line_each_then_resume_equals_uninterrupted(tmp_path,
-                                                                              monkeypatch):
-    # The reference runs in this process, whose TensorFlow was imported without oneDNN; the
-    # tool would turn oneDNN on (tools/cli.py): other CPU kernels, other last digits.
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+def test_tool_sigint_then_sigterm_one_line_each_then_resume_equals_uninterrupted(tmp_path):
     run = tmp_path / "run"
     _, _, first, _ = _interrupt(run, signal.SIGINT, 3)        # epochs 0-2 written
     _, _, second, _ = _interrupt(run, signal.SIGTERM, first + 3)
@@ -153,19 +151,30 @@ def test_tool_sigint_then_sigterm_one_line_each_then_resume_equals_uninterrupted
     again = kill_resume.run_to_end(short, run)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"Resuming {run} at epoch {second} (step {second * 5})" in again.stdout
-    ref = tmp_path / "ref"  # in-process: the same run as FLAGS describe
-    train(ref, epochs=epochs, steps_per_epoch=5, steps_per_execution=2, seed=3,
-          hltm_eval_samples=256, checkpoint_every=1)
+    # The reference is the same command run uninterrupted: resume is promised bit-identical
+    # for the same command in the same environment on the same machine. An in-process run
+    # is not that: this process's TensorFlow picked its CPU kernels by the machine (oneDNN
+    # on AVX-512, Eigen on AVX2), the tool turns oneDNN on (tools/cli.py), and the two
+    # differ in the last bits on some machines (issue 25).
+    ref = tmp_path / "ref"
+    done = kill_resume.run_to_end(short, ref)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert_same_run(ref, run, epochs)
 
 
-def test_tool_sigint_while_starting_is_one_line_too(tmp_path):
+@pytest.mark.parametrize("level", ["3", None])
+def test_tool_sigint_while_starting_is_one_line_too(tmp_path, level):
+    # Whatever TF_CPP_MIN_LOG_LEVEL (3 or unset), TensorFlow's start-up lines stay captured,
+    # also when the signal comes while TensorFlow loads (issue 20).
+    env = {k: v for k, v in kill_resume._env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
     run = tmp_path / "run"
-    proc = _start(run)
+    proc = _start(run, env=env)
     time.sleep(1.5)  # TensorFlow is loading or the data is being built
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    lines = kill_resume.own_lines(err)
+    lines = err.splitlines()
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert len(lines) == 1 and re.match(
         r"^train\.py: interrupted (before training started|at epoch 1, step [24]); there is "

@@ -99,8 +99,9 @@ def test_export_of_an_older_checkpoint_cards_its_own_epoch(run_dir, tmp_path):
 
 
 def test_linear_eval_tool_linear_and_knn_share_features(exported, tmp_path):
+    # Two k in one pass, the second above the 600 train examples (clipped to 600).
     args = [f"--saved_model={exported}", "--num_train=600", "--num_test=300",
-            "--weight_decays=0,1e-2", "--knn_k=20", "--verbose=0",
+            "--weight_decays=0,1e-2", "--knn_k=20,1000", "--verbose=0",
             f"--output_dir={tmp_path}"]
     proc = run_tool("linear_eval.py", *args, "--method=linear,knn")
     assert proc.returncode == 0, proc.stderr
@@ -110,6 +111,13 @@ def test_linear_eval_tool_linear_and_knn_share_features(exported, tmp_path):
         r = results[method]
         assert r["dataset"] == "hltm" and r["num_train"] == 600 and r["num_test"] == 300
         assert 0.0 <= r["top1"] <= 1.0 and r["top5"] is None     # binary root latent
+    r = results["knn"]
+    assert r["ks"] == [20, 1000] and r["clipped"] == [1000]
+    assert (r["k@20"], r["k@1000"], r["k"]) == (20, 600, 20) and r["top1"] == r["top1@20"]
+    assert 0.0 <= r["top1@1000"] <= 1.0 and r["top5@1000"] is None
+    assert f"knn@20: top-1 {r['top1@20']:.4f}" in proc.stdout
+    assert (f"knn@1000 (k = 600: all 600 train examples): top-1 {r['top1@1000']:.4f}"
+            in proc.stdout)
     assert set(results["linear"]["val_top1"]) == {"0.0", "0.01"}
     cache = os.path.join(os.path.dirname(exported), "feature_cache")
     assert len(os.listdir(cache)) == 2                            # one file per split
@@ -157,6 +165,11 @@ def test_linear_eval_tool_bad_input_before_tensorflow(tmp_path):
                                    "--method=svm"), "--method")
     assert_one_line_error(run_tool("linear_eval.py", f"--saved_model={tmp_path}/plain",
                                    "--weight_decays=-1"), "--weight_decays")
+    assert_one_line_error(run_tool("linear_eval.py", f"--saved_model={tmp_path}/plain",
+                                   "--knn_k=20,0"),
+                          "--knn_k: expected one or more integers >= 1 (e.g. 20,200), got 20,0")
+    assert_one_line_error(run_tool("linear_eval.py", f"--saved_model={tmp_path}/plain",
+                                   "--knn_k=twenty"), "--knn_k: expected one or more integers")
 
 
 @pytest.mark.slow

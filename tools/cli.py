@@ -147,15 +147,25 @@ def run(main, tool, parser=None):
 # TF_CPP_MIN_LOG_LEVEL cannot silence them. The tools import TensorFlow through
 # import_tensorflow(), which captures them unless the user asked for them.
 
-# Recorded when this module is first imported, before anything sets a default.
-_USER_SET_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+# The user's TF_CPP_MIN_LOG_LEVEL, read when this module is first imported, before anything
+# sets a default.
+_USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 if "tf_log" not in flags.FLAGS:
     flags.DEFINE_bool("tf_log", False, "Show TensorFlow's C++ start-up logging (also shown "
-                      "when TF_CPP_MIN_LOG_LEVEL is set in the environment).")
+                      "when TF_CPP_MIN_LOG_LEVEL is 0 or 1 in the environment).")
+
+
+def env_asks_for_tf_log(level):
+    """Whether a TF_CPP_MIN_LOG_LEVEL value asks for TensorFlow's INFO or WARNING lines (0 or
+    1). 2 and 3 (the usual ways to silence TensorFlow), unset or anything else: it does not."""
+    try:
+        return int(str(level).strip()) <= 1
+    except ValueError:
+        return False
 
 
 def _tf_log_requested():
-    if _USER_SET_TF_LOG_LEVEL:
+    if env_asks_for_tf_log(_USER_TF_LOG_LEVEL):
         return True
     try:
         return bool(flags.FLAGS.tf_log)
@@ -169,8 +179,10 @@ def import_tensorflow(show_log=None):
     File descriptor 2 points to a temporary file while ``import tensorflow`` and
     ``tf.config.list_physical_devices()`` run, and is restored afterwards; if the import
     fails, the captured text is written to stderr before the exception propagates, so a
-    broken installation still shows its full message. ``show_log`` (default: ``--tf_log``
-    or TF_CPP_MIN_LOG_LEVEL set by the user) imports without capturing. Returns ``tf``.
+    broken installation still shows its full message (not when it is a signal or exit, e.g.
+    Ctrl-C while TensorFlow loads, which the tool reports in one line itself). ``show_log``
+    (default: ``--tf_log`` or TF_CPP_MIN_LOG_LEVEL 0 or 1 set by the user) imports without
+    capturing. Returns ``tf``.
     """
     if show_log is None:
         show_log = _tf_log_requested()
@@ -189,7 +201,7 @@ def import_tensorflow(show_log=None):
             try:
                 import tensorflow as tf
                 tf.config.list_physical_devices()
-            except BaseException:
+            except Exception:  # a broken installation; a signal is the tool's one line
                 sys.stderr.flush()
                 os.dup2(saved, 2)
                 capture.seek(0)

@@ -2,10 +2,12 @@
 [--checkpoint=FILE] [--export_dir=DIR]
 
 Rebuilds the networks from ``model_dir/flags.txt``, loads the weights of ``--checkpoint`` (a
-trainer checkpoint prefix such as ``model_dir/checkpoints/ckpt-8``, or a ``.weights.h5``
-written by ``ContrastiveMethod.save_weights``; default: the run's newest readable checkpoint) and
-writes ``model_dir/saved_model`` (or ``--export_dir``) atomically, with model_card.json
-(flags, metrics.jsonl's last record, run.json metadata, the checkpoint used).
+trainer checkpoint prefix such as ``model_dir/checkpoints/ckpt-8``, which the trainer writes
+with ``tf.train.Checkpoint`` (``run.rundir.RunCheckpoints``), or a Keras ``.weights.h5`` that
+a user saved with the method's ``save_weights``; default: the run's newest readable trainer
+checkpoint, else its newest ``*.weights.h5``) and writes ``model_dir/saved_model`` (or
+``--export_dir``) atomically, with model_card.json (flags, metrics.jsonl's last record,
+run.json metadata, the checkpoint used).
 
 Bad input ends with one line on stderr naming the flag or file, and exit status 2.
 """

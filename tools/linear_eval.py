@@ -1,11 +1,14 @@
 """Probe an exported encoder: python tools/linear_eval.py --saved_model=runs/x/saved_model
-[--dataset=NAME] [--method=linear,knn,finetune] [--knn_k=200]
+[--dataset=NAME] [--method=linear,knn,finetune] [--knn_k=20,200]
 
 Linear probe (frozen encoder in inference mode, standardised features, softmax regression
 solved to its optimum by L-BFGS, L2 strength chosen on a held-out part of the train split),
-kNN (cosine, temperature-weighted votes) and fine-tuning report top-1 (and top-5 when there
-are more than 5 classes) on the test split. Features are cached per SavedModel
-(``feature_cache/`` beside it) so linear and kNN share one extraction.
+kNN (cosine, temperature-weighted votes; at every k of --knn_k, in one pass, each k clipped
+to the train split's size) and fine-tuning report top-1 (and top-5 when there are more than
+5 classes) on the test split. kNN's results name their k: ``knn.top1@20``, ``knn.k@200``
+(the k used, min(200, N)); ``knn.top1`` / ``knn.k`` are those of the first k listed.
+Features are cached per SavedModel (``feature_cache/`` beside it) so linear and kNN share
+one extraction.
 Results are merged into ``linear_eval.json`` next to the SavedModel (or in --output_dir).
 
 --dataset: ``npz:PATH`` (x_train, y_train, x_test, y_test), ``hltm`` (fresh samples of the
@@ -49,7 +52,9 @@ flags.DEFINE_float("val_fraction", 0.2, "Held-out fraction of the train split fo
 flags.DEFINE_integer("linear_max_iter", 1000, "L-BFGS iteration cap of the linear probe.")
 flags.DEFINE_float("linear_tol", 1e-8, "The linear probe stops when its largest gradient "
                    "entry is below this.")
-flags.DEFINE_integer("knn_k", 200, "Neighbours of the kNN classifier.")
+flags.DEFINE_list("knn_k", ["20", "200"], "Neighbours of the kNN classifier, one k or "
+                  "several (one pass; each clipped to the train split's size; the first "
+                  "is knn.top1 in linear_eval.json).")
 flags.DEFINE_float("knn_temperature", 0.07, "Temperature T of the kNN votes exp(sim / T).")
 flags.DEFINE_integer("finetune_epochs", 10, "Epochs of fine-tuning.")
 flags.DEFINE_float("finetune_lr", 1e-3, "Adam learning rate of the fine-tuning head.")
@@ -80,9 +85,16 @@ def check_flags():
     bad = [m for m in FLAGS.method if m not in METHODS]
     if bad or not FLAGS.method:
         fail(f"--method: got {','.join(FLAGS.method)}; allowed: {', '.join(METHODS)}")
-    for name in ("batch_size", "knn_k", "linear_max_iter", "num_train", "num_test"):
+    for name in ("batch_size", "linear_max_iter", "num_train", "num_test"):
         if getattr(FLAGS, name) < 1:
             fail(f"--{name}: must be >= 1, got {getattr(FLAGS, name)}")
+    try:
+        ks = [int(k) for k in FLAGS.knn_k]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        fail(f"--knn_k: expected one or more integers >= 1 (e.g. 20,200), got "
+             f"{','.join(FLAGS.knn_k)}")
     if FLAGS.finetune_epochs < 0:
         fail(f"--finetune_epochs: must be >= 0, got {FLAGS.finetune_epochs}")
     if not 0 < FLAGS.val_fraction < 1:
@@ -280,10 +292,11 @@ def run(decays):
                 xtr, ytr, xte, yte, c, weight_decays=decays, val_fraction=FLAGS.val_fraction,
                 seed=FLAGS.seed, max_iter=FLAGS.linear_max_iter, tol=FLAGS.linear_tol)
         if "knn" in FLAGS.method:
+            ks = [int(k) for k in FLAGS.knn_k]
             if FLAGS.verbose:
                 print(f"kNN votes of the {len(xte)} test examples (k = "
-                      f"{min(FLAGS.knn_k, len(xtr))} of {len(xtr)}):")
-            results["knn"] = knn.knn_probe(xtr, ytr, xte, yte, c, k=FLAGS.knn_k,
+                      f"{', '.join(str(min(k, len(xtr))) for k in ks)} of {len(xtr)}):")
+            results["knn"] = knn.knn_probe(xtr, ytr, xte, yte, c, k=ks,
                                            temperature=FLAGS.knn_temperature,
                                            verbose=FLAGS.verbose)
     if "finetune" in FLAGS.method:
@@ -300,11 +313,26 @@ def run(decays):
     path = os.path.join(out_dir, "linear_eval.json")
     write_results(path, {"saved_model": saved_model, **results})
     for method, r in results.items():
-        # top-5 of a handful of classes is near 1 whatever the features: shown from 10 up.
-        top5 = (f", top-5 {r['top5']:.4f}" if r.get("top5") is not None
-                and (c or 0) >= TOP5_MIN_CLASSES else "")
-        print(f"{method}: top-1 {r['top1']:.4f}{top5}")
+        for name, top1, top5 in _printed(method, r):
+            # top-5 of a handful of classes is near 1 whatever the features: shown from 10
+            # up.
+            top5 = (f", top-5 {top5:.4f}" if top5 is not None and (c or 0) >= TOP5_MIN_CLASSES
+                    else "")
+            print(f"{name}: top-1 {top1:.4f}{top5}")
     print(f"Results written to {path}")
+
+
+def _printed(method, r):
+    """(label, top-1, top-5) lines of one method's results: kNN one per k, naming a k
+    clipped to the train split's size."""
+    if method != "knn":
+        return [(method, r["top1"], r.get("top5"))]
+    rows = []
+    for k in r["ks"]:
+        label = f"knn@{k}" + (f" (k = {r[f'k@{k}']}: all {r['num_train']} train examples)"
+                              if k in r["clipped"] else "")
+        rows.append((label, r[f"top1@{k}"], r[f"top5@{k}"]))
+    return rows
 
 
 def main(argv):

@@ -23,10 +23,12 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from dualssl_tf.run import distribute
+
 
 def _iter_layers(model):
-    """All sub-layers of ``model`` (recursively, nested models included)."""
-    return list(model._flatten_layers(include_self=False, recursive=True))
+    """All sub-layers of ``model`` (recursively, nested models and layers included)."""
+    return distribute.nested_layers(model)   # the one Keras-internals shim
 
 
 def find_layer(model, layer):

@@ -6,27 +6,34 @@ gives the same output, so a tf.data pipeline that derives one seed per element f
 global seed and the element index is deterministic (see :mod:`dualssl_tf.data.images`).
 Batches go through :func:`augment_batch` (one seed per image, ``tf.map_fn``).
 
-A SimCLR view (:func:`simclr_view`) is, in order:
+A SimCLR view (:func:`simclr_view`) is, in order (the defaults are SimCLR's):
 
-1. random resized crop: area fraction U(0.08, 1), aspect ratio log-uniform in (3/4, 4/3),
-   resized (bilinear) to a fixed ``size x size``;
-2. horizontal flip with p 0.5;
+1. random resized crop: area fraction U(0.08, 1) (``area_range``), aspect ratio
+   log-uniform in (3/4, 4/3), resized (bilinear) to a fixed ``size x size``;
+2. horizontal flip with p 0.5 (``flip_prob``);
 3. colour jitter of strength s with p 0.8: brightness, contrast, saturation factors in
    [1 - 0.8s, 1 + 0.8s] and a hue shift in [-0.2s, 0.2s], the four in a random order;
 4. grayscale with p 0.2;
-5. optionally (STL-10) Gaussian blur with p 0.5: kernel 10% of the side, sigma U(0.1, 2).
+5. optionally (STL-10) Gaussian blur with p 0.5 (``blur_prob``): kernel 10% of the side,
+   sigma U(0.1, 2);
+6. optionally solarisation with p ``solarize_prob`` (0 by default; BYOL's second view
+   0.2): values >= 0.5 become 1 - x (PIL's ``ImageOps.solarize`` at 128, as solo-learn and
+   lightly apply it).
+
+:func:`two_views` takes the blur and solarisation probabilities per view (BYOL's
+asymmetric recipe: blur 1.0 / 0.1, solarisation 0 / 0.2).
 
 Brightness is multiplicative (as torchvision and SimCLR v2); contrast, saturation and hue
 are ``tf.image.adjust_*`` with the factors ``tf.image.stateless_random_*`` would draw.
 Values are clipped to [0, 1] after every colour op.
 
 The random parameters of a view (crop window, flip, jitter factors and order, grayscale,
-blur sigma) are drawn by :func:`sample_view_params` from the seed alone, before any pixel
-is touched, through a small ``rng`` object (``split``, ``uniform``). The host path passes
-:data:`HOST` (``tf.random``'s stateless ops on one [2] seed); the device path
-(:mod:`dualssl_tf.data.device_augment`) passes a batched re-implementation of the same
-Philox draws on [B] seeds, so both paths draw the same parameters for the same seeds by
-construction (one sampling function, the same random numbers).
+blur sigma, solarisation) are drawn by :func:`sample_view_params` from the seed alone,
+before any pixel is touched, through a small ``rng`` object (``split``, ``uniform``). The
+host path passes :data:`HOST` (``tf.random``'s stateless ops on one [2] seed); the device
+path (:mod:`dualssl_tf.data.device_augment`) passes a batched re-implementation of the
+same Philox draws on [B] seeds, so both paths draw the same parameters for the same seeds
+by construction (one sampling function, the same random numbers).
 """
 
 import math
@@ -152,9 +159,16 @@ def random_flip(image, seed):
     return tf.cond(flip_bit(seed), lambda: tf.reverse(image, [1]), lambda: image)
 
 
-def flip_bit(seed, rng=HOST):
-    """Whether to flip: ``stateless_random_flip_left_right``'s draw (bool, or [B])."""
-    return rng.uniform(seed, 0.0, 1.0) < 0.5
+def flip_bit(seed, rng=HOST, prob=0.5):
+    """Whether to flip: uniform < ``prob`` (at 0.5 ``stateless_random_flip_left_right``'s
+    draw); bool, or [B]."""
+    return rng.uniform(seed, 0.0, 1.0) < prob
+
+
+def solarize(image):
+    """Solarisation: values >= 0.5 become 1 - x (PIL's ``ImageOps.solarize`` at threshold
+    128 on uint8, torchvision's ``RandomSolarize(0.5)`` on floats). [..., C] -> same."""
+    return tf.where(image >= 0.5, 1.0 - image, image)
 
 
 def jitter_ranges(strength):
@@ -285,17 +299,30 @@ def random_blur(image, seed, side, sigma_range=(0.1, 2.0)):
 BLUR_SIGMA_RANGE = (0.1, 2.0)
 
 
+def _on(prob):
+    """Whether a transform of probability ``prob`` is drawn at all: a python number > 0,
+    or a tensor (per-image probabilities of the device path's batch of both views)."""
+    return tf.is_tensor(prob) or prob > 0
+
+
 def sample_view_params(seed, height, width, rng=HOST, crop=True, flip=True,
                        color_jitter_strength=1.0, color_jitter_prob=0.8,
                        grayscale_prob=0.2, blur=False, blur_prob=0.5,
-                       area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3)):
+                       area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3),
+                       flip_prob=0.5, solarize_prob=0.0):
     """Every random parameter of one SimCLR view, drawn from its seed alone.
 
     The one sampler of both paths: :func:`simclr_view` calls it with :data:`HOST` and one
     [2] seed, :func:`dualssl_tf.data.device_augment.sample_params` with the batched twin
     and [B] seeds, so the two draw the same distributions by construction (and, for the
-    same seeds, the same values). Seed ``split(seed, 7)[k]`` feeds: 0 crop, 1 flip,
-    2 jitter-or-not, 3 jitter factors and order, 4 grayscale, 5 blur-or-not, 6 sigma.
+    same seeds, the same values). Seed ``split(seed, 8)[k]`` feeds: 0 crop, 1 flip,
+    2 jitter-or-not, 3 jitter factors and order, 4 grayscale, 5 blur-or-not, 6 sigma,
+    7 solarise-or-not. Child k of a split does not depend on how many children are asked
+    for (``stateless_split`` is Philox block k of the seed), so seeds 0-6 are those of the
+    7-way split before solarisation existed, and every draw is from its own seed: a view
+    without solarisation is the one it was before (tests/data/test_augment_options.py).
+    A probability may also be a [B] tensor with a batched ``rng`` (per-view settings of
+    the device path's batch of both views); the transform is then drawn for every image.
 
     Args:
       seed: [2] int (or the batched ``rng``'s seeds).
@@ -306,29 +333,32 @@ def sample_view_params(seed, height, width, rng=HOST, crop=True, flip=True,
       dict of scalars (``[B]`` / ``[B, 4]`` with a batched ``rng``); a key is absent when
       its transform is off: ``y0, x0, crop_h, crop_w`` (int32), ``flip`` (bool),
       ``jitter`` (bool) with ``brightness, contrast, saturation, hue`` (float32) and
-      ``order`` (int32 [4]), ``gray`` (bool), ``blur`` (bool) with ``sigma`` (float32).
+      ``order`` (int32 [4]), ``gray`` (bool), ``blur`` (bool) with ``sigma`` (float32),
+      ``solarize`` (bool).
     """
-    s = rng.split(seed, 7)
+    s = rng.split(seed, 8)
     p = {}
     if crop:
         p["y0"], p["x0"], p["crop_h"], p["crop_w"] = crop_window(
             height, width, s[0], area_range, aspect_range, rng=rng)
-    if flip:
-        p["flip"] = flip_bit(s[1], rng)
+    if flip and _on(flip_prob):
+        p["flip"] = flip_bit(s[1], rng, flip_prob)
     if color_jitter_strength > 0 and color_jitter_prob > 0:
         p["jitter"] = rng.uniform(s[2], 0.0, 1.0) < color_jitter_prob
         p.update(jitter_params(s[3], color_jitter_strength, rng))
     if grayscale_prob > 0:
         p["gray"] = rng.uniform(s[4], 0.0, 1.0) < grayscale_prob
-    if blur and blur_prob > 0:
+    if blur and _on(blur_prob):
         p["blur"] = rng.uniform(s[5], 0.0, 1.0) < blur_prob
         p["sigma"] = rng.uniform(s[6], *BLUR_SIGMA_RANGE)
+    if _on(solarize_prob):
+        p["solarize"] = rng.uniform(s[7], 0.0, 1.0) < solarize_prob
     return p
 
 
 def simclr_view(image, seed, size, color_jitter_strength=1.0, blur=False, crop=True,
                 flip=True, color_jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5,
-                area_range=(0.08, 1.0)):
+                area_range=(0.08, 1.0), flip_prob=0.5, solarize_prob=0.0):
     """One SimCLR augmentation of one image.
 
     Args:
@@ -340,7 +370,9 @@ def simclr_view(image, seed, size, color_jitter_strength=1.0, blur=False, crop=T
       crop, flip: random resized crop / horizontal flip (plain resize when ``crop`` is
         False).
       color_jitter_prob, grayscale_prob: probabilities of jitter and grayscale.
-      area_range: crop area fraction range.
+      area_range: (min, max) crop area fraction, 0 < min <= max <= 1.
+      flip_prob: probability of the flip (0: none).
+      solarize_prob: probability of solarisation (:func:`solarize`; 0: none).
     Returns:
       [size, size, 3] float32 in [0, 1].
 
@@ -353,7 +385,8 @@ def simclr_view(image, seed, size, color_jitter_strength=1.0, blur=False, crop=T
                            color_jitter_strength=color_jitter_strength,
                            color_jitter_prob=color_jitter_prob,
                            grayscale_prob=grayscale_prob, blur=blur, blur_prob=blur_prob,
-                           area_range=area_range)
+                           area_range=area_range, flip_prob=flip_prob,
+                           solarize_prob=solarize_prob)
     if crop:
         image = crop_and_resize(image, (p["y0"], p["x0"], p["crop_h"], p["crop_w"]), size)
     else:
@@ -368,6 +401,8 @@ def simclr_view(image, seed, size, color_jitter_strength=1.0, blur=False, crop=T
         image = tf.cond(p["blur"],
                         lambda: gaussian_blur(image, p["sigma"], blur_kernel_size(size)),
                         lambda: image)
+    if "solarize" in p:
+        image = tf.cond(p["solarize"], lambda: solarize(image), lambda: image)
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
@@ -388,11 +423,31 @@ def center_resize(image, size):
     return tf.ensure_shape(out, [size, size, image.shape[-1]])
 
 
+# simclr_view arguments that two_views also takes per view, as a pair (view 1, view 2).
+PER_VIEW = ("blur_prob", "solarize_prob")
+
+
+def per_view(kwargs):
+    """``kwargs`` of :func:`two_views` -> the :func:`simclr_view` kwargs of view 1 and of
+    view 2 (a :data:`PER_VIEW` argument given as a pair goes one value to each view)."""
+    views = ({}, {})
+    for key, value in kwargs.items():
+        pair = key in PER_VIEW and isinstance(value, (tuple, list))
+        for v in (0, 1):
+            views[v][key] = value[v] if pair else value
+    return views
+
+
 def two_views(image, seed, size, **kwargs):
-    """Two independent SimCLR views of one image: ([size, size, 3], [size, size, 3])."""
+    """Two independent SimCLR views of one image: ([size, size, 3], [size, size, 3]).
+
+    kwargs: as :func:`simclr_view`; ``blur_prob`` and ``solarize_prob`` may be pairs
+    (view 1, view 2), e.g. BYOL's ``blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2)``.
+    """
     s = split_seed(seed, 2)
-    return (simclr_view(image, s[0], size, **kwargs),
-            simclr_view(image, s[1], size, **kwargs))
+    kw1, kw2 = per_view(kwargs)
+    return (simclr_view(image, s[0], size, **kw1),
+            simclr_view(image, s[1], size, **kw2))
 
 
 def augment_batch(images, seeds, size, **kwargs):

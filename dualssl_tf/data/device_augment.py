@@ -11,15 +11,20 @@ transforms, their order and their maths are the host's (:func:`augment.simclr_vi
    arithmetic (half-pixel centres, indices clamped to the window) by gathering rows and
    columns per image (``tf.image.crop_and_resize`` samples with align-corners spacing and
    fills outside the image with zeros, which differs at every upsampled border);
-2. horizontal flip;
+2. horizontal flip (p ``flip_prob``);
 3. colour jitter with p 0.8: per-image brightness (multiplicative), contrast, saturation
    and hue factors, in a per-image random order (at each of the 4 positions every image
    takes the op its order names: the four are computed and selected); clipped to [0, 1]
    after every op;
 4. grayscale with p 0.2;
-5. optionally Gaussian blur with p 0.5 and a per-image sigma: reflect padding and a
-   separable sum of shifted copies weighted by each image's own kernel;
-6. a final clip to [0, 1].
+5. optionally Gaussian blur with p 0.5 (``blur_prob``) and a per-image sigma: reflect
+   padding and a separable sum of shifted copies weighted by each image's own kernel;
+6. optionally solarisation (p ``solarize_prob``);
+7. a final clip to [0, 1].
+
+The blur and solarisation probabilities may differ between the two views of a pair
+(BYOL's asymmetric views): both views are one batch of 2B, so a per-view probability
+becomes a [2B] tensor of the sampler's comparison.
 
 Parameters and pixels are separate steps: :func:`sample_params` draws every random
 parameter of a batch of views from per-image seeds, :func:`apply_params` makes the views
@@ -252,14 +257,14 @@ def sample_params(seeds, height, width, color_jitter_strength=1.0, blur=False, *
       seeds: [B, 2] int, one per image (a view seed: ``split(pair_seed, 2)[v]``).
       height, width: the input images' size (python ints or scalar int tensors).
       color_jitter_strength, blur, kwargs: as :func:`augment.simclr_view` (``flip``,
-        ``color_jitter_prob``, ``grayscale_prob``, ``blur_prob``, ``area_range``,
-        ``aspect_range``).
+        ``flip_prob``, ``color_jitter_prob``, ``grayscale_prob``, ``blur_prob``,
+        ``solarize_prob``, ``area_range``, ``aspect_range``).
     Returns:
       dict of per-image tensors (:func:`augment.sample_view_params`): ``y0, x0, crop_h,
       crop_w`` [B] int32, ``flip`` [B] bool, ``jitter`` [B] bool, ``brightness,
       contrast, saturation, hue`` [B] float32, ``order`` [B, 4] int32, ``gray`` [B] bool,
-      ``blur`` [B] bool and ``sigma`` [B] float32 (absent keys: transform off). Image b's
-      values are those the host draws for ``seeds[b]``.
+      ``blur`` [B] bool and ``sigma`` [B] float32, ``solarize`` [B] bool (absent keys:
+      transform off). Image b's values are those the host draws for ``seeds[b]``.
     """
     kwargs.pop("crop", None)  # the device path always crops
     return draw(lambda rng, seed: augment.sample_view_params(
@@ -318,6 +323,11 @@ def crop_resize(images, y0, x0, h, w, size):
     t = tl + (tr - tl) * xl
     b = bl + (br - bl) * xl
     return t + (b - t) * yl
+
+
+def solarize(images, bits):
+    """Solarisation (:func:`augment.solarize`) of the images whose bit is set. bits [B]."""
+    return tf.where(_b(bits), augment.solarize(images), images)
 
 
 def flip(images, bits):
@@ -462,28 +472,58 @@ def apply_params(images, params, size):
     if "blur" in params:
         blurred = gaussian_blur(x, params["sigma"], augment.blur_kernel_size(size))
         x = tf.where(_b(params["blur"]), blurred, x)
+    if "solarize" in params:
+        x = solarize(x, params["solarize"])
     return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def _both_views(kwargs, batch_size):
+    """The sampler's kwargs for the batch of both views (view 1 of every image, then view
+    2): a :data:`augment.PER_VIEW` pair of two values becomes a [2B] tensor of per-image
+    probabilities; a pair of equal values stays one number (the sampler's graph and draws
+    are then those of a single setting)."""
+    out = {}
+    for key, value in kwargs.items():
+        if key in augment.PER_VIEW and isinstance(value, (tuple, list)):
+            v1, v2 = (float(v) for v in value)
+            value = v1 if v1 == v2 else tf.repeat(tf.constant([v1, v2], tf.float32),
+                                                  tf.stack([batch_size, batch_size]))
+        out[key] = value
+    return out
+
+
+def pair_params(seeds, height, width, color_jitter_strength=1.0, blur=False, **kwargs):
+    """The parameters of both views of B pairs: a :func:`sample_params` dict of [2B]
+    tensors, view 1 of every image then view 2, view v of image b drawn from
+    ``split(seeds[b], 2)[v]`` as ``augment.two_views`` draws it on the host.
+
+    kwargs: as ``augment.two_views`` (``blur_prob`` and ``solarize_prob`` may be per-view
+    pairs).
+    """
+    # split(pair seed, 2) = Philox blocks 0 and 1 of the pair seed; both views are then
+    # one batch of 2B (view 1 of every image, then view 2): one sampler, one set of ops.
+    words = _blocks(seed_words(seeds), 2)
+    kwargs = _both_views(kwargs, tf.shape(seeds)[0])
+    return _draw_words(lambda rng, seed: augment.sample_view_params(
+        seed, height, width, rng, crop=True, color_jitter_strength=color_jitter_strength,
+        blur=blur, **kwargs), tf.concat([words[:, 0], words[:, 1]], axis=0))
 
 
 def views_from_pair_seeds(images, seeds, size, color_jitter_strength=1.0, blur=False,
                           **kwargs):
     """Two views of each image from its pair seed [B, 2], as ``augment.two_views`` makes
-    them on the host (view v from ``split(seed, 2)[v]``). Returns (view1, view2)."""
+    them on the host (view v from ``split(seed, 2)[v]``; kwargs as there, ``blur_prob``
+    and ``solarize_prob`` may be per-view pairs). Returns (view1, view2)."""
     height, width = images.shape[1], images.shape[2]
     if height is None or width is None:
         height, width = tf.shape(images)[1], tf.shape(images)[2]
-    # split(pair seed, 2) = Philox blocks 0 and 1 of the pair seed; both views are then
-    # one batch of 2B (view 1 of every image, then view 2): one sampler, one set of ops.
-    words = _blocks(seed_words(seeds), 2)
-    params = _draw_words(lambda rng, seed: augment.sample_view_params(
-        seed, height, width, rng, crop=True, color_jitter_strength=color_jitter_strength,
-        blur=blur, **kwargs), tf.concat([words[:, 0], words[:, 1]], axis=0))
+    params = pair_params(seeds, height, width, color_jitter_strength, blur, **kwargs)
     views = apply_params(tf.concat([images, images], axis=0), params, size)
     return tuple(tf.split(views, 2, axis=0))
 
 
 def device_view_pairs(images, seed, step, replica_id, size, color_jitter_strength=1.0,
-                      blur=False):
+                      blur=False, **kwargs):
     """Two SimCLR views of every image of a batch, made where the batch is (GPU/TPU).
 
     Args:
@@ -494,9 +534,11 @@ def device_view_pairs(images, seed, step, replica_id, size, color_jitter_strengt
       replica_id: scalar int (``replica_id_in_sync_group``), so replicas differ.
       size: output side (python int).
       color_jitter_strength: s (0 = no jitter); blur: Gaussian blur with p 0.5.
+      kwargs: the other settings of ``augment.two_views`` (``area_range``, ``flip_prob``,
+        ``blur_prob``, ``solarize_prob``; the last two may be per-view pairs).
     Returns:
       (view1, view2): [B, size, size, 3] float32 in [0, 1]. Image i's views are a
       function of (seed, step, replica_id, i) and the image only (:func:`pair_seeds`).
     """
     seeds = pair_seeds(seed, step, replica_id, tf.shape(images)[0])
-    return views_from_pair_seeds(images, seeds, size, color_jitter_strength, blur)
+    return views_from_pair_seeds(images, seeds, size, color_jitter_strength, blur, **kwargs)

@@ -655,7 +655,7 @@ def device_input_shape(source, image_size):
 
 def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
                      color_jitter_strength=1.0, blur=False, shuffle_buffer=10000,
-                     with_labels=True, views_on="host"):
+                     with_labels=True, views_on="host", view_options=None):
     """Endless two-view training batches of a source.
 
     Args:
@@ -672,6 +672,8 @@ def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
         images, ``image`` [B, H, W, 3] uint8 (:func:`device_input_shape`), whose views
         the train step makes (:mod:`dualssl_tf.data.device_augment`); the order of the
         examples is the host path's.
+      view_options: further kwargs of :func:`augment.two_views` (``area_range``,
+        ``flip_prob``, per-view ``blur_prob`` and ``solarize_prob``); None: SimCLR's.
     Returns:
       tf.data.Dataset of dicts ``view1``, ``view2`` [B, S, S, 3] float32 in [0, 1] (or
       ``image`` with ``views_on="device"``) and optionally ``label`` [B] int32.
@@ -689,7 +691,7 @@ def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
     ds = shuffled_passes(source.elements, source.num_examples,
                          min(shuffle_buffer, source.num_examples), seed, first)
     ds = tf.data.Dataset.zip(tf.data.Dataset.counter(start=first), ds)
-    kwargs = dict(color_jitter_strength=color_jitter_strength, blur=blur)
+    kwargs = dict(view_options or {}, color_jitter_strength=color_jitter_strength, blur=blur)
 
     shape = device_input_shape(source, image_size)
 

@@ -13,7 +13,7 @@
   optimum by full-batch L-BFGS (``linear_probe``, ``train_linear``, ``solve_linear``,
   ``linear_objective``, ``standardize``).
 * :mod:`~dualssl_tf.evaluation.knn` -- temperature-weighted kNN (``knn_scores``,
-  ``knn_probe``).
+  ``knn_scores_at`` for several k in one pass, ``knn_probe``).
 * :mod:`~dualssl_tf.evaluation.finetune` -- encoder + linear head fine-tuned end to end
   (``SavedModelLayer``, ``FineTuneClassifier``, ``finetune``).
 

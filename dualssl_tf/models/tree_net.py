@@ -13,7 +13,7 @@ class TreeNet(keras.Model):
     Depth d = 1..L has ``c**(L-d)`` groups; group g at depth d is fully connected (with
     bias) to the concatenated ReLU outputs of its c children's groups at depth d-1 (the leaf
     inputs directly for d = 1). The output is the root group's pre-activation [B, hid]
-    (normalisation happens in :class:`dualssl_tf.dual.ContrastiveMethod`).
+    (normalisation happens in :class:`dualssl_tf.methods.contrastive.ContrastiveMethod`).
 
     Args:
       depth: L, tree depth.

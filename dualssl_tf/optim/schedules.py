@@ -5,9 +5,11 @@ import math
 import keras
 from keras import ops
 
+from dualssl_tf.optim.coupled_decay import CoupledAdam, CoupledSGD
 from dualssl_tf.optim.lars import DEFAULT_EXCLUDE, LARS
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
+WEIGHT_DECAY_MODES = ("decoupled", "coupled")
 LR_SCALINGS = ("none", "linear", "sqrt")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -97,30 +99,53 @@ def learning_rate_schedule(learning_rate, batch_size=256, scaling="none",
 
 
 def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0,
-                    exclude_from_decay=DEFAULT_EXCLUDE, eta=0.001):
+                    exclude_from_decay=DEFAULT_EXCLUDE, eta=0.001,
+                    weight_decay_mode="decoupled"):
     """Keras optimizer by name.
 
     * ``sgd``: SGD with (heavy-ball) momentum;
     * ``adam``, ``adamw``: Keras Adam / AdamW (identical in Keras 3 but for defaults);
     * ``lars``: :class:`LARS` (coupled weight decay, trust ratio ``eta``).
 
-    For sgd/adam/adamw the weight decay is Keras' decoupled one
-    (``w -= lr * wd * w`` each step); variables whose *name* contains one of
-    ``exclude_from_decay`` (biases, BatchNorm gamma/beta) are not decayed. For LARS the
-    same substrings are matched against ``variable.path``.
+    The form of the weight decay, by ``weight_decay_mode``:
+
+    * ``decoupled`` (default): Keras' ``w -= lr * wd * w`` each step for sgd and adam
+      (AdamW's form);
+    * ``coupled``: PyTorch's ``SGD`` / ``Adam(weight_decay=)``: ``wd * w`` added to the
+      gradient before momentum / the moments (:mod:`dualssl_tf.optim.coupled_decay`);
+      refused for adamw, decoupled by definition;
+    * lars is always coupled (SimCLR's LARS); it does not read the mode.
+
+    Variables whose *name* contains one of ``exclude_from_decay`` (biases, BatchNorm
+    gamma/beta) are not decayed, in both forms. For LARS the same substrings are matched
+    against ``variable.path``.
 
     Args:
       name: one of :data:`OPTIMIZERS`.
       learning_rate: float or ``LearningRateSchedule``.
       momentum: for sgd and lars (ignored by adam/adamw).
       weight_decay: >= 0; 0 disables it.
+      weight_decay_mode: one of :data:`WEIGHT_DECAY_MODES` (above).
     Returns:
       a keras.optimizers.Optimizer.
     """
+    if weight_decay_mode not in WEIGHT_DECAY_MODES:
+        raise ValueError(f"weight_decay_mode={weight_decay_mode!r}: allowed "
+                         f"{', '.join(WEIGHT_DECAY_MODES)}")
     exclude = list(exclude_from_decay or ())
     if name == "lars":
         return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay, eta=eta,
                     exclude_from_decay=exclude)
+    if weight_decay_mode == "coupled":
+        if name == "sgd":
+            return CoupledSGD(learning_rate, momentum=momentum, weight_decay=weight_decay,
+                              exclude_from_decay=exclude)
+        if name == "adam":
+            return CoupledAdam(learning_rate, weight_decay=weight_decay,
+                               exclude_from_decay=exclude)
+        if name == "adamw":
+            raise ValueError("weight_decay_mode='coupled': AdamW's decay is decoupled by "
+                             "definition; Adam with L2 in the gradient is optimizer='adam'")
     if name == "sgd":
         opt = keras.optimizers.SGD(learning_rate, momentum=momentum,
                                    weight_decay=weight_decay or None)

@@ -127,7 +127,8 @@ def build_optimizer(cfg, steps_per_epoch=1):
         total_steps=o.epochs * steps_per_epoch,
         warmup_steps=int(round(o.warmup_epochs * steps_per_epoch)))
     return schedules.build_optimizer(o.optimizer, lr, momentum=o.momentum,
-                                     weight_decay=o.weight_decay, eta=o.lars_eta)
+                                     weight_decay=o.weight_decay, eta=o.lars_eta,
+                                     weight_decay_mode=o.weight_decay_mode)
 
 
 def fit_callbacks(cfg, task, model, rundir, task_callbacks, found):

@@ -120,3 +120,46 @@ def test_gs_data_dir_refuses_with_how_to_prepare():
                           "--data_dir=gs://bucket/tensorflow_datasets")
     assert "into a gs:// --data_dir" in msg
     assert "`tfds build cifar10 --data_dir=gs://bucket/tensorflow_datasets`" in msg
+
+
+# -- a registered builder's download tables (issue 20, part 1) ----------------------------
+# Each data set's one archive, as tfds 4.9.10 ships it in the package's checksums files.
+# The tiny builder above has no code path, so it never reads these tables; a registered one
+# does, through tfds' lazy `importlib_resources` import (a dependency of this package,
+# setup.cfg: tfds itself asks for it only on Python < 3.9).
+ARCHIVES = {
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", 170052171,
+                "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz", 168513733,
+                 "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec"),
+    "stl10": ("http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", 2640397119,
+              "f31fd99273a1acb8609c8db427cebb1de3f71de77758cdc0e22956e1289b9866"),
+}
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("this test must not use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHIVES))
+def test_registered_builder_url_and_checksum_tables_load(name, tmp_path, no_network):
+    # What download_and_prepare hands its download manager first (url_infos: URL -> size
+    # and sha256); on a fresh install without importlib_resources this raised
+    # ModuleNotFoundError, so no registered data set could be downloaded.
+    builder = tfds.builder(name, data_dir=str(tmp_path))
+    url, size, sha256 = ARCHIVES[name]
+    infos = builder.url_infos
+    assert list(infos) == [url]
+    assert (int(infos[url].size), infos[url].checksum) == (size, sha256)
+    # The size the --nodownload hint quotes (images.DOWNLOAD_SIZES) is this one.
+    assert str(infos[url].size) == images.DOWNLOAD_SIZES[name]
+    assert not builder.is_prepared() and os.listdir(tmp_path) == []

@@ -44,10 +44,14 @@ def test_published_configs(tool, tmp_path):
         "stl10", 0.996, 0.996)
     assert (s.optim.optimizer, s.optim.learning_rate, s.optim.weight_decay) == (
         "sgd", 0.03, 4e-4)
+    # torch.optim.SGD's weight decay in the configs that mirror PyTorch code (issue 20);
+    # LARS is coupled whatever the mode.
+    assert (s.optim.weight_decay_mode, c.optim.weight_decay_mode) == ("coupled", "decoupled")
     m = config.validate(_load(tool, tmp_path, "--flagfile=configs/simsiam_cifar10.cfg"))
     assert (m.method.method, m.images.proj_dim, m.simsiam.pred_hidden_dim) == (
         "simsiam", 2048, 512)
     assert (m.optim.optimizer, m.optim.learning_rate, m.optim.momentum) == ("sgd", 0.5, 0.9)
+    assert (m.optim.weight_decay, m.optim.weight_decay_mode) == (1e-5, "coupled")
     for name in ("byol", "simsiam"):
         g = config.validate(_load(tool, tmp_path,
                                   f"--flagfile=configs/generated_images_{name}.cfg"))

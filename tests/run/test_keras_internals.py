@@ -1,5 +1,5 @@
-"""The one private Keras hook this package relies on (dualssl_tf/run/distribute.py): this
-test fails when a Keras upgrade stops calling it the way the shim expects."""
+"""The private Keras hooks this package relies on, all in dualssl_tf/run/distribute.py: these
+tests fail when a Keras upgrade stops calling them, or answering, the way the shim expects."""
 
 import inspect
 
@@ -7,7 +7,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dualssl_tf.analysis import connections
 from dualssl_tf.methods.contrastive import ContrastiveMethod
+from dualssl_tf.models.conv1d import conv1d_encoder
+from dualssl_tf.models.tree_net import TreeNet
 from dualssl_tf.run import distribute
 
 
@@ -38,6 +41,43 @@ def test_keras_internals_still_match(monkeypatch):
     assert seen == [3], (
         "Keras no longer builds a model under a strategy through _maybe_symbolic_build "
         "with (begin, end, iterator) items; update dualssl_tf/run/distribute.py")
+
+
+class _Pair(keras.layers.Layer):
+    """A plain Layer holding two sub-layers (no public attribute lists them)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = keras.layers.Dense(2, name="first")
+        self.second = keras.layers.Dense(2, name="second")
+
+    def call(self, x):
+        return self.second(self.first(x))
+
+
+def test_nested_layers_still_match():
+    params = list(inspect.signature(keras.layers.Layer._flatten_layers).parameters)
+    assert params == ["self", "include_self", "recursive"], (
+        f"Keras changed {distribute.KERAS_FLATTEN_LAYERS} (now {params}); update "
+        "nested_layers in dualssl_tf/run/distribute.py")
+    inner = keras.Sequential([keras.Input((3,), name="x_inner"),
+                              keras.layers.Dense(3, name="a"), _Pair(name="pair")],
+                             name="inner")
+    outer = keras.Sequential([keras.Input((3,), name="x_outer"), inner,
+                              keras.layers.Dense(1, name="top")], name="outer")
+    outer(np.zeros((2, 3), "float32"))
+    # Depth first; the outer model's children in order, every level below in reverse
+    # order (what analysis.connections' layer lists, e.g. analyze.py's default layers, are).
+    assert [l.name for l in distribute.nested_layers(outer)] == [
+        "x_outer", "inner", "pair", "second", "first", "a", "x_inner", "top"]
+    assert connections.kernel_layer_names(outer) == ["second", "first", "a", "top"]
+    # The networks the analysis reads: every kernel, in network order.
+    tree = TreeNet(depth=3, num_children=2, hid=4, seed=0)
+    tree(np.zeros((2, 8), "float32"))
+    assert connections.kernel_layer_names(tree) == ["depth_1", "depth_2", "depth_3"]
+    conv = conv1d_encoder(12, filters=4, kernel_size=3)
+    assert connections.kernel_layer_names(conv) == [
+        l.name for l in conv.layers if getattr(l, "kernel", None) is not None] != []
 
 
 class _Resolver:

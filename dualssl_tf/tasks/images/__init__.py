@@ -5,6 +5,7 @@ the online probe and the monitors are built in :mod:`dualssl_tf.tasks.images.tas
 """
 
 import dataclasses
+import math
 import os
 import re
 
@@ -18,6 +19,26 @@ OWN_SOURCES = ("generated_images", "folder")
 ENCODERS = ("auto", "resnet18", "resnet50")
 # --augment_on: where the SimCLR views are made (auto = device when a GPU/TPU is there).
 AUGMENT_ON = ("auto", "host", "device")
+# --augment_preset: the field's view recipes, what each sets when its flag is left empty:
+# the crop's area range (torchvision's RandomResizedCrop scale), the blur probability of
+# view 1 and view 2 (only with --blur or --blur_prob: the CIFAR recipes of all three drop
+# the blur) and the solarisation probability of each view. SimCLR: Chen et al. 2020 and
+# lightly's SimCLRTransform; BYOL: Grill et al. 2020, lightly's BYOLView1/2Transform and
+# solo-learn's asymmetric augmentations; SimSiam: Chen & He 2021 (crop scale 0.2). All
+# three flip with p 0.5 (--flip_prob). Their colour jitter, (0.4, 0.4, 0.4, 0.1) for
+# SimSiam and (0.4, 0.4, 0.2, 0.1) for BYOL, is --color_jitter_strength=0.5 (saturation
+# 0.4), left to that flag.
+AUGMENT_PRESETS = {
+    "simclr": {"crop_area": (0.08, 1.0), "blur_prob": (0.5, 0.5),
+               "solarize_prob": (0.0, 0.0)},
+    "byol": {"crop_area": (0.08, 1.0), "blur_prob": (1.0, 0.1),
+             "solarize_prob": (0.0, 0.2)},
+    "simsiam": {"crop_area": (0.2, 1.0), "blur_prob": (0.5, 0.5),
+                "solarize_prob": (0.0, 0.0)},
+}
+# The augmentation flags the generated shapes cannot take, with their defaults.
+_VIEW_FLAGS = {"augment_preset": "simclr", "crop_area": "", "flip_prob": 0.5,
+               "blur_prob": "", "solarize_prob": ""}
 # tfds names: lower-case identifier, optional /config and :version.
 _TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?(:[0-9.*]+)?$")
 # Native image side of the paper's data sets (used when --image_size=0).
@@ -75,7 +96,25 @@ class ImageOptions(Section):
                            "study).")
     color_jitter_strength: float = option(1.0, "SimCLR colour jitter strength s (1.0 stl10, "
                                           "0.5 cifar; 0 off).")
-    blur: bool = option(False, "SimCLR Gaussian blur with p 0.5 (used for stl10).")
+    blur: bool = option(False, "Gaussian blur with the --augment_preset's probabilities "
+                        "(simclr, simsiam: p 0.5 each view; byol: 1.0 / 0.1); used for "
+                        "stl10, off in the presets' CIFAR recipes.")
+    augment_preset: str = option("simclr", "View recipe: simclr | byol | simsiam; sets what "
+                                 "--crop_area, --blur_prob and --solarize_prob leave "
+                                 "empty (simclr: crop 0.08-1, blur 0.5 / 0.5, no "
+                                 "solarisation; byol: crop 0.08-1, blur 1.0 / 0.1, "
+                                 "solarisation 0 / 0.2; simsiam: crop 0.2-1, blur 0.5 / "
+                                 "0.5). Colour jitter is --color_jitter_strength's.")
+    crop_area: str = option("", "MIN,MAX: area fraction range of the random resized crop, "
+                            "0 < MIN <= MAX <= 1 (e.g. 0.3,1 for small images); empty: "
+                            "the --augment_preset's.")
+    flip_prob: float = option(0.5, "Probability of the horizontal flip (0: none).")
+    blur_prob: str = option("", "Gaussian blur probability, P for both views or P1,P2 per "
+                            "view (BYOL: 1.0,0.1); turns the blur on without --blur; "
+                            "empty: the --augment_preset's, with --blur.")
+    solarize_prob: str = option("", "Solarisation probability (values >= 0.5 become 1 - x), "
+                                "P for both views or P1,P2 per view (BYOL: 0,0.2); empty: "
+                                "the --augment_preset's.")
     augment_on: str = option("auto", "Where the SimCLR views are made: host (tf.data on the "
                              "CPU, per image) | device (inside the compiled train step, "
                              "batched, on the GPU/TPU; the host only decodes and batches "
@@ -130,6 +169,13 @@ class ImageOptions(Section):
                 f"must be >= 0 (0 = no head), got {self.proj_layers}")
         require(self.color_jitter_strength >= 0, "color_jitter_strength",
                 f"must be >= 0, got {self.color_jitter_strength}")
+        view_settings(self)  # the augmentation flags' ranges
+        if cfg.data.dataset == "generated_images":
+            for flag, default in _VIEW_FLAGS.items():
+                require(getattr(self, flag) == default, flag,
+                        "--dataset=generated_images renders its own views (shapes re-drawn "
+                        "per view) and takes no augmentation settings; drop it, or use "
+                        "--dataset=folder or a tfds data set")
         choice(self.augment_on, AUGMENT_ON, "augment_on")
         require(self.augment_on != "device" or cfg.data.dataset != "generated_images",
                 "augment_on", "device needs images to crop; --dataset=generated_images "
@@ -140,6 +186,55 @@ class ImageOptions(Section):
         if cfg.method.method == "contrastive":  # the contrastive method's options only
             require(cfg.contrastive.negatives != "explicit", "negatives",
                     "image data sets use in-batch negatives; use --negatives=batch or auto")
+
+
+def _probabilities(text, flag):
+    """``P`` or ``P1,P2`` -> (view 1, view 2) probabilities, each in [0, 1]."""
+    fix = (f"expected a probability in [0, 1], or one per view as P1,P2 (e.g. 1.0,0.1); "
+           f"got {text!r}")
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(flag, fix) from None
+    require(len(values) in (1, 2) and all(0 <= v <= 1 for v in values), flag, fix)
+    return (values[0], values[-1])
+
+
+def _crop_area(text):
+    """``MIN,MAX`` -> (min, max) area fractions, 0 < min <= max <= 1."""
+    fix = (f"expected MIN,MAX area fractions with 0 < MIN <= MAX <= 1 (e.g. 0.3,1); "
+           f"got {text!r}")
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError("crop_area", fix) from None
+    require(len(values) == 2 and all(math.isfinite(v) for v in values)
+            and 0 < values[0] <= values[1] <= 1, "crop_area", fix)
+    return tuple(values)
+
+
+def view_settings(o):
+    """The augmentation of an :class:`ImageOptions`: the kwargs of ``augment.two_views``
+    and ``device_augment.device_view_pairs`` (TensorFlow-free; raises ConfigError naming
+    the flag for a value out of range).
+
+    ``--augment_preset`` gives the crop area and the per-view blur and solarisation
+    probabilities that their flags leave empty; the preset's blur is on only with
+    ``--blur``, an explicit ``--blur_prob`` turns it on. The defaults (simclr, no flags)
+    give SimCLR's views as before the flags existed: area (0.08, 1), flip 0.5, blur 0.5
+    with ``--blur``, no solarisation.
+    """
+    choice(o.augment_preset, tuple(AUGMENT_PRESETS), "augment_preset")
+    preset = AUGMENT_PRESETS[o.augment_preset]
+    require(0 <= o.flip_prob <= 1, "flip_prob", f"must be in [0, 1], got {o.flip_prob}")
+    area = _crop_area(o.crop_area) if o.crop_area else preset["crop_area"]
+    blur_prob = (_probabilities(o.blur_prob, "blur_prob") if o.blur_prob
+                 else preset["blur_prob"])
+    solarize = (_probabilities(o.solarize_prob, "solarize_prob") if o.solarize_prob
+                else preset["solarize_prob"])
+    return {"color_jitter_strength": o.color_jitter_strength,
+            "blur": bool(o.blur_prob) or o.blur, "blur_prob": blur_prob,
+            "area_range": area, "flip_prob": o.flip_prob, "solarize_prob": solarize}
 
 
 @dataclasses.dataclass

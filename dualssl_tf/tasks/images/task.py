@@ -12,7 +12,7 @@ from dualssl_tf.models import heads, resnet, stems
 from dualssl_tf.options import ConfigError
 from dualssl_tf.run import callbacks, distribute
 from dualssl_tf.tasks.base import Task
-from dualssl_tf.tasks.images import image_size as configured_image_size
+from dualssl_tf.tasks.images import image_size as configured_image_size, view_settings
 
 # Images of a fixed batch for the embedding-spread (collapse) monitor.
 SPREAD_SAMPLES = 256
@@ -141,15 +141,13 @@ def device_views(cfg, size):
     float32, seeded by ``--seed``, the step and the replica (device_augment)."""
     from dualssl_tf.data import device_augment
 
-    o = cfg.images
     return functools.partial(_device_views, seed=cfg.run.seed, size=size,
-                             color_jitter_strength=o.color_jitter_strength, blur=o.blur,
+                             settings=view_settings(cfg.images),
                              fn=device_augment.device_view_pairs)
 
 
-def _device_views(images, step, replica_id, seed, size, color_jitter_strength, blur, fn):
-    return fn(images, seed, step, replica_id, size, color_jitter_strength=color_jitter_strength,
-              blur=blur)
+def _device_views(images, step, replica_id, seed, size, settings, fn):
+    return fn(images, seed, step, replica_id, size, **settings)
 
 
 def build(cfg, start_step=0):
@@ -226,11 +224,13 @@ def _data(source, cfg, size, start_step, augment_on, batch_size, input_context=N
         per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
         source = images.pipeline_source(source, input_context)
     o = cfg.images
+    settings = view_settings(o)
     return images.pretrain_dataset(
         source, batch_size, size, seed=distribute.replica_seed(cfg.run.seed, input_context),
-        start_step=start_step * per_pipeline, color_jitter_strength=o.color_jitter_strength,
-        blur=o.blur, shuffle_buffer=o.shuffle_buffer, with_labels=cfg.method.probe,
-        views_on=augment_on)
+        start_step=start_step * per_pipeline,
+        color_jitter_strength=settings.pop("color_jitter_strength"),
+        blur=settings.pop("blur"), shuffle_buffer=o.shuffle_buffer,
+        with_labels=cfg.method.probe, views_on=augment_on, view_options=settings)
 
 
 def summarize(initial, final):
