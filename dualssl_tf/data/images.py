@@ -337,9 +337,10 @@ _TF_LOG_LINE = re.compile(rb"^[IWEF]\d{4} \d+:\d+:\d+\.\d+ +\d+ [\w./-]+:\d+\] "
 
 
 def _tf_log_shown():
-    """The user asked for TensorFlow's C++ info/warning logging: TF_CPP_MIN_LOG_LEVEL=0
-    or 1 (the tools default it to 2)."""
-    return os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1")
+    """The user asked for TensorFlow's C++ logging, as for the tools' start-up lines
+    (tools/cli.py): TF_CPP_MIN_LOG_LEVEL=0 or 1, or a tool's --tf_log (DUALSSL_TF_LOG=1)."""
+    return (os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2").strip() in ("0", "1")
+            or os.environ.get("DUALSSL_TF_LOG") == "1")
 
 
 @contextlib.contextmanager

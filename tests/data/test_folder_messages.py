@@ -19,6 +19,8 @@ from tests.tiny_runs import TINY_IMAGES
 def _fresh_warnings(monkeypatch):
     monkeypatch.setattr(images, "_WARNED", set())   # each message once per process
     monkeypatch.setattr(sys, "argv", ["train.py"])  # the prefix names the running tool
+    monkeypatch.delenv("DUALSSL_TF_LOG", raising=False)  # what the user did not ask for
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _jpeg(path, value, size=(12, 12)):
@@ -53,9 +55,13 @@ def test_skipped_files_are_one_warning_and_the_decoders_lines_are_captured(tmp_p
         f"that cannot be decoded, e.g. {root}/cat/0.jpg\n")
 
 
+@pytest.mark.parametrize("env", [{"TF_CPP_MIN_LOG_LEVEL": "0"},
+                                 {"DUALSSL_TF_LOG": "1"}],  # a tool's --tf_log (tools/cli.py)
+                         ids=["TF_CPP_MIN_LOG_LEVEL", "tf_log"])
 def test_decoder_lines_are_shown_when_the_user_asks_for_tf_logging(tmp_path, capfd,
-                                                                   monkeypatch):
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+                                                                   monkeypatch, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     root = _folder(tmp_path / "imgs", per_class=1)
     good = (root / "cat" / "0.jpg").read_bytes()
     (root / "cat" / "1.jpg").write_bytes(good[: len(good) // 2])
