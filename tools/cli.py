@@ -70,6 +70,10 @@ def parse_flags(tool, argv):
                        + f"; see --helpfull for the flags of {tool}")
         fail(tool, message)
     expand_paths(flags.FLAGS)
+    if "tf_log" in flags.FLAGS and flags.FLAGS.tf_log:
+        # Library code reads no flags: --tf_log reaches the image decoders' captured lines
+        # (dualssl_tf/data/images.py) through the environment.
+        os.environ["DUALSSL_TF_LOG"] = "1"
     return rest
 
 

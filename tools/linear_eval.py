@@ -64,7 +64,11 @@ flags.DEFINE_integer("num_test", 5000, "Test samples for generated data (hltm)."
 flags.DEFINE_string("output_dir", "", "Where to write linear_eval.json; default: beside "
                     "the SavedModel.")
 flags.DEFINE_string("cache_dir", "", "Feature cache; default: feature_cache/ beside the "
-                    "SavedModel.")
+                    "SavedModel, or ~/.cache/dualssl_tf/feature_cache when that directory "
+                    "cannot be written.")
+flags.DEFINE_bool("skip_corrupt_images", False, "Folder data: leave out image files that "
+                  "do not decode (their count and one example are reported) instead of "
+                  "stopping; as tools/train.py's flag.")
 flags.DEFINE_integer("seed", 0, "Seed of the held-out split and the linear probe.")
 flags.DEFINE_integer("verbose", 1, "1 shows progress bars.")
 FLAGS = flags.FLAGS
@@ -197,6 +201,26 @@ def folder_listing(path):
     return "\n".join(sorted(entries))
 
 
+def check_output_dirs(out_dir):
+    """linear_eval.json's directory and a --cache_dir must be writable (a run directory
+    may be read-only): one line naming the flag, before any feature is extracted."""
+    from dualssl_tf import runfiles
+    try:
+        runfiles.check_writable(out_dir)
+    except ValueError as e:
+        reason = str(e).split(" (", 1)[1].split(");", 1)[0] if " (" in str(e) else ""
+        where = (f"{out_dir} is" if FLAGS.output_dir else "linear_eval.json goes beside the "
+                 f"SavedModel, in {out_dir}, which is")
+        fail(f"--output_dir: {where} not writable ({reason}); pass a writable --output_dir")
+    if FLAGS.cache_dir:
+        try:
+            runfiles.check_writable(FLAGS.cache_dir)
+        except ValueError as e:
+            reason = str(e).split(" (", 1)[1].split(");", 1)[0] if " (" in str(e) else ""
+            fail(f"--cache_dir: {FLAGS.cache_dir} is not writable ({reason}); pass a writable "
+                 "--cache_dir, or none for the default")
+
+
 TOP5_MIN_CLASSES = 10  # the printout's top-5 needs at least this many classes
 
 
@@ -219,13 +243,17 @@ def run(decays):
         what = "names no dataset" if card else "is missing"
         fail(f"--dataset: is required ({saved_model}/model_card.json {what})")
     check_dataset_family(dataset, card, saved_model)
+    check_output_dirs(out_dir)
     if FLAGS.output not in encoder.output_keys:
         fail(f"--output: {saved_model} has outputs {', '.join(encoder.output_keys)}, not "
              f"{FLAGS.output!r}")
     train_ds, test_ds, num_classes = data.probe_datasets(
         dataset, FLAGS.data_dir, FLAGS.image_size or None, FLAGS.batch_size,
         model_card=card, num_train=FLAGS.num_train, num_test=FLAGS.num_test,
-        download=FLAGS.download)
+        download=FLAGS.download, skip_corrupt_images=FLAGS.skip_corrupt_images)
+    if num_classes == 1:  # a probe of one class scores 1.0 whatever the features
+        fail(f"--dataset: {dataset} has a single class; a probe needs two or more"
+             + (" (one sub-folder per class in --data_dir)" if dataset == "folder" else ""))
     for ds in (train_ds, test_ds):
         features.check_dataset(encoder, ds)
 

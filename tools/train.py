@@ -6,7 +6,10 @@ end with one line on stderr naming the flag, and exit status 2, before anything 
 
 Re-running the same command resumes the run in --model_dir from its newest readable
 checkpoint, or says it is finished (exit 0). A NaN/Inf loss stops the run with one line
-naming the step and exit status 3; the last good checkpoint and export are kept. Ctrl-C
+naming the step and exit status 3; the last good checkpoint and export are kept. A full
+disk, a quota or a permission error in --model_dir stops it with one line naming the path
+and the last good checkpoint, and exit status 74 (EX_IOERR). A second process on a
+--model_dir in use is refused (exit 2, dualssl_tf/run/lock.py). Ctrl-C
 (SIGINT) or SIGTERM stops it at the next safe point with one line naming the epoch, the
 step and the last checkpoint, and exit status 130 / 143 (dualssl_tf/run/interrupt.py).
 """
@@ -39,6 +42,8 @@ def define_flags():
 
 EXIT_BAD_INPUT = cli.EXIT_BAD_INPUT  # a flag, config or file is wrong; nothing written
 EXIT_NON_FINITE = 3    # the loss became NaN/Inf; the last good checkpoint is kept
+EXIT_WRITE_FAILED = 74  # EX_IOERR: no space / quota / permission in --model_dir; the last
+                        # good checkpoint is kept
 
 
 def fail(message, status=EXIT_BAD_INPUT):
@@ -93,11 +98,13 @@ def _train(cfg):
     try:
         config.validate(cfg)
         cli.import_tensorflow()  # its C++ start-up lines captured (--tf_log shows them)
-        from dualssl_tf.run import callbacks, trainer  # TensorFlow only for valid settings
+        from dualssl_tf.run import callbacks, rundir, trainer  # TensorFlow only for valid settings
         try:
             return trainer.run(cfg)
         except callbacks.NonFiniteLossError as e:
             fail(str(e), EXIT_NON_FINITE)
+        except rundir.RunWriteError as e:
+            fail(str(e), EXIT_WRITE_FAILED)
     except config.ConfigError as e:
         fail(str(e))
 

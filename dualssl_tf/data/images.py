@@ -25,9 +25,13 @@ only its own), folders and generated images by element (file names / indices, so
 of the others' is read).
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
+import re
+import sys
+import tempfile
 from typing import Any, Callable, Optional
 
 import tensorflow as tf
@@ -67,6 +71,8 @@ class ImageSource:
       of evaluation passes show their total from it), else None.
     holdout: on a folder's held-out part (:func:`folder_holdout_sources`), the record of
       which files were set aside; else None.
+    labelled_classes: how many classes have a labelled element, when known without a
+      pass (folders), else None.
     """
     name: str
     elements: Any
@@ -80,6 +86,7 @@ class ImageSource:
     share: Optional[tuple] = None
     num_labelled: Optional[int] = None
     holdout: Optional[dict] = None
+    labelled_classes: Optional[int] = None
 
 
 def _to_rgb(image):
@@ -308,14 +315,95 @@ def _decode_file(path):
                                       expand_animations=False))
 
 
+def warn(message):
+    """One line on stderr, prefixed with the running tool's name (train.py, linear_eval.py);
+    each message once per process (a folder may be listed more than once)."""
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    tool = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") \
+        else "dualssl_tf"
+    sys.stderr.write(f"{tool}: warning: {message}\n")
+    sys.stderr.flush()
+
+
+_WARNED = set()
+# A line of TensorFlow's C++ logging ("E0000 00:00:1733.. 123 jpeg_mem.cc:331] Premature
+# end of JPEG data"): what its image decoders print for a bad file.
+_LIBJPEG_LINE = re.compile(rb"^(Improper call to JPEG library|Corrupt JPEG data|Premature "
+                           rb"end of JPEG|Not a JPEG file|Bogus |Unsupported JPEG|Invalid "
+                           rb"JPEG|Wrong JPEG|Huffman table)")
+_TF_LOG_LINE = re.compile(rb"^[IWEF]\d{4} \d+:\d+:\d+\.\d+ +\d+ [\w./-]+:\d+\] ")
+
+
+def _tf_log_shown():
+    """The user asked for TensorFlow's C++ logging, as for the tools' start-up lines
+    (tools/cli.py): TF_CPP_MIN_LOG_LEVEL=0 or 1, or a tool's --tf_log (DUALSSL_TF_LOG=1)."""
+    return (os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2").strip() in ("0", "1")
+            or os.environ.get("DUALSSL_TF_LOG") == "1")
+
+
+@contextlib.contextmanager
+def _decoder_log_captured():
+    """File descriptor 2 goes to a temporary file while the block runs; afterwards the
+    captured text is written back to stderr without the image decoders' lines about bad
+    files, which the caller reports in its own words: TensorFlow's C++ log lines
+    (``E0000 ... jpeg_mem.cc:331] Premature end of JPEG data``) and libjpeg's own
+    (``Improper call to JPEG library in state 201``)."""
+    if _tf_log_shown():
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                capture.seek(0)
+                rest = [l for l in capture.read().splitlines(keepends=True)
+                        if not (_TF_LOG_LINE.match(l) or _LIBJPEG_LINE.match(l))]
+                if rest:
+                    sys.stderr.write(b"".join(rest).decode("utf-8", "replace"))
+                    sys.stderr.flush()
+    finally:
+        os.close(saved)
+
+
 def _readable(paths):
-    """Indices of the files that read and decode (one parallel pass, errors dropped)."""
+    """Indices of the files that read and decode (one parallel pass, errors dropped;
+    the decoders' own log lines about bad files captured)."""
     ds = tf.data.Dataset.from_tensor_slices(paths).enumerate()
     ds = ds.map(lambda i, p: (i, tf.shape(tf.io.decode_image(
         tf.io.read_file(p), channels=3, expand_animations=False))),
         num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.ignore_errors().filter(lambda i, s: tf.reduce_all(s[:2] > 0))
-    return {int(i) for i, _ in ds.as_numpy_iterator()}
+    with _decoder_log_captured():
+        return {int(i) for i, _ in ds.as_numpy_iterator()}
+
+
+def _check_class_folders(path, classes, counts):
+    """Warns (one line) about class folders without a supported image file, naming what
+    they hold."""
+    empty = []
+    for cls, n in zip(classes, counts):
+        if n:
+            continue
+        other = sorted({os.path.splitext(f)[1].lower() or f
+                        for _, _, files in tf.io.gfile.walk(os.path.join(path, cls))
+                        for f in files})
+        empty.append(f"{cls}/ ({'only ' + ', '.join(other) if other else 'empty'})")
+    if empty:
+        warn(f"{len(empty)} class folder{'s' if len(empty) > 1 else ''} of {path} "
+             f"hold{'' if len(empty) > 1 else 's'} no image file of a supported type "
+             f"({', '.join(IMAGE_EXTENSIONS)}): {', '.join(empty)}; "
+             + ("they still count as classes" if len(empty) > 1 else "it still counts as a "
+                "class") + " (labels follow the sorted folder names): add images or remove "
+             + ("them" if len(empty) > 1 else "it"))
 
 
 def _folder_listing(path, skip_corrupt=False, verify=True):
@@ -328,11 +416,12 @@ def _folder_listing(path, skip_corrupt=False, verify=True):
         raise ConfigError("data_dir", f"{path} is not a directory")
     classes = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(path)
                      if tf.io.gfile.isdir(os.path.join(path, d)))
-    files, labels = [], []
+    files, labels, counts = [], [], []
     for label, cls in enumerate(classes):
         found = _list_images(os.path.join(path, cls))
         files += found
         labels += [label] * len(found)
+        counts.append(len(found))
     top = sorted(os.path.join(path, f) for f in tf.io.gfile.listdir(path)
                  if f.lower().endswith(IMAGE_EXTENSIONS)
                  and not tf.io.gfile.isdir(os.path.join(path, f)))
@@ -354,6 +443,12 @@ def _folder_listing(path, skip_corrupt=False, verify=True):
         skipped = len(bad)
         if not files:
             raise ConfigError("data_dir", f"none of the image files in {path} can be decoded")
+        if bad:
+            warn(f"--skip_corrupt_images: left out {len(bad)} of {len(bad) + len(files)} "
+                 f"image files of {path} that cannot be decoded, e.g. {bad[0]}")
+        counts = [sum(1 for l in labels if l == i) for i in range(len(classes))]
+    if classes:
+        _check_class_folders(path, classes, counts)
     used = sorted(set(labels) - {UNLABELLED})
     return files, labels, (len(classes) if used else 0), skipped
 
@@ -368,7 +463,8 @@ def _folder_image_source(name, files, labels, num_classes, skipped=0):
         num_classes=num_classes,
         num_labelled=sum(label != UNLABELLED for label in labels),
         image_shape=None,
-        skipped=skipped)
+        skipped=skipped,
+        labelled_classes=len(set(labels) - {UNLABELLED}))
 
 
 def folder_source(path, skip_corrupt=False, verify=True):

@@ -96,7 +96,8 @@ def _from_hltm(model_card, batch_size, num_train, num_test):
     return splits[0], splits[1], 2
 
 
-def _from_task(dataset, data_dir, image_size, batch_size, model_card, download=True):
+def _from_task(dataset, data_dir, image_size, batch_size, model_card, download=True,
+               skip_corrupt_images=False):
     """(train, test, num_classes) from the task's ``eval_data`` (no network is built), for
     the model card's flags with dataset / data_dir / image_size / batch_size overridden."""
     from dualssl_tf import config, tasks
@@ -113,12 +114,14 @@ def _from_task(dataset, data_dir, image_size, batch_size, model_card, download=T
         changes["data_dir"] = data_dir
     if image_size:
         changes["image_size"] = image_size
+    if skip_corrupt_images:
+        changes["skip_corrupt_images"] = True
     return tasks.eval_data(cfg.replace(**changes), batch_size,
                            metadata=(model_card or {}).get("metadata"))
 
 
 def probe_datasets(dataset, data_dir="", image_size=None, batch_size=256, model_card=None,
-                   num_train=10000, num_test=5000, download=True):
+                   num_train=10000, num_test=5000, download=True, skip_corrupt_images=False):
     """Finite (x, label) train and test datasets for probing.
 
     Args:
@@ -130,6 +133,8 @@ def probe_datasets(dataset, data_dir="", image_size=None, batch_size=256, model_
       num_train, num_test: sample counts for generated data (hltm).
       download: a TensorFlow Datasets set not prepared in data_dir is downloaded and
         prepared first (``--download`` of tools/linear_eval.py).
+      skip_corrupt_images: folder data: leave out files that do not decode (also on when
+        the run was trained with it, from its model card).
     Returns:
       (train_ds, test_ds, num_classes): tf.data of (x [B, ...] float32 or uint8,
       label [B] int64) batches; num_classes may be None (then infer it from the labels).
@@ -144,4 +149,5 @@ def probe_datasets(dataset, data_dir="", image_size=None, batch_size=256, model_
         return _from_npz(dataset[4:] if dataset.startswith("npz:") else dataset, batch_size)
     if dataset == "hltm":
         return _from_hltm(model_card or {}, batch_size, num_train, num_test)
-    return _from_task(dataset, data_dir, image_size, batch_size, model_card, download)
+    return _from_task(dataset, data_dir, image_size, batch_size, model_card, download,
+                      skip_corrupt_images)

@@ -131,6 +131,16 @@ def _fingerprint(path):
         return str(runfiles.mtime(pb)) if runfiles.exists(pb) else "none"
 
 
+def _default_cache_dirs(saved_model):
+    """Where the cache goes without --cache_dir, in order: ``feature_cache/`` beside a local
+    SavedModel, then the user's ``~/.cache/dualssl_tf/feature_cache`` (a read-only run
+    directory, a remote SavedModel)."""
+    user = os.path.join(os.path.expanduser("~"), ".cache", "dualssl_tf", "feature_cache")
+    if "://" in saved_model:
+        return [user]
+    return [os.path.join(os.path.dirname(os.path.abspath(saved_model)), "feature_cache"), user]
+
+
 def feature_cache_path(saved_model, dataset, split, output="representation", pool="auto",
                        cache_dir=None):
     """Path of the .npz cache for one (SavedModel, dataset, split, output).
@@ -146,10 +156,7 @@ def feature_cache_path(saved_model, dataset, split, output="representation", poo
                       output, pool])
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     if not cache_dir:
-        # Features of a remote (gs://) SavedModel are cached on the local disk.
-        cache_dir = (os.path.join(os.path.expanduser("~"), ".cache", "dualssl_tf",
-                                  "feature_cache") if remote else
-                     os.path.join(os.path.dirname(saved_model), "feature_cache"))
+        cache_dir = _default_cache_dirs(saved_model)[0]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(dataset))
     return os.path.join(cache_dir, f"{os.path.basename(saved_model)}-{safe}-{split}-"
                                    f"{output}-{digest}.npz")
@@ -161,16 +168,32 @@ def cached_features(encoder, ds, dataset, split, output="representation", pool="
 
     ``dataset`` and ``split`` name the data for the cache key (the tf.data itself cannot be
     hashed); callers must pass names that identify it, including any setting that changes
-    the examples. Returns (features [N, F] float32, labels [N] int64).
+    the examples. Without ``cache_dir``, a SavedModel whose directory cannot be written (a
+    read-only run) has its cache in ``~/.cache/dualssl_tf/feature_cache``. Returns
+    (features [N, F] float32, labels [N] int64).
+
+    Raises:
+      ValueError naming --cache_dir when no cache location can be written.
     """
-    path = feature_cache_path(encoder.path, dataset, split, output, pool, cache_dir)
-    if runfiles.exists(path):
-        with np.load(io.BytesIO(runfiles.read_bytes(path))) as data:
-            return data["features"], data["labels"]
+    dirs = [cache_dir] if cache_dir else _default_cache_dirs(encoder.path)
+    paths = [feature_cache_path(encoder.path, dataset, split, output, pool, d) for d in dirs]
+    for path in paths:
+        if runfiles.exists(path):
+            with np.load(io.BytesIO(runfiles.read_bytes(path))) as data:
+                return data["features"], data["labels"]
     feats, labels = extract_features(encoder, ds, output, pool, verbose)
-    runfiles.makedirs(os.path.dirname(path))
     buffer = io.BytesIO()
     np.savez(buffer, features=feats, labels=labels)
-    # Temp + rename (any tf.io.gfile path): readers never see a half-written cache.
-    runfiles.write_bytes_atomic(path, buffer.getvalue())
+    for i, path in enumerate(paths):
+        try:
+            runfiles.makedirs(os.path.dirname(path))
+            # Temp + rename (any tf.io.gfile path): readers never see a half-written cache.
+            runfiles.write_bytes_atomic(path, buffer.getvalue())
+            break
+        except (tf.errors.OpError, OSError) as e:
+            if i == len(paths) - 1:
+                reason = (str(e).strip().splitlines() or [""])[0][:200]
+                raise ValueError(f"--cache_dir: cannot write the feature cache in "
+                                 f"{os.path.dirname(path)} ({type(e).__name__}: {reason}); "
+                                 "pass a writable --cache_dir") from None
     return feats, labels

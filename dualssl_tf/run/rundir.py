@@ -38,6 +38,7 @@ levels) are invisible to ``tf.train.Checkpoint``'s object graph, so ``Checkpoint
 would silently save nothing of them.
 """
 
+import errno
 import json
 import os
 import re
@@ -64,6 +65,53 @@ def warn(message):
     """One line on stderr (the run goes on)."""
     sys.stderr.write(f"train.py: warning: {message}\n")
     sys.stderr.flush()
+
+
+class RunWriteError(Exception):
+    """The run directory could not be written (no space, quota, permission); ``str`` is
+    one line naming the path, the last good checkpoint and what to do. tools/train.py
+    exits with status 74 (EX_IOERR) on it."""
+
+
+# Errors of a full disk / quota / read-only or forbidden path, as TensorFlow and the OS word
+# them (TensorFlow maps ENOSPC and EDQUOT to ResourceExhaustedError, EACCES / EPERM / EROFS
+# to PermissionDeniedError; GCS reports quota as ResourceExhausted / "Quota exceeded").
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                   errno.EPERM: "operation not permitted"}
+_SPACE_TEXT = ("no space left on device", "disk quota exceeded", "quota exceeded")
+_PERMISSION_TEXT = ("permission denied", "read-only file system", "operation not permitted")
+
+
+def _storage_reason(error):
+    """``(reason, is_space)`` when ``error`` is an out-of-space / quota / permission
+    failure, else None."""
+    text = str(getattr(error, "message", "") or error).lower()
+    if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+        return _STORAGE_ERRNOS[error.errno], error.errno in (errno.ENOSPC, errno.EDQUOT)
+    for words in _SPACE_TEXT:
+        if words in text:
+            return words, True
+    if isinstance(error, tf.errors.PermissionDeniedError) or any(
+            w in text for w in _PERMISSION_TEXT):
+        return next((w for w in _PERMISSION_TEXT if w in text), "permission denied"), False
+    return None
+
+
+def _failed_path(error, model_dir):
+    """The file of ``model_dir`` an error message names (TensorFlow's messages name the
+    path before ``;``), else None."""
+    text = str(getattr(error, "message", "") or error)
+    if isinstance(error, OSError) and error.filename:
+        text = f"{error.filename} {text}"
+    root = model_dir.rstrip("/")
+    for token in re.split(r"[\s;,'\"]+", text):
+        if token.startswith(root):
+            # What is being written, not its temporary name: ckpt-3_temp/part-... ->
+            # ckpt-3, .saved_model.tmp-1a2b/... -> saved_model.
+            path = re.sub(r"_temp(/.*)?$", "", token.rstrip(":."))
+            return re.sub(r"/\.([^/]+)\.tmp-[0-9a-f]+(/.*)?$", r"/\1", path)
+    return None
 
 
 def _first_line(error):
@@ -518,6 +566,38 @@ class RunDir:
         return [MetricsLogger(self.metrics_path),
                 self.checkpoints.callback(checkpoint_every, epochs),
                 ScalarTensorBoard(log_dir=self.log_dir, write_graph=not found)]
+
+    def write_failure(self, error):
+        """A :class:`RunWriteError` for ``error`` when it is a failure to write the run
+        directory (no space, quota, permission), else None.
+
+        Nothing half-written trips a resume: checkpoints, ``initial/``, the export and every
+        file of :mod:`dualssl_tf.runfiles` are written under a temporary name and renamed,
+        and a partial metrics line is dropped; so the message names the newest readable
+        checkpoint as what was kept.
+        """
+        found = _storage_reason(error)
+        if found is None:
+            return None
+        reason, is_space = found
+        path = _failed_path(error, self.model_dir)
+        if path is None and not is_space:
+            return None  # e.g. an unreadable --data_dir: not the run directory's failure
+        path = path or self.model_dir
+        try:
+            kept = self.checkpoints.find_latest(report=lambda *_: None, clean=False)
+        except Exception:  # noqa: BLE001  the directory may be unreadable too
+            kept = None
+        if kept:
+            what = (f"kept: the checkpoint of epoch {kept['epoch']} ({kept['path']}) -- ")
+            again = "run the same command to resume"
+        else:
+            what = "there is no checkpoint yet -- "
+            again = "run the same command to start again"
+        fix = ("free space (or move the run directory to a bigger disk and pass that "
+               "--model_dir)" if is_space else "make --model_dir writable (or copy the run "
+               "directory somewhere writable and pass that --model_dir)")
+        return RunWriteError(f"cannot write {path} ({reason}); {what}{fix}, then {again}")
 
     def last_metrics(self):
         """The last metrics.jsonl record, flattened back to ``name/key`` form."""

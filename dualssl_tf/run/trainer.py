@@ -14,20 +14,42 @@ from dualssl_tf.evaluation import export
 from dualssl_tf.optim import schedules
 from dualssl_tf.run import distribute, epoch_steps, safe_stop
 from dualssl_tf.run.callbacks import NonFiniteLossGuard
+from dualssl_tf.run.lock import RunLock, RunLocked
 from dualssl_tf.run.rundir import RunDir
 
 
 def run(cfg):
     """Trains per ``cfg`` and writes ``cfg.run.model_dir``; resumes a run found there.
 
-    Raises ConfigError before anything is written if a setting is bad, and
-    NonFiniteLossError if the loss turns NaN/Inf (the last good checkpoint and export are
-    kept). Returns dict: ``initial`` and ``final`` logs, a printable ``summary``,
+    Raises ConfigError before anything is written if a setting is bad or another process
+    holds the run directory (:mod:`dualssl_tf.run.lock`), NonFiniteLossError if the loss
+    turns NaN/Inf (the last good checkpoint and export are kept), and RunWriteError when
+    the run directory cannot be written (no space, quota, permission; the last good
+    checkpoint is kept). Returns dict: ``initial`` and ``final`` logs, a printable ``summary``,
     ``finished`` (True when there was nothing left to do).
     """
     config.validate(cfg)
     check_remote_model_dir(cfg)
     rundir = RunDir(cfg.run.model_dir, cfg.run.keep_checkpoints)
+    try:
+        with RunLock(cfg.run.model_dir):  # one writer per run directory (run/lock.py)
+            # Again under the lock: a run with other flags may have started since.
+            config.check_resume_compatible(cfg, read_text=runfiles.read_text,
+                                           exists=runfiles.exists)
+            return _run_locked(cfg, rundir)
+    except RunLocked as e:
+        raise config.ConfigError("model_dir", str(e)) from None
+    except config.ConfigError:
+        raise
+    except Exception as e:
+        failure = rundir.write_failure(e)  # out of space / quota / permission: one line
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _run_locked(cfg, rundir):
+    """:func:`run` once the run directory is this process's."""
     done = rundir.finished_epochs()
     if done is not None and done >= cfg.optim.epochs:
         return {"initial": {}, "final": {}, "finished": True,

@@ -174,6 +174,10 @@ def build(cfg, start_step=0):
     if cfg.method.probe and num_classes > 0 and pretrain.num_classes > 0:
         probe = heads.LinearProbe(num_classes, name="probe")
         probe.build((None, rep_dim))
+        if probe_train.labelled_classes == 1:
+            images.warn(f"{cfg.data.data_dir} has images of a single class: the online "
+                        "probe's accuracy is 1.0 whatever the features (add a sub-folder "
+                        "per class, or pass --noprobe)")
 
     eval_train, eval_test = _eval_splits(cfg, probe_train, probe_test, size)
     spread_x = next(iter(images.eval_dataset(probe_test or probe_train, SPREAD_SAMPLES, size,
