@@ -86,6 +86,22 @@ def test_export_tool_reproduces_checkpoint_weights(run_dir, exported):
     assert {"depth_1", "depth_2"} <= set(loaded.output_keys)   # TreeNet taps
 
 
+def test_export_into_a_run_that_is_training_is_refused(run_dir, tmp_path):
+    """export.py writes into the run directory only under its lock (run/lock.py): while
+    another process (here: this one) holds it, one line naming --model_dir, exit 2, and
+    nothing written."""
+    from dualssl_tf.run.lock import RunLock
+    model_dir, _ = run_dir
+    before = sorted(os.listdir(model_dir))
+    with RunLock(model_dir):
+        proc = run_tool("export.py", f"--model_dir={model_dir}",
+                        f"--export_dir={os.path.join(model_dir, 'other_export')}")
+        assert_one_line_error(proc, "--model_dir:", "in use by another training run",
+                              f"pid {os.getpid()}", "--export_dir")
+        assert sorted(os.listdir(model_dir)) == sorted(before + ["run.lock"])
+    assert sorted(os.listdir(model_dir)) == before
+
+
 @pytest.mark.slow
 def test_export_of_an_older_checkpoint_cards_its_own_epoch(run_dir, tmp_path):
     model_dir, _ = run_dir

@@ -12,6 +12,7 @@ run.json metadata, the checkpoint used).
 Bad input ends with one line on stderr naming the flag or file, and exit status 2.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ from tools import cli  # noqa: E402
 
 TOOL = "export.py"
 from dualssl_tf import config  # noqa: E402  (TensorFlow-free: errors come fast)
+from dualssl_tf.run.lock import RunLock, RunLocked  # noqa: E402  (TensorFlow-free)
 
 flags.DEFINE_string("model_dir", "", "Run directory written by tools/train.py (flags.txt).")
 flags.DEFINE_string("checkpoint", "", "Weights to export: a trainer checkpoint prefix "
@@ -130,6 +132,28 @@ def main(argv):
             fail(f"--checkpoint: {checkpoint} does not exist")
     except ValueError as e:
         fail(f"--checkpoint: {e}")
+    export_dir = FLAGS.export_dir or os.path.join(model_dir, "saved_model")
+    # Writing into the run directory: one writer at a time, as train.py (run/lock.py).
+    lock = (RunLock(model_dir, TOOL) if _inside(export_dir, model_dir)
+            else contextlib.nullcontext())
+    try:
+        with lock:
+            _export(model_dir, flagfile, checkpoint, read_text, export_dir)
+    except RunLocked as e:
+        fail(f"--model_dir: {e}; or export elsewhere meanwhile with --export_dir")
+    print(f"SavedModel written to {export_dir}")
+
+
+def _inside(path, directory):
+    """Whether ``path`` is ``directory`` or below it (URLs compared as strings)."""
+    if "://" in path or "://" in directory:
+        return (path.rstrip("/") + "/").startswith(directory.rstrip("/") + "/")
+    path, directory = os.path.abspath(path), os.path.abspath(directory)
+    return path == directory or path.startswith(directory + os.sep)
+
+
+def _export(model_dir, flagfile, checkpoint, read_text, export_dir):
+    """Builds the run's model, loads ``checkpoint`` (or the newest) and exports it."""
     try:
         cfg = read_flagfile(flagfile, read_text)
         cfg.run.model_dir = model_dir   # the run may have moved since training
@@ -156,7 +180,6 @@ def main(argv):
             taps = None
         else:
             taps = [n.strip() for n in FLAGS.intermediate_layers.split(",") if n.strip()]
-        export_dir = FLAGS.export_dir or os.path.join(model_dir, "saved_model")
         card = export.run_model_card(cfg.flags(), _metadata(model_dir),
                                      _checkpoint_metrics(model_dir, checkpoint))
         card["checkpoint"] = checkpoint if "://" in checkpoint else os.path.abspath(checkpoint)
@@ -170,7 +193,6 @@ def main(argv):
                  else msg)
     except ValueError as e:  # ConfigError and bad flag values
         fail(str(e).strip().splitlines()[0])
-    print(f"SavedModel written to {export_dir}")
 
 
 def parse_flags(argv):

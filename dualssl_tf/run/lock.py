@@ -44,8 +44,8 @@ class RunLocked(Exception):
     """Another process holds the run directory; ``str`` is the one-line reason."""
 
 
-def _note(message):
-    sys.stderr.write(f"train.py: note: {message}\n")
+def _note(tool, message):
+    sys.stderr.write(f"{tool}: note: {message}\n")
     sys.stderr.flush()
 
 
@@ -111,8 +111,9 @@ class RunLock:
       RunLocked: from ``acquire`` when a live process holds the directory.
     """
 
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, tool="train.py"):
         self.model_dir = os.fspath(model_dir)
+        self.tool = tool   # names the tool in the take-over note
         self.path = os.path.join(self.model_dir, LOCK_FILE)
         self.remote = _is_remote(self.model_dir)
         self.held = False
@@ -204,8 +205,8 @@ class RunLock:
             os.remove(aside)
             raise RunLocked(self._refusal(moved))
         os.remove(aside)
-        _note(f"took over the lock of {self.model_dir} from a run that ended without "
-              f"releasing it ({reason})")
+        _note(self.tool, f"took over the lock of {self.model_dir} from a run that ended "
+              f"without releasing it ({reason})")
 
     # -- URLs (best-effort lease) -----------------------------------------------------------
 
@@ -220,7 +221,7 @@ class RunLock:
                 holder, age = None, float("inf")
             if age < LEASE_S and not (holder and self._stale(holder, age)):
                 raise RunLocked(self._refusal(holder))
-            _note(f"took over the lock of {self.model_dir} (its holder "
+            _note(self.tool, f"took over the lock of {self.model_dir} (its holder "
                   f"{describe(holder, self.path)} stopped renewing it)")
         gfile.makedirs(self.model_dir)
         self._write_remote()
