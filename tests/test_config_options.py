@@ -37,6 +37,8 @@ def test_flag_names_and_resumable_set_are_kept():
         new |= {prefix + n for n in ("predictor", "pred_hidden_dim", "pred_bn",
                                      "directpred_rate", "directpred_every", "directpred_eps")}
     new |= {"byol_base_momentum", "byol_final_momentum", "byol_ema", "simsiam_stop_gradient"}
+    for prefix in ("byol_", "simsiam_"):   # the predictor's learning rate: issue 21
+        new |= {prefix + "pred_lr_mult", prefix + "pred_fixed_lr"}
     assert set(names) - set(OLD_FLAGS) == new
     assert config.RESUMABLE_FLAGS == OLD_RESUMABLE | {"download"}
 
