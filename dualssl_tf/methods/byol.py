@@ -370,10 +370,13 @@ class SiameseMethod(SSLMethod):
 
     def rate_group(self):
         """The predictor's learning rate (:class:`~dualssl_tf.optim.rate_groups.RateGroup`):
-        its trainable variables (none for ``none`` and ``directpred``), the multiplier and
-        whether it is fixed."""
-        variables = tuple(self.predictor.trainable_variables) if self.predictor else ()
-        return rate_groups.RateGroup(variables, self.pred_lr_mult, self.pred_fixed_lr)
+        its trainable variables, the multiplier and whether it is fixed; None without a
+        trained predictor (``none``, ``directpred``: the flags are ignored, as the options
+        of a switch that is off)."""
+        if self.predictor_kind != "mlp":
+            return None
+        return rate_groups.RateGroup(tuple(self.predictor.trainable_variables),
+                                     self.pred_lr_mult, self.pred_fixed_lr)
 
     def regularization_loss(self):
         """The online networks' regularisation only (the target's weights take no

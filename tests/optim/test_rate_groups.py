@@ -153,3 +153,19 @@ def test_config_accepts_coupled_lars_and_no_decay():
                   dict(byol_pred_lr_mult=10.0, byol_predictor="none", weight_decay=1e-4),
                   dict(method="simsiam", simsiam_pred_fixed_lr=True)):
         _validate(**flags)
+
+
+def test_method_group_is_the_mlp_predictor_only():
+    """BYOL's rate group holds exactly its mlp predictor's trainable variables; without a
+    trained predictor there is none (the flags are ignored, not refused)."""
+    from dualssl_tf.methods.byol import BYOLMethod
+    keras.utils.set_random_seed(0)
+    encoder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model = BYOLMethod(encoder, predictor="mlp", pred_hidden_dim=5, pred_lr_mult=MULT)
+    group = model.rate_group()
+    assert (group.multiplier, group.fixed) == (MULT, False)
+    assert [id(v) for v in group.variables] == [
+        id(v) for v in model.predictor.trainable_variables] and len(group.variables) >= 4
+    assert not {id(v) for v in group.variables} & {id(v) for v in encoder.variables}
+    for kind in ("none", "directpred"):
+        assert BYOLMethod(encoder, predictor=kind, pred_lr_mult=MULT).rate_group() is None
