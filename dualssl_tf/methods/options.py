@@ -115,8 +115,8 @@ class _PredictorOptions(Section):
     directpred_eps: float = option(0.01, "DirectPred: s_j = sqrt(p_j) / max sqrt(p) + eps "
                                    "(>= 0).")
     pred_lr_mult: float = option(1.0, "The mlp predictor's learning rate = the rest's x this "
-                                 "(> 0; a predictor rate larger than the rest is studied by "
-                                 "Tian et al. 2021). Needs --weight_decay=0 or "
+                                 "(> 0; the relative predictor rate alpha_p of Tian, Chen & "
+                                 "Ganguli 2021's analysis). Needs --weight_decay=0 or "
                                  "--weight_decay_mode=coupled (or lars).")
     pred_fixed_lr: bool = option(False, "The mlp predictor's rate unscheduled: the base rate "
                                  "(after --lr_scaling, x the multiplier) at every step, "
