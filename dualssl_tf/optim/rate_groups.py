@@ -3,9 +3,9 @@
 PyTorch gives a parameter group its own ``lr``; BYOL/SimSiam code uses one for the
 predictor: SimSiam's paper and solo-learn keep the predictor's rate fixed at the base rate
 while the schedule decays the rest (``fix_lr`` / ``static_lr``), and the predictor's rate
-relative to the rest is the alpha_p of Tian, Chen & Ganguli 2021's analysis (DirectPred). Keras 3 has one rate per
-optimizer, so the group is a mixin before the optimizer's class: each step, the group's
-variables reach the class's own ``update_step`` with::
+relative to the rest is the alpha_p of Tian, Chen & Ganguli 2021's analysis (DirectPred).
+Keras 3 has one rate per optimizer, so the group is a mixin before the optimizer's class:
+each step, the group's variables reach the class's own ``update_step`` with::
 
     lr_group = multiplier * (fixed_rate if fixed_rate is not None else lr(step))
 

@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.tiny_runs import TINY_HLTM, ckpt_tensors as _tensors, metrics_bytes as _metrics, train
+from tests.tiny_runs import (TINY_HLTM, ckpt_tensors as _tensors, metrics_bytes as _metrics,
+                              train)
 
 BYOL = dict(method="byol", byol_pred_hidden_dim=8, byol_base_momentum=0.9)
 
