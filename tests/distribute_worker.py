@@ -123,6 +123,8 @@ SIAMESE_CASES = {
     "byol": dict(method="byol"),
     "byol_directpred": dict(method="byol", predictor="directpred"),
     "simsiam": dict(method="simsiam"),
+    # The predictor at 10x a fixed rate, the rest on a decaying schedule, with momentum.
+    "simsiam_pred_lr": dict(method="simsiam", pred_lr_mult=10.0, pred_fixed_lr=True),
 }
 SIAMESE_STEPS = 2     # the second step's target is the moving average of the first
 
@@ -144,8 +146,15 @@ def build_siamese(case, gather_fn=None):
     extra = (dict(base_momentum=0.5, final_momentum=0.9, total_steps=SIAMESE_STEPS)
              if case["method"] == "byol" else {})
     model = cls(encoder, head, predictor=case.get("predictor", "mlp"), pred_hidden_dim=WIDTH,
-                sync_bn=sync, **extra)
-    model.compile(optimizer=keras.optimizers.SGD(LR),
+                sync_bn=sync, pred_lr_mult=case.get("pred_lr_mult", 1.0),
+                pred_fixed_lr=case.get("pred_fixed_lr", False), **extra)
+    optimizer = keras.optimizers.SGD(LR)
+    if "pred_lr_mult" in case:
+        from dualssl_tf.optim import schedules
+        optimizer = schedules.build_optimizer(
+            "sgd", schedules.WarmupCosineDecay(LR, SIAMESE_STEPS + 1), momentum=0.9,
+            group=model.rate_group())
+    model.compile(optimizer=optimizer,
                   run_eagerly=os.environ.get("DIST_TEST_EAGER") == "1")
     return model
 

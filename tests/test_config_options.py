@@ -44,7 +44,9 @@ KEPT_SECTION_FLAGS = {"proj_bn", "hltm_seeds", "augment_on", "holdout_fraction",
 for _prefix in ("byol_", "simsiam_"):
     KEPT_SECTION_FLAGS |= {_prefix + n for n in ("predictor", "pred_hidden_dim", "pred_bn",
                                                  "directpred_rate", "directpred_every",
-                                                 "directpred_eps")}
+                                                 "directpred_eps",
+                                                 # the predictor's learning rate: issue 21
+                                                 "pred_lr_mult", "pred_fixed_lr")}
 KEPT_SECTION_FLAGS |= {"byol_base_momentum", "byol_final_momentum", "byol_ema",
                        "simsiam_stop_gradient"}
 

@@ -147,6 +147,12 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
         which moves only by its moving average); none by default."""
         return []
 
+    def rate_group(self):
+        """Variables the method's optimizer runs at another learning rate, as a
+        :class:`~dualssl_tf.optim.rate_groups.RateGroup` (e.g. BYOL's predictor), or None
+        (one rate for all; the default)."""
+        return None
+
     def export_outputs(self, intermediate_layers):
         """The ``intermediate_layers`` argument of the export: the task's taps (None, layer
         names or a callable) plus the method's own named outputs. A method without extra

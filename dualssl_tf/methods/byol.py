@@ -44,6 +44,7 @@ import tensorflow as tf
 from dualssl_tf import losses
 from dualssl_tf.methods.base import SSLMethod
 from dualssl_tf.models import heads
+from dualssl_tf.optim import rate_groups
 from dualssl_tf.run import distribute
 
 PREDICTORS = ("mlp", "none", "directpred")
@@ -207,6 +208,8 @@ class SiameseMethod(SSLMethod):
         (:func:`target_momentum`) over the run's ``total_steps`` optimizer steps.
       stop_gradient: stop the gradient through the target (always, with ``ema``).
       directpred_rate, directpred_every, directpred_eps: :class:`DirectPredictor`.
+      pred_lr_mult, pred_fixed_lr: the mlp predictor's learning rate, x ``pred_lr_mult``
+        and with ``pred_fixed_lr`` unscheduled (:meth:`rate_group`).
       sync_bn: cross-replica BatchNorm in the predictor.
       input_shape: one example's shape (default: the encoder's input).
       probe: optional online probe on ``stop_gradient(representation)`` of view 1.
@@ -224,8 +227,8 @@ class SiameseMethod(SSLMethod):
     def __init__(self, encoder, head=None, predictor="mlp", pred_hidden_dim=512, pred_bn=True,
                  ema=None, base_momentum=0.996, final_momentum=1.0, total_steps=1,
                  stop_gradient=True, directpred_rate=0.3, directpred_every=1,
-                 directpred_eps=0.01, sync_bn=False, input_shape=None, probe=None,
-                 norm_eps=1e-4, **kwargs):
+                 directpred_eps=0.01, pred_lr_mult=1.0, pred_fixed_lr=False, sync_bn=False,
+                 input_shape=None, probe=None, norm_eps=1e-4, **kwargs):
         super().__init__(**kwargs)
         if predictor not in PREDICTORS:
             raise ValueError(f"predictor: expected one of {', '.join(PREDICTORS)}, got "
@@ -265,6 +268,8 @@ class SiameseMethod(SSLMethod):
         self.stop_gradient = bool(stop_gradient) or self.ema
         self.norm_eps = norm_eps
         self.projection_dim = dim
+        self.pred_lr_mult = float(pred_lr_mult)
+        self.pred_fixed_lr = bool(pred_fixed_lr)
         self.attach_probe(probe)
 
     @classmethod
@@ -275,7 +280,8 @@ class SiameseMethod(SSLMethod):
         return cls(task.encoder, task.head, predictor=o.predictor,
                    pred_hidden_dim=o.pred_hidden_dim, pred_bn=o.pred_bn,
                    directpred_rate=o.directpred_rate, directpred_every=o.directpred_every,
-                   directpred_eps=o.directpred_eps,
+                   directpred_eps=o.directpred_eps, pred_lr_mult=o.pred_lr_mult,
+                   pred_fixed_lr=o.pred_fixed_lr,
                    total_steps=cfg.optim.epochs * task.steps_per_epoch,
                    sync_bn=cfg.run.sync_bn or distribute.use_sync_bn(),
                    input_shape=task.input_shape, probe=task.probe, norm_eps=task.norm_eps,
@@ -350,6 +356,16 @@ class SiameseMethod(SSLMethod):
 
     def frozen_variables(self):
         return [t for t, _ in self.online_pairs()]
+
+    def rate_group(self):
+        """The predictor's learning rate (:class:`~dualssl_tf.optim.rate_groups.RateGroup`):
+        its trainable variables, the multiplier and whether it is fixed; None without a
+        trained predictor (``none``, ``directpred``: the flags are ignored, as the options
+        of a switch that is off)."""
+        if self.predictor_kind != "mlp":
+            return None
+        return rate_groups.RateGroup(tuple(self.predictor.trainable_variables),
+                                     self.pred_lr_mult, self.pred_fixed_lr)
 
     def regularization_loss(self):
         """The online networks' regularisation only (the target's weights take no

@@ -114,6 +114,14 @@ class _PredictorOptions(Section):
                                    "(>= 1).")
     directpred_eps: float = option(0.01, "DirectPred: s_j = sqrt(p_j) / max sqrt(p) + eps "
                                    "(>= 0).")
+    pred_lr_mult: float = option(1.0, "The mlp predictor's learning rate = the rest's x this "
+                                 "(> 0; the relative predictor rate alpha_p of Tian, Chen & "
+                                 "Ganguli 2021's analysis). Needs --weight_decay=0 or "
+                                 "--weight_decay_mode=coupled (or lars).")
+    pred_fixed_lr: bool = option(False, "The mlp predictor's rate unscheduled: the base rate "
+                                 "(after --lr_scaling, x the multiplier) at every step, "
+                                 "warmup included (SimSiam's fix_lr, solo-learn's "
+                                 "static_lr).")
 
     def validate(self, cfg):
         p = self.prefix
@@ -126,6 +134,16 @@ class _PredictorOptions(Section):
                 f"must be >= 1 (steps), got {self.directpred_every}")
         require(self.directpred_eps >= 0, p + "directpred_eps",
                 f"must be >= 0, got {self.directpred_eps}")
+        require(self.pred_lr_mult > 0, p + "pred_lr_mult",
+                f"must be > 0, got {self.pred_lr_mult}")
+        o = cfg.optim
+        grouped = self.predictor == "mlp" and (self.pred_lr_mult != 1 or self.pred_fixed_lr)
+        if grouped and o.weight_decay and o.optimizer != "lars" and (
+                o.optimizer == "adamw" or o.weight_decay_mode == "decoupled"):
+            flag = p + ("pred_lr_mult" if self.pred_lr_mult != 1 else "pred_fixed_lr")
+            raise ConfigError(flag, f"Keras' decoupled weight decay runs at one rate for all "
+                              f"variables, so the predictor's rate cannot apply to it; set "
+                              f"--weight_decay_mode=coupled (sgd, adam) or --weight_decay=0")
 
 
 @dataclasses.dataclass

@@ -7,6 +7,7 @@ from keras import ops
 
 from dualssl_tf.optim.coupled_decay import CoupledAdam, CoupledSGD
 from dualssl_tf.optim.lars import DEFAULT_EXCLUDE, LARS
+from dualssl_tf.optim.rate_groups import grouped
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 WEIGHT_DECAY_MODES = ("decoupled", "coupled")
@@ -98,9 +99,20 @@ def learning_rate_schedule(learning_rate, batch_size=256, scaling="none",
     return lr
 
 
+def peak_rate(learning_rate):
+    """The unscheduled (base) rate of ``learning_rate``: the float itself, or a
+    :class:`WarmupCosineDecay`'s peak (after batch-size scaling, before warmup and decay:
+    SimSiam's ``init_lr``, solo-learn's ``static_lr``)."""
+    if isinstance(learning_rate, WarmupCosineDecay):
+        return learning_rate.base_learning_rate
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        raise ValueError(f"no base rate known for {type(learning_rate).__name__}")
+    return float(learning_rate)
+
+
 def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0,
                     exclude_from_decay=DEFAULT_EXCLUDE, eta=0.001,
-                    weight_decay_mode="decoupled"):
+                    weight_decay_mode="decoupled", group=None):
     """Keras optimizer by name.
 
     * ``sgd``: SGD with (heavy-ball) momentum;
@@ -126,6 +138,11 @@ def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0,
       momentum: for sgd and lars (ignored by adam/adamw).
       weight_decay: >= 0; 0 disables it.
       weight_decay_mode: one of :data:`WEIGHT_DECAY_MODES` (above).
+      group: optional :class:`~dualssl_tf.optim.rate_groups.RateGroup` (e.g. a method's
+        predictor): its variables take ``multiplier`` x the rate, with ``fixed`` the
+        :func:`peak_rate` at every step. None or a default group: the optimizer of the
+        same arguments without a group. Refused (ValueError) with decoupled weight decay
+        > 0, which Keras applies at one rate for all variables.
     Returns:
       a keras.optimizers.Optimizer.
     """
@@ -134,27 +151,30 @@ def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0,
                          f"{', '.join(WEIGHT_DECAY_MODES)}")
     exclude = list(exclude_from_decay or ())
     if name == "lars":
-        return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay, eta=eta,
-                    exclude_from_decay=exclude)
-    if weight_decay_mode == "coupled":
-        if name == "sgd":
-            return CoupledSGD(learning_rate, momentum=momentum, weight_decay=weight_decay,
-                              exclude_from_decay=exclude)
-        if name == "adam":
-            return CoupledAdam(learning_rate, weight_decay=weight_decay,
-                               exclude_from_decay=exclude)
-        if name == "adamw":
-            raise ValueError("weight_decay_mode='coupled': AdamW's decay is decoupled by "
-                             "definition; Adam with L2 in the gradient is optimizer='adam'")
-    if name == "sgd":
-        opt = keras.optimizers.SGD(learning_rate, momentum=momentum,
-                                   weight_decay=weight_decay or None)
+        cls, kwargs = LARS, dict(momentum=momentum, weight_decay=weight_decay, eta=eta,
+                                 exclude_from_decay=exclude)
+    elif weight_decay_mode == "coupled" and name in ("sgd", "adam"):
+        cls, kwargs = ((CoupledSGD, dict(momentum=momentum)) if name == "sgd"
+                       else (CoupledAdam, {}))
+        kwargs.update(weight_decay=weight_decay, exclude_from_decay=exclude)
+    elif weight_decay_mode == "coupled" and name == "adamw":
+        raise ValueError("weight_decay_mode='coupled': AdamW's decay is decoupled by "
+                         "definition; Adam with L2 in the gradient is optimizer='adam'")
+    elif name == "sgd":
+        cls, kwargs = keras.optimizers.SGD, dict(momentum=momentum,
+                                                 weight_decay=weight_decay or None)
     elif name == "adam":
-        opt = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
+        cls, kwargs = keras.optimizers.Adam, dict(weight_decay=weight_decay or None)
     elif name == "adamw":
-        opt = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        cls, kwargs = keras.optimizers.AdamW, dict(weight_decay=weight_decay)
     else:
         raise ValueError(f"optimizer={name!r}: allowed {', '.join(OPTIMIZERS)}")
-    if weight_decay and exclude:
+    if group is not None and not group.is_default:
+        return grouped(cls, group.variables, group.multiplier,
+                       peak_rate(learning_rate) if group.fixed else None,
+                       learning_rate=learning_rate, **kwargs)
+    opt = cls(learning_rate, **kwargs)
+    if weight_decay and exclude and cls in (keras.optimizers.SGD, keras.optimizers.Adam,
+                                            keras.optimizers.AdamW):
         opt.exclude_from_weight_decay(var_names=exclude)
     return opt

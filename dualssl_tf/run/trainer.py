@@ -105,7 +105,7 @@ def build_model(cfg, task):
         rep = task.encoder(tf.zeros([1, *task.input_shape]), training=False)
         task.probe.build(rep.shape)
     model = methods.build(cfg, task, gather_fn=distribute.cross_replica_candidates)
-    optimizer = build_optimizer(cfg, task.steps_per_epoch)
+    optimizer = build_optimizer(cfg, task.steps_per_epoch, model.rate_group())
     probe_optimizer = keras.optimizers.Adam(cfg.method.probe_learning_rate)
     if cfg.run.mixed_precision == "float16":  # dynamic loss scale
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -118,9 +118,10 @@ def build_model(cfg, task):
     return model
 
 
-def build_optimizer(cfg, steps_per_epoch=1):
+def build_optimizer(cfg, steps_per_epoch=1, group=None):
     """Keras optimizer named by ``--optimizer`` (sgd | adam | adamw | lars) with the run's
-    learning-rate scaling, warmup and schedule (:mod:`dualssl_tf.optim`)."""
+    learning-rate scaling, warmup and schedule (:mod:`dualssl_tf.optim`), and the method's
+    learning-rate ``group`` (:meth:`SSLMethod.rate_group`), if any."""
     o = cfg.optim
     lr = schedules.learning_rate_schedule(
         o.learning_rate, o.batch_size, o.lr_scaling, o.lr_schedule,
@@ -128,7 +129,7 @@ def build_optimizer(cfg, steps_per_epoch=1):
         warmup_steps=int(round(o.warmup_epochs * steps_per_epoch)))
     return schedules.build_optimizer(o.optimizer, lr, momentum=o.momentum,
                                      weight_decay=o.weight_decay, eta=o.lars_eta,
-                                     weight_decay_mode=o.weight_decay_mode)
+                                     weight_decay_mode=o.weight_decay_mode, group=group)
 
 
 def fit_callbacks(cfg, task, model, rundir, task_callbacks, found):

@@ -52,6 +52,9 @@ def test_published_configs(tool, tmp_path):
         "simsiam", 2048, 512)
     assert (m.optim.optimizer, m.optim.learning_rate, m.optim.momentum) == ("sgd", 0.5, 0.9)
     assert (m.optim.weight_decay, m.optim.weight_decay_mode) == (1e-5, "coupled")
+    # solo-learn's static_lr on SimSiam's predictor; its BYOL has no predictor multiplier.
+    assert (m.simsiam.pred_fixed_lr, m.simsiam.pred_lr_mult) == (True, 1.0)
+    assert (c.byol.pred_fixed_lr, c.byol.pred_lr_mult) == (False, 1.0)
     for name in ("byol", "simsiam"):
         g = config.validate(_load(tool, tmp_path,
                                   f"--flagfile=configs/generated_images_{name}.cfg"))
@@ -60,6 +63,13 @@ def test_published_configs(tool, tmp_path):
         # The same run as the contrastive CPU config, but the method.
         for attr in ("images", "generated", "optim"):
             assert getattr(g, attr) == getattr(ref, attr), attr
+    # The predictor at 10x the rate (README: 3 seeds each, every seed better).
+    assert config.validate(_load(tool, tmp_path,
+                                 "--flagfile=configs/generated_images_byol.cfg")
+                           ).byol.pred_lr_mult == 10.0
+    assert config.validate(_load(tool, tmp_path,
+                                 "--flagfile=configs/generated_images_simsiam.cfg")
+                           ).simsiam.pred_lr_mult == 10.0
 
 
 def test_the_hltm_config_takes_method_byol(tool, tmp_path):

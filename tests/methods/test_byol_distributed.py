@@ -1,6 +1,7 @@
 """Scale-out of BYOL and SimSiam: one update under MirroredStrategy on 2 and 4 logical CPU
 devices (SyncBN on) equals the single-device update on the global batch, target network,
-predictor and DirectPred's F included, and so do the logged metrics
+predictor and DirectPred's F included, also with the predictor's own learning rate (10x,
+fixed) under momentum and a schedule, and so do the logged metrics
 (tests/distribute_worker.py, one process per replica count: splitting the CPU must happen
 before TensorFlow starts)."""
 
@@ -17,7 +18,7 @@ WORKER = os.path.join(HERE, "distribute_worker.py")
 TOL = 1e-6
 MOVED = 1e-3
 LOG_TOL = 1e-5  # logged metrics: float32 sums in another order (tests/test_distribute.py)
-CASES = ("byol", "byol_directpred", "simsiam")
+CASES = ("byol", "byol_directpred", "simsiam", "simsiam_pred_lr")
 
 
 def _run(tmp_path, replicas):

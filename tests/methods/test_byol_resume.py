@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.tiny_runs import ckpt_tensors as _tensors, metrics_bytes as _metrics, train
+from tests.tiny_runs import (TINY_HLTM, ckpt_tensors as _tensors, metrics_bytes as _metrics,
+                              train)
 
 BYOL = dict(method="byol", byol_pred_hidden_dim=8, byol_base_momentum=0.9)
 
@@ -42,6 +43,28 @@ def test_byol_resume_is_bit_identical(tmp_path):
     online, target = model[:6], model[13:]
     assert all(o.shape == t.shape for o, t in zip(online, target))
     assert max(float(np.max(np.abs(o - t))) for o, t in zip(online, target)) > 1e-4
+
+
+def test_predictor_rate_resume_is_bit_identical(tmp_path):
+    """SimSiam with its predictor at 10x a fixed rate while a warmup + cosine schedules the
+    rest: the group is configuration (no state), so the run resumes bit for bit, and the
+    optimizer is the grouped SGD with the predictor's 6 trainable variables in the group."""
+    from dualssl_tf import tasks
+    from dualssl_tf.optim import rate_groups
+    from dualssl_tf.run import trainer
+    kw = dict(method="simsiam", simsiam_pred_hidden_dim=8, simsiam_pred_lr_mult=10.0,
+              simsiam_pred_fixed_lr=True, lr_schedule="cosine", warmup_epochs=1)
+    _check_resume(tmp_path, **kw)
+    cfg = TINY_HLTM.replace(model_dir=str(tmp_path / "x"), epochs=2, **kw)
+    task = tasks.build(cfg)
+    model = trainer.build_model(cfg, task)
+    opt = model.optimizer
+    assert isinstance(opt, rate_groups._RateGroup)
+    assert (opt.group_multiplier, opt.group_fixed_rate) == (10.0, 0.1)
+    model.build_optimizers()
+    in_group = [v for v, g in zip(model.method_variables, opt._in_group) if g]
+    assert [id(v) for v in in_group] == [id(v) for v in model.predictor.trainable_variables]
+    assert len(in_group) >= 4   # two Dense kernels, biases and/or BatchNorm's gamma, beta
 
 
 @pytest.mark.slow
