@@ -1,5 +1,7 @@
-"""The private Keras hooks this package relies on, all in dualssl_tf/run/distribute.py: these
-tests fail when a Keras upgrade stops calling them, or answering, the way the shim expects."""
+"""The private Keras hooks this package relies on: the shim in dualssl_tf/run/distribute.py,
+and ``Optimizer._get_variable_index`` of the optimizers in dualssl_tf/optim/ (Keras' own
+subclassing pattern). These tests fail when a Keras upgrade stops calling them, or
+answering, the way the package expects."""
 
 import inspect
 
@@ -96,3 +98,36 @@ def test_num_workers_from_the_public_cluster_resolver():
     assert distribute.num_workers(S()) == 3
     S.cluster_resolver = _Resolver({})
     assert distribute.num_workers(S()) == 1
+
+
+def test_optimizer_variable_index_still_matches():
+    """``Optimizer._get_variable_index``: the subclassing pattern of Keras' own optimizers
+    (SGD's and Adam's ``update_step`` index their slots with it), used by the optimizers
+    that keep per-variable decisions by index (optim/lars.py, optim/coupled_decay.py,
+    optim/rate_groups.py). It must give each built variable its position, also for the
+    per-replica component that ``update_step`` gets under a MirroredStrategy."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        variables = [keras.Variable(np.full((i + 1,), float(i)), name=f"v{i}")
+                     for i in range(3)]
+        opt = keras.optimizers.SGD(0.1)
+        opt.build(variables)
+    assert [opt._get_variable_index(v) for v in variables] == [0, 1, 2]
+    seen = []
+
+    class Spy(keras.optimizers.SGD):
+        def update_step(self, gradient, variable, learning_rate):
+            seen.append(self._get_variable_index(variable))
+            super().update_step(gradient, variable, learning_rate)
+
+    with strategy.scope():
+        spy = Spy(0.1)
+        spy.build(variables)
+
+    @tf.function
+    def step():
+        strategy.run(lambda: spy.apply_gradients(
+            [(tf.ones_like(v), v) for v in variables]))
+
+    step()
+    assert sorted(seen) == [0, 1, 2], seen
