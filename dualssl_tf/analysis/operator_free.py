@@ -17,7 +17,9 @@ The VJP side needs no centring: the c_i sum to zero, so the mean connection drop
 * ``apply_weights(shortcut=True)``: ``OP vec(W_l)`` with ``K^T vec(W_l) = f`` (reversibility),
   so ``c_i`` are the centred augmentation-averaged outputs and only the VJP pass is needed.
   Exact only for a network positively homogeneous of degree one in W_l (bias-free ReLU /
-  leaky ReLU / linear above and at layer l, no BatchNorm shift); :meth:`residue` measures it.
+  leaky ReLU / linear at and above layer l, no BatchNorm shift, no skip connection around
+  l); :meth:`residue` measures it. Whatever the network, the shortcut's vector is the
+  L_simp gradient (Theorem 3 without reversibility).
 * ``quadratic(u) = u^T OP u = 1/M sum_i ||c_i(u)||^2``: the JVP pass alone.
 * ``top_eigen``: power iteration (fixed seed); ``trace_estimate``: Hutchinson with Rademacher
   probes (fixed seed), each probe one JVP pass.
@@ -170,8 +172,12 @@ class MatrixFreeOperator:
         """OP vec(W_l), shape ``self.shape``.
 
         shortcut: use reversibility ``K^T vec(W_l) = f`` (c_i = fbar_i - fmean, VJP pass
-          only). Exact only where :meth:`residue` is 0 (bias-free ReLU network, whole kernel):
-          refused for a group (``index``), where Euler's identity does not hold group by group.
+          only). That computes ``S = 1/M sum_i Kbar_i (fbar_i - fmean)``, which for *any*
+          network is ``-grad E[L_simp]`` through the anchor tower (half of it through both
+          towers, docs/theory.md section 3); it equals OP vec(W_l) only where the network is
+          reversible at l (:meth:`residue` 0, or a residue constant across base points, such
+          as a last-layer bias). Refused for a group (``index``): Euler's identity holds for
+          a whole kernel, not group by group.
         """
         if not shortcut:
             return self.apply(self.weights())
