@@ -49,6 +49,7 @@ def test_products_equal_explicit_operator(mlp, x_aug, layer):
     assert rel(op.apply_weights(shortcut=True), w_op) < TOL64   # bias-free: reversible
     assert op.quadratic(u) == pytest.approx(u.ravel() @ explicit.apply(u.ravel()), rel=TOL64)
     assert op.residue() < 1e-14
+    assert op.theorem3_alignment()["cosine"] == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("layer", ["dense_0", "dense_2"])
@@ -141,6 +142,13 @@ def test_residue_with_biases_equals_explicit(x_aug):
     grad, _, _ = theorems.expected_loss_gradient(model, "hidden", x_aug, losses.simple_loss,
                                                  towers="all")
     assert rel(-grad, 2.0 * shortcut) < TOL64
+    # Theorem 3's alignment at this layer, against the explicit operator and the gradient.
+    align = op.theorem3_alignment()
+    expected_cos = (-grad @ w_op) / (np.linalg.norm(grad) * np.linalg.norm(w_op))
+    assert align["cosine"] == pytest.approx(expected_cos, rel=TOL64)
+    assert expected_cos < 0.999
+    assert align["op_w_norm"] == pytest.approx(np.linalg.norm(w_op), rel=TOL64)
+    assert align["simp_grad_norm"] == pytest.approx(np.linalg.norm(grad) / 2, rel=TOL64)
 
 
 def bias_free_conv_net():

@@ -20,6 +20,7 @@ The VJP side needs no centring: the c_i sum to zero, so the mean connection drop
   leaky ReLU / linear at and above layer l, no BatchNorm shift, no skip connection around
   l); :meth:`residue` measures it. Whatever the network, the shortcut's vector is the
   L_simp gradient (Theorem 3 without reversibility).
+* ``theorem3_alignment()``: ``cos(S_l, OP_l vec(W_l))``, 1 where Theorem 3 holds exactly.
 * ``quadratic(u) = u^T OP u = 1/M sum_i ||c_i(u)||^2``: the JVP pass alone.
 * ``top_eigen``: power iteration (fixed seed); ``trace_estimate``: Hutchinson with Rademacher
   probes (fixed seed), each probe one JVP pass.
@@ -185,6 +186,23 @@ class MatrixFreeOperator:
             raise ValueError("shortcut: reversibility holds for a whole kernel, not for group "
                              f"{self.index}; use shortcut=False")
         return self._vjp_mean(self._centre(self.averaged_outputs()))
+
+    def theorem3_alignment(self):
+        """How well Theorem 3 holds at this layer: ``cos(S_l, OP_l vec(W_l))``.
+
+        ``S_l`` is the shortcut vector (``-grad E[L_simp]`` up to the factor of the towers) and
+        ``OP_l vec(W_l)`` the general product: 1 when the network is reversible at l. One JVP
+        pass and two VJP passes.
+
+        Returns:
+          dict of floats: ``cosine``, ``op_w_norm`` (``||OP vec W||``), ``simp_grad_norm``
+          (``||S_l||``, the anchor-tower gradient norm of E[L_simp]).
+        """
+        op_w = self.apply_weights()
+        grad = self.apply_weights(shortcut=True)
+        a, b = float(tf.norm(op_w)), float(tf.norm(grad))
+        cos = float(tf.reduce_sum(op_w * grad)) / max(a * b, 1e-300)
+        return {"cosine": cos, "op_w_norm": a, "simp_grad_norm": b}
 
     def quadratic(self, u):
         """u^T OP u = 1/M sum_i ||c_i(u)||^2 (JVP pass only). Python float."""
