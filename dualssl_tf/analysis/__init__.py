@@ -3,6 +3,8 @@ never imported by training code (the trainer imports ``callback`` when --analysi
 
 connections   K_l(x)^T = d f_L / d vec(W_l), vectorised; reversibility residual
 covariance    low-rank OP_l = V[Kbar_l] and the xi-weighted Theorem-4 operator
+operator_free OP_l u and OP_l vec(W_l) for any encoder by JVP/VJP (no connections formed);
+              power-iteration top eigenvalue, Hutchinson trace, reversibility residue
 theorems      float64 checks of Theorems 1-4 on enumerated augmentations
 selectivity   lucky nodes (Theorem 5) of the HLTM tree network
 translation   1-D translation toy: trained filters vs OP's eigenvectors at init

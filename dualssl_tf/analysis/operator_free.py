@@ -1,0 +1,277 @@
+"""Matrix-free products with the covariance operator OP_l of any Keras encoder (docs/theory.md
+section 3, "Matrix-free products").
+
+With M base points ``x0_i``, each with A augmentations ``x_{i,a}`` (``x_aug`` [M, A, ...]),
+and the package's convention ``K_l(x)^T = d f_L(x) / d vec(W_l)`` ([n_L, P])::
+
+    c_i(u) = 1/A sum_a K_l(x_{i,a})^T u  -  1/M sum_j 1/A sum_a K_l(x_{j,a})^T u   [n_L]
+    OP u   = 1/M sum_i Kbar_i c_i(u)  =  1/M sum_i 1/A sum_a K_l(x_{i,a}) c_i(u)     [P]
+
+the same operator as :class:`analysis.covariance.CovarianceOperator`, which forms the
+connections. Here ``K^T u`` is a Jacobian-vector product (forward mode,
+``tf.autodiff.ForwardAccumulator`` with tangent u on W_l) and ``K c`` a vector-Jacobian product
+(one backward pass of ``<f(x), c>``); the connections (P x n_L per point) are never formed.
+The VJP side needs no centring: the c_i sum to zero, so the mean connection drops out.
+
+* ``apply(u)``: one JVP pass and one VJP pass over the sample, for any direction u.
+* ``apply_weights(shortcut=True)``: ``OP vec(W_l)`` with ``K^T vec(W_l) = f`` (reversibility),
+  so ``c_i`` are the centred augmentation-averaged outputs and only the VJP pass is needed.
+  Exact only for a network positively homogeneous of degree one in W_l (bias-free ReLU /
+  leaky ReLU / linear at and above layer l, no BatchNorm shift, no skip connection around
+  l); :meth:`residue` measures it. Whatever the network, the shortcut's vector is the
+  L_simp gradient (Theorem 3 without reversibility).
+* ``theorem3_alignment()``: ``cos(S_l, OP_l vec(W_l))``, 1 where Theorem 3 holds exactly.
+* ``quadratic(u) = u^T OP u = 1/M sum_i ||c_i(u)||^2``: the JVP pass alone.
+* ``top_eigen``: power iteration (fixed seed); ``trace_estimate``: Hutchinson with Rademacher
+  probes (fixed seed), each probe one JVP pass.
+
+Memory: the sample stays a device tensor and is processed ``chunk_size`` base points (times A
+augmentations) at a time; besides one chunk's activations only [M, n_L] coefficients and one
+weight-shaped accumulator are alive. The model runs in its own dtype; sums across chunks and
+the estimators' vector algebra run in ``dtype`` (default the variable's; ``"float64"`` for a
+float32 model sums in float64).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from dualssl_tf.analysis import connections
+
+
+class MatrixFreeOperator:
+    """OP_l of one Dense/Conv kernel (or one group of it) on a fixed sample, matrix-free.
+
+    Args:
+      model: a built Keras model (any encoder; BatchNorm, biases, GELU allowed: the products
+        are always the exact covariance of the Jacobians, only the reversible shortcut and the
+        reading of OP vec(W) as the gradient need the bias-free ReLU form).
+      layer: layer name, Layer or variable (see :func:`connections.resolve_variable`).
+      x_aug: [M, A, ...] inputs, A augmentations of M >= 2 base points.
+      output_fn: ``x [B, ...] -> f_L [B, ...]``; default ``model(x, training=False)``
+        (inference BatchNorm, so chunks are independent). Trailing axes flatten to n_L.
+      index: optional group index into W_l's first axis (``P = W_l[index].size``).
+      chunk_size: base points per pass (``chunk_size * A`` examples per forward).
+      dtype: accumulation dtype; default the variable's.
+
+    Raises:
+      ValueError naming ``x_aug``, ``M``, ``index`` or ``chunk_size``.
+
+    Example:
+      >>> op = MatrixFreeOperator(encoder, "layer2_0_conv1", x_aug, chunk_size=16)
+      >>> g = op.apply_weights()                    # OP vec(W), shape of the kernel
+      >>> value, vector = op.top_eigen(iterations=50)
+      >>> op.residue()                              # ||f - K^T vec W|| / ||f||
+    """
+
+    def __init__(self, model, layer, x_aug, output_fn=None, index=None, chunk_size=64,
+                 dtype=None):
+        self.model = model
+        self.variable = connections.resolve_variable(model, layer)
+        self._var = connections._tf_var(self.variable)
+        shape = tuple(self._var.shape)
+        if index is not None:
+            if not shape or not 0 <= int(index) < shape[0]:
+                raise ValueError(f"index: {index} is out of range for a weight of shape {shape}")
+            index = int(index)
+            shape = shape[1:]
+        self.index = index
+        #: shape of u and of OP u (W_l or W_l[index]).
+        self.shape = shape
+        self.num_params = int(np.prod(shape))
+        self.x_aug = tf.convert_to_tensor(x_aug)
+        if self.x_aug.shape.rank is None or self.x_aug.shape.rank < 2:
+            raise ValueError(f"x_aug: expected [M, A, ...], got shape {self.x_aug.shape}")
+        self.num_points, self.num_aug = int(self.x_aug.shape[0]), int(self.x_aug.shape[1])
+        if self.num_points < 2:
+            raise ValueError("M: need at least 2 base points to estimate a covariance, got "
+                             f"{self.num_points}")
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+        self.chunk_size = int(chunk_size)
+        self.dtype = tf.as_dtype(dtype or self._var.dtype)
+        self.output_fn = output_fn or (lambda x: model(x, training=False))
+        self._fbar = None
+        var, fn, a = self._var, self.output_fn, self.num_aug
+
+        def outputs(x):
+            """x [c, A, ...] -> f [c, A, n_L]."""
+            flat = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
+            return tf.reshape(fn(flat), [tf.shape(x)[0], a, -1])
+
+        def jvp(x, tangent):
+            """-> (f, K^T tangent) [c, A, n_L] each; tangent has W_l's full shape."""
+            with tf.autodiff.ForwardAccumulator(var, tangent) as acc:
+                f = outputs(x)
+            return f, acc.jvp(f, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        def vjp(x, coeff):
+            """-> sum_{i,a} K(x_{i,a}) coeff_i / A, W_l's full shape; coeff [c, n_L]."""
+            with tf.GradientTape() as tape:
+                f = outputs(x)
+                total = tf.reduce_sum(f * coeff[:, None, :]) / a
+            return tape.gradient(total, var, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        key = (id(var), output_fn, a)
+        self._outputs = connections._traced(model, ("opfree_f",) + key, outputs,
+                                            f"opfree_outputs_{var.name}")
+        self._jvp = connections._traced(model, ("opfree_jvp",) + key, jvp,
+                                        f"opfree_jvp_{var.name}")
+        self._vjp = connections._traced(model, ("opfree_vjp",) + key, vjp,
+                                        f"opfree_vjp_{var.name}")
+
+    # ------------------------------------------------------------------ passes
+    def _chunks(self):
+        for s in range(0, self.num_points, self.chunk_size):
+            yield self.x_aug[s:s + self.chunk_size]
+
+    def _full_tangent(self, u):
+        """u (shape ``self.shape``) -> a tangent of W_l's full shape, in its dtype."""
+        u = tf.cast(tf.reshape(tf.convert_to_tensor(u), self.shape), self._var.dtype)
+        if self.index is None:
+            return u
+        return tf.tensor_scatter_nd_update(tf.zeros_like(self._var), [[self.index]], u[None])
+
+    def _pick(self, grad):
+        return grad if self.index is None else grad[self.index]
+
+    @staticmethod
+    def _centre(d):
+        return d - tf.reduce_mean(d, axis=0, keepdims=True)
+
+    def averaged_outputs(self):
+        """fbar_i = 1/A sum_a f(x_{i,a}), [M, n_L] in ``dtype`` (computed once)."""
+        if self._fbar is None:
+            self._fbar = tf.concat([tf.reduce_mean(tf.cast(self._outputs(x), self.dtype), 1)
+                                    for x in self._chunks()], 0)
+        return self._fbar
+
+    def _coefficients(self, u):
+        """c_i(u): the centred, augmentation-averaged JVPs [M, n_L] (one forward-mode pass)."""
+        tangent = self._full_tangent(u)
+        d = tf.concat([tf.reduce_mean(tf.cast(self._jvp(x, tangent)[1], self.dtype), 1)
+                       for x in self._chunks()], 0)
+        return self._centre(d)
+
+    def _vjp_mean(self, coeff):
+        """1/M sum_i 1/A sum_a K(x_{i,a}) c_i, shape ``self.shape`` (one backward pass)."""
+        total = None
+        coeff = tf.cast(coeff, self._var.dtype)
+        for s, x in zip(range(0, self.num_points, self.chunk_size), self._chunks()):
+            g = tf.cast(self._pick(self._vjp(x, coeff[s:s + self.chunk_size])), self.dtype)
+            total = g if total is None else total + g
+        return total / self.num_points
+
+    # ------------------------------------------------------------------ products
+    def apply(self, u):
+        """OP u for any direction u (shape ``self.shape`` or flat [P]) -> ``self.shape``.
+
+        One JVP pass (forward mode) and one VJP pass (backward) over the M x A sample.
+        """
+        return self._vjp_mean(self._coefficients(u))
+
+    def apply_weights(self, shortcut=False):
+        """OP vec(W_l), shape ``self.shape``.
+
+        shortcut: use reversibility ``K^T vec(W_l) = f`` (c_i = fbar_i - fmean, VJP pass
+          only). That computes ``S = 1/M sum_i Kbar_i (fbar_i - fmean)``, which for *any*
+          network is ``-grad E[L_simp]`` through the anchor tower (half of it through both
+          towers, docs/theory.md section 3); it equals OP vec(W_l) only where the network is
+          reversible at l (:meth:`residue` 0, or a residue constant across base points, such
+          as a last-layer bias). Refused for a group (``index``): Euler's identity holds for
+          a whole kernel, not group by group.
+        """
+        if not shortcut:
+            return self.apply(self.weights())
+        if self.index is not None:
+            raise ValueError("shortcut: reversibility holds for a whole kernel, not for group "
+                             f"{self.index}; use shortcut=False")
+        return self._vjp_mean(self._centre(self.averaged_outputs()))
+
+    def theorem3_alignment(self):
+        """How well Theorem 3 holds at this layer: ``cos(S_l, OP_l vec(W_l))``.
+
+        ``S_l`` is the shortcut vector (``-grad E[L_simp]`` up to the factor of the towers) and
+        ``OP_l vec(W_l)`` the general product: 1 when the network is reversible at l. One JVP
+        pass and two VJP passes.
+
+        Returns:
+          dict of floats: ``cosine``, ``op_w_norm`` (``||OP vec W||``), ``simp_grad_norm``
+          (``||S_l||``, the anchor-tower gradient norm of E[L_simp]).
+        """
+        op_w = self.apply_weights()
+        grad = self.apply_weights(shortcut=True)
+        a, b = float(tf.norm(op_w)), float(tf.norm(grad))
+        cos = float(tf.reduce_sum(op_w * grad)) / max(a * b, 1e-300)
+        return {"cosine": cos, "op_w_norm": a, "simp_grad_norm": b}
+
+    def quadratic(self, u):
+        """u^T OP u = 1/M sum_i ||c_i(u)||^2 (JVP pass only). Python float."""
+        c = self._coefficients(u)
+        return float(tf.reduce_sum(tf.square(c)) / self.num_points)
+
+    def weights(self):
+        """W_l (or W_l[index]) in ``dtype``, shape ``self.shape``."""
+        return tf.cast(self._pick(tf.convert_to_tensor(self._var)), self.dtype)
+
+    def residue(self):
+        """``||f - K_l^T vec(W_l)|| / ||f||`` over every example of the sample (whole kernel).
+
+        0 (to rounding) when the output is positively homogeneous of degree one in W_l
+        (bias-free ReLU / leaky ReLU / linear at and above l); biases, BatchNorm's shift and
+        moving mean, GELU make it positive. Python float.
+        """
+        tangent = tf.convert_to_tensor(self._var)
+        num = den = 0.0
+        for x in self._chunks():
+            f, kw = self._jvp(x, tangent)
+            f, kw = tf.cast(f, self.dtype), tf.cast(kw, self.dtype)
+            num += float(tf.reduce_sum(tf.square(f - kw)))
+            den += float(tf.reduce_sum(tf.square(f)))
+        return float(np.sqrt(num) / max(np.sqrt(den), 1e-300))
+
+    # ------------------------------------------------------------------ estimators
+    def top_eigen(self, iterations=100, tol=1e-10, seed=0):
+        """Top eigenpair by power iteration (OP is PSD, so it converges to lambda_max).
+
+        Starts from a Gaussian vector drawn with ``seed``; stops after ``iterations`` products
+        or when the Rayleigh quotient changes by less than ``tol`` relative. The Rayleigh
+        quotient's error shrinks like ``(lambda_2 / lambda_1)^(2k)`` after k products.
+
+        Returns:
+          (value: float, vector: unit tensor of shape ``self.shape``, products: int).
+        """
+        v = tf.constant(np.random.default_rng(seed).standard_normal(self.shape), self.dtype)
+        v = v / tf.norm(v)
+        value, k = 0.0, 0
+        for k in range(1, int(iterations) + 1):
+            w = self.apply(v)
+            new = float(tf.reduce_sum(v * w))
+            norm = tf.norm(w)
+            if float(norm) == 0.0:
+                return 0.0, v, k
+            v = w / norm
+            if abs(new - value) <= tol * abs(new):
+                value = new
+                break
+            value = new
+        return value, v, k
+
+    def trace_estimate(self, probes=16, seed=0):
+        """Hutchinson's estimate of tr OP with Rademacher probes z (``E[z^T OP z] = tr OP``).
+
+        Each probe is one JVP pass (``z^T OP z = 1/M sum_i ||c_i(z)||^2``).
+
+        Returns:
+          (estimate, standard_error): floats; the standard error is the probes' sample
+          standard deviation / sqrt(probes) (0 for a single probe).
+        """
+        if int(probes) < 1:
+            raise ValueError(f"probes: must be >= 1, got {probes}")
+        rng = np.random.default_rng(seed)
+        values = []
+        for _ in range(int(probes)):
+            z = tf.constant(rng.integers(0, 2, size=self.shape) * 2.0 - 1.0, self.dtype)
+            values.append(self.quadratic(z))
+        values = np.asarray(values)
+        err = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0
+        return float(values.mean()), float(err)
