@@ -195,26 +195,14 @@ def import_tensorflow(show_log=None):
         import tensorflow as tf
         tf.config.list_physical_devices()
         return tf
-    import tempfile
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(2)
+    from dualssl_tf.stderr_capture import fd2_captured
+    captured = None
     try:
-        with tempfile.TemporaryFile() as capture:
-            os.dup2(capture.fileno(), 2)
-            try:
-                import tensorflow as tf
-                tf.config.list_physical_devices()
-            except Exception:  # a broken installation; a signal is the tool's one line
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-                capture.seek(0)
-                sys.stderr.write(capture.read().decode("utf-8", "replace"))
-                sys.stderr.flush()
-                raise
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
+        with fd2_captured() as captured:
+            import tensorflow as tf
+            tf.config.list_physical_devices()
+    except Exception:  # a broken installation; a signal is the tool's one line
+        sys.stderr.write(captured.text.decode("utf-8", "replace") if captured else "")
+        sys.stderr.flush()
+        raise
     return tf

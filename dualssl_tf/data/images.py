@@ -31,7 +31,6 @@ import functools
 import os
 import re
 import sys
-import tempfile
 from typing import Any, Callable, Optional
 
 import tensorflow as tf
@@ -40,6 +39,7 @@ from absl import logging
 from dualssl_tf.config import ConfigError
 from dualssl_tf.data import augment, holdout
 from dualssl_tf.data.generated_images import GeneratedImages
+from dualssl_tf.stderr_capture import fd2_captured
 
 UNLABELLED = -1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -353,25 +353,16 @@ def _decoder_log_captured():
     if _tf_log_shown():
         yield
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(2)
+    captured = None
     try:
-        with tempfile.TemporaryFile() as capture:
-            os.dup2(capture.fileno(), 2)
-            try:
-                yield
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-                capture.seek(0)
-                rest = [l for l in capture.read().splitlines(keepends=True)
-                        if not (_TF_LOG_LINE.match(l) or _LIBJPEG_LINE.match(l))]
-                if rest:
-                    sys.stderr.write(b"".join(rest).decode("utf-8", "replace"))
-                    sys.stderr.flush()
+        with fd2_captured() as captured:
+            yield
     finally:
-        os.close(saved)
+        rest = [l for l in (captured.text if captured else b"").splitlines(keepends=True)
+                if not (_TF_LOG_LINE.match(l) or _LIBJPEG_LINE.match(l))]
+        if rest:
+            sys.stderr.write(b"".join(rest).decode("utf-8", "replace"))
+            sys.stderr.flush()
 
 
 def _readable(paths):
