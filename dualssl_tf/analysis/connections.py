@@ -81,6 +81,19 @@ def resolve_variable(model, layer):
     return kernel
 
 
+def group_shape(variable, index):
+    """``(index, shape)`` of the weight a connection is taken for: the whole ``variable``
+    (index None) or its group ``variable[index]`` (a grouped kernel's leading axis).
+
+    Raises ValueError naming ``index`` when it is out of range."""
+    shape = tuple(variable.shape)
+    if index is None:
+        return None, shape
+    if not shape or not 0 <= int(index) < shape[0]:
+        raise ValueError(f"index: {index} is out of range for a weight of shape {shape}")
+    return int(index), shape[1:]
+
+
 def _tf_var(variable):
     """The underlying tf.Variable (keras.Variable wraps one as ``.value``)."""
     return variable.value if isinstance(variable, keras.Variable) else variable
@@ -145,12 +158,7 @@ class Connection:
     def __init__(self, model, layer, output_fn=None, index=None, chunk_size=512):
         self.model = model
         self.variable = resolve_variable(model, layer)
-        shape = tuple(self.variable.shape)
-        if index is not None:
-            if not shape or not 0 <= int(index) < shape[0]:
-                raise ValueError(f"index: {index} is out of range for a weight of shape {shape}")
-            index = int(index)
-            shape = shape[1:]
+        index, shape = group_shape(self.variable, index)
         self.index = index
         self.num_params = int(np.prod(shape))
         self.chunk_size = int(chunk_size)

@@ -68,12 +68,7 @@ class MatrixFreeOperator:
         self.model = model
         self.variable = connections.resolve_variable(model, layer)
         self._var = connections._tf_var(self.variable)
-        shape = tuple(self._var.shape)
-        if index is not None:
-            if not shape or not 0 <= int(index) < shape[0]:
-                raise ValueError(f"index: {index} is out of range for a weight of shape {shape}")
-            index = int(index)
-            shape = shape[1:]
+        index, shape = connections.group_shape(self._var, index)
         self.index = index
         #: shape of u and of OP u (W_l or W_l[index]).
         self.shape = shape
