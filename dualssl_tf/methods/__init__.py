@@ -71,6 +71,13 @@ def unused_option(cfg):
     return found[0] if found else None
 
 
+def build_head(cfg, rep_dim, head_spec, sync_bn):
+    """The projector of ``cfg.method.method`` (its ``SSLMethod.build_head``) on a
+    representation of ``rep_dim``: a keras.Model ``[B, rep_dim] -> [B, D]`` or None. A task
+    calls it right after making its encoder and stores the result as ``Task.head``."""
+    return spec(cfg.method.method).model_class().build_head(cfg, rep_dim, head_spec, sync_bn)
+
+
 def build(cfg, task, gather_fn=None):
     """The method selected by ``cfg.method.method``, built on ``task``'s networks (with the
     task's ``device_views``, if any: views made in the step, --augment_on=device)."""

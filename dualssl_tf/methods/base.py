@@ -38,6 +38,7 @@ with the rest (:mod:`dualssl_tf.run.rundir`).
 import keras
 import tensorflow as tf
 
+from dualssl_tf.models import heads
 from dualssl_tf.run import distribute
 
 
@@ -137,6 +138,21 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
         if isinstance(x, dict):
             return self.forward(self.make_views(x), training=training)
         return self.embed(x, training=training)
+
+    @classmethod
+    def build_head(cls, cfg, rep_dim, head_spec, sync_bn):
+        """The method's projector ``[B, rep_dim] -> [B, D]`` (a keras.Model), or None for
+        none (identity); the task stores it as ``Task.head`` and ``from_options`` passes it
+        on. The default is the task's ``head_spec`` (``--proj_*`` on the images task;
+        None on the head-less toy tasks), as SimCLR, BYOL and SimSiam use; a method with
+        its own projector (e.g. Barlow Twins' 3 x 8192) overrides this, reading its own
+        options from ``cfg``. Called inside the strategy scope; ``sync_bn``: cross-replica
+        BatchNorm."""
+        if head_spec is None:
+            return None
+        return heads.projection_head(rep_dim, head_spec.hidden_dim, head_spec.out_dim,
+                                     head_spec.layers, sync_bn,
+                                     batch_norm=head_spec.batch_norm)
 
     def after_apply(self, outputs):
         """Runs after each optimizer step on every replica (e.g. a moving-average target);

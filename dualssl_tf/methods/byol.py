@@ -1,7 +1,8 @@
 """Non-contrastive dual networks: BYOL, SimSiam, and DirectPred's closed-form predictor.
 
-No negatives: the online network (encoder, projector = the task's head, predictor) predicts
-a target projection of the other view, and the loss is a cosine between the two
+No negatives: the online network (encoder, projector = ``build_head``'s, by default the
+task's ``--proj_*`` head, predictor) predicts a target projection of the other view, and
+the loss is a cosine between the two
 (:func:`dualssl_tf.losses.byol_loss`, :func:`dualssl_tf.losses.simsiam_loss`), summed over
 both view orders. What keeps the representation from collapsing is the subject of the
 paper's conference version (BatchNorm, the predictor, the moving-average target) and of its

@@ -22,7 +22,12 @@ class Task:
     steps_per_epoch: steps in one epoch.
     encoder: keras.Model ``x -> representation [B, R]`` (built).
     input_shape: shape of one example (no batch dim).
-    head: optional keras.Model ``representation -> projection [B, D]``.
+    head: optional keras.Model ``representation -> projection [B, D]``: the method's
+      projector, made by the method's hook (``methods.build_head``, i.e.
+      ``SSLMethod.build_head``) from ``head_spec``; the task calls it right after making
+      the encoder, because creation order fixes the initial values (Keras draws each
+      initializer's seed when the layer is made) and the checkpoint's variable order.
+      None: no projector (the toy tasks' head-less networks).
     probe: optional online linear probe on the representation (batches carry labels).
     callbacks: the task's Keras callbacks (``initial_logs()`` ones add to epoch 0).
     metadata: JSON-able facts saved with the run (run.json, the model card).
@@ -30,6 +35,8 @@ class Task:
     per_replica_data: False when ``make_data`` has no per-replica form; several replicas
       then split its global batches.
     norm_eps: epsilon of the embedding normalisation ``f / (||f|| + eps)``.
+    head_spec: the task's default projector (:class:`HeadSpec`, e.g. from ``--proj_*``),
+      which a method's ``build_head`` takes or overrides; None on head-less tasks.
     device_views: optional ``(images, step, replica_id) -> (view1, view2)`` when
       ``make_data``'s batches carry un-augmented ``image`` [b, H, W, C] instead of the
       views (``--augment_on=device``): the method makes the views at the start of its
@@ -50,6 +57,18 @@ class Task:
     per_replica_data: bool = True
     norm_eps: float = 1e-4
     device_views: Optional[Callable] = None
+    head_spec: Optional["HeadSpec"] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """A projection MLP ``[B, R] -> [B, out_dim]`` (``models.heads.projection_head``):
+    ``layers - 1`` blocks Dense(hidden_dim)-BN-ReLU (BN only with ``batch_norm``), then
+    Dense(out_dim); ``layers == 0``: no projector (identity)."""
+    hidden_dim: int
+    out_dim: int
+    layers: int
+    batch_norm: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

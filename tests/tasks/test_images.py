@@ -7,10 +7,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from dualssl_tf import methods
+from dualssl_tf.models import heads
 from dualssl_tf.run import trainer
 from dualssl_tf.config import ConfigError, TrainConfig
 from dualssl_tf.methods.contrastive import ContrastiveMethod
 from dualssl_tf.tasks import build, eval_data
+from dualssl_tf.tasks.base import HeadSpec
 from tests.data import tiny_tfds
 
 
@@ -49,6 +52,32 @@ def test_generated_task_parts(tmp_path):
         assert ds.element_spec["view1"].shape == (8, 16, 16, 3)
         streams.append(next(iter(ds))["view1"].numpy())
     assert np.abs(streams[0] - streams[1]).max() > 0.1
+
+
+def test_the_method_builds_the_projector(tmp_path, monkeypatch):
+    """The task gives --proj_* as head_spec; the method's build_head makes Task.head (by
+    default exactly that head), and the method trains that same network."""
+    cfg = _cfg(tmp_path, steps_per_epoch=0, proj_layers=3, proj_bn=False)
+    exp = build(cfg)
+    assert exp.head_spec == HeadSpec(16, 8, 3, batch_norm=False)
+    assert [(layer.name, tuple(layer.kernel.shape)) for layer in exp.head.layers
+            if hasattr(layer, "kernel")] == [("dense1", (32, 16)), ("dense2", (16, 16)),
+                                             ("dense3", (16, 8))]
+    assert not any("bn" in layer.name for layer in exp.head.layers)
+
+    seen = []
+
+    def own_projector(cls, cfg_, rep_dim, head_spec, sync_bn):   # e.g. Barlow's 3 x 8192
+        seen.append((cls.__name__, rep_dim, head_spec, sync_bn))
+        return heads.projection_head(rep_dim, 24, 12, 2, sync_bn, name="own")
+
+    monkeypatch.setattr(ContrastiveMethod, "build_head", classmethod(own_projector))
+    exp = build(cfg)
+    assert seen == [("ContrastiveMethod", 32, exp.head_spec, False)]
+    assert exp.head.name == "own" and exp.head.output_shape == (None, 12)
+    model = methods.build(cfg, exp)
+    assert model.head is exp.head
+    assert model(tf.zeros([2, 16, 16, 3])).shape == (2, 12)
 
 
 @pytest.mark.slow

@@ -1,17 +1,17 @@
 """The image task (docs/theory.md section 6): SimCLR views of tfds data sets, image
-folders or the generated shapes, a ResNet encoder, a projection head and an online probe."""
+folders or the generated shapes, a ResNet encoder, the method's projector and an online probe."""
 
 import functools
 import json
 import os
 
-from dualssl_tf import runfiles
+from dualssl_tf import methods, runfiles
 from dualssl_tf.data import images
 from dualssl_tf.data.generated_images import GeneratedImages
 from dualssl_tf.models import heads, resnet, stems
 from dualssl_tf.options import ConfigError
 from dualssl_tf.run import callbacks, distribute
-from dualssl_tf.tasks.base import Task
+from dualssl_tf.tasks.base import HeadSpec, Task
 from dualssl_tf.tasks.images import image_size as configured_image_size, view_settings
 
 # Images of a fixed batch for the embedding-spread (collapse) monitor.
@@ -167,8 +167,10 @@ def build(cfg, start_step=0):
     encoder = resnet.resnet(ENCODER_DEPTH[cfg.data.encoder], image_size=size, stem=o.stem,
                             width_multiplier=o.width_multiplier, sync_bn=sync_bn)
     rep_dim = encoder.output_shape[-1]
-    head = heads.projection_head(rep_dim, o.proj_hidden_dim, o.proj_dim, o.proj_layers,
-                                 sync_bn, batch_norm=o.proj_bn)
+    head_spec = HeadSpec(o.proj_hidden_dim, o.proj_dim, o.proj_layers, batch_norm=o.proj_bn)
+    # The method's projector, made here, between the encoder and the probe: that order fixes
+    # every network's initial values and the checkpoint's variable order.
+    head = methods.build_head(cfg, rep_dim, head_spec, sync_bn)
     num_classes = probe_train.num_classes
     probe = None
     if cfg.method.probe and num_classes > 0 and pretrain.num_classes > 0:
@@ -194,6 +196,7 @@ def build(cfg, start_step=0):
         encoder=encoder,
         input_shape=(size, size, 3),
         head=head,
+        head_spec=head_spec,
         probe=probe,
         callbacks=cbs,
         device_views=views,
