@@ -432,6 +432,7 @@ def write_outputs(table, command, wall_now):
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     cells_s = sum(r["wall_s"] for r in table)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     summary = {"command": command, "seeds": list(range(1, FLAGS.seeds + 1)),
                "machine": machine(), "generated": now, "knn_k": list(KNN_K),
                "cells_wall_s": cells_s, "rows": table}
@@ -445,7 +446,8 @@ def write_outputs(table, command, wall_now):
         f"- Seeds: {', '.join(map(str, summary['seeds']))} (train.py's `--seed`; on "
         "generated shapes it also draws the data set, so each seed is other data and the "
         "baselines are measured per seed too).",
-        f"- Machine: {summary['machine']}.",
+        f"- Machine: {summary['machine']}; load average {load:.1f} when this file was "
+        "written (wall times grow with other jobs on the CPU).",
         f"- Wall time: {cells_s / 60:.1f} min of cells (training + probes, over every "
         f"invocation that ran them; {wall_now / 60:.1f} min in the invocation that wrote "
         "this file).",
@@ -455,7 +457,8 @@ def write_outputs(table, command, wall_now):
         "clipped to the train split). Numbers are test-split top-1, mean ± sd over seeds.",
         "- Baselines on the same split: the random encoder is the first method's config "
         "exported at `--epochs=0`; raw pixels (scaled to [0, 1]) and their PCA (fit on the "
-        "train split) go through the same `linear_probe` / `knn_probe`.",
+        "train split) go through the same `linear_probe` / `knn_probe` (one cell per "
+        "seed: each of the two rows shows half its time).",
         "",
         "| data set | method | epochs | linear top-1 | kNN top-1 (k=20) | kNN top-1 (k=200) "
         "| seeds | wall time (all seeds) |",
