@@ -541,7 +541,11 @@ def main(argv):
     check_flags()
     start = time.time()
     command = "python benchmarks/results.py " + " ".join(shlex.quote(a) for a in COMMAND)
-    results = run_cells(plan())
+    try:
+        results = run_cells(plan())
+    except KeyboardInterrupt:  # the tool in flight got the Ctrl-C too and stopped safely
+        cli.interrupted(TOOL, "interrupted; finished cells are kept -- run the same "
+                        "command to go on", 130)
     written = write_outputs(rows(results, FLAGS.datasets, FLAGS.methods), command.strip(),
                             time.time() - start)
     print("Written: " + ", ".join(written))

@@ -61,6 +61,17 @@ def test_bad_flags_exit_2_with_one_line_before_writing(tmp_path, args, text):
         assert ("not built yet" if torch else "torch is not installed") in lines[0]
 
 
+def test_a_flag_train_py_refuses_is_its_one_line_and_exit_2(tmp_path):
+    work = tmp_path / "work"
+    proc = _run(["--methods=simclr", "--seeds=1", "--extra_flags=--generated_classes=9",
+                 f"--work_dir={work}", f"--out={tmp_path / 'docs' / 'results.md'}"])
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("results.py: error: random seed 1: "), lines
+    assert lines[0].endswith("train.py: error: --generated_classes: must be in [2, 6], got 9")
+    assert not work.exists() and not (tmp_path / "docs").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_grid(tmp_path_factory):
     """One invocation of the harness on the tiny grid, then the same command again."""
