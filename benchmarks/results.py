@@ -316,8 +316,8 @@ def plan():
 
 def run_cells(cells):
     """Runs the cells without a result file, printing ``[i/n] method seed s ...``; returns
-    every cell's result."""
-    results = []
+    every cell's result and how many were run now."""
+    results, ran = [], 0
     for i, (dataset, name, seed, path) in enumerate(cells, 1):
         label = f"[{i}/{len(cells)}] {name} seed {seed} ({dataset})"
         if os.path.exists(path):
@@ -344,8 +344,9 @@ def run_cells(cells):
             wall = result["train_s"] + result["eval_s"]
         write_json(path, result)
         results.append(result)
+        ran += 1
         print(f"{label}: {line} ({wall:.0f} s)", flush=True)
-    return results
+    return results, ran
 
 
 # -- table, JSON, figures -------------------------------------------------------------------
@@ -425,7 +426,7 @@ def machine():
             f"Python {platform.python_version()}, TensorFlow {tf_version}")
 
 
-def write_outputs(table, command, wall_now):
+def write_outputs(table, command, wall_now, ran, table_cells):
     out = FLAGS.out
     stem = os.path.splitext(out)[0]
     base = os.path.basename(stem)
@@ -448,9 +449,9 @@ def write_outputs(table, command, wall_now):
         "baselines are measured per seed too).",
         f"- Machine: {summary['machine']}; load average {load:.1f} when this file was "
         "written (wall times grow with other jobs on the CPU).",
-        f"- Wall time: {cells_s / 60:.1f} min of cells (training + probes, over every "
-        f"invocation that ran them; {wall_now / 60:.1f} min in the invocation that wrote "
-        "this file).",
+        f"- Wall time: {cells_s / 60:.1f} min, the sum over the cells (training + probes) "
+        f"of the invocations that ran them; the one that wrote this file ran {ran} of "
+        f"{len(table_cells)} cells in {wall_now / 60:.1f} min.",
         "- Probes: `tools/linear_eval.py --method=linear,knn --knn_k=20,200` on each run's "
         "export (linear: softmax regression to its optimum on standardised frozen "
         "features, L2 chosen on held-out train data; kNN: cosine, temperature 0.07, k "
@@ -542,12 +543,13 @@ def main(argv):
     start = time.time()
     command = "python benchmarks/results.py " + " ".join(shlex.quote(a) for a in COMMAND)
     try:
-        results = run_cells(plan())
+        cells = plan()
+        results, ran = run_cells(cells)
     except KeyboardInterrupt:  # the tool in flight got the Ctrl-C too and stopped safely
         cli.interrupted(TOOL, "interrupted; finished cells are kept -- run the same "
                         "command to go on", 130)
     written = write_outputs(rows(results, FLAGS.datasets, FLAGS.methods), command.strip(),
-                            time.time() - start)
+                            time.time() - start, ran, cells)
     print("Written: " + ", ".join(written))
 
 

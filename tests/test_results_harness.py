@@ -142,6 +142,8 @@ def test_second_invocation_runs_nothing(tiny_grid):
         "[2/2] pixels seed 1 (generated_images): done before"]
     assert {p: p.stat().st_mtime_ns for p in tiny_grid["cells"]} == tiny_grid["stamps"]
     assert len(tiny_grid["cells"]) == 2
+    md = (tiny_grid["tmp"] / "docs" / "results.md").read_text()
+    assert "the one that wrote this file ran 0 of 2 cells" in md
 
 
 def test_rows_mean_and_sample_sd_over_seeds():
