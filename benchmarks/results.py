@@ -73,7 +73,7 @@ def define_flags():
     replaced, as tools/train.py does: tests load several tools into one interpreter)."""
     for name in ("datasets", "methods", "seeds", "epochs", "data_dir", "holdout_fraction",
                  "extra_flags", "baselines", "pca_dim", "work_dir", "out", "reference",
-                 "verbose"):
+                 "verbose", "note"):
         if name in flags.FLAGS:
             delattr(flags.FLAGS, name)
     flags.DEFINE_list("datasets", ["generated_images"],
@@ -98,6 +98,8 @@ def define_flags():
     flags.DEFINE_string("reference", "", "torch: the PyTorch reference beside ours (not built "
                         "yet).")
     flags.DEFINE_bool("verbose", False, "Show the tools' own output.")
+    flags.DEFINE_string("note", "", "A sentence written into the generated page (e.g. what "
+                        "else ran on the machine).")
 
 
 FLAGS = flags.FLAGS
@@ -245,7 +247,7 @@ def run_model_cell(dataset, method, seed, result_path):
             "model_dir": model_dir, "train_command": show(train_cmd),
             "eval_command": show(eval_cmd), "train_s": train_s, "eval_s": eval_s,
             **probe_numbers(evaluated["linear"], evaluated["knn"]),
-            "curve": read_curve(model_dir)}
+            "curve": read_curve(model_dir), "load_avg": load_average()}
 
 
 def pca(train_x, test_x, dim):
@@ -286,7 +288,13 @@ def run_pixel_cell(dataset, seed, card_dir, pca_dim):
         out[name] = probe_numbers(linear.linear_probe(a, ytr, b, yte, c),
                                   knn.knn_probe(a, ytr, b, yte, c, k=list(KNN_K)))
     out["wall_s"] = time.time() - start
+    out["load_avg"] = load_average()
     return out
+
+
+def load_average():
+    """The 1-minute load average at a cell's end (how busy the shared CPU was), or None."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def write_json(path, obj):
@@ -426,14 +434,13 @@ def machine():
             f"Python {platform.python_version()}, TensorFlow {tf_version}")
 
 
-def write_outputs(table, command, wall_now, ran, table_cells):
+def write_outputs(table, command, wall_now, ran, table_cells, loads=()):
     out = FLAGS.out
     stem = os.path.splitext(out)[0]
     base = os.path.basename(stem)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     cells_s = sum(r["wall_s"] for r in table)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     summary = {"command": command, "seeds": list(range(1, FLAGS.seeds + 1)),
                "machine": machine(), "generated": now, "knn_k": list(KNN_K),
                "cells_wall_s": cells_s, "rows": table}
@@ -447,8 +454,9 @@ def write_outputs(table, command, wall_now, ran, table_cells):
         f"- Seeds: {', '.join(map(str, summary['seeds']))} (train.py's `--seed`; on "
         "generated shapes it also draws the data set, so each seed is other data and the "
         "baselines are measured per seed too).",
-        f"- Machine: {summary['machine']}; load average {load:.1f} when this file was "
-        "written (wall times grow with other jobs on the CPU).",
+        f"- Machine: {summary['machine']}" + (
+            f"; 1-minute load average {min(loads):.1f}-{max(loads):.1f} at the cells' ends "
+            "(other jobs on the CPU make wall times longer)." if loads else "."),
         f"- Wall time: {cells_s / 60:.1f} min, the sum over the cells (training + probes) "
         f"of the invocations that ran them; the one that wrote this file ran {ran} of "
         f"{len(table_cells)} cells in {wall_now / 60:.1f} min.",
@@ -460,6 +468,7 @@ def write_outputs(table, command, wall_now, ran, table_cells):
         "exported at `--epochs=0`; raw pixels (scaled to [0, 1]) and their PCA (fit on the "
         "train split) go through the same `linear_probe` / `knn_probe` (one cell per "
         "seed: each of the two rows shows half its time).",
+        *([f"- Note: {FLAGS.note}"] if FLAGS.note else []),
         "",
         "| data set | method | epochs | linear top-1 | kNN top-1 (k=20) | kNN top-1 (k=200) "
         "| seeds | wall time (all seeds) |",
@@ -549,7 +558,8 @@ def main(argv):
         cli.interrupted(TOOL, "interrupted; finished cells are kept -- run the same "
                         "command to go on", 130)
     written = write_outputs(rows(results, FLAGS.datasets, FLAGS.methods), command.strip(),
-                            time.time() - start, ran, cells)
+                            time.time() - start, ran, cells,
+                            [r["load_avg"] for r in results if r.get("load_avg") is not None])
     print("Written: " + ", ".join(written))
 
 

@@ -144,6 +144,7 @@ def test_second_invocation_runs_nothing(tiny_grid):
     assert len(tiny_grid["cells"]) == 2
     md = (tiny_grid["tmp"] / "docs" / "results.md").read_text()
     assert "the one that wrote this file ran 0 of 2 cells" in md
+    assert "1-minute load average" in md  # recorded by each cell when it ran
 
 
 def test_rows_mean_and_sample_sd_over_seeds():
