@@ -183,3 +183,30 @@ def test_pca_projects_on_the_top_principal_axes():
     np.testing.assert_allclose(np.linalg.norm(full_te, axis=1),
                                np.linalg.norm(test - train.mean(0), axis=1), rtol=1e-12)
     np.testing.assert_allclose(full_te[:, :3], pte, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_two_seeds_with_the_random_encoder(tmp_path):
+    """Two seeds and every baseline: the sd is over the seeds' linear_eval.json numbers, and
+    the random encoder is the first method's config exported untrained (--epochs=0: only
+    the initial metrics line)."""
+    proc = _run(["--methods=byol", "--seeds=2", "--epochs=1", "--pca_dim=8", TINY,
+                 f"--work_dir={tmp_path / 'work'}", f"--out={tmp_path / 'results.md'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[6/6] pixels seed 2 (generated_images) ..." in proc.stdout
+    rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert list(rows) == ["byol", "random", "pixels", "pca"]
+    (folder,) = (tmp_path / "work").iterdir()
+    for method, cell in (("byol", "byol_e1"), ("random", "random_e0")):
+        values = [json.loads((folder / f"{cell}_s{s}" / "linear_eval.json").read_text())
+                  ["linear"]["top1"] for s in (1, 2)]
+        assert rows[method]["linear"]["values"] == values
+        assert rows[method]["linear"]["sd"] == pytest.approx(np.std(values, ddof=1),
+                                                             rel=1e-12)
+    random_dir = folder / "random_e0_s1"
+    card = json.loads((random_dir / "saved_model" / "model_card.json").read_text())
+    # The first method's config (byol here), untrained.
+    assert card["flags"]["epochs"] == 0 and card["flags"]["method"] == "byol"
+    assert [json.loads(l)["epoch"] for l in
+            (random_dir / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert rows["random"]["epochs"] == 0 and "curves" in rows["random"]
