@@ -392,6 +392,34 @@ def from_flag_strings(values, unknown="ignore", source="flags.txt"):
     return TrainConfig(**typed)
 
 
+def unrecorded_changes_note(cfg):
+    """A one-line note on flags that a local ``--model_dir``'s flags.txt does not record
+    (it predates them) and that ``cfg`` sets off their defaults, or "" when there are none.
+
+    The run so far was made before such a flag existed, i.e. as with its default (a new
+    flag's default keeps the old behaviour); resuming it with another value changes the
+    run from here on (e.g. an old ``configs/byol_stl10.cfg`` run resumed with today's
+    config, which sets ``--weight_decay_mode=coupled``), which
+    :func:`check_resume_compatible` cannot see. A URL or a fresh ``--model_dir`` gives "".
+    """
+    path = os.path.join(cfg.run.model_dir, "flags.txt")
+    if "://" in cfg.run.model_dir or not os.path.isfile(path):
+        return ""
+    try:
+        recorded = read_flagfile(path)
+    except (OSError, UnicodeDecodeError):
+        return ""   # check_resume_compatible reports an unreadable flags.txt
+    defaults = {name: field.default for name, _, field in flag_fields()}
+    changed = [(name, value, defaults[name]) for name, value in cfg.flags().items()
+               if name not in recorded and name not in RESUMABLE_FLAGS
+               and value != defaults[name]]
+    if not changed:
+        return ""
+    return (f"note: {path} predates " + ", ".join(f"--{f}" for f, _, _ in changed)
+            + "; the run so far used " + ", ".join(f"--{f}={_format(d)}" for f, _, d in changed)
+            + ", resumed with " + ", ".join(f"--{f}={_format(v)}" for f, v, _ in changed))
+
+
 def check_resume_compatible(cfg, read_text=None, exists=None):
     """Refuses a --model_dir holding a run made with other (non-resumable) flags.
 

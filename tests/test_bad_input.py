@@ -293,6 +293,25 @@ def test_flagfile_from_an_older_version_compares_only_known_flags(tmp_path):
     assert config.validate(cfg) is cfg
 
 
+def test_a_flag_newer_than_the_run_set_off_its_default_is_named_in_a_note(tmp_path):
+    """A run whose flags.txt predates --weight_decay_mode (issue 20) ran with its default;
+    resuming it with another value is allowed (nothing recorded to compare) but named."""
+    _fixtures(tmp_path)
+    prev = tmp_path / "prev"
+    lines = (prev / "flags.txt").read_text().splitlines()
+    (prev / "flags.txt").write_text("\n".join(l for l in lines
+                                              if not l.startswith("--weight_decay_mode=")) + "\n")
+    same = dict(dataset="hltm", hltm_depth=3, hltm_hid=4, batch_size=16,
+                hltm_samples_per_epoch=64, hltm_eval_samples=128, model_dir=str(prev))
+    assert config.unrecorded_changes_note(config.TrainConfig(**same)) == ""
+    cfg = config.TrainConfig(**same, weight_decay_mode="coupled")
+    assert config.validate(cfg) is cfg
+    assert config.unrecorded_changes_note(cfg) == (
+        f"note: {prev / 'flags.txt'} predates --weight_decay_mode; the run so far used "
+        "--weight_decay_mode=decoupled, resumed with --weight_decay_mode=coupled")
+    assert config.unrecorded_changes_note(cfg.replace(model_dir=str(tmp_path / "new"))) == ""
+
+
 # -- the other tools (issue 13, part 7): one line naming the flag or file, exit 2, nothing
 # written. Cases marked pre-import fail before TensorFlow loads (fast); the others need a
 # TensorFlow import in the subprocess and are slow on a loaded CPU.

@@ -115,6 +115,9 @@ def main(argv):
     cfg, note = drop_other_methods_options(config_from_flags(), _COMMAND_LINE)
     if note:
         print(note, flush=True)
+    note = config.unrecorded_changes_note(cfg)   # a resumed run's new flags, off default
+    if note:
+        print(note, flush=True)
     with interrupt.SignalCatcher():  # Ctrl-C / SIGTERM: one line, exit 130 / 143
         try:
             result = _train(cfg)

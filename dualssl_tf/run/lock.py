@@ -258,7 +258,8 @@ class RunLock:
         other_host = holder and holder.get("host") != socket.gethostname()
         gone = (f"; if that run is gone, delete {self.path}" if other_host or self.remote
                 else "")
-        return (f"{self.model_dir} is in use by another training run ({describe(holder, self.path)})"
+        return (f"{self.model_dir} is in use by another training run "
+                f"({describe(holder, self.path)})"
                 f"; wait for it to end or pass another --model_dir{gone}")
 
     def acquire(self):
