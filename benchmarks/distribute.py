@@ -114,7 +114,8 @@ def xla_rows(steps):
     from dualssl_tf.models.tree_net import TreeNet
 
     nets = {"HLTM TreeNet (L=5, hid 10), B=128, nce, H=1": (
-        lambda: TreeNet(5, 2, 10), HLTM(5, 2, 0.8, seed=1).dataset(128, 1, seed=1, steps_per_epoch=500), "nce")}
+        lambda: TreeNet(5, 2, 10),
+        HLTM(5, 2, 0.8, seed=1).dataset(128, 1, seed=1, steps_per_epoch=500), "nce")}
     try:
         from dualssl_tf.models import resnet
         img = tf.data.Dataset.from_tensors({

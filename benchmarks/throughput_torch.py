@@ -4,7 +4,8 @@
 
 Run by throughput.py in a subprocess (same process tree, same thread count) with --serve,
 which times one block per request so that throughput.py interleaves them with its rows;
-alone it prints one JSON line (best of --repeats blocks). The step is the one throughput.py times on the TensorFlow side: ResNet-18/50 with
+alone it prints one JSON line (best of --repeats blocks). The step is the one throughput.py times
+on the TensorFlow side: ResNet-18/50 with
 the same stem (cifar: 3x3/1, no max-pool; imagenet: 7x7/2 + max-pool) and width, the
 projection head Linear(R, 512, no bias)-BN-ReLU-Linear(512, 128), NT-Xent (tau 0.5) over
 the 2B views of the batch, SGD momentum 0.9, plus the online linear probe (a BatchNorm

@@ -11,7 +11,8 @@ def pearson_per_unit(z, acts):
       z: [n, g] latent values (any numeric dtype).
       acts: [n, g, h] unit activations (pre-activations in the paper).
     Returns:
-      [g, h] float64 correlations (XLA-compiled: one fused pass over the sample); a constant unit or latent gives 0, not NaN (a unit
+      [g, h] float64 correlations (XLA-compiled: one fused pass over the sample); a constant unit
+      or latent gives 0, not NaN (a unit
       whose std is below 1e-6 of its largest |value| counts as constant).
     """
     z = tf.cast(z, tf.float64)

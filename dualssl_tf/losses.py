@@ -139,9 +139,9 @@ def info_nce_loss(r_pos, r_neg, temperature, beta=0.0):
 def exact_cov_loss(r_pos, r_neg, temperature, beta=0.0):
     """Exact-covariance surrogate L_cov = (1 + beta) w+ r+ - sum_k w_k r_k-.
 
-    ``w_k = stopgrad(sigmoid(-r_k-/tau) / (tau H))`` and ``w+ = sum_k w_k`` (docs/theory.md section 2):
-    the covariance-operator part of InfoNCE with the augmentation residue dropped. ``beta``
-    unbalances the positive term (generalised loss).
+    ``w_k = stopgrad(sigmoid(-r_k-/tau) / (tau H))`` and ``w+ = sum_k w_k``
+    (docs/theory.md section 2): the covariance-operator part of InfoNCE with the augmentation
+    residue dropped. ``beta`` unbalances the positive term (generalised loss).
     r_pos: [B], r_neg: [B, H] -> [B].
     """
     r_pos, r_neg = _f32(r_pos), _f32(r_neg)

@@ -100,9 +100,10 @@ def build(case, gather_fn=None):
     layers += [keras.layers.ReLU(), keras.layers.Dense(OUT_DIM)]
     encoder = keras.Sequential(layers)
     probe = keras.layers.Dense(CLASSES, name="probe") if case.get("probe") else None
-    model = ContrastiveMethod(encoder, None, loss=case["loss"], temperature=case.get("temperature", 0.5),
-                      margin=case.get("margin", 0.0), beta=case.get("beta", 0.0),
-                      gather_fn=gather_fn, probe=probe)
+    model = ContrastiveMethod(encoder, None, loss=case["loss"],
+                              temperature=case.get("temperature", 0.5),
+                              margin=case.get("margin", 0.0), beta=case.get("beta", 0.0),
+                              gather_fn=gather_fn, probe=probe)
     if probe is not None:
         probe.build((None, OUT_DIM))
     if case.get("weight_decay_mode") == "coupled":
@@ -318,7 +319,6 @@ def split_devices(replicas):
 def equality(replicas, out_path, names="", model_dir=""):
     """One process per replica count: two MirroredStrategy objects over different device
     sets in one process collide on collective group keys."""
-    import tensorflow as tf
     replicas = int(replicas)
     split_devices(replicas)
     from dualssl_tf.run import distribute
@@ -354,7 +354,6 @@ def equality(replicas, out_path, names="", model_dir=""):
 
 def siamese(replicas, out_path):
     """BYOL / DirectPred / SimSiam: SIAMESE_STEPS SGD steps on R replicas vs one device."""
-    import tensorflow as tf
     split_devices(replicas)
     from dualssl_tf.run import distribute
 
@@ -396,7 +395,6 @@ def train(out_path):
 def images(replicas, model_dir, out_path):
     """trainer.run on generated images (tiny ResNet + head with SyncBN, online probe) on
     ``replicas`` logical CPU devices; writes the final logs and flags."""
-    import tensorflow as tf
     split_devices(replicas)
     from dualssl_tf import config
     from dualssl_tf.run import trainer

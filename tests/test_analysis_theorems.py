@@ -197,7 +197,8 @@ def test_theorem4_cov_exact(mlp, data, towers):
                                   towers=towers)
     assert res["rel_error"] < 1e-10
     assert res["xi_spread"] == 0.0
-    # exact_cov_loss's weights are the sigma(-r/tau)/tau of docs/theory.md sections 2-3 (to rounding), and
+    # exact_cov_loss's weights are the sigma(-r/tau)/tau of docs/theory.md sections 2-3 (to
+    # rounding), and
     # they are far from uniform, so this is not Theorem 3 in disguise.
     assert res["xi_formula_error"] < 1e-12
     assert res["xi"].max() / res["xi"].min() > 1.2

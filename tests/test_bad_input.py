@@ -15,7 +15,6 @@ import types
 import pytest
 from absl import flags
 
-import dualssl_tf
 from dualssl_tf import config
 from tests import train_tool
 
@@ -34,7 +33,8 @@ CASES = [
     ("unknown_flag", ["--no_such_flag=1"], "--no_such_flag"),
     ("unknown_bool_style_flag", ["--noverbose_training"], "verbose_training"),
     ("missing_flagfile", ["--flagfile={tmp}/missing.cfg"], "missing.cfg"),
-    ("unknown_flag_in_flagfile", ["--flagfile={tmp}/unknown.cfg"], "--bogus_flag: unknown flag in flagfile"),
+    ("unknown_flag_in_flagfile", ["--flagfile={tmp}/unknown.cfg"],
+     "--bogus_flag: unknown flag in flagfile"),
     ("bad_type_in_flagfile", ["--flagfile={tmp}/badtype.cfg"], "--hltm_depth=deep"),
     ("nested_missing_flagfile", ["--flagfile={tmp}/nested.cfg"], "gone.cfg"),
     ("int_not_a_number", ["--batch_size=abc"], "--batch_size"),
@@ -139,7 +139,8 @@ CASES = [
     ("unknown_predictor", ["--method=byol", "--byol_predictor=deep"],
      "--byol_predictor: got 'deep'; allowed: mlp, none, directpred"),
     ("directpred_rate_1", ["--method=byol", "--byol_predictor=directpred",
-                           "--byol_directpred_rate=1"], "--byol_directpred_rate: must be in [0, 1)"),
+                           "--byol_directpred_rate=1"],
+     "--byol_directpred_rate: must be in [0, 1)"),
     ("directpred_every_0", ["--method=simsiam", "--simsiam_directpred_every=0"],
      "--simsiam_directpred_every: must be >= 1"),
     # The model dir.

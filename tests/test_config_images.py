@@ -1,6 +1,5 @@
 """config.validate checks of the image flags (TensorFlow-free)."""
 
-import dataclasses
 
 import pytest
 
@@ -95,5 +94,6 @@ def test_every_field_has_a_flag_help():
     tool.define_flags()
     from absl import flags
     missing = [name for name, _, field in config.flag_fields()
-               if len(field.metadata["help"]) < 10 or flags.FLAGS[name].help != field.metadata["help"]]
+               if len(field.metadata["help"]) < 10
+               or flags.FLAGS[name].help != field.metadata["help"]]
     assert missing == []

@@ -33,14 +33,16 @@ def _load(tool, name, tmp_path):
 
 def test_paper_settings(tool, tmp_path):
     stl = _load(tool, "stl10", tmp_path)
-    assert (stl.data.dataset, stl.images.image_size, stl.images.stem, stl.data.encoder) == ("stl10", 96, "cifar",
-                                                                    "resnet18")
-    assert (stl.contrastive.loss, stl.contrastive.temperature, stl.optim.batch_size) == ("ntxent", 0.5, 128)
+    assert (stl.data.dataset, stl.images.image_size, stl.images.stem,
+            stl.data.encoder) == ("stl10", 96, "cifar", "resnet18")
+    assert (stl.contrastive.loss, stl.contrastive.temperature,
+            stl.optim.batch_size) == ("ntxent", 0.5, 128)
     assert stl.images.color_jitter_strength == 1.0 and stl.images.blur
-    assert (stl.images.proj_hidden_dim, stl.images.proj_dim, stl.images.proj_layers) == (512, 128, 2)
+    assert (stl.images.proj_hidden_dim, stl.images.proj_dim,
+            stl.images.proj_layers) == (512, 128, 2)
     c10 = _load(tool, "cifar10", tmp_path)
-    assert (c10.data.dataset, c10.images.image_size, c10.images.color_jitter_strength, c10.images.blur) == (
-        "cifar10", 32, 0.5, False)
+    assert (c10.data.dataset, c10.images.image_size, c10.images.color_jitter_strength,
+            c10.images.blur) == ("cifar10", 32, 0.5, False)
     c100 = _load(tool, "cifar100", tmp_path)
     assert c100.data.dataset == "cifar100" and c100.images.color_jitter_strength == 0.5
     assert c100.run.model_dir.endswith("cifar100")
@@ -48,8 +50,8 @@ def test_paper_settings(tool, tmp_path):
 
 def test_theorem4_run(tool, tmp_path):
     cov = _load(tool, "stl10_cov", tmp_path)
-    assert (cov.contrastive.loss, cov.optim.optimizer, cov.optim.learning_rate, cov.optim.weight_decay, cov.optim.epochs) == (
-        "cov", "adam", 0.001, 0.0, 500)
+    assert (cov.contrastive.loss, cov.optim.optimizer, cov.optim.learning_rate,
+            cov.optim.weight_decay, cov.optim.epochs) == ("cov", "adam", 0.001, 0.0, 500)
     assert cov.data.dataset == "stl10" and cov.images.blur
 
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from dualssl_tf import correlation
 from dualssl_tf.data.hltm import HLTM

@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from dualssl_tf.run import interrupt as run_interrupt
 

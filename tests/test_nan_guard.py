@@ -5,7 +5,6 @@ so it is finite) multiplies the weights to ~1e29; at step 2 the depth-3 tree net
 pre-activations overflow float32 and the normalised embedding becomes inf/inf = NaN.
 """
 
-import dataclasses
 import json
 import os
 

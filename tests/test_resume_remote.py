@@ -12,7 +12,6 @@ place, and the resumed run wrote them again (a zig-zag in TensorBoard). After a 
 """
 
 import collections
-import dataclasses
 import json
 import os
 import uuid

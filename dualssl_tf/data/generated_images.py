@@ -18,7 +18,8 @@ plus per-pixel Gaussian noise (std ``noise``). Each example has its own factors 
 un-augmented image, used for probing). The two views of a training pair are renderings of
 the same class with z' moved from z'_i towards an independent draw by ``view_jitter``
 (0 = the example's own factors, 1 = fully resampled), so "augmentation" keeps z0 and
-changes z' (the generative view ``x = g(z0, z')`` of docs/theory.md section 3). The interpolation is done on the
+changes z' (the generative view ``x = g(z0, z')`` of docs/theory.md section 3). The interpolation
+is done on the
 uniforms behind z', so every view stays in the ranges above. Everything is a stateless
 function of (seed, index), so any stream is reproducible from any position.
 """

@@ -1,4 +1,4 @@
-"""Hierarchical latent tree model (HLTM) of Tian et al. (2020), Section 6 (docs/theory.md section 4).
+"""Hierarchical latent tree model (HLTM) of Tian et al. (2020), Section 6 (theory.md sec. 4).
 
 Binary latents ``z_mu`` on a tree of depth L with ``c`` children per node: the root sits at
 depth L, the observed leaves at depth 0, so depth d holds ``c**(L - d)`` nodes. Each edge

@@ -141,9 +141,9 @@ class _PredictorOptions(Section):
         if grouped and o.weight_decay and o.optimizer != "lars" and (
                 o.optimizer == "adamw" or o.weight_decay_mode == "decoupled"):
             flag = p + ("pred_lr_mult" if self.pred_lr_mult != 1 else "pred_fixed_lr")
-            raise ConfigError(flag, f"Keras' decoupled weight decay runs at one rate for all "
-                              f"variables, so the predictor's rate cannot apply to it; set "
-                              f"--weight_decay_mode=coupled (sgd, adam) or --weight_decay=0")
+            raise ConfigError(flag, "Keras' decoupled weight decay runs at one rate for all "
+                              "variables, so the predictor's rate cannot apply to it; set "
+                              "--weight_decay_mode=coupled (sgd, adam) or --weight_decay=0")
 
 
 @dataclasses.dataclass

@@ -14,7 +14,8 @@ initialisation as torchvision; BatchNorm uses momentum 0.9 and epsilon 1e-5 (tor
 0.1 / 1e-5) and becomes cross-replica (``synchronized=True``) with ``sync_bn``. BatchNorm
 is :class:`~dualssl_tf.models.batchnorm.FusedBatchNormalization` (a
 ``keras.layers.BatchNormalization`` run as one fused kernel, same variables and results):
-Keras' own element-wise version costs ~10% of a CPU train step. Variables have paths ``<layer>/{kernel,gamma,beta}`` so optimizers can
+Keras' own element-wise version costs ~10% of a CPU train step. Variables have paths
+``<layer>/{kernel,gamma,beta}`` so optimizers can
 exclude BatchNorm parameters by path (see :mod:`dualssl_tf.optim.lars`).
 """
 

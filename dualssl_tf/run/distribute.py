@@ -27,7 +27,8 @@ terms plus every replica's use of ``z_r`` as a negative), and its variable gradi
 (``keras/src/backend/tensorflow/optimizer.py: _all_reduce_sum_gradients``), which gives
 ``sum_r dL/dz_r * dz_r/dtheta = dL/dtheta``: the single-device gradient. Weight decay is
 decoupled (applied once to the mirrored variable) and regularisation losses are divided by
-the replica count (``SSLMethod.regularization_loss``), so both also match. ``all_reduce`` (synchronised BatchNorm,
+the replica count (``SSLMethod.regularization_loss``), so both also match. ``all_reduce``
+(synchronised BatchNorm,
 :func:`cross_replica_mean`) has the same SUM-of-gradients rule, so those match too.
 """
 
@@ -68,7 +69,8 @@ def cross_replica_candidates(z1, z2):
       z1, z2: [N, D] this replica's embeddings of view 1 and view 2.
     Returns:
       ``(z1_all [R*N, D], z2_all [R*N, D], offset)``: both views of all R replicas in
-      replica order (float32; with several replicas z1, z2 are returned as float32 too), and ``offset = replica_id * N``, the row of this replica's first pair
+      replica order (float32; with several replicas z1, z2 are returned as float32 too), and
+      ``offset = replica_id * N``, the row of this replica's first pair
       in the global batch (the layout :func:`dualssl_tf.losses.in_batch_distances` expects).
       With one replica it returns ``(z1, z2, 0)``.
 
@@ -262,7 +264,8 @@ def distributed_dataset(strategy, global_batch_size, make_data):
       strategy: the tf.distribute strategy.
       global_batch_size: pairs per step over all replicas (``--batch_size``).
       make_data: ``(per_replica_batch_size, input_context) -> tf.data.Dataset`` of
-        endless per-replica batch dicts (the :class:`~dualssl_tf.tasks.Task` contract). It must draw a different stream per ``input_context.input_pipeline_id``
+        endless per-replica batch dicts (the :class:`~dualssl_tf.tasks.Task` contract). It must
+        draw a different stream per ``input_context.input_pipeline_id``
         (see :func:`replica_seed`); the replicas of one host take consecutive batches.
     Returns:
       A ``tf.distribute.DistributedDataset`` for ``Model.fit``.

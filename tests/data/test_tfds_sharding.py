@@ -45,7 +45,8 @@ def _labels(source):
 
 @pytest.mark.parametrize("pipelines, counts", [(2, [18, 18]), (3, [18, 9, 9])])
 def test_hosts_read_disjoint_files_covering_the_split(data_dir, pipelines, counts, caplog):
-    caplog.set_level(logging.INFO, logger="absl")  # an earlier SavedModel export leaves it at WARNING
+    # an earlier SavedModel export leaves it at WARNING
+    caplog.set_level(logging.INFO, logger="absl")
     hosts = [_host(data_dir, pipelines, i) for i in range(pipelines)]
     got = [_labels(h) for h in hosts]
     # num_examples (from the file instructions) is what each host really yields:
@@ -65,7 +66,8 @@ def test_hosts_read_disjoint_files_covering_the_split(data_dir, pipelines, count
 
 
 def test_more_pipelines_than_files_shards_by_element(data_dir, caplog):
-    caplog.set_level(logging.INFO, logger="absl")  # an earlier SavedModel export leaves it at WARNING
+    # an earlier SavedModel export leaves it at WARNING
+    caplog.set_level(logging.INFO, logger="absl")
     hosts = [_host(data_dir, 5, i) for i in range(5)]
     got = [_labels(h) for h in hosts]
     assert [h.num_examples for h in hosts] == [8, 7, 7, 7, 7] == [len(g) for g in got]
@@ -104,7 +106,8 @@ def test_file_sharded_stream_is_deterministic_and_resumes(data_dir):
 
 
 def test_mocked_data_without_files_shards_by_element(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="absl")  # an earlier SavedModel export leaves it at WARNING
+    # an earlier SavedModel export leaves it at WARNING
+    caplog.set_level(logging.INFO, logger="absl")
     with tfds.testing.mock_data(num_examples=7):
         whole = images.tfds_source("cifar10", "train", str(tmp_path))
         hosts = [images.pipeline_source(whole, _ctx(2, i)) for i in range(2)]

@@ -11,7 +11,6 @@ but mounting one needs privileges a test cannot count on.
 """
 
 import errno
-import os
 
 import pytest
 import tensorflow as tf
@@ -20,7 +19,7 @@ from dualssl_tf import runfiles
 from dualssl_tf.run import rundir as run_rundir
 from dualssl_tf.run.rundir import RunWriteError
 from tests import train_tool
-from tests.tiny_runs import TINY_HLTM, ckpt_tensors, metrics_bytes, train
+from tests.tiny_runs import ckpt_tensors, metrics_bytes, train
 
 EPOCHS = 3
 NO_SPACE = "No space left on device"

@@ -197,7 +197,8 @@ def test_tfds_hosts_read_their_own_files(tmp_path, caplog):
     exp = build(_cfg(tmp_path, dataset=tiny_tfds.NAME, data_dir=str(data_dir), image_size=0,
                      batch_size=4))
     assert exp.metadata["images"]["num_examples"] == tiny_tfds.NUM_TRAIN
-    caplog.set_level(logging.INFO, logger="absl")  # any earlier SavedModel export leaves it at WARNING
+    # any earlier SavedModel export leaves it at WARNING
+    caplog.set_level(logging.INFO, logger="absl")
     for pid in (0, 1):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid,
                                          num_replicas_in_sync=2)
