@@ -513,14 +513,8 @@ def plot(table, stem, multi=False):
         ax.bar(x + (i - 1) * width, means, width, yerr=sds, capsize=3, label=name)
     ax.set_xticks(x, [label(r) + (f"\n{r['dataset']}" if multi else "") for r in table],
                   rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("held-out top-1")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("Held-out top-1 (mean ± sd over seeds)")
-    fig.tight_layout()
-    paths.append(stem + "_top1.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, ax, "held-out top-1", "Held-out top-1 (mean ± sd over seeds)",
+                       stem + "_top1.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for row in table:
@@ -534,16 +528,24 @@ def plot(table, stem, multi=False):
         ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(),
                         alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("probe_test_acc (online probe)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("Online probe during training (mean, min-max over seeds)")
-    fig.tight_layout()
-    paths.append(stem + "_curves.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, ax, "probe_test_acc (online probe)",
+                       "Online probe during training (mean, min-max over seeds)",
+                       stem + "_curves.png"))
     return paths
 
+
+
+def _save(fig, ax, ylabel, title, path):
+    """The figures' common finish: accuracy axis 0-1, legend, title; writes ``path``."""
+    import matplotlib.pyplot as plt
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 def main(argv):
     if len(argv) > 1:
