@@ -17,7 +17,7 @@ class Task:
       [b]), static shapes, resumed at the run's start step. ``input_context=None``: the
       single pipeline of global batches. With a ``tf.distribute.InputContext`` (several
       replicas, when ``per_replica_data``): per-replica batches of one input pipeline,
-      each pipeline its own stream (``distribute.replica_seed``), the replicas of a host
+      each pipeline its own stream (``cross_replica.replica_seed``), the replicas of a host
       taking consecutive batches.
     steps_per_epoch: steps in one epoch.
     encoder: keras.Model ``x -> representation [B, R]`` (built).

@@ -5,12 +5,12 @@ import functools
 import json
 import os
 
-from dualssl_tf import methods, runfiles
+from dualssl_tf import cross_replica, methods, runfiles
 from dualssl_tf.data import images
 from dualssl_tf.data.generated_images import GeneratedImages
 from dualssl_tf.models import heads, resnet, stems
 from dualssl_tf.options import ConfigError
-from dualssl_tf.run import callbacks, distribute
+from dualssl_tf.run import callbacks
 from dualssl_tf.tasks.base import HeadSpec, Task
 from dualssl_tf.tasks.images import image_size as configured_image_size, view_settings
 
@@ -163,7 +163,7 @@ def build(cfg, start_step=0):
 
     o = cfg.images
     # Built inside the trainer's strategy scope: BatchNorm syncs across several replicas.
-    sync_bn = cfg.run.sync_bn or distribute.use_sync_bn()
+    sync_bn = cfg.run.sync_bn or cross_replica.use_sync_bn()
     encoder = resnet.resnet(ENCODER_DEPTH[cfg.data.encoder], image_size=size, stem=o.stem,
                             width_multiplier=o.width_multiplier, sync_bn=sync_bn)
     rep_dim = encoder.output_shape[-1]
@@ -229,7 +229,7 @@ def _data(source, cfg, size, start_step, augment_on, batch_size, input_context=N
     o = cfg.images
     settings = view_settings(o)
     return images.pretrain_dataset(
-        source, batch_size, size, seed=distribute.replica_seed(cfg.run.seed, input_context),
+        source, batch_size, size, seed=cross_replica.replica_seed(cfg.run.seed, input_context),
         start_step=start_step * per_pipeline,
         color_jitter_strength=settings.pop("color_jitter_strength"),
         blur=settings.pop("blur"), shuffle_buffer=o.shuffle_buffer,
