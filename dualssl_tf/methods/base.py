@@ -32,7 +32,7 @@ The online probe (a classifier on ``stop_gradient(representation)``) is trained 
 optimizer (Adam, no weight decay, no schedule, as in the keras-io SimCLR example): the
 method's optimizer (LARS trust ratio, weight decay, warmup/cosine) never acts on it, and
 its loss never enters the method's. Its variables and optimizer state are checkpointed
-with the rest (:mod:`dualssl_tf.run.rundir`).
+with the rest (:mod:`dualssl_tf.run.checkpoints`).
 """
 
 import keras
