@@ -80,6 +80,10 @@ class TaskSpec:
     validate: Callable             # cfg -> None, raises ConfigError
     module: str                    # "dualssl_tf.tasks.<name>.task"
     analysis: Optional[str] = None  # "dualssl_tf.tasks.<name>.analysis"
+    # The --dataset values it serves by name, with what each is: ((name, words), ...);
+    # the one list of data set names (dualssl_tf.tasks.dataset_names).
+    datasets: tuple = ()
+    also: str = ""                 # what else it serves, in words (images: tfds names)
 
     def load(self):
         """The task's TensorFlow module (``build``, ``eval_data``)."""

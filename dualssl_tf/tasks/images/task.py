@@ -6,13 +6,14 @@ import json
 import os
 
 from dualssl_tf import cross_replica, methods, runfiles
-from dualssl_tf.data import images
+from dualssl_tf.data import image_rules, images
 from dualssl_tf.data.generated_images import GeneratedImages
 from dualssl_tf.models import heads, resnet, stems
 from dualssl_tf.options import ConfigError
 from dualssl_tf.run import callbacks
 from dualssl_tf.tasks.base import HeadSpec, Task
-from dualssl_tf.tasks.images import image_size as configured_image_size, view_settings
+from dualssl_tf.tasks.images import check_stem_size, view_settings
+from dualssl_tf.tasks.images import image_size as configured_image_size
 
 # Images of a fixed batch for the embedding-spread (collapse) monitor.
 SPREAD_SAMPLES = 256
@@ -28,11 +29,7 @@ def _image_size(cfg, source):
             raise ConfigError("image_size", f"{source.name} has images of varying sizes; "
                               "set --image_size (e.g. 32 or 96)")
         size = int(source.image_shape[0])
-    stem = stems.resolve_stem(cfg.images.stem, size)
-    if size < stems.MIN_IMAGE_SIZE[stem]:
-        raise ConfigError("image_size", f"{size} px is too small for the {stem} stem (needs "
-                          f">= {stems.MIN_IMAGE_SIZE[stem]}); use --stem=cifar or a larger "
-                          "--image_size")
+    check_stem_size(cfg.images.stem, size)
     return size
 
 
@@ -120,9 +117,7 @@ def resolve_augment_on(cfg, source, accelerator=None):
     """
     wanted = cfg.images.augment_on
     own_views = source.views is not None
-    if wanted == "device" and own_views:
-        raise ConfigError("augment_on", f"{source.name} renders its own views on the host; "
-                          "use --augment_on=host or auto")
+    image_rules.check_device_views(wanted, own_views, source.name)
     if wanted != "auto":
         return wanted
     recorded = recorded_augment_on(cfg.run.model_dir)
