@@ -50,7 +50,7 @@ def use_sync_bn():
 
     True when the strategy whose ``scope()`` is active has more than one replica: the
     trainer builds tasks inside ``strategy.scope()``, so builders pass
-    ``sync_bn=distribute.use_sync_bn()`` to ``BatchNormalization(synchronized=...)``.
+    ``sync_bn=cross_replica.use_sync_bn()`` to ``BatchNormalization(synchronized=...)``.
     """
     return num_replicas() > 1
 
