@@ -34,11 +34,7 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 @dataclasses.dataclass
 class DataOptions(Section):
     """What is trained on (the task is chosen by ``dataset``; :mod:`dualssl_tf.tasks`)."""
-    dataset: str = option("hltm", "Data: hltm (generated latent tree, the default; no "
-                          "download), translation1d (the 1-D translation toy of Figure 3), "
-                          "generated_images (generated shapes; no download), folder "
-                          "(--data_dir of class sub-folders) or a TensorFlow Datasets name "
-                          "(stl10, cifar10, cifar100).")
+    dataset: str = option("hltm", f"Data: {tasks.describe_datasets()}.")
     data_dir: str = option("", "Directory (or gs:// bucket) holding downloaded datasets.",
                            resumable=True)
     download: bool = option(True, "A TensorFlow Datasets data set not yet prepared in "

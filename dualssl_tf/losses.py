@@ -158,7 +158,7 @@ def batch_mean_nce_loss(r_pos, r_neg, temperature, dim, mean_fn=tf.reduce_mean):
     *and* feature dims, i.e. ``2 mean_b(r_b) / D``). No log, not per sample. Returned as a
     [B] vector whose mean is that scalar, so it plugs into the per-anchor interface.
     r_pos: [B], r_neg: [B, H]; dim: embedding width D; mean_fn: tensor -> scalar batch
-    mean (``distribute.cross_replica_mean`` makes it the global-batch mean on replicas).
+    mean (``cross_replica.cross_replica_mean`` makes it the global-batch mean on replicas).
     """
     r_pos, r_neg = _f32(r_pos), _f32(r_neg)
     mse_pos = 2.0 * mean_fn(r_pos) / dim

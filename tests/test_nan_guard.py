@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from dualssl_tf import config
-from dualssl_tf.run import callbacks, rundir, trainer
+from dualssl_tf.run import callbacks, checkpoints, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import sys  # noqa: E402
@@ -79,7 +79,7 @@ def test_exploding_run_stops_keeps_good_checkpoint_and_export_exit_3(tmp_path):
     assert [json.loads(l)["epoch"] for l in metrics.decode().splitlines()] == [0, 1]
     assert sorted(os.listdir(model_dir / "checkpoints")) == ckpt_files
     assert {n: os.path.getmtime(export / n) for n in os.listdir(export)} == saved
-    found = rundir.RunCheckpoints(str(model_dir)).find_latest()
+    found = checkpoints.RunCheckpoints(str(model_dir)).find_latest()
     assert (found["epoch"], found["step"]) == (1, 1)
     reader = tf.train.load_checkpoint(found["path"])
     for name in reader.get_variable_to_shape_map():

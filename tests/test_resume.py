@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from dualssl_tf import config
-from dualssl_tf.run import rundir
+from dualssl_tf.run import checkpoints, rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -146,7 +146,7 @@ def test_unusable_checkpoint_is_reported_in_one_line(runs, tmp_path, capfd, dama
         raw = bytearray(open(data, "rb").read())
         raw[len(raw) // 2] ^= 0xFF
         open(data, "wb").write(bytes(raw))
-    found = rundir.RunCheckpoints(str(run)).find_latest()
+    found = checkpoints.RunCheckpoints(str(run)).find_latest()
     assert (found["epoch"], found["step"]) == (2, 2 * BASE.optim.steps_per_epoch)
     assert found["path"].endswith("ckpt-2") and found["rejected"] == [prefix]
     err = [l for l in capfd.readouterr().err.splitlines() if l.strip()]
@@ -160,7 +160,7 @@ def test_all_checkpoints_unusable_means_start_from_scratch(runs, tmp_path, capfd
     for name in os.listdir(run / "checkpoints"):
         if name.endswith(".index"):
             os.remove(run / "checkpoints" / name)
-    assert rundir.RunCheckpoints(str(run)).find_latest() is None
+    assert checkpoints.RunCheckpoints(str(run)).find_latest() is None
     err = [l for l in capfd.readouterr().err.splitlines() if l.strip()]
     assert len(err) == 3  # ckpt-1, -2, -3 (keep_checkpoints=3)
     assert err[-1].endswith("ckpt-1 is unusable (ValueError: index file missing); "
@@ -173,7 +173,7 @@ def test_partial_save_leftovers_are_removed(runs, tmp_path):
     temp = run / "checkpoints" / "ckpt-4_temp"
     temp.mkdir()
     (temp / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
-    found = rundir.RunCheckpoints(str(run)).find_latest()
+    found = checkpoints.RunCheckpoints(str(run)).find_latest()
     assert found["epoch"] == 3 and not temp.exists()
 
 

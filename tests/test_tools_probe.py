@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from dualssl_tf import config, tasks
 from dualssl_tf.evaluation import export
-from dualssl_tf.run import rundir, trainer
+from dualssl_tf.run import checkpoints, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
@@ -45,7 +45,7 @@ def run_dir(tmp_path_factory):
                              model_dir=model_dir)
     exp = tasks.build(cfg)
     model = trainer.build_model(cfg, exp)
-    ckpts = rundir.RunCheckpoints(model_dir)   # the trainer's checkpoint layout
+    ckpts = checkpoints.RunCheckpoints(model_dir)   # the trainer's checkpoint layout
     ckpts.attach(model)
     rng = np.random.default_rng(0)
     for v in model.weights:
@@ -105,7 +105,7 @@ def test_export_into_a_run_that_is_training_is_refused(run_dir, tmp_path):
 @pytest.mark.slow
 def test_export_of_an_older_checkpoint_cards_its_own_epoch(run_dir, tmp_path):
     model_dir, _ = run_dir
-    ckpt = os.path.join(model_dir, rundir.CHECKPOINT_DIR, "ckpt-2")
+    ckpt = os.path.join(model_dir, checkpoints.CHECKPOINT_DIR, "ckpt-2")
     proc = run_tool("export.py", f"--model_dir={model_dir}", f"--checkpoint={ckpt}",
                     f"--export_dir={tmp_path / 'sm'}")
     assert proc.returncode == 0, proc.stderr

@@ -138,6 +138,41 @@ def expand_paths(flag_values):
             flag_values[name].value = expanded
 
 
+# -- flags from option sections (dualssl_tf.options.Section) -------------------------------
+
+def define_option_flags(fields):
+    """One absl flag per ``(flag name, dataclasses.Field)`` of option sections, typed by
+    the field's default, with the field's help. A flag of the same name defined earlier in
+    the process is replaced: the test suite loads several tools (which share names such as
+    --seed) into one interpreter."""
+    definers = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+                float: flags.DEFINE_float, str: flags.DEFINE_string}
+    for name, field in fields:
+        if name in flags.FLAGS:
+            delattr(flags.FLAGS, name)
+        definers[type(field.default)](name, field.default, field.metadata["help"])
+
+
+def parse_list(text):
+    """A comma-separated flag value as a list, as absl's list flags split it (``""``: [])."""
+    return [item.strip() for item in text.split(",")] if text.strip() else []
+
+
+def validated_section(tool, section_class):
+    """The section of a tool's parsed flags (``section_class``, whose fields the tool
+    defined with :func:`define_option_flags`), validated: a bad value is one line naming
+    the flag and exit status 2, as tools/train.py's."""
+    from dualssl_tf.options import ConfigError
+    values = {field.name: getattr(flags.FLAGS, name)
+              for name, field in section_class.flag_fields()}
+    section = section_class(**values)
+    try:
+        section.validate(section)
+    except ConfigError as e:
+        fail(tool, str(e))
+    return section
+
+
 def run(main, tool, parser=None):
     """``app.run(main)`` with one-line flag errors and TF's INFO logging off the console;
     ``parser(argv)`` replaces :func:`parse_flags` (a tool that wraps it)."""

@@ -3,7 +3,7 @@
 
 Rebuilds the networks from ``model_dir/flags.txt``, loads the weights of ``--checkpoint`` (a
 trainer checkpoint prefix such as ``model_dir/checkpoints/ckpt-8``, which the trainer writes
-with ``tf.train.Checkpoint`` (``run.rundir.RunCheckpoints``), or a Keras ``.weights.h5`` that
+with ``tf.train.Checkpoint`` (``run.checkpoints.RunCheckpoints``), or a Keras ``.weights.h5`` that
 a user saved with the method's ``save_weights``; default: the run's newest readable trainer
 checkpoint, else its newest ``*.weights.h5``) and writes ``model_dir/saved_model`` (or
 ``--export_dir``) atomically, with model_card.json (flags, metrics.jsonl's last record,
@@ -54,7 +54,7 @@ def find_checkpoint(model_dir):
     with one warning line; when none can be read, fails with one line naming the newest.
     """
     from dualssl_tf import runfiles
-    from dualssl_tf.run import rundir
+    from dualssl_tf.run import checkpoints, rundir
     unreadable = []
     found = rundir.RunDir(model_dir).find_checkpoint(
         report=lambda prefix, reason: unreadable.append((prefix, reason)), clean=False)
@@ -64,7 +64,7 @@ def find_checkpoint(model_dir):
                              f"({unreadable[0][1]}); exporting {found['path']}\n")
         return found["path"]
     files = (runfiles.glob(os.path.join(model_dir, "*.weights.h5"))
-             + runfiles.glob(os.path.join(model_dir, rundir.CHECKPOINT_DIR,
+             + runfiles.glob(os.path.join(model_dir, checkpoints.CHECKPOINT_DIR,
                                           "*.weights.h5")))
     if files:
         return max(files, key=runfiles.mtime)
@@ -84,7 +84,7 @@ def load_weights(model, checkpoint, input_shape):
         model(tf.zeros([1, *input_shape]))   # Keras .h5 loading needs a built model
         model.load_weights(checkpoint)
         return
-    # The trainer's layout (run.rundir.RunCheckpoints.attach): the model's variables as a
+    # The trainer's layout (run.checkpoints.RunCheckpoints.attach): the model's variables as a
     # list, in the order of a freshly built method; optimizer state is not needed.
     status = tf.train.Checkpoint(model=list(model.variables)).restore(checkpoint)
     status.expect_partial()
@@ -94,9 +94,9 @@ def load_weights(model, checkpoint, input_shape):
 def _checkpoint_metrics(model_dir, checkpoint):
     """metrics.jsonl's record of the checkpoint's own epoch (an older checkpoint than the
     run's last: its metrics, not the last epoch's); the last record for a weights file."""
-    from dualssl_tf.run import rundir
+    from dualssl_tf.run import checkpoints, rundir
     path = os.path.join(model_dir, "metrics.jsonl")
-    return rundir.metrics_record(path, rundir.checkpoint_epoch(checkpoint))
+    return rundir.metrics_record(path, checkpoints.checkpoint_epoch(checkpoint))
 
 
 def _metadata(model_dir):

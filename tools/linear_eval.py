@@ -18,99 +18,114 @@ eval data; default: the dataset in the export's model card.
 Bad input ends with one line on stderr naming the flag or path, and exit status 2.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
 import sys
 
-from absl import flags
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tools import cli  # noqa: E402
+from dualssl_tf.options import ConfigError, Section, option, require  # noqa: E402
 
 TOOL = "linear_eval.py"
 
 METHODS = ("linear", "knn", "finetune")
 
-flags.DEFINE_string("saved_model", "", "SavedModel directory written by tools/export.py or "
-                    "tools/train.py.")
-flags.DEFINE_string("dataset", "", "npz:PATH, hltm, or a training dataset name; default: "
-                    "the dataset in the SavedModel's model_card.json.")
-flags.DEFINE_string("data_dir", "", "Where downloaded datasets live (image datasets).")
-flags.DEFINE_bool("download", True, "Download and prepare a TensorFlow Datasets data set "
-                  "not yet prepared in --data_dir (tfds' download_and_prepare); "
-                  "--nodownload stops with the `tfds build` command instead.")
-flags.DEFINE_integer("image_size", 0, "Image side for image datasets; 0 = the export's.")
-flags.DEFINE_list("method", ["linear"], "Comma-separated subset of: " + ", ".join(METHODS))
-flags.DEFINE_string("output", "representation", "Which SavedModel output to probe "
-                    "(representation, projection or an intermediate name).")
-flags.DEFINE_integer("batch_size", 256, "Examples per feature-extraction batch.")
-flags.DEFINE_list("weight_decays", ["1e-5", "1e-4", "1e-3", "1e-2"],
-                  "L2 grid of the linear probe, chosen on held-out train data (0 is allowed "
-                  "but has no optimum on linearly separable features).")
-flags.DEFINE_float("val_fraction", 0.2, "Held-out fraction of the train split for the grid.")
-flags.DEFINE_integer("linear_max_iter", 1000, "L-BFGS iteration cap of the linear probe.")
-flags.DEFINE_float("linear_tol", 1e-8, "The linear probe stops when its largest gradient "
-                   "entry is below this.")
-flags.DEFINE_list("knn_k", ["20", "200"], "Neighbours of the kNN classifier, one k or "
-                  "several (one pass; each clipped to the train split's size; the first "
-                  "is knn.top1 in linear_eval.json).")
-flags.DEFINE_float("knn_temperature", 0.07, "Temperature T of the kNN votes exp(sim / T).")
-flags.DEFINE_integer("finetune_epochs", 10, "Epochs of fine-tuning.")
-flags.DEFINE_float("finetune_lr", 1e-3, "Adam learning rate of the fine-tuning head.")
-flags.DEFINE_float("encoder_lr_scale", 0.1, "Encoder learning rate / head learning rate.")
-flags.DEFINE_integer("num_train", 10000, "Train samples for generated data (hltm).")
-flags.DEFINE_integer("num_test", 5000, "Test samples for generated data (hltm).")
-flags.DEFINE_string("output_dir", "", "Where to write linear_eval.json; default: beside "
-                    "the SavedModel.")
-flags.DEFINE_string("cache_dir", "", "Feature cache; default: feature_cache/ beside the "
-                    "SavedModel, or ~/.cache/dualssl_tf/feature_cache when that directory "
-                    "cannot be written.")
-flags.DEFINE_bool("skip_corrupt_images", False, "Folder data: leave out image files that "
-                  "do not decode (their count and one example are reported) instead of "
-                  "stopping; as tools/train.py's flag.")
-flags.DEFINE_integer("seed", 0, "Seed of the held-out split and the linear probe.")
-flags.DEFINE_integer("verbose", 1, "1 shows progress bars.")
-FLAGS = flags.FLAGS
+
+@dataclasses.dataclass
+class LinearEvalOptions(Section):
+    """The flags of tools/linear_eval.py; :meth:`validate` runs before TensorFlow is
+    imported (fast failures), the checks that need the SavedModel or the data later."""
+    saved_model: str = option("", "SavedModel directory written by tools/export.py or "
+                              "tools/train.py.")
+    dataset: str = option("", "npz:PATH, hltm, or a training dataset name; default: the "
+                          "dataset in the SavedModel's model_card.json.")
+    data_dir: str = option("", "Where downloaded datasets live (image datasets).")
+    download: bool = option(True, "Download and prepare a TensorFlow Datasets data set not "
+                            "yet prepared in --data_dir (tfds' download_and_prepare); "
+                            "--nodownload stops with the `tfds build` command instead.")
+    image_size: int = option(0, "Image side for image datasets; 0 = the export's.")
+    method: str = option("linear", "Comma-separated subset of: " + ", ".join(METHODS))
+    output: str = option("representation", "Which SavedModel output to probe "
+                         "(representation, projection or an intermediate name).")
+    batch_size: int = option(256, "Examples per feature-extraction batch.")
+    weight_decays: str = option("1e-5,1e-4,1e-3,1e-2", "L2 grid of the linear probe, chosen "
+                                "on held-out train data (0 is allowed but has no optimum on "
+                                "linearly separable features).")
+    val_fraction: float = option(0.2, "Held-out fraction of the train split for the grid.")
+    linear_max_iter: int = option(1000, "L-BFGS iteration cap of the linear probe.")
+    linear_tol: float = option(1e-8, "The linear probe stops when its largest gradient "
+                               "entry is below this.")
+    knn_k: str = option("20,200", "Neighbours of the kNN classifier, one k or several (one "
+                        "pass; each clipped to the train split's size; the first is "
+                        "knn.top1 in linear_eval.json).")
+    knn_temperature: float = option(0.07, "Temperature T of the kNN votes exp(sim / T).")
+    finetune_epochs: int = option(10, "Epochs of fine-tuning.")
+    finetune_lr: float = option(1e-3, "Adam learning rate of the fine-tuning head.")
+    encoder_lr_scale: float = option(0.1, "Encoder learning rate / head learning rate.")
+    num_train: int = option(10000, "Train samples for generated data (hltm).")
+    num_test: int = option(5000, "Test samples for generated data (hltm).")
+    output_dir: str = option("", "Where to write linear_eval.json; default: beside the "
+                             "SavedModel.")
+    cache_dir: str = option("", "Feature cache; default: feature_cache/ beside the "
+                            "SavedModel, or ~/.cache/dualssl_tf/feature_cache when that "
+                            "directory cannot be written.")
+    skip_corrupt_images: bool = option(False, "Folder data: leave out image files that do "
+                                       "not decode (their count and one example are "
+                                       "reported) instead of stopping; as tools/train.py's "
+                                       "flag.")
+    seed: int = option(0, "Seed of the held-out split and the linear probe.")
+    verbose: int = option(1, "1 shows progress bars.")
+
+    def methods(self):
+        return cli.parse_list(self.method)
+
+    def ks(self):
+        """--knn_k as ints ([] when one is not an integer)."""
+        try:
+            return [int(k) for k in cli.parse_list(self.knn_k)]
+        except ValueError:
+            return []
+
+    def decays(self):
+        """--weight_decays as floats; ConfigError naming it when one is not a number."""
+        try:
+            return [float(w) for w in cli.parse_list(self.weight_decays)]
+        except ValueError:
+            raise ConfigError("weight_decays", "expected numbers, got "
+                              f"{','.join(cli.parse_list(self.weight_decays))}") from None
+
+    def validate(self, cfg):
+        """Flag checks that need no TensorFlow (fast failures)."""
+        require(self.saved_model, "saved_model",
+                "is required: a SavedModel directory from tools/export.py")
+        methods = self.methods()
+        require(methods and all(m in METHODS for m in methods), "method",
+                f"got {','.join(methods)}; allowed: {', '.join(METHODS)}")
+        for name in ("batch_size", "linear_max_iter", "num_train", "num_test"):
+            require(getattr(self, name) >= 1, name,
+                    f"must be >= 1, got {getattr(self, name)}")
+        ks = self.ks()
+        require(ks and min(ks) >= 1, "knn_k", "expected one or more integers >= 1 (e.g. "
+                f"20,200), got {','.join(cli.parse_list(self.knn_k))}")
+        require(self.finetune_epochs >= 0, "finetune_epochs",
+                f"must be >= 0, got {self.finetune_epochs}")
+        require(0 < self.val_fraction < 1, "val_fraction",
+                f"must be in (0, 1), got {self.val_fraction}")
+        require(self.linear_tol > 0, "linear_tol", f"must be > 0, got {self.linear_tol}")
+        require(self.knn_temperature > 0, "knn_temperature",
+                f"must be > 0, got {self.knn_temperature}")
+        decays = self.decays()
+        require(decays and min(decays) >= 0, "weight_decays", "expected one or more values "
+                f">= 0, got {','.join(cli.parse_list(self.weight_decays))}")
+
+
+cli.define_option_flags(LinearEvalOptions.flag_fields())
 
 
 def fail(message):
     cli.fail(TOOL, message)
-
-
-def check_flags():
-    """Flag checks that need no TensorFlow (fast failures)."""
-    if not FLAGS.saved_model:
-        fail("--saved_model: is required: a SavedModel directory from tools/export.py")
-    bad = [m for m in FLAGS.method if m not in METHODS]
-    if bad or not FLAGS.method:
-        fail(f"--method: got {','.join(FLAGS.method)}; allowed: {', '.join(METHODS)}")
-    for name in ("batch_size", "linear_max_iter", "num_train", "num_test"):
-        if getattr(FLAGS, name) < 1:
-            fail(f"--{name}: must be >= 1, got {getattr(FLAGS, name)}")
-    try:
-        ks = [int(k) for k in FLAGS.knn_k]
-    except ValueError:
-        ks = []
-    if not ks or min(ks) < 1:
-        fail(f"--knn_k: expected one or more integers >= 1 (e.g. 20,200), got "
-             f"{','.join(FLAGS.knn_k)}")
-    if FLAGS.finetune_epochs < 0:
-        fail(f"--finetune_epochs: must be >= 0, got {FLAGS.finetune_epochs}")
-    if not 0 < FLAGS.val_fraction < 1:
-        fail(f"--val_fraction: must be in (0, 1), got {FLAGS.val_fraction}")
-    if FLAGS.linear_tol <= 0:
-        fail(f"--linear_tol: must be > 0, got {FLAGS.linear_tol}")
-    if FLAGS.knn_temperature <= 0:
-        fail(f"--knn_temperature: must be > 0, got {FLAGS.knn_temperature}")
-    try:
-        decays = [float(w) for w in FLAGS.weight_decays]
-    except ValueError:
-        fail(f"--weight_decays: expected numbers, got {','.join(FLAGS.weight_decays)}")
-    if not decays or min(decays) < 0:
-        fail(f"--weight_decays: expected one or more values >= 0, got "
-             f"{','.join(FLAGS.weight_decays)}")
-    return decays
 
 
 def _task_of(dataset):
@@ -139,7 +154,7 @@ def check_dataset_family(dataset, card, saved_model):
              + f"; pass --dataset={trained} or npz:PATH with inputs of that shape")
 
 
-def check_saved_model_dir(path):
+def check_saved_model_dir(path, opts):
     """Local --saved_model checks before TensorFlow: a directory holding saved_model.pb,
     and, without --dataset, a model_card.json that names the dataset."""
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
@@ -161,11 +176,11 @@ def check_saved_model_dir(path):
         except ValueError as e:
             fail(f"--saved_model: {card_path} is not valid JSON ({e}); re-export the run "
                  "with tools/export.py")
-    elif not FLAGS.dataset:
+    elif not opts.dataset:
         fail(f"--saved_model: {path} has no model_card.json, so its dataset is unknown; "
              "pass --dataset (npz:PATH, hltm or a dataset name), or re-export the run with "
              "tools/export.py")
-    check_dataset_family(FLAGS.dataset, card, path)
+    check_dataset_family(opts.dataset, card, path)
 
 
 def write_results(path, update):
@@ -201,7 +216,7 @@ def folder_listing(path):
     return "\n".join(sorted(entries))
 
 
-def check_output_dirs(out_dir):
+def check_output_dirs(out_dir, opts):
     """linear_eval.json's directory and a --cache_dir must be writable (a run directory
     may be read-only): one line naming the flag, before any feature is extracted."""
     from dualssl_tf import runfiles
@@ -209,48 +224,48 @@ def check_output_dirs(out_dir):
         runfiles.check_writable(out_dir)
     except ValueError as e:
         reason = str(e).split(" (", 1)[1].split(");", 1)[0] if " (" in str(e) else ""
-        where = (f"{out_dir} is" if FLAGS.output_dir else "linear_eval.json goes beside the "
+        where = (f"{out_dir} is" if opts.output_dir else "linear_eval.json goes beside the "
                  f"SavedModel, in {out_dir}, which is")
         fail(f"--output_dir: {where} not writable ({reason}); pass a writable --output_dir")
-    if FLAGS.cache_dir:
+    if opts.cache_dir:
         try:
-            runfiles.check_writable(FLAGS.cache_dir)
+            runfiles.check_writable(opts.cache_dir)
         except ValueError as e:
             reason = str(e).split(" (", 1)[1].split(");", 1)[0] if " (" in str(e) else ""
-            fail(f"--cache_dir: {FLAGS.cache_dir} is not writable ({reason}); pass a writable "
+            fail(f"--cache_dir: {opts.cache_dir} is not writable ({reason}); pass a writable "
                  "--cache_dir, or none for the default")
 
 
 TOP5_MIN_CLASSES = 10  # the printout's top-5 needs at least this many classes
 
 
-def run(decays):
+def run(opts):
     from dualssl_tf.evaluation import data, export, features, finetune, knn, linear
     import numpy as np
 
-    saved_model = FLAGS.saved_model
+    saved_model = opts.saved_model
     if "://" not in saved_model:
         saved_model = os.path.abspath(saved_model)
     # linear_eval.json goes next to the SavedModel (local or gs://) unless --output_dir.
-    out_dir = FLAGS.output_dir or os.path.dirname(saved_model)
+    out_dir = opts.output_dir or os.path.dirname(saved_model)
     try:
         encoder = export.load_encoder(saved_model)
     except ValueError as e:
         fail(f"--saved_model: {e}")
     card = encoder.model_card
-    dataset = FLAGS.dataset or card.get("dataset") or ""
+    dataset = opts.dataset or card.get("dataset") or ""
     if not dataset:
         what = "names no dataset" if card else "is missing"
         fail(f"--dataset: is required ({saved_model}/model_card.json {what})")
     check_dataset_family(dataset, card, saved_model)
-    check_output_dirs(out_dir)
-    if FLAGS.output not in encoder.output_keys:
+    check_output_dirs(out_dir, opts)
+    if opts.output not in encoder.output_keys:
         fail(f"--output: {saved_model} has outputs {', '.join(encoder.output_keys)}, not "
-             f"{FLAGS.output!r}")
+             f"{opts.output!r}")
     train_ds, test_ds, num_classes = data.probe_datasets(
-        dataset, FLAGS.data_dir, FLAGS.image_size or None, FLAGS.batch_size,
-        model_card=card, num_train=FLAGS.num_train, num_test=FLAGS.num_test,
-        download=FLAGS.download, skip_corrupt_images=FLAGS.skip_corrupt_images)
+        dataset, opts.data_dir, opts.image_size or None, opts.batch_size,
+        model_card=card, num_train=opts.num_train, num_test=opts.num_test,
+        download=opts.download, skip_corrupt_images=opts.skip_corrupt_images)
     if num_classes == 1:  # a probe of one class scores 1.0 whatever the features
         fail(f"--dataset: {dataset} has a single class; a probe needs two or more"
              + (" (one sub-folder per class in --data_dir)" if dataset == "folder" else ""))
@@ -258,58 +273,59 @@ def run(decays):
         features.check_dataset(encoder, ds)
 
     # The cache key names everything that changes the examples.
-    data_key = f"{dataset}-n{FLAGS.num_train}_{FLAGS.num_test}" if dataset == "hltm" else (
-        f"{dataset}-{FLAGS.image_size}" if FLAGS.image_size else dataset)
+    data_key = f"{dataset}-n{opts.num_train}_{opts.num_test}" if dataset == "hltm" else (
+        f"{dataset}-{opts.image_size}" if opts.image_size else dataset)
     if dataset.startswith("npz:") or dataset.endswith(".npz"):
         path = dataset[4:] if dataset.startswith("npz:") else dataset
         data_key = f"{os.path.abspath(path)}-{os.path.getmtime(path)}"
     elif dataset != "hltm":
         # Another --data_dir (another folder) is other data, and so is a folder whose files
         # changed since the features were cached.
-        where = FLAGS.data_dir or str((card.get("flags") or {}).get("data_dir") or "")
+        where = opts.data_dir or str((card.get("flags") or {}).get("data_dir") or "")
         where = where if "://" in where else os.path.abspath(where) if where else ""
         listing = folder_listing(where) if dataset == "folder" and where else ""
         digest = hashlib.sha1(f"{where}|{listing}".encode()).hexdigest()[:10]
         data_key = f"{data_key}-{digest}"
     results = {}
-    if "linear" in FLAGS.method or "knn" in FLAGS.method:
+    methods = opts.methods()
+    if "linear" in methods or "knn" in methods:
         feats = {}
         for split, ds in (("train", train_ds), ("test", test_ds)):
-            if FLAGS.verbose:
+            if opts.verbose:
                 print(f"Features of the {split} split:")
             try:
                 feats[split] = features.cached_features(
-                    encoder, ds, data_key, split, FLAGS.output, cache_dir=FLAGS.cache_dir or None,
-                    verbose=FLAGS.verbose)
+                    encoder, ds, data_key, split, opts.output, cache_dir=opts.cache_dir or None,
+                    verbose=opts.verbose)
             except ValueError as e:
                 if "empty" in str(e):
                     fail(f"--dataset: the {split} split of {dataset!r} is empty")
                 raise
         (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
         c = num_classes or int(max(ytr.max(), yte.max())) + 1
-        if "linear" in FLAGS.method:
+        if "linear" in methods:
             results["linear"] = linear.linear_probe(
-                xtr, ytr, xte, yte, c, weight_decays=decays, val_fraction=FLAGS.val_fraction,
-                seed=FLAGS.seed, max_iter=FLAGS.linear_max_iter, tol=FLAGS.linear_tol)
-        if "knn" in FLAGS.method:
-            ks = [int(k) for k in FLAGS.knn_k]
-            if FLAGS.verbose:
+                xtr, ytr, xte, yte, c, weight_decays=opts.decays(), val_fraction=opts.val_fraction,
+                seed=opts.seed, max_iter=opts.linear_max_iter, tol=opts.linear_tol)
+        if "knn" in methods:
+            ks = opts.ks()
+            if opts.verbose:
                 print(f"kNN votes of the {len(xte)} test examples (k = "
                       f"{', '.join(str(min(k, len(xtr))) for k in ks)} of {len(xtr)}):")
             results["knn"] = knn.knn_probe(xtr, ytr, xte, yte, c, k=ks,
-                                           temperature=FLAGS.knn_temperature,
-                                           verbose=FLAGS.verbose)
-    if "finetune" in FLAGS.method:
+                                           temperature=opts.knn_temperature,
+                                           verbose=opts.verbose)
+    if "finetune" in methods:
         c = num_classes
         if not c:
             labels = [np.asarray(y).reshape(-1) for ds in (train_ds, test_ds) for _, y in ds]
             c = int(max(int(y.max()) for y in labels if len(y))) + 1
         results["finetune"] = finetune.finetune(
-            saved_model, train_ds, test_ds, c, epochs=FLAGS.finetune_epochs,
-            learning_rate=FLAGS.finetune_lr, encoder_lr_scale=FLAGS.encoder_lr_scale,
-            output=FLAGS.output, verbose=FLAGS.verbose)
+            saved_model, train_ds, test_ds, c, epochs=opts.finetune_epochs,
+            learning_rate=opts.finetune_lr, encoder_lr_scale=opts.encoder_lr_scale,
+            output=opts.output, verbose=opts.verbose)
     for r in results.values():
-        r.update(dataset=dataset, output=FLAGS.output)
+        r.update(dataset=dataset, output=opts.output)
     path = os.path.join(out_dir, "linear_eval.json")
     write_results(path, {"saved_model": saved_model, **results})
     for method, r in results.items():
@@ -338,16 +354,16 @@ def _printed(method, r):
 def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments {' '.join(argv[1:])}; flags look like --name=value")
-    decays = check_flags()
-    remote = "://" in FLAGS.saved_model   # gs:// etc. are checked by load_encoder
-    if not remote and not os.path.isdir(FLAGS.saved_model):
-        fail(f"--saved_model: {FLAGS.saved_model} is not a directory; pass a SavedModel "
+    opts = cli.validated_section(TOOL, LinearEvalOptions)   # one line and exit 2 when bad
+    remote = "://" in opts.saved_model   # gs:// etc. are checked by load_encoder
+    if not remote and not os.path.isdir(opts.saved_model):
+        fail(f"--saved_model: {opts.saved_model} is not a directory; pass a SavedModel "
              "written by tools/export.py")
     if not remote:
-        check_saved_model_dir(FLAGS.saved_model)
+        check_saved_model_dir(opts.saved_model, opts)
     cli.import_tensorflow()  # its C++ start-up lines captured (--tf_log shows them)
     try:
-        run(decays)
+        run(opts)
     except ValueError as e:  # library errors name their flag (e.g. --dataset: ...)
         fail(str(e).strip().splitlines()[0])
 

@@ -32,12 +32,7 @@ def define_flags():
     A flag of the same name defined earlier in the process is replaced: the test suite loads
     several tools (which share names such as --model_dir) into one interpreter.
     """
-    definers = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
-                float: flags.DEFINE_float, str: flags.DEFINE_string}
-    for name, _, field in config.flag_fields():
-        if name in flags.FLAGS:
-            delattr(flags.FLAGS, name)
-        definers[type(field.default)](name, field.default, field.metadata["help"])
+    cli.define_option_flags((name, field) for name, _, field in config.flag_fields())
 
 
 EXIT_BAD_INPUT = cli.EXIT_BAD_INPUT  # a flag, config or file is wrong; nothing written

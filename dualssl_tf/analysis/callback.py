@@ -118,8 +118,10 @@ def build_analysis_callback(cfg, task):
     """
     hooks = cfg.task.load_analysis()
     if hooks is None:
+        from dualssl_tf import tasks
         raise ConfigError("analysis_every", f"not available for dataset "
-                          f"{cfg.data.dataset!r}; supported: hltm, translation1d (set "
+                          f"{cfg.data.dataset!r}; supported: "
+                          f"{', '.join(tasks.analysis_datasets())} (set "
                           "--analysis_every=0)")
     layers, sampler = hooks.monitor(cfg, task, NUM_AUG)
     return CovarianceMonitor(task.encoder, layers, sampler, every=cfg.analysis.every,

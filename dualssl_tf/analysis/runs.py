@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from dualssl_tf import config, runfiles, tasks
-from dualssl_tf.run import rundir
+from dualssl_tf.run import checkpoints
 
 VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -119,7 +119,7 @@ def load_run(model_dir):
     # it was written) still gets its initial encoder back.
     keras.utils.set_random_seed(cfg.run.seed)
     init = tasks.build(cfg)
-    rundir.restore_initial(list(init.encoder.variables) + (
+    checkpoints.restore_initial(list(init.encoder.variables) + (
         list(init.head.variables) if init.head else []), model_dir)
     final = None
     saved = os.path.join(model_dir, "saved_model")

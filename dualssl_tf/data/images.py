@@ -36,13 +36,13 @@ from typing import Any, Callable, Optional
 import tensorflow as tf
 from absl import logging
 
-from dualssl_tf.config import ConfigError
 from dualssl_tf.data import augment, holdout
 from dualssl_tf.data.generated_images import GeneratedImages
+from dualssl_tf.data.image_rules import IMAGE_EXTENSIONS, check_device_views
+from dualssl_tf.options import ConfigError
 from dualssl_tf.stderr_capture import fd2_captured
 
 UNLABELLED = -1
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # Pretraining split of a tfds data set when it is not "train" (STL-10's 100k unlabelled).
 PRETRAIN_SPLITS = {"stl10": "train+unlabeled"}
 # Splits used for probing: (train, test).
@@ -672,9 +672,7 @@ def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
     """
     if views_on not in ("host", "device"):
         raise ValueError(f"views_on must be host or device, got {views_on!r}")
-    if views_on == "device" and source.views is not None:
-        raise ConfigError("augment_on", f"{source.name} renders its own views on the host; "
-                          "use --augment_on=host")
+    check_device_views(views_on, source.views is not None, source.name)
     if batch_size > source.num_examples:
         raise ConfigError("batch_size", f"{batch_size} is larger than {source.name} "
                           f"({source.num_examples} examples); lower --batch_size")

@@ -104,7 +104,7 @@ def _from_task(dataset, data_dir, image_size, batch_size, model_card, download=T
     try:
         tasks.spec(dataset)
     except config.ConfigError:
-        names = sorted({"hltm", "translation1d", "generated_images", "folder"})
+        names = sorted(tasks.dataset_names())
         raise ValueError(f"--dataset: unknown dataset {dataset!r}; allowed: npz:PATH, "
                          f"{', '.join(names)} or a TensorFlow Datasets name") from None
     cfg = config.from_flag_strings({k: str(v) for k, v in

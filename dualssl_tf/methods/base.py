@@ -14,7 +14,7 @@
 A subclass implements :meth:`forward` and one of the two loss hooks: :meth:`per_example_loss`
 (a loss that is a mean of per-example terms) or :meth:`batch_loss` (a loss of global-batch
 statistics, e.g. Barlow Twins' cross-correlation or VICReg's variance, taken through
-``distribute.global_sum / global_mean / global_gather``). Optionally :meth:`after_apply`,
+``cross_replica.global_sum / global_mean / global_gather``). Optionally :meth:`after_apply`,
 :meth:`frozen_variables` (networks that take no gradient, e.g. a moving-average target),
 :meth:`embed` (what ``model(x)`` returns for inputs) and :meth:`export_outputs`. Why
 ``per_example_loss`` and not ``keras.Model.compute_loss``: Keras'
@@ -25,24 +25,24 @@ signature would break that public method for callers who rely on it.
 Why the per-replica share: Keras sums gradients over replicas, so dividing each replica's
 sum by the global example count (or a global-batch loss by the replica count) makes the
 update equal the single-device update on the global batch (docs/distributed.md and
-:mod:`dualssl_tf.run.distribute`). What is logged is not that share: every log (``loss``
+:mod:`dualssl_tf.cross_replica`). What is logged is not that share: every log (``loss``
 included) is the global batch's value, the same on 1, 2 or R replicas (:meth:`global_logs`).
 
 The online probe (a classifier on ``stop_gradient(representation)``) is trained by its own
 optimizer (Adam, no weight decay, no schedule, as in the keras-io SimCLR example): the
 method's optimizer (LARS trust ratio, weight decay, warmup/cosine) never acts on it, and
 its loss never enters the method's. Its variables and optimizer state are checkpointed
-with the rest (:mod:`dualssl_tf.run.rundir`).
+with the rest (:mod:`dualssl_tf.run.checkpoints`).
 """
 
 import keras
 import tensorflow as tf
 
+from dualssl_tf import cross_replica, keras_internals
 from dualssl_tf.models import heads
-from dualssl_tf.run import distribute
 
 
-class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
+class SSLMethod(keras_internals.OneReplicaSymbolicBuild, keras.Model):
     """Base of the self-supervised methods (see the module docstring).
 
     Batches are dicts: ``view1``, ``view2`` [B, ...]; optionally ``negatives`` [B, H, ...]
@@ -112,7 +112,7 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
     def batch_loss(self, batch, outputs):
         """Returns ``(loss, logs)``: the loss of the whole global batch as a float32 scalar
         (the same value on every replica: its batch statistics taken through
-        ``distribute.global_sum / global_mean / global_gather``), and logs as in
+        ``cross_replica.global_sum / global_mean / global_gather``), and logs as in
         :meth:`per_example_loss`. For losses that are not means of per-example terms
         (Barlow Twins, VICReg). The base class gives the optimizer ``loss / replicas``
         (the gradients of the global statistics are summed back over the replicas, and
@@ -229,7 +229,7 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
             valid = tf.cast(labels >= 0, tf.float32)
             # Labelled examples of the global batch (replicas may hold different numbers):
             # this replica's share of the loss is its sum over that count, as for the method.
-            n_valid = tf.maximum(distribute.global_sum(valid), 1.0)
+            n_valid = tf.maximum(cross_replica.global_sum(valid), 1.0)
             probe_loss = tf.reduce_sum(valid * tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=tf.maximum(labels, 0), logits=logits)) / n_valid
             scaled = self.probe_optimizer.scale_loss(probe_loss) if training else None
@@ -240,7 +240,7 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
         accuracy = tf.reduce_sum(valid * tf.cast(
             tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels),
             tf.float32)) / n_valid
-        replicas = distribute.num_replicas()
+        replicas = cross_replica.num_replicas()
         if replicas > 1:  # shares of the global values: replicas x share averages to them
             probe_loss, accuracy = probe_loss * replicas, accuracy * replicas
         return {"probe_loss": probe_loss, "probe_acc": accuracy}
@@ -252,7 +252,7 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
         optimizer gets; the replicas' shares sum to the loss) and the logs, whose
         ``loss`` is this replica's mean (per_example_loss) or the global loss
         (batch_loss): its mean over the replicas is the global-batch loss."""
-        replicas = distribute.num_replicas()
+        replicas = cross_replica.num_replicas()
         if self.uses_batch_loss():
             loss, logs = self.batch_loss(batch, outputs)
             loss = tf.cast(loss, tf.float32)
@@ -303,15 +303,15 @@ class SSLMethod(distribute.OneReplicaSymbolicBuild, keras.Model):
         (equally many) examples or global-batch values, so every replica then holds the
         global batch's values, whatever Keras does with the replicas' metrics (a mean on
         GPUs, the first replica's on TPUs)."""
-        if distribute.num_replicas() == 1 or not logs:
+        if cross_replica.num_replicas() == 1 or not logs:
             return logs
         names = list(logs)
         values = tf.stack([tf.cast(tf.stop_gradient(logs[n]), tf.float32) for n in names])
-        return dict(zip(names, tf.unstack(distribute.global_mean(values[tf.newaxis]))))
+        return dict(zip(names, tf.unstack(cross_replica.global_mean(values[tf.newaxis]))))
 
     def update_metrics(self, logs):
         logs = self.global_logs(logs)
         for name, value in logs.items():
             self._trackers[name].update_state(value)
         results = {name: t.result() for name, t in self._trackers.items()}
-        return distribute.step_results(self.distribute_strategy, results)
+        return cross_replica.step_results(self.distribute_strategy, results)

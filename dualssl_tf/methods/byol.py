@@ -42,11 +42,10 @@ import math
 import keras
 import tensorflow as tf
 
-from dualssl_tf import losses
+from dualssl_tf import cross_replica, losses
 from dualssl_tf.methods.base import SSLMethod
 from dualssl_tf.models import heads
 from dualssl_tf.optim import rate_groups
-from dualssl_tf.run import distribute
 
 PREDICTORS = ("mlp", "none", "directpred")
 # Floor of DirectPred's eigenvalue map s_j (the official code clamps at 1e-4).
@@ -139,8 +138,8 @@ class DirectPredictor(keras.layers.Layer):
         (0-based, this update's) is a multiple of ``every``, sets the kernel from F."""
         z = tf.cast(tf.stop_gradient(z), tf.float32)
         # E[z z^T] over the global batch; the sum z^T z of this replica's rows as one matmul.
-        batch = distribute.replica_sum(tf.matmul(z, z, transpose_a=True)) / tf.cast(
-            tf.shape(z)[0] * distribute.num_replicas(), tf.float32)
+        batch = cross_replica.replica_sum(tf.matmul(z, z, transpose_a=True)) / tf.cast(
+            tf.shape(z)[0] * cross_replica.num_replicas(), tf.float32)
         first = tf.equal(tf.convert_to_tensor(self.updates), 0.0)
         corr = tf.where(first, batch, self.rate * tf.convert_to_tensor(self.corr)
                         + (1.0 - self.rate) * batch)
@@ -284,7 +283,7 @@ class SiameseMethod(SSLMethod):
                    directpred_eps=o.directpred_eps, pred_lr_mult=o.pred_lr_mult,
                    pred_fixed_lr=o.pred_fixed_lr,
                    total_steps=cfg.optim.epochs * task.steps_per_epoch,
-                   sync_bn=cfg.run.sync_bn or distribute.use_sync_bn(),
+                   sync_bn=cfg.run.sync_bn or cross_replica.use_sync_bn(),
                    input_shape=task.input_shape, probe=task.probe, norm_eps=task.norm_eps,
                    name=cls.section, **cls.method_options(o))
 

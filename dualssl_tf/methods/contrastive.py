@@ -8,10 +8,9 @@ to the other 2N-2 views of the global batch (SimCLR; gathered across replicas th
 
 import tensorflow as tf
 
-from dualssl_tf import losses
+from dualssl_tf import cross_replica, losses
 from dualssl_tf.methods.base import SSLMethod
 from dualssl_tf.methods.options import LOSS_NAMES
-from dualssl_tf.run import distribute
 
 
 def loss_fn(name, temperature=0.5, margin=0.0, beta=0.0, dim=None, mean_fn=tf.reduce_mean):
@@ -70,7 +69,7 @@ class ContrastiveMethod(SSLMethod):
       temperature, margin, beta: loss hyper-parameters (see :mod:`dualssl_tf.losses`).
       normalize: divide the embedding by ``||f|| + norm_eps`` before the loss.
       gather_fn: ``(z1, z2) -> (z1_all, z2_all, offset)``; the hook through which
-        negatives are gathered across replicas (:func:`distribute.cross_replica_candidates`).
+        negatives are gathered across replicas (:func:`cross_replica.cross_replica_candidates`).
       probe: optional classifier on ``stop_gradient(representation)`` of view 1.
 
     Example:
@@ -126,7 +125,7 @@ class ContrastiveMethod(SSLMethod):
         if self._loss_fn is None:
             # Batch means (nce_batch) are global-batch means when running on replicas.
             self._loss_fn = loss_fn(self.loss_name, self.temperature, self.margin, self.beta,
-                                    dim=dim, mean_fn=distribute.cross_replica_mean)
+                                    dim=dim, mean_fn=cross_replica.cross_replica_mean)
         return self._loss_fn
 
     def forward(self, batch, training):

@@ -70,6 +70,15 @@ class MetricsLogger(keras.callbacks.Callback):
         self.write(record)
 
 
+class ScalarTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback writing the scalar epoch logs only: array logs (e.g. the
+    per-seed ``best_corr_seeds/<d>`` of a multi-seed HLTM run) go to metrics.jsonl."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, {k: v for k, v in (logs or {}).items()
+                                     if np.ndim(v) == 0})
+
+
 class EpochMetric(keras.callbacks.Callback):
     """A measurement added to the epoch logs (hence metrics.jsonl and TensorBoard).
 

@@ -37,7 +37,7 @@ class StopAtSafePoint(keras.callbacks.Callback):
 
     Args:
       catcher: the SignalCatcher in force.
-      checkpointer: the run's :class:`~dualssl_tf.run.rundir.Checkpointer` (its
+      checkpointer: the run's :class:`~dualssl_tf.run.checkpoints.Checkpointer` (its
         ``run_checkpoints`` writes the extra checkpoint of a finished epoch).
       steps_per_epoch: steps of one epoch (epoch ``e`` ends at step ``e * steps_per_epoch``,
         :mod:`dualssl_tf.run.epoch_steps`).

@@ -9,7 +9,7 @@ data and networks, the method (``dualssl_tf.methods``) the training step, the ru
 import keras
 import tensorflow as tf
 
-from dualssl_tf import config, methods, runfiles, tasks
+from dualssl_tf import config, cross_replica, methods, runfiles, tasks
 from dualssl_tf.evaluation import export
 from dualssl_tf.optim import schedules
 from dualssl_tf.run import distribute, epoch_steps, safe_stop
@@ -104,7 +104,7 @@ def build_model(cfg, task):
         # Built now, so the optimizers and the checkpoints know its variables from step 0.
         rep = task.encoder(tf.zeros([1, *task.input_shape]), training=False)
         task.probe.build(rep.shape)
-    model = methods.build(cfg, task, gather_fn=distribute.cross_replica_candidates)
+    model = methods.build(cfg, task, gather_fn=cross_replica.cross_replica_candidates)
     optimizer = build_optimizer(cfg, task.steps_per_epoch, model.rate_group())
     probe_optimizer = keras.optimizers.Adam(cfg.method.probe_learning_rate)
     if cfg.run.mixed_precision == "float16":  # dynamic loss scale

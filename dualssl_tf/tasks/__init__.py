@@ -28,9 +28,29 @@ def spec(dataset):
     for task in TASKS.values():
         if task.serves(dataset):
             return task
-    raise ConfigError("dataset", f"unknown dataset {dataset!r}; allowed: hltm, "
-                      "translation1d, generated_images, folder or a TensorFlow Datasets "
-                      "name such as stl10, cifar10, cifar100")
+    raise ConfigError("dataset", f"unknown dataset {dataset!r}; allowed: "
+                      + ", ".join(dataset_names())
+                      + "".join(f" or {task.also}" for task in TASKS.values() if task.also))
+
+
+def dataset_names():
+    """The --dataset values the tasks serve by name, in registry order (hltm,
+    translation1d, generated_images, folder); images serves tfds names as well."""
+    return tuple(name for task in TASKS.values() for name, _ in task.datasets)
+
+
+def describe_datasets():
+    """Every --dataset value in words: ``hltm (generated latent tree, ...), ... or a
+    TensorFlow Datasets name (...)`` (the flag's help)."""
+    named = ", ".join(f"{name} ({words})" for task in TASKS.values()
+                      for name, words in task.datasets)
+    return named + "".join(f" or {task.also}" for task in TASKS.values() if task.also)
+
+
+def analysis_datasets():
+    """The --dataset values whose task has analysis hooks (hltm, translation1d)."""
+    return tuple(name for task in TASKS.values() if task.analysis
+                 for name, _ in task.datasets)
 
 
 def option_sections():

@@ -17,7 +17,7 @@ class Task:
       [b]), static shapes, resumed at the run's start step. ``input_context=None``: the
       single pipeline of global batches. With a ``tf.distribute.InputContext`` (several
       replicas, when ``per_replica_data``): per-replica batches of one input pipeline,
-      each pipeline its own stream (``distribute.replica_seed``), the replicas of a host
+      each pipeline its own stream (``cross_replica.replica_seed``), the replicas of a host
       taking consecutive batches.
     steps_per_epoch: steps in one epoch.
     encoder: keras.Model ``x -> representation [B, R]`` (built).
@@ -80,6 +80,10 @@ class TaskSpec:
     validate: Callable             # cfg -> None, raises ConfigError
     module: str                    # "dualssl_tf.tasks.<name>.task"
     analysis: Optional[str] = None  # "dualssl_tf.tasks.<name>.analysis"
+    # The --dataset values it serves by name, with what each is: ((name, words), ...);
+    # the one list of data set names (dualssl_tf.tasks.dataset_names).
+    datasets: tuple = ()
+    also: str = ""                 # what else it serves, in words (images: tfds names)
 
     def load(self):
         """The task's TensorFlow module (``build``, ``eval_data``)."""

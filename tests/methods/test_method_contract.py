@@ -3,7 +3,7 @@
 Two methods written here in a few lines each, on the public hooks only, no ``call()`` of
 their own: ``NegCosine`` (``per_example_loss``: minus the cosine of the two views'
 embeddings) and ``Decorrelate`` (``batch_loss``: a Barlow-Twins-like loss of the global
-batch's cross-correlation, through ``distribute.global_mean``, with ``global_gather`` in a
+batch's cross-correlation, through ``cross_replica.global_mean``, with ``global_gather`` in a
 log). Each trains 2 steps on 2 mirrored replicas (logical CPU devices) and must equal one
 device on the same global batches: variables AND logged metrics.
 
@@ -37,7 +37,7 @@ def method_classes():
     """``(NegCosine, Decorrelate)``, defined on first use (importing TensorFlow)."""
     import tensorflow as tf
     from dualssl_tf.methods.base import SSLMethod
-    from dualssl_tf.run import distribute
+    from dualssl_tf import cross_replica
 
     class TwoViews(SSLMethod):
         def __init__(self, encoder, **kwargs):
@@ -62,16 +62,16 @@ def method_classes():
 
         def batch_loss(self, batch, outputs):
             def standardize(z):  # per dimension, over the global batch
-                centred = z - distribute.global_mean(z)
-                return centred / tf.sqrt(distribute.global_mean(tf.square(centred)) + 1e-4)
+                centred = z - cross_replica.global_mean(z)
+                return centred / tf.sqrt(cross_replica.global_mean(tf.square(centred)) + 1e-4)
 
             n1, n2 = standardize(outputs["z1"]), standardize(outputs["z2"])
-            corr = distribute.global_mean(n1[:, :, None] * n2[:, None, :])    # [D, D]
+            corr = cross_replica.global_mean(n1[:, :, None] * n2[:, None, :])    # [D, D]
             diag = tf.linalg.diag_part(corr)
             on_diag = tf.reduce_sum(tf.square(1.0 - diag))
             off_diag = tf.reduce_sum(tf.square(corr)) - tf.reduce_sum(tf.square(diag))
             spread = tf.reduce_mean(tf.math.reduce_std(
-                distribute.global_gather(outputs["z1"]), axis=0))
+                cross_replica.global_gather(outputs["z1"]), axis=0))
             dim = float(corr.shape[0])
             return (on_diag + 0.1 * off_diag) / dim, {"on_diag": on_diag, "spread": spread}
 
@@ -152,14 +152,14 @@ def test_batch_loss_on_one_device_is_the_global_batch_formula():
 
 def test_global_helpers_on_one_device_are_the_plain_reductions():
     import tensorflow as tf
-    from dualssl_tf.run import distribute
+    from dualssl_tf import cross_replica
     x = tf.constant([[1.0, 2.0], [3.0, 6.0], [5.0, 1.0]])
-    np.testing.assert_array_equal(distribute.global_sum(x), [9.0, 9.0])
-    np.testing.assert_array_equal(distribute.global_mean(x), [3.0, 3.0])
-    np.testing.assert_array_equal(distribute.global_mean(x, axis=1), [1.5, 4.5, 3.0])
-    assert float(distribute.global_sum(x, axis=None)) == 18.0
-    assert float(distribute.global_mean(x, axis=None)) == 3.0
-    assert distribute.global_gather(x) is x and distribute.replica_sum(x) is x
+    np.testing.assert_array_equal(cross_replica.global_sum(x), [9.0, 9.0])
+    np.testing.assert_array_equal(cross_replica.global_mean(x), [3.0, 3.0])
+    np.testing.assert_array_equal(cross_replica.global_mean(x, axis=1), [1.5, 4.5, 3.0])
+    assert float(cross_replica.global_sum(x, axis=None)) == 18.0
+    assert float(cross_replica.global_mean(x, axis=None)) == 3.0
+    assert cross_replica.global_gather(x) is x and cross_replica.replica_sum(x) is x
 
 
 if __name__ == "__main__":

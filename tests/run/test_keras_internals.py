@@ -1,4 +1,4 @@
-"""The private Keras hooks this package relies on: the shim in dualssl_tf/run/distribute.py,
+"""The private Keras hooks this package relies on: the shim in dualssl_tf/keras_internals.py,
 and ``Optimizer._get_variable_index`` of the optimizers in dualssl_tf/optim/ (Keras' own
 subclassing pattern). These tests fail when a Keras upgrade stops calling them, or
 answering, the way the package expects."""
@@ -13,16 +13,16 @@ from dualssl_tf.analysis import connections
 from dualssl_tf.methods.contrastive import ContrastiveMethod
 from dualssl_tf.models.conv1d import conv1d_encoder
 from dualssl_tf.models.tree_net import TreeNet
-from dualssl_tf.run import distribute
+from dualssl_tf import cross_replica, keras_internals
 
 
 def test_keras_internals_still_match(monkeypatch):
     params = list(inspect.signature(keras.Model._maybe_symbolic_build).parameters)
     assert params == ["self", "iterator", "data_batch"], (
-        f"Keras changed {distribute.KERAS_SYMBOLIC_BUILD} (now {params}); update "
-        "OneReplicaSymbolicBuild in dualssl_tf/run/distribute.py")
+        f"Keras changed {keras_internals.KERAS_SYMBOLIC_BUILD} (now {params}); update "
+        "OneReplicaSymbolicBuild in dualssl_tf/keras_internals.py")
     seen = []
-    original = distribute.OneReplicaSymbolicBuild._maybe_symbolic_build
+    original = keras_internals.OneReplicaSymbolicBuild._maybe_symbolic_build
 
     def spy(self, iterator=None, data_batch=None):
         if iterator is not None:
@@ -31,7 +31,7 @@ def test_keras_internals_still_match(monkeypatch):
                 break
         return original(self, iterator=iterator, data_batch=data_batch)
 
-    monkeypatch.setattr(distribute.OneReplicaSymbolicBuild, "_maybe_symbolic_build", spy)
+    monkeypatch.setattr(keras_internals.OneReplicaSymbolicBuild, "_maybe_symbolic_build", spy)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():
         enc = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
@@ -42,7 +42,7 @@ def test_keras_internals_still_match(monkeypatch):
               verbose=0)
     assert seen == [3], (
         "Keras no longer builds a model under a strategy through _maybe_symbolic_build "
-        "with (begin, end, iterator) items; update dualssl_tf/run/distribute.py")
+        "with (begin, end, iterator) items; update dualssl_tf/keras_internals.py")
 
 
 class _Pair(keras.layers.Layer):
@@ -60,8 +60,8 @@ class _Pair(keras.layers.Layer):
 def test_nested_layers_still_match():
     params = list(inspect.signature(keras.layers.Layer._flatten_layers).parameters)
     assert params == ["self", "include_self", "recursive"], (
-        f"Keras changed {distribute.KERAS_FLATTEN_LAYERS} (now {params}); update "
-        "nested_layers in dualssl_tf/run/distribute.py")
+        f"Keras changed {keras_internals.KERAS_FLATTEN_LAYERS} (now {params}); update "
+        "nested_layers in dualssl_tf/keras_internals.py")
     inner = keras.Sequential([keras.Input((3,), name="x_inner"),
                               keras.layers.Dense(3, name="a"), _Pair(name="pair")],
                              name="inner")
@@ -70,7 +70,7 @@ def test_nested_layers_still_match():
     outer(np.zeros((2, 3), "float32"))
     # Depth first; the outer model's children in order, every level below in reverse
     # order (what analysis.connections' layer lists, e.g. analyze.py's default layers, are).
-    assert [l.name for l in distribute.nested_layers(outer)] == [
+    assert [l.name for l in keras_internals.nested_layers(outer)] == [
         "x_outer", "inner", "pair", "second", "first", "a", "x_inner", "top"]
     assert connections.kernel_layer_names(outer) == ["second", "first", "a", "top"]
     # The networks the analysis reads: every kernel, in network order.
@@ -93,11 +93,11 @@ class _Resolver:
 def test_num_workers_from_the_public_cluster_resolver():
     class S:
         cluster_resolver = None
-    assert distribute.num_workers(S()) == 1
+    assert cross_replica.num_workers(S()) == 1
     S.cluster_resolver = _Resolver({"worker": ["a:1", "b:1"], "chief": ["c:1"]})
-    assert distribute.num_workers(S()) == 3
+    assert cross_replica.num_workers(S()) == 3
     S.cluster_resolver = _Resolver({})
-    assert distribute.num_workers(S()) == 1
+    assert cross_replica.num_workers(S()) == 1
 
 
 def test_optimizer_variable_index_still_matches():

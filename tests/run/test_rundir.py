@@ -8,7 +8,7 @@ import numpy as np
 
 from dualssl_tf import tasks
 from dualssl_tf.analysis import runs
-from dualssl_tf.run import rundir
+from dualssl_tf.run import checkpoints, rundir
 from tests.tiny_runs import TINY_HLTM, train
 
 
@@ -24,7 +24,7 @@ def test_initial_weights_are_written_and_read_back(tmp_path, monkeypatch):
     other = tasks.build(cfg.replace(seed=cfg.run.seed + 1)).encoder
     assert any(not np.array_equal(a.numpy(), b.numpy())
                for a, b in zip(fresh.variables, other.variables))
-    assert rundir.restore_initial(other.variables, str(run))
+    assert checkpoints.restore_initial(other.variables, str(run))
     for a, b in zip(fresh.variables, other.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     # load_run takes them from initial/ even when seeding is not reproduced.
@@ -32,7 +32,7 @@ def test_initial_weights_are_written_and_read_back(tmp_path, monkeypatch):
     loaded = runs.load_run(str(run))
     for a, b in zip(fresh.variables, loaded.init.encoder.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    assert not rundir.restore_initial(other.variables, str(tmp_path / "no_such_run"))
+    assert not checkpoints.restore_initial(other.variables, str(tmp_path / "no_such_run"))
 
 
 def test_metrics_record_and_checkpoint_epoch(tmp_path):
@@ -44,7 +44,7 @@ def test_metrics_record_and_checkpoint_epoch(tmp_path):
     assert rundir.metrics_record(str(path), 0) == {"epoch": 0, "loss": 2}
     assert rundir.metrics_record(str(path), 1) == {"epoch": 1, "loss": 0.9}   # the last
     assert rundir.metrics_record(str(path), 2) == {}
-    assert rundir.checkpoint_epoch(os.path.join("run", "checkpoints", "ckpt-12")) == 12
-    assert rundir.checkpoint_epoch("gs://b/run/checkpoints/ckpt-7") == 7
-    assert rundir.checkpoint_epoch("run/final.weights.h5") is None
-    assert rundir.checkpoint_epoch("run/checkpoints/xckpt-3") is None
+    assert checkpoints.checkpoint_epoch(os.path.join("run", "checkpoints", "ckpt-12")) == 12
+    assert checkpoints.checkpoint_epoch("gs://b/run/checkpoints/ckpt-7") == 7
+    assert checkpoints.checkpoint_epoch("run/final.weights.h5") is None
+    assert checkpoints.checkpoint_epoch("run/checkpoints/xckpt-3") is None

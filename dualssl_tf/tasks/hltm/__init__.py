@@ -71,4 +71,5 @@ def _validate(cfg):
 
 SPEC = TaskSpec("hltm", {"hltm": HLTMOptions}, serves=lambda name: name == "hltm",
                 validate=_validate, module="dualssl_tf.tasks.hltm.task",
-                analysis="dualssl_tf.tasks.hltm.analysis")
+                analysis="dualssl_tf.tasks.hltm.analysis",
+                datasets=(("hltm", "generated latent tree, the default; no download"),))

@@ -6,10 +6,9 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from dualssl_tf import correlation
+from dualssl_tf import correlation, cross_replica
 from dualssl_tf.data.hltm import HLTM, forest_dataset
 from dualssl_tf.models.tree_net import TreeNet
-from dualssl_tf.run import distribute
 from dualssl_tf.run.callbacks import EmbeddingSpread, EpochMetric
 from dualssl_tf.tasks.base import Task
 
@@ -77,7 +76,7 @@ def _data(trees, num_negatives, seeds, steps, start_step, batch_size, input_cont
     per_pipeline = (1 if input_context is None else
                     input_context.num_replicas_in_sync // input_context.num_input_pipelines)
     return forest_dataset(trees, batch_size, num_negatives,
-                          [distribute.replica_seed(seed, input_context) for seed in seeds],
+                          [cross_replica.replica_seed(seed, input_context) for seed in seeds],
                           steps * per_pipeline, start_step=start_step * per_pipeline)
 
 

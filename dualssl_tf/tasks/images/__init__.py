@@ -9,6 +9,7 @@ import math
 import os
 import re
 
+from dualssl_tf.data import image_rules
 from dualssl_tf.data.holdout import own_split
 from dualssl_tf.models import stems
 from dualssl_tf.options import ConfigError, Section, choice, option, require
@@ -49,8 +50,9 @@ def is_image_dataset(name):
     """True for generated_images, folder and names shaped like tfds data sets
     (``name[/config][:version]``, lower case) that no other task serves; whether tfds
     knows the name is checked when the data is opened."""
-    return name in OWN_SOURCES or (name not in ("hltm", "translation1d")
-                                   and bool(_TFDS_NAME.match(name)))
+    from dualssl_tf import tasks   # the registry imports this module: looked up per call
+    others = {n for n in tasks.dataset_names() if n not in OWN_SOURCES}
+    return name in OWN_SOURCES or (name not in others and bool(_TFDS_NAME.match(name)))
 
 
 def image_size(cfg):
@@ -59,8 +61,13 @@ def image_size(cfg):
     return cfg.images.image_size or NATIVE_IMAGE_SIZE.get(cfg.data.dataset.split(":")[0], 0)
 
 
-# Image file extensions of --dataset=folder (dualssl_tf.data.images.IMAGE_EXTENSIONS).
-_FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+def check_stem_size(stem, size):
+    """ConfigError naming --image_size when ``size`` px is below what ``stem`` (``auto``
+    resolved for that size) can take."""
+    stem = stems.resolve_stem(stem, size)
+    low = stems.MIN_IMAGE_SIZE[stem]
+    require(size >= low, "image_size", f"{size} px is too small for the {stem} stem (needs "
+            f">= {low}); use --stem=cifar or a larger --image_size")
 
 
 def check_folder(path):
@@ -72,10 +79,10 @@ def check_folder(path):
     require(os.path.exists(path), "data_dir", f"{path} does not exist")
     require(os.path.isdir(path), "data_dir", f"{path} is not a directory")
     for _, _, files in os.walk(path, followlinks=True):
-        if any(f.lower().endswith(_FOLDER_EXTENSIONS) for f in files):
+        if any(image_rules.is_image_file(f) for f in files):
             return
     raise ConfigError("data_dir", f"{path} contains no image files "
-                      f"({', '.join(_FOLDER_EXTENSIONS)})")
+                      f"({', '.join(image_rules.IMAGE_EXTENSIONS)})")
 
 
 @dataclasses.dataclass
@@ -156,11 +163,7 @@ class ImageOptions(Section):
         require(self.image_size >= 0, "image_size", f"must be >= 0, got {self.image_size}")
         size = image_size(cfg)
         if size:
-            stem = stems.resolve_stem(self.stem, size)
-            low = stems.MIN_IMAGE_SIZE[stem]
-            require(size >= low, "image_size",
-                    f"{size} px is too small for the {stem} stem (needs >= {low}); use "
-                    "--stem=cifar or a larger --image_size")
+            check_stem_size(self.stem, size)
         require(self.width_multiplier > 0, "width_multiplier",
                 f"must be > 0, got {self.width_multiplier}")
         for flag in ("proj_dim", "proj_hidden_dim"):
@@ -177,10 +180,9 @@ class ImageOptions(Section):
                         "per view) and takes no augmentation settings; drop it, or use "
                         "--dataset=folder or a tfds data set")
         choice(self.augment_on, AUGMENT_ON, "augment_on")
-        require(self.augment_on != "device" or cfg.data.dataset != "generated_images",
-                "augment_on", "device needs images to crop; --dataset=generated_images "
-                "renders each view itself on the host (shapes re-drawn per view): use "
-                "--augment_on=host or auto")
+        image_rules.check_device_views(self.augment_on,
+                                       cfg.data.dataset == "generated_images",
+                                       "--dataset=generated_images (shapes re-drawn per view)")
         require(self.shuffle_buffer >= 1, "shuffle_buffer",
                 f"must be >= 1, got {self.shuffle_buffer}")
         if cfg.method.method == "contrastive":  # the contrastive method's options only
@@ -265,4 +267,7 @@ def _validate(cfg):
 
 SPEC = TaskSpec("images", {"images": ImageOptions, "generated": GeneratedOptions},
                 serves=is_image_dataset, validate=_validate,
-                module="dualssl_tf.tasks.images.task")
+                module="dualssl_tf.tasks.images.task",
+                datasets=(("generated_images", "generated shapes; no download"),
+                          ("folder", "--data_dir of class sub-folders")),
+                also="a TensorFlow Datasets name (stl10, cifar10, cifar100)")

@@ -5,14 +5,15 @@ import functools
 import json
 import os
 
-from dualssl_tf import methods, runfiles
-from dualssl_tf.data import images
+from dualssl_tf import cross_replica, methods, runfiles
+from dualssl_tf.data import image_rules, images
 from dualssl_tf.data.generated_images import GeneratedImages
 from dualssl_tf.models import heads, resnet, stems
 from dualssl_tf.options import ConfigError
-from dualssl_tf.run import callbacks, distribute
+from dualssl_tf.run import callbacks
 from dualssl_tf.tasks.base import HeadSpec, Task
-from dualssl_tf.tasks.images import image_size as configured_image_size, view_settings
+from dualssl_tf.tasks.images import check_stem_size, view_settings
+from dualssl_tf.tasks.images import image_size as configured_image_size
 
 # Images of a fixed batch for the embedding-spread (collapse) monitor.
 SPREAD_SAMPLES = 256
@@ -28,11 +29,7 @@ def _image_size(cfg, source):
             raise ConfigError("image_size", f"{source.name} has images of varying sizes; "
                               "set --image_size (e.g. 32 or 96)")
         size = int(source.image_shape[0])
-    stem = stems.resolve_stem(cfg.images.stem, size)
-    if size < stems.MIN_IMAGE_SIZE[stem]:
-        raise ConfigError("image_size", f"{size} px is too small for the {stem} stem (needs "
-                          f">= {stems.MIN_IMAGE_SIZE[stem]}); use --stem=cifar or a larger "
-                          "--image_size")
+    check_stem_size(cfg.images.stem, size)
     return size
 
 
@@ -120,9 +117,7 @@ def resolve_augment_on(cfg, source, accelerator=None):
     """
     wanted = cfg.images.augment_on
     own_views = source.views is not None
-    if wanted == "device" and own_views:
-        raise ConfigError("augment_on", f"{source.name} renders its own views on the host; "
-                          "use --augment_on=host or auto")
+    image_rules.check_device_views(wanted, own_views, source.name)
     if wanted != "auto":
         return wanted
     recorded = recorded_augment_on(cfg.run.model_dir)
@@ -163,7 +158,7 @@ def build(cfg, start_step=0):
 
     o = cfg.images
     # Built inside the trainer's strategy scope: BatchNorm syncs across several replicas.
-    sync_bn = cfg.run.sync_bn or distribute.use_sync_bn()
+    sync_bn = cfg.run.sync_bn or cross_replica.use_sync_bn()
     encoder = resnet.resnet(ENCODER_DEPTH[cfg.data.encoder], image_size=size, stem=o.stem,
                             width_multiplier=o.width_multiplier, sync_bn=sync_bn)
     rep_dim = encoder.output_shape[-1]
@@ -229,7 +224,7 @@ def _data(source, cfg, size, start_step, augment_on, batch_size, input_context=N
     o = cfg.images
     settings = view_settings(o)
     return images.pretrain_dataset(
-        source, batch_size, size, seed=distribute.replica_seed(cfg.run.seed, input_context),
+        source, batch_size, size, seed=cross_replica.replica_seed(cfg.run.seed, input_context),
         start_step=start_step * per_pipeline,
         color_jitter_strength=settings.pop("color_jitter_strength"),
         blur=settings.pop("blur"), shuffle_buffer=o.shuffle_buffer,

@@ -42,4 +42,5 @@ def _validate(cfg):
 SPEC = TaskSpec("translation1d", {"translation1d": Translation1DOptions},
                 serves=lambda name: name == "translation1d", validate=_validate,
                 module="dualssl_tf.tasks.translation1d.task",
-                analysis="dualssl_tf.tasks.translation1d.analysis")
+                analysis="dualssl_tf.tasks.translation1d.analysis",
+                datasets=(("translation1d", "the 1-D translation toy of Figure 3"),))
