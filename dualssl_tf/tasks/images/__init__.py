@@ -265,4 +265,5 @@ def _validate(cfg):
 
 SPEC = TaskSpec("images", {"images": ImageOptions, "generated": GeneratedOptions},
                 serves=is_image_dataset, validate=_validate,
-                module="dualssl_tf.tasks.images.task")
+                module="dualssl_tf.tasks.images.task",
+                analysis="dualssl_tf.tasks.images.analysis")
