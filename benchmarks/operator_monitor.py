@@ -6,7 +6,8 @@
 
 Trains each config with the monitor on and prints, per epoch, the training time (the epoch's
 steps, measured before any epoch-end callback), the monitor's time (op_monitor_seconds on
-images; the toy monitor's compute() timed here) and their ratio. With --figure, draws the
+images; the toy monitor's compute() timed here), their ratio, and the whole epoch's wall
+time (every epoch-end callback included) with the monitor's share of it. With --figure, draws the
 gradient-vs-OP_l vec(W_l) cosine and ||OP_l vec(W_l)|| per layer over epochs, one panel
 column per config (analysis.plots.operator_monitor_panels).
 """
@@ -49,6 +50,16 @@ def main(argv):
         def on_epoch_end(self, epoch, logs=None):
             self.seconds.append(time.perf_counter() - self._start)
 
+    class WholeEpochTimer(keras.callbacks.Callback):
+        """Last in fit's list: the epoch's wall time with every epoch-end callback (the
+        task's metrics, the monitor, the metrics line and checkpoint)."""
+        def __init__(self, first):
+            super().__init__()
+            self.first, self.seconds = first, []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.first._start)
+
     toy_seconds = []
     compute = callback.CovarianceMonitor.compute
 
@@ -73,7 +84,8 @@ def main(argv):
         if cfg.data.dataset not in ("hltm", "translation1d"):
             cfg = cfg.replace(analysis_budget=FLAGS.budget)
         timer = EpochTimer()
-        trainer.fit_callbacks = lambda *a, **k: [timer, *fit_callbacks(*a, **k)]
+        whole = WholeEpochTimer(timer)
+        trainer.fit_callbacks = lambda *a, **k: [timer, *fit_callbacks(*a, **k), whole]
         toy_seconds.clear()
         trainer.run(cfg)
         metrics = runs.read_metrics(os.path.join(cfg.run.model_dir, "metrics.jsonl"))
@@ -81,17 +93,19 @@ def main(argv):
                    if "op_monitor_seconds" in metrics[-1] else toy_seconds[1:])
         print(f"\n{name}: batch {cfg.optim.batch_size}; monitor sample "
               f"{cfg.analysis.points} points, budget {cfg.analysis.budget}")
-        print(f"{'epoch':>5} {'train s':>9} {'monitor s':>10} {'ratio':>7}")
-        for e, (t, m) in enumerate(zip(timer.seconds, monitor), start=1):
-            print(f"{e:>5} {t:>9.2f} {m:>10.2f} {m / t:>7.1%}")
+        print(f"{'epoch':>5} {'train s':>9} {'monitor s':>10} {'ratio':>7} "
+              f"{'whole epoch s':>14} {'share':>7}")
+        for e, (t, m, w) in enumerate(zip(timer.seconds, monitor, whole.seconds), start=1):
+            print(f"{e:>5} {t:>9.2f} {m:>10.2f} {m / t:>7.1%} {w:>14.2f} {m / w:>7.1%}")
         init = metrics[0].get("op_monitor_seconds", toy_seconds[0] if toy_seconds else None)
         if init is not None:
             print(f"epoch 0 (initialisation, includes tracing): {init:.2f} s")
         curves = report.image_monitor_curves(metrics)
         if curves:
-            panels[name] = curves
+            loss = f" {cfg.contrastive.loss}" if cfg.method.method == "contrastive" else ""
+            panels[f"{cfg.method.method}{loss} ({name}.cfg)"] = curves
         print(json.dumps({"config": path, "train_seconds": timer.seconds,
-                          "monitor_seconds": monitor}))
+                          "whole_epoch_seconds": whole.seconds, "monitor_seconds": monitor}))
     if FLAGS.figure and panels:
         plots.operator_monitor_panels(panels, FLAGS.figure)
         print(f"figure: {FLAGS.figure}")

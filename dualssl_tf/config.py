@@ -195,14 +195,14 @@ class AnalysisOptions(Section):
                         "OP_l's top eigenvector; images (matrix-free): ||OP_l vec W_l||, its "
                         "cosine with the loss gradient, lambda_max, trace, residue.",
                         resumable=True)
-    points: int = option(32, "Base points M (x 8 augmentations; images: held-out images x 4 "
+    points: int = option(32, "Base points M (x 8 augmentations; images: held-out images x 2 "
                          "views) for --analysis_every (>= 2).", resumable=True)
     layers: str = option("", "Images: comma-separated Dense/Conv layers the monitor analyses "
                          "(default: one conv per ResNet stage, layer<s>_0_conv1).",
                          resumable=True)
     budget: int = option(1, "Images: power-iteration steps and Hutchinson probes per layer "
                          "and analysed epoch (>= 1); an epoch costs layers x (2 + 3 budget) "
-                         "+ 1 passes over the M x 4 sample.", resumable=True)
+                         "+ 1 passes over the M x 2 sample.", resumable=True)
 
     def validate(self, cfg):
         require(self.every >= 0, "analysis_every",

@@ -119,10 +119,10 @@ def test_image_layers_sample_and_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="--analysis_layers: .*no Dense or Conv"):
         image_analysis.monitor_layers(cfg, keras.Sequential([keras.Input((4, 4, 3)),
                                                              keras.layers.Flatten()]))
-    # The sample: M held-out images x 4 views, the same for the same seed.
-    x = image_analysis.monitor_sample(cfg, 3, seed=7)
+    # The sample: M held-out images x 4 views (2 by default), the same for the same seed.
+    x = image_analysis.monitor_sample(cfg, 3, num_aug=4, seed=7)
     assert x.shape == (3, 4, 16, 16, 3)
-    np.testing.assert_array_equal(x, image_analysis.monitor_sample(cfg, 3, seed=7))
+    np.testing.assert_array_equal(x, image_analysis.monitor_sample(cfg, 3, num_aug=4, seed=7))
     assert float(tf.reduce_max(tf.abs(x[:, 0] - x[:, 1]))) > 0.1   # two different views
     for kw, flag in [(dict(analysis_budget=0), "analysis_budget"),
                      (dict(analysis_every=0, analysis_layers="stem_conv"), "analysis_layers"),

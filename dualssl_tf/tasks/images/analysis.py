@@ -13,8 +13,10 @@ from dualssl_tf.data import augment
 from dualssl_tf.options import ConfigError
 from dualssl_tf.tasks.images import view_settings
 
-# Augmentations per base point of the monitor's sample: two training pairs per point.
-NUM_AUG = 4
+# Views per base point of the monitor's sample: one training pair. Two views average the
+# augmentation less than 4 or 8 would, but halve the cost: 4 views cost ~20% of a
+# generated-images epoch on a 2-core CPU, 2 views ~10% (benchmarks/operator_monitor.py).
+NUM_AUG = 2
 # The whole-run analysis of tools/analyze.py reads the monitor's curves, not the networks.
 MATRIX_FREE = True
 
