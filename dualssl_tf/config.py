@@ -186,17 +186,32 @@ class RunOptions(Section):
 class AnalysisOptions(Section):
     """Per-epoch covariance-operator analysis (:mod:`dualssl_tf.analysis.callback`)."""
     prefix = "analysis_"
-    every: int = option(0, "Log ||OP_l||_F, ||W_l|| and the alignment of W_l with OP_l's "
-                        "top eigenvector every k epochs (hltm, translation1d); 0 = off.",
+    every: int = option(0, "Log the covariance operator OP_l every k epochs; 0 = off. hltm, "
+                        "translation1d: ||OP_l||_F, ||W_l|| and the alignment of W_l with "
+                        "OP_l's top eigenvector; images (matrix-free): ||OP_l vec W_l||, its "
+                        "cosine with the loss gradient, lambda_max, trace, residue.",
                         resumable=True)
-    points: int = option(32, "Base points M (x 8 augmentations) for --analysis_every (>= 2).",
+    points: int = option(32, "Base points M (x 8 augmentations; images: held-out images x 2 "
+                         "views) for --analysis_every (>= 2).", resumable=True)
+    layers: str = option("", "Images: comma-separated Dense/Conv layers the monitor analyses "
+                         "(default: one conv per ResNet stage, layer<s>_0_conv1).",
                          resumable=True)
+    budget: int = option(1, "Images: power-iteration steps and Hutchinson probes per layer "
+                         "and analysed epoch (>= 1); an epoch costs layers x (2 + 3 budget) "
+                         "+ 1 passes over the M x 2 sample.", resumable=True)
 
     def validate(self, cfg):
         require(self.every >= 0, "analysis_every",
                 f"must be >= 0 (0 = off, k = every k epochs), got {self.every}")
         require(self.points >= 2, "analysis_points",
                 f"must be >= 2 (a covariance needs M >= 2 base points), got {self.points}")
+        require(self.budget >= 1, "analysis_budget",
+                f"must be >= 1 (power steps and trace probes per layer), got {self.budget}")
+        for flag, value, default in (("analysis_layers", self.layers, ""),
+                                     ("analysis_budget", self.budget, 1)):
+            require(self.every > 0 or value == default, flag,
+                    "has no effect without --analysis_every; set --analysis_every=1 or drop "
+                    "it")
 
 
 # Section attribute -> Section class, in flag order (flags.txt, --helpfull).

@@ -32,7 +32,7 @@ CORE_FLAGS = {
              "weight_decay weight_decay_mode lr_schedule warmup_epochs lr_scaling lars_eta",
     "run": "seed steps_per_execution jit_compile strategy tpu num_gpus sync_bn "
            "mixed_precision model_dir verbose checkpoint_every keep_checkpoints deterministic",
-    "analysis": "analysis_every analysis_points",
+    "analysis": "analysis_every analysis_points analysis_layers analysis_budget",
 }
 # Flags the registered sections have today (recorded in flags.txt of runs since): they may
 # gain flags, but none of these may be renamed or removed.

@@ -26,7 +26,7 @@ LAYERS = [
     # The tasks' analysis hooks (tasks/<name>/analysis.py) are analysis: only
     # tools/analyze.py and the analysis import them.
     ("analysis", ["dualssl_tf.analysis", "dualssl_tf.tasks.hltm.analysis",
-                  "dualssl_tf.tasks.translation1d.analysis"]),
+                  "dualssl_tf.tasks.translation1d.analysis", "dualssl_tf.tasks.images.analysis"]),
 ]
 
 # Upward edges still allowed, (importer prefix, imported prefix): why.

@@ -13,6 +13,18 @@ initialisation and after training, and writes into --out_dir (default MODEL_DIR/
   filter_alignment.png (toy) trained filters vs OP's top eigenvectors at init
   lucky_nodes_by_hid.png (HLTM, with --lucky_hids) best |corr| at init vs group width
 
+An image run is read from its metrics.jsonl (the matrix-free monitor of --analysis_every;
+--layers picks among the monitored layers; --points, --augmentations, --top_k unused):
+
+  op_alignment.png     cos(-grad L, OP_l vec W_l) per layer over epochs
+  op_norm.png          ||OP_l vec W_l|| per layer over epochs
+  op_residue.png       the reversibility residue ||f - K_l^T vec W_l|| / ||f|| per layer
+  op_spectrum_estimates.png  lambda_max(OP_l) estimate per layer
+  collapse.png         embed_std, effective_rank (also for the toys, when logged)
+
+An image run trained without the monitor: one line says so, and the collapse figure is
+drawn.
+
 Bad input ends with one line on stderr naming the flag, and exit status 2.
 """
 
@@ -122,12 +134,20 @@ def main(argv):
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, "analysis")
     tmp = None
     try:
-        run = runs.load_run(FLAGS.model_dir)
-        report.task_hooks(run.cfg)   # ValueError("model_dir: ...") for unsupported tasks
-        layers = FLAGS.layers or report.default_layers(run.init.encoder)
-        report.check_layers(run.init.encoder, layers)
-        result = report.analyze_run(run, layers, FLAGS.points, FLAGS.augmentations,
-                                    FLAGS.top_k, FLAGS.seed, hids)
+        cfg = runs.read_flagfile(os.path.join(FLAGS.model_dir, "flags.txt"))
+        # ValueError("model_dir: ...") for unsupported tasks
+        matrix_free = getattr(report.task_hooks(cfg), "MATRIX_FREE", False)
+        if matrix_free:   # images: the monitor's curves from metrics.jsonl, no rebuild
+            result = report.monitor_report(FLAGS.model_dir, cfg, runs.read_metrics(
+                os.path.join(FLAGS.model_dir, "metrics.jsonl")), FLAGS.layers)
+            if result.get("note"):
+                print(f"{TOOL}: {FLAGS.model_dir}: {result['note']}", flush=True)
+        else:
+            run = runs.load_run(FLAGS.model_dir)
+            layers = FLAGS.layers or report.default_layers(run.init.encoder)
+            report.check_layers(run.init.encoder, layers)
+            result = report.analyze_run(run, layers, FLAGS.points, FLAGS.augmentations,
+                                        FLAGS.top_k, FLAGS.seed, hids)
         # Write into a temporary directory and rename: never a half-written output. Figures
         # are drawn to local files, so a URL (gs://) out_dir gets a local one, copied over.
         if runfiles.is_remote(out_dir):
@@ -136,9 +156,10 @@ def main(argv):
             tmp = out_dir.rstrip("/") + ".tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
-        paths = report.make_figures(result, tmp)
+        paths = (report.monitor_figures(result, tmp) if matrix_free
+                 else report.make_figures(result, tmp))
         # Every method's collapse monitor (embed_std, effective_rank), when the run has it.
-        figure = collapse.run_figure(FLAGS.model_dir, tmp, f"--method={run.cfg.method.method}")
+        figure = collapse.run_figure(FLAGS.model_dir, tmp, f"--method={cfg.method.method}")
         if figure:
             paths["collapse"] = figure
         with open(os.path.join(tmp, "analysis.json"), "w") as f:

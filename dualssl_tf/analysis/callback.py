@@ -104,17 +104,18 @@ class CovarianceMonitor(EpochMetric):
         return logs
 
 
-
 def build_analysis_callback(cfg, task):
     """The monitor of a run, on the layers and sampler its task's analysis hooks name
-    (every latent group of the HLTM net, the toy's conv layer).
+    (every latent group of the HLTM net, the toy's conv layer; on images the matrix-free
+    :class:`~dualssl_tf.analysis.operator_monitor.OperatorMonitor`).
 
     Args:
-      cfg: TrainConfig (uses ``--dataset``, ``--analysis_every``, ``--analysis_points``,
-        ``--seed``).
+      cfg: TrainConfig (uses ``--dataset``, ``--analysis_*``, ``--seed``).
       task: the run's :class:`~dualssl_tf.tasks.Task` (its encoder and metadata).
     Raises:
-      ConfigError("analysis_every") for tasks without analysis hooks.
+      ConfigError naming the flag: a task without analysis hooks (``analysis_every``),
+      an unknown layer or an encoder without Dense/Conv layers (``analysis_layers``),
+      the images-only flags on a toy task.
     """
     hooks = cfg.task.load_analysis()
     if hooks is None:
@@ -123,6 +124,13 @@ def build_analysis_callback(cfg, task):
                           f"{cfg.data.dataset!r}; supported: "
                           f"{', '.join(tasks.analysis_datasets())} (set "
                           "--analysis_every=0)")
+    if getattr(hooks, "MATRIX_FREE", False):
+        return hooks.monitor(cfg, task)
+    for flag, value, default in (("analysis_layers", cfg.analysis.layers, ""),
+                                 ("analysis_budget", cfg.analysis.budget, 1)):
+        if value != default:
+            raise ConfigError(flag, f"applies to image data sets; the {cfg.data.dataset} "
+                              "monitor analyses every layer exactly (drop the flag)")
     layers, sampler = hooks.monitor(cfg, task, NUM_AUG)
     return CovarianceMonitor(task.encoder, layers, sampler, every=cfg.analysis.every,
                              seed=cfg.run.seed * 100_003)

@@ -95,8 +95,13 @@ def group_shape(variable, index):
 
 
 def _tf_var(variable):
-    """The underlying tf.Variable (keras.Variable wraps one as ``.value``)."""
-    return variable.value if isinstance(variable, keras.Variable) else variable
+    """The underlying tf.Variable (keras.Variable wraps one as ``.value``); of a variable
+    mirrored over replicas, the first replica's copy: what reads in cross-replica context
+    (a Keras callback) see, and one that autodiff can differentiate there."""
+    variable = variable.value if isinstance(variable, keras.Variable) else variable
+    if isinstance(variable, tf.distribute.DistributedValues):
+        variable = variable.distribute_strategy.experimental_local_results(variable)[0]
+    return variable
 
 
 # The traced connection functions of the model analysed last: {key: tf.function}. One

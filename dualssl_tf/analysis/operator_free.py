@@ -199,6 +199,28 @@ class MatrixFreeOperator:
         cos = float(tf.reduce_sum(op_w * grad)) / max(a * b, 1e-300)
         return {"cosine": cos, "op_w_norm": a, "simp_grad_norm": b}
 
+    def weights_product_and_residue(self):
+        """``(OP vec(W_l), residue)`` from one JVP pass and one VJP pass (whole kernel).
+
+        The JVP with tangent ``vec(W_l)`` gives both ``f`` and ``K^T vec(W_l)``, so the
+        residue (:meth:`residue`) comes free with the product's coefficients.
+
+        Returns:
+          (tensor of shape ``self.shape`` in ``dtype``, Python float).
+        """
+        if self.index is not None:
+            raise ValueError(f"index: the residue is of a whole kernel, not group {self.index}")
+        tangent = tf.convert_to_tensor(self._var)
+        coeffs, num, den = [], 0.0, 0.0
+        for x in self._chunks():
+            f, kw = self._jvp(x, tangent)
+            f, kw = tf.cast(f, self.dtype), tf.cast(kw, self.dtype)
+            num += float(tf.reduce_sum(tf.square(f - kw)))
+            den += float(tf.reduce_sum(tf.square(f)))
+            coeffs.append(tf.reduce_mean(kw, 1))
+        product = self._vjp_mean(self._centre(tf.concat(coeffs, 0)))
+        return product, float(np.sqrt(num) / max(np.sqrt(den), 1e-300))
+
     def quadratic(self, u):
         """u^T OP u = 1/M sum_i ||c_i(u)||^2 (JVP pass only). Python float."""
         c = self._coefficients(u)
@@ -225,17 +247,22 @@ class MatrixFreeOperator:
         return float(np.sqrt(num) / max(np.sqrt(den), 1e-300))
 
     # ------------------------------------------------------------------ estimators
-    def top_eigen(self, iterations=100, tol=1e-10, seed=0):
+    def top_eigen(self, iterations=100, tol=1e-10, seed=0, start=None):
         """Top eigenpair by power iteration (OP is PSD, so it converges to lambda_max).
 
-        Starts from a Gaussian vector drawn with ``seed``; stops after ``iterations`` products
-        or when the Rayleigh quotient changes by less than ``tol`` relative. The Rayleigh
-        quotient's error shrinks like ``(lambda_2 / lambda_1)^(2k)`` after k products.
+        Starts from ``start`` (any nonzero vector of shape ``self.shape``, e.g. OP vec(W_l),
+        which training aligns with the top eigenvector), else from a Gaussian vector drawn
+        with ``seed``; stops after ``iterations`` products or when the Rayleigh quotient
+        changes by less than ``tol`` relative. The value is a Rayleigh quotient, so a lower
+        bound on lambda_max at every step; its error shrinks like
+        ``(lambda_2 / lambda_1)^(2k)`` after k products.
 
         Returns:
           (value: float, vector: unit tensor of shape ``self.shape``, products: int).
         """
-        v = tf.constant(np.random.default_rng(seed).standard_normal(self.shape), self.dtype)
+        if start is None:
+            start = np.random.default_rng(seed).standard_normal(self.shape)
+        v = tf.cast(tf.reshape(tf.convert_to_tensor(start), self.shape), self.dtype)
         v = v / tf.norm(v)
         value, k = 0.0, 0
         for k in range(1, int(iterations) + 1):

@@ -244,3 +244,54 @@ def init_selectivity_by_hid(result, path, title="Lucky nodes at init vs group wi
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=7, ncol=2)
     return _save(fig, path)
+
+
+def layer_curves(epochs, series, path, title, ylabel, ylim=None, log=False):
+    """One curve per layer vs epoch. series: dict layer -> [T] aligned with epochs [T]."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(series), 1)))
+    for color, (label, values) in zip(colors, series.items()):
+        ax.plot(epochs, values, marker="o", ms=3, color=color, label=label)
+    if log:
+        ax.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel("epoch (0 = initialisation)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best", fontsize=8)
+    _integer_x(ax)
+    return _save(fig, path)
+
+
+def operator_monitor_panels(panels, path):
+    """Runs side by side (columns) with two rows: the loss gradient's cosine with
+    OP_l vec(W_l) and ||OP_l vec(W_l)||, one curve per layer. panels: dict run name ->
+    ``{"epochs": [...], "series": {key: {layer: [...]}}}`` (report.image_monitor_curves)."""
+    rows = (("op_grad_cos", "cos(-grad_W L, OP_l vec W_l)", False),
+            ("op_w_norm", "||OP_l vec W_l||", True))
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(4.6 * len(panels), 6.4),
+                             squeeze=False, sharex=True)
+    for col, (name, curves) in enumerate(panels.items()):
+        for row, (key, ylabel, log) in enumerate(rows):
+            ax = axes[row, col]
+            series = curves["series"].get(key, {})
+            colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(series), 1)))
+            for color, (label, values) in zip(colors, series.items()):
+                ax.plot(curves["epochs"], values, marker="o", ms=3, color=color, label=label)
+            if log:
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(-1.02, 1.02)
+                ax.axhline(0, color="grey", lw=0.6)
+            ax.grid(alpha=0.3, which="both")
+            if row == 0:
+                ax.set_title(name, fontsize=10)
+            if col == 0:
+                ax.set_ylabel(ylabel)
+            if row == len(rows) - 1:
+                ax.set_xlabel("epoch (0 = initialisation)")
+                _integer_x(ax)
+        axes[0, col].legend(loc="best", fontsize=7)
+    return _save(fig, path)

@@ -177,3 +177,72 @@ def _representative(ops, limit=6):
         if layer not in chosen and len(chosen) < limit:
             chosen[layer] = v
     return chosen
+
+
+# -- image runs: the matrix-free monitor's curves (metrics.jsonl) ---------------------------
+
+# metrics.jsonl keys of the matrix-free monitor (analysis.operator_monitor.KEYS), in order.
+MONITOR_KEYS = ("op_grad_cos", "op_w_norm", "op_residue", "op_top_eig", "op_trace")
+
+
+def image_monitor_curves(metrics, layers=()):
+    """{"epochs": [...], "series": {key: {layer: [...]}}} of the monitor's keys, None when
+    metrics.jsonl has none of them. ``layers``: keep only these (ValueError "layers: ..."
+    naming an unlogged one)."""
+    out = {}
+    epochs = None
+    for key in MONITOR_KEYS:
+        e, series = runs.metric_series(metrics, key)
+        if isinstance(series, dict) and series:
+            out[key] = {k: [float(x) for x in v] for k, v in series.items()}
+            epochs = e.tolist() if epochs is None else epochs
+    if not out:
+        return None
+    logged = list(next(iter(out.values())))
+    missing = [name for name in layers if name not in logged]
+    if missing:
+        raise ValueError(f"layers: {', '.join(missing)} not monitored in this run; "
+                         f"monitored: {', '.join(logged)}")
+    if layers:
+        out = {key: {k: v for k, v in s.items() if k in layers} for key, s in out.items()}
+    return {"epochs": epochs, "series": out}
+
+
+def monitor_report(model_dir, cfg, metrics, layers=()):
+    """analysis.json of an image run: the monitor's curves per layer (None without them),
+    and a ``note`` saying what is missing."""
+    curves = image_monitor_curves(metrics, layers)
+    result = {"model_dir": model_dir, "dataset": cfg.data.dataset,
+              "method": cfg.method.method, "monitor": curves, "matrix_free": True}
+    if curves is None:
+        result["note"] = ("no covariance-operator monitor in metrics.jsonl (train with "
+                          "--analysis_every=1 to log it); only the collapse figure is drawn")
+    return result
+
+
+def monitor_figures(result, out_dir):
+    """The PNGs of a :func:`monitor_report` (none without the monitor). Returns {name: path}."""
+    curves = result.get("monitor")
+    if not curves:
+        return {}
+    epochs, series = curves["epochs"], curves["series"]
+    specs = {
+        "op_alignment": ("op_grad_cos", "cos(-grad_W L, OP_l vec(W_l))",
+                         "Gradient of the loss vs OP_l vec(W_l) (Theorem 3: 1 for L_simp "
+                         "when reversible)", (-1.02, 1.02), False),
+        "op_norm": ("op_w_norm", "||OP_l vec(W_l)||", "Operator's action on the weights",
+                    None, True),
+        "op_residue": ("op_residue", "||f - K_l^T vec(W_l)|| / ||f||",
+                       "Reversibility residue (0: the lens is exact at l)", None, False),
+        "op_spectrum_estimates": ("op_top_eig", "lambda_max(OP_l) (power iteration)",
+                                  "Top eigenvalue estimate per layer", None, True),
+    }
+    paths = {}
+    for name, (key, ylabel, title, ylim, log) in specs.items():
+        if key in series:
+            paths[name] = plots.layer_curves(epochs, series[key],
+                                             os.path.join(out_dir, f"{name}.png"),
+                                             title=f"{title}\n({result['method']}, "
+                                                   f"{result['dataset']})",
+                                             ylabel=ylabel, ylim=ylim, log=log)
+    return paths

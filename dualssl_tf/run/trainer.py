@@ -65,14 +65,18 @@ def _run_locked(cfg, rundir):
     data = distribute.train_input(strategy, cfg.optim.batch_size, task,
                                   lambda ds: select_negatives(cfg, task, ds))
     callbacks = list(task.callbacks)
+    monitor = None
     if cfg.analysis.every:  # imported on request only: training never needs the analysis
         from dualssl_tf.analysis.callback import build_analysis_callback
-        callbacks.append(build_analysis_callback(cfg, task))
+        monitor = build_analysis_callback(cfg, task)
+        callbacks.append(monitor)
     # Nothing is written before every setting has been checked and the data built.
     rundir.write_config(config.to_flagfile(cfg), task.metadata)
     with strategy.scope():
         model = build_model(cfg, task)
         rundir.attach(model)
+    if monitor is not None:  # the method's loss at epoch 0 too (fit sets it again)
+        monitor.set_model(model)
     initial = rundir.begin(found, lambda: initial_logs(callbacks), network_variables(task))
     model.fit(data, epochs=cfg.optim.epochs, steps_per_epoch=task.steps_per_epoch,
               initial_epoch=found["epoch"] if found else 0, verbose=cfg.run.verbose,

@@ -270,4 +270,5 @@ SPEC = TaskSpec("images", {"images": ImageOptions, "generated": GeneratedOptions
                 module="dualssl_tf.tasks.images.task",
                 datasets=(("generated_images", "generated shapes; no download"),
                           ("folder", "--data_dir of class sub-folders")),
-                also="a TensorFlow Datasets name (stl10, cifar10, cifar100)")
+                also="a TensorFlow Datasets name (stl10, cifar10, cifar100)",
+                analysis="dualssl_tf.tasks.images.analysis")
