@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from dualssl_tf import losses
 from dualssl_tf.methods.base import SSLMethod
-from dualssl_tf.methods.options import LOSS_NAMES
+from dualssl_tf.methods.options import ALPHA_CL_FORMS, LOSS_NAMES
 from dualssl_tf.run import distribute
 
 
@@ -47,6 +47,7 @@ LOSSES = {
     "alpha_cl": lambda t, m, b, d, mean: lambda rp, rn: losses.alpha_cl_loss(rp, rn, t),
 }
 assert tuple(LOSSES) == LOSS_NAMES  # --loss help and validation use LOSS_NAMES
+assert losses.ALPHA_CL_FORMS == ALPHA_CL_FORMS  # --alpha_cl_form's validation (TF-free)
 
 
 def local_candidates(z1, z2):

@@ -23,8 +23,9 @@ FLOAT16_MAX_EXP = math.log(65504.0)
 def max_loss_exponent(loss, temperature, margin=0.0):
     """Largest exponent e^x the loss forms for unit embeddings (distances in [0, 2]).
 
-    nce/ntxent: logsumexp of -r/tau; cov: sigmoid(-r/tau); tri: (r+ - r- + r0)/tau; simp and
-    nce_batch (batch means divided by the width) form no large exponent: 0.
+    nce/ntxent: logsumexp of -r/tau; cov: sigmoid(-r/tau); tri: (r+ - r- + r0)/tau; simp,
+    nce_batch (batch means divided by the width) and alpha_cl (its weights from
+    logarithms, in float32) form no large exponent: 0.
     """
     if loss in ("nce", "ntxent", "cov"):
         return 2.0 / temperature
