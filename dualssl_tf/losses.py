@@ -14,7 +14,8 @@ Two layers of functions:
   candidates so negatives can be gathered across replicas without changing any loss.
 * *Per-anchor losses* map ``(r_pos [B], r_neg [B, H]) -> [B]``: :func:`simple_loss`,
   :func:`soft_triplet_loss`, :func:`info_nce_loss`, :func:`exact_cov_loss`, plus the
-  official HLTM code's batch form :func:`batch_mean_nce_loss`.
+  official HLTM code's batch form :func:`batch_mean_nce_loss` and the pair-weighted
+  alpha-CL loss of the authors' follow-up (Tian 2022), :func:`alpha_cl_loss`.
 
 The non-contrastive methods (BYOL, SimSiam: :mod:`dualssl_tf.methods.byol`) compare a
 prediction with a target by cosine: :func:`cosine`, :func:`byol_loss`, :func:`simsiam_loss`
@@ -165,6 +166,76 @@ def batch_mean_nce_loss(r_pos, r_neg, temperature, dim, mean_fn=tf.reduce_mean):
     mse_neg = 2.0 * mean_fn(r_neg) / dim
     value = -tf.sigmoid((mse_neg - mse_pos) / temperature)
     return tf.fill(tf.shape(r_pos), value)
+
+
+# -- alpha-CL: pair-weighted contrastive losses (Tian 2022) ---------------------------------
+
+# The pairwise-importance forms of alpha-CL (the official code's ``alpha_type``).
+ALPHA_CL_FORMS = ("exp", "inverse")
+
+
+def alpha_cl_weights(r_pos, r_neg, temperature, form="exp", exponent=1.0, eps=0.1,
+                     inverse_exponent=1.0, pos_weight=0.0):
+    """The pairwise importance alpha_ik [B, H] of alpha-CL, without gradient.
+
+    ``x = r_k-^exponent`` (``exponent`` = the official ``alpha_exponent``; 2 is the
+    paper's ``p = 4``, since r = d^2 / 2), the unnormalised weight
+    ``w_k = exp(-x / tau)`` (``form="exp"``) or ``1 / (x + tau)^inverse_exponent``
+    (``"inverse"``), normalised per anchor::
+
+        alpha_k = w_k / (sum_j w_j + eps * H + pos_weight * w(r+))
+
+    ``eps``: the official ``alpha_eps``; ``pos_weight``: the paper's epsilon, the weight of
+    the positive pair's own term in the normaliser xi_i (the official code has none: 0).
+    With form exp, exponent 1, eps 0 and pos_weight 1, alpha is InfoNCE's pair weight
+    ``e^{-r_k-/tau} / (e^{-r+/tau} + sum_j e^{-r_j-/tau})``. Computed from logarithms
+    (a log-sum-exp), so small temperatures neither underflow nor divide by zero.
+
+    r_pos: [B], r_neg: [B, H] -> [B, H], float32 or wider.
+    """
+    r_pos, r_neg = tf.stop_gradient(_f32(r_pos)), tf.stop_gradient(_f32(r_neg))
+    r_pos = r_pos[:, None]
+    if form == "exp":
+        def log_w(r):
+            return -tf.pow(r, exponent) / temperature
+    elif form == "inverse":
+        def log_w(r):
+            return -inverse_exponent * tf.math.log(tf.pow(r, exponent) + temperature)
+    else:
+        raise ValueError(f"Unknown alpha-CL form {form!r}; expected one of "
+                         f"{', '.join(ALPHA_CL_FORMS)}.")
+    # Distances are >= 0 up to rounding; a tiny negative r would make r^p NaN for p < 1.
+    r_pos, r_neg = tf.maximum(r_pos, 0.0), tf.maximum(r_neg, 0.0)
+    lw = log_w(r_neg)                                                     # [B, H]
+    h = tf.cast(tf.shape(r_neg)[1], lw.dtype)
+    extra = []
+    if eps > 0:
+        extra.append(tf.fill(tf.shape(r_pos), tf.math.log(tf.constant(eps, lw.dtype) * h)))
+    if pos_weight > 0:
+        extra.append(log_w(r_pos) + tf.math.log(tf.constant(pos_weight, lw.dtype)))
+    log_z = tf.reduce_logsumexp(tf.concat([lw] + extra, axis=1), axis=1, keepdims=True)
+    return tf.exp(lw - log_z)
+
+
+def alpha_cl_loss(r_pos, r_neg, temperature, form="exp", exponent=1.0, eps=0.1,
+                  inverse_exponent=1.0, pos_weight=0.0):
+    """alpha-CL (Tian 2022, "Understanding Deep Contrastive Learning via Coordinate-wise
+    Optimization"): ``sum_k alpha_k (r+ - r_k-)`` per anchor, alpha from
+    :func:`alpha_cl_weights` (arguments there) under stop-gradient.
+
+    The official code's ``loss_type=dual2`` (facebookresearch/luckmatters,
+    ssl/real-dataset/loss/nt_xent.py: its ``negatives - positives`` is ``r+ - r-`` for unit
+    embeddings), defaults as its config (alpha_type exp, alpha_exponent 1, alpha_eps 0.1,
+    inverse_exponent 1). Its gradient is ``sum_k alpha_k (dr+ - dr_k-)``; with the
+    InfoNCE weights (see :func:`alpha_cl_weights`) it is exactly InfoNCE's gradient (the
+    paper's reading of InfoNCE as one alpha-CL), though the values differ.
+
+    r_pos: [B], r_neg: [B, H] -> [B].
+    """
+    r_pos, r_neg = _f32(r_pos), _f32(r_neg)
+    alpha = alpha_cl_weights(r_pos, r_neg, temperature, form, exponent, eps,
+                             inverse_exponent, pos_weight)
+    return tf.reduce_sum(alpha * (r_pos[:, None] - r_neg), axis=1)
 
 
 # -- cosine losses of the non-contrastive methods ------------------------------------------

@@ -44,6 +44,12 @@ CASES = {
     "nce_explicit": dict(loss="nce", temperature=0.5, negatives=3),
     "tri_explicit": dict(loss="tri", temperature=0.5, negatives=1),
     "nce_batch_explicit": dict(loss="nce_batch", temperature=0.1, negatives=1),
+    # alpha-CL (the pair weights are per anchor over the global batch's negatives): the
+    # README recipe's p = 2, eps = 0 in-batch, the inverse form on explicit negatives.
+    "alpha_cl": dict(loss="alpha_cl", temperature=0.5,
+                     alpha_cl=dict(exponent=2.0, eps=0.0)),
+    "alpha_cl_explicit": dict(loss="alpha_cl", temperature=0.5, negatives=3,
+                              alpha_cl=dict(form="inverse", inverse_exponent=2.0)),
     "ntxent_wd_l2": dict(loss="ntxent", temperature=0.5, weight_decay=0.1, l2=0.05,
                          base="ntxent"),
     "ntxent_syncbn": dict(loss="ntxent", temperature=0.5, bn=True),
@@ -103,7 +109,8 @@ def build(case, gather_fn=None):
     model = ContrastiveMethod(encoder, None, loss=case["loss"],
                               temperature=case.get("temperature", 0.5),
                               margin=case.get("margin", 0.0), beta=case.get("beta", 0.0),
-                              gather_fn=gather_fn, probe=probe)
+                              gather_fn=gather_fn, probe=probe,
+                              alpha_cl=case.get("alpha_cl"))
     if probe is not None:
         probe.build((None, OUT_DIM))
     if case.get("weight_decay_mode") == "coupled":

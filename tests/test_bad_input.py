@@ -89,6 +89,9 @@ CASES = [
     ("beta_with_simp", ["--loss=simp", "--beta=0.5"], "--beta"),
     ("beta_minus_1", ["--loss=nce", "--beta=-1"], "--beta"),
     ("nce_batch_in_batch", ["--loss=nce_batch", "--negatives=batch"], "--negatives"),
+    ("alpha_cl_option_with_nce", ["--loss=nce", "--alpha_cl_exponent=2"],
+     "--alpha_cl_exponent: only --loss=alpha_cl uses it"),
+    ("alpha_cl_unknown_form", ["--loss=alpha_cl", "--alpha_cl_form=poly"], "--alpha_cl_form"),
     # Other families and scale-out (checked by config.validate before TensorFlow too).
     ("unknown_strategy", ["--strategy=gpu"], "--strategy"),
     ("tpu_strategy_without_tpu", ["--strategy=tpu"], "--tpu"),

@@ -98,6 +98,7 @@ def test_image_run_on_two_replicas_with_sync_bn(tmp_path):
     assert "--sync_bn=true" in result["flags"]      # set by the trainer for 2 replicas
     assert np.isfinite(result["final"]["loss"])
     assert 0.0 <= result["final"]["probe_acc"] <= 1.0
+    assert 0.0 <= result["final"]["knn_top1"] <= 1.0  # the kNN monitor on mirrored weights
 
 
 # ---------------------------------------------------------------------------------------

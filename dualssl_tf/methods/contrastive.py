@@ -10,25 +10,31 @@ import tensorflow as tf
 
 from dualssl_tf import cross_replica, losses
 from dualssl_tf.methods.base import SSLMethod
-from dualssl_tf.methods.options import LOSS_NAMES
+from dualssl_tf.methods.options import ALPHA_CL_FORMS, LOSS_NAMES
 
 
-def loss_fn(name, temperature=0.5, margin=0.0, beta=0.0, dim=None, mean_fn=tf.reduce_mean):
+def loss_fn(name, temperature=0.5, margin=0.0, beta=0.0, dim=None, mean_fn=tf.reduce_mean,
+            alpha_cl=None):
     """Returns ``fn(r_pos [B], r_neg [B, H]) -> [B]`` for a name in :data:`LOSSES`.
 
     ``ntxent`` is SimCLR's NT-Xent: InfoNCE with the ``tau`` prefactor dropped (for unit
     embeddings ``-r/tau`` and ``cos/tau`` differ by a constant, so the value equals SimCLR's).
     ``mean_fn`` is the batch mean of ``nce_batch`` (the one loss that is not a sum of
-    per-anchor terms); ``dim`` is the embedding width it divides by.
+    per-anchor terms); ``dim`` is the embedding width it divides by. ``alpha_cl``: the
+    keyword arguments of :func:`losses.alpha_cl_loss` (form, exponent, eps, ...; default:
+    the official code's defaults).
     """
     if name not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}.")
     if name == "nce_batch" and dim is None:
         raise ValueError("nce_batch needs the embedding width `dim`.")
+    if name == "alpha_cl":
+        return lambda rp, rn: losses.alpha_cl_loss(rp, rn, temperature, **(alpha_cl or {}))
     return LOSSES[name](temperature, margin, beta, dim, mean_fn)
 
 
-# --loss name -> (temperature, margin, beta, dim, mean_fn) -> per-anchor loss.
+# --loss name -> (temperature, margin, beta, dim, mean_fn) -> per-anchor loss (alpha_cl's
+# own options are passed by loss_fn).
 LOSSES = {
     "simp": lambda t, m, b, d, mean: losses.simple_loss,
     "tri": lambda t, m, b, d, mean: lambda rp, rn: losses.soft_triplet_loss(rp, rn, t, m),
@@ -37,8 +43,10 @@ LOSSES = {
     "cov": lambda t, m, b, d, mean: lambda rp, rn: losses.exact_cov_loss(rp, rn, t, b),
     "nce_batch": lambda t, m, b, d, mean: lambda rp, rn: losses.batch_mean_nce_loss(
         rp, rn, t, d, mean),
+    "alpha_cl": lambda t, m, b, d, mean: lambda rp, rn: losses.alpha_cl_loss(rp, rn, t),
 }
 assert tuple(LOSSES) == LOSS_NAMES  # --loss help and validation use LOSS_NAMES
+assert losses.ALPHA_CL_FORMS == ALPHA_CL_FORMS  # --alpha_cl_form's validation (TF-free)
 
 
 def local_candidates(z1, z2):
@@ -67,6 +75,8 @@ class ContrastiveMethod(SSLMethod):
       head: optional projection head ``[B, R] -> [B, D]``; identity when None.
       loss: a name in :data:`LOSSES`.
       temperature, margin, beta: loss hyper-parameters (see :mod:`dualssl_tf.losses`).
+      alpha_cl: ``--loss=alpha_cl``'s keyword arguments of :func:`losses.alpha_cl_loss`
+        (None: its defaults).
       normalize: divide the embedding by ``||f|| + norm_eps`` before the loss.
       gather_fn: ``(z1, z2) -> (z1_all, z2_all, offset)``; the hook through which
         negatives are gathered across replicas (:func:`cross_replica.cross_replica_candidates`).
@@ -83,7 +93,7 @@ class ContrastiveMethod(SSLMethod):
 
     def __init__(self, encoder, head=None, loss="ntxent", temperature=0.5, margin=0.0,
                  beta=0.0, normalize=True, norm_eps=1e-4, gather_fn=None, probe=None,
-                 **kwargs):
+                 alpha_cl=None, **kwargs):
         super().__init__(**kwargs)
         # Assignment order = variable order (encoder, head, probe) of the checkpoints.
         self.encoder = encoder
@@ -92,6 +102,7 @@ class ContrastiveMethod(SSLMethod):
         self.temperature = float(temperature)
         self.margin = float(margin)
         self.beta = float(beta)
+        self.alpha_cl = dict(alpha_cl or {})
         self.normalize = normalize
         self.norm_eps = norm_eps
         self.gather_fn = gather_fn or local_candidates
@@ -106,7 +117,7 @@ class ContrastiveMethod(SSLMethod):
                    margin=max(opts.margin, 0.0),  # -1 = not given; only tri uses it
                    beta=opts.beta, norm_eps=task.norm_eps,
                    gather_fn=None if opts.local_negatives else gather_fn,
-                   probe=task.probe, name="dual")
+                   probe=task.probe, alpha_cl=opts.alpha_cl(), name="dual")
 
     def embed(self, x, training=False, return_representation=False):
         """``f = normalize(head(encoder(x)))`` [B, D] (what ``model(x)`` returns), float32
@@ -125,7 +136,8 @@ class ContrastiveMethod(SSLMethod):
         if self._loss_fn is None:
             # Batch means (nce_batch) are global-batch means when running on replicas.
             self._loss_fn = loss_fn(self.loss_name, self.temperature, self.margin, self.beta,
-                                    dim=dim, mean_fn=cross_replica.cross_replica_mean)
+                                    dim=dim, mean_fn=cross_replica.cross_replica_mean,
+                                    alpha_cl=self.alpha_cl)
         return self._loss_fn
 
     def forward(self, batch, training):

@@ -11,7 +11,10 @@ import math
 from dualssl_tf.options import ConfigError, Section, choice, option, require
 
 # The paper's losses on the distances (r+, r-) of a dual network: docs/theory.md section 2.
-LOSS_NAMES = ("simp", "tri", "nce", "ntxent", "cov", "nce_batch")
+# alpha_cl: the pair-weighted loss of the authors' follow-up (Tian 2022; docs/methods.md).
+LOSS_NAMES = ("simp", "tri", "nce", "ntxent", "cov", "nce_batch", "alpha_cl")
+# --alpha_cl_form (dualssl_tf.losses.ALPHA_CL_FORMS; this module stays TensorFlow-free).
+ALPHA_CL_FORMS = ("exp", "inverse")
 NEGATIVES = ("auto", "batch", "explicit")
 # ln(65504): e^x overflows float16 (max 65504) above this.
 FLOAT16_MAX_EXP = math.log(65504.0)
@@ -20,14 +23,19 @@ FLOAT16_MAX_EXP = math.log(65504.0)
 def max_loss_exponent(loss, temperature, margin=0.0):
     """Largest exponent e^x the loss forms for unit embeddings (distances in [0, 2]).
 
-    nce/ntxent: logsumexp of -r/tau; cov: sigmoid(-r/tau); tri: (r+ - r- + r0)/tau; simp and
-    nce_batch (batch means divided by the width) form no large exponent: 0.
+    nce/ntxent: logsumexp of -r/tau; cov: sigmoid(-r/tau); tri: (r+ - r- + r0)/tau; simp,
+    nce_batch (batch means divided by the width) and alpha_cl (its weights from
+    logarithms, in float32) form no large exponent: 0.
     """
     if loss in ("nce", "ntxent", "cov"):
         return 2.0 / temperature
     if loss == "tri":
         return (2.0 + margin) / temperature
     return 0.0
+
+
+ALPHA_CL_OPTIONS = ("alpha_cl_form", "alpha_cl_exponent", "alpha_cl_eps",
+                    "alpha_cl_inverse_exponent", "alpha_cl_pos_weight")
 
 
 @dataclasses.dataclass
@@ -46,6 +54,21 @@ class ContrastiveOptions(Section):
     local_negatives: bool = option(False, "In-batch negatives from the replica's own batch "
                                    "only (default: the global batch, gathered across "
                                    "replicas).")
+    # alpha-CL (--loss=alpha_cl): the official code's nce_loss options, with its defaults.
+    alpha_cl_form: str = option("exp", "alpha-CL pair weight w(x) of x = r_k^p: exp "
+                                "(e^{-x/tau}) | inverse (1/(x + tau)^q); --loss=alpha_cl "
+                                "only.")
+    alpha_cl_exponent: float = option(1.0, "alpha-CL p of x = r_k^p (> 0; 1: InfoNCE's "
+                                      "weights, 2: the paper's p = 4 in d); --loss=alpha_cl "
+                                      "only.")
+    alpha_cl_eps: float = option(0.1, "alpha-CL constant in the normaliser, alpha_k = w_k / "
+                                 "(sum_j w_j + eps H) (>= 0); --loss=alpha_cl only.")
+    alpha_cl_inverse_exponent: float = option(1.0, "alpha-CL q of the inverse form (> 0); "
+                                              "--alpha_cl_form=inverse only.")
+    alpha_cl_pos_weight: float = option(0.0, "alpha-CL weight of the positive pair's w(r+) "
+                                        "in the normaliser (>= 0; 1 with the exp form, p "
+                                        "1 and eps 0: InfoNCE's gradient exactly); "
+                                        "--loss=alpha_cl only.")
 
     def validate(self, cfg):
         choice(self.loss, LOSS_NAMES, "loss")
@@ -65,6 +88,32 @@ class ContrastiveOptions(Section):
                 "set --beta=0 or change --loss")
         require(self.num_negatives >= 1, "num_negatives",
                 f"must be >= 1, got {self.num_negatives}")
+        self._validate_alpha_cl()
+
+    def _validate_alpha_cl(self):
+        defaults = {f: type(self).__dataclass_fields__[f].default for f in ALPHA_CL_OPTIONS}
+        if self.loss != "alpha_cl":
+            for flag, default in defaults.items():
+                require(getattr(self, flag) == default, flag,
+                        f"only --loss=alpha_cl uses it, got --{flag}={getattr(self, flag)} "
+                        f"with --loss={self.loss}; drop --{flag}")
+            return
+        choice(self.alpha_cl_form, ALPHA_CL_FORMS, "alpha_cl_form")
+        for flag, low, strict in (("alpha_cl_exponent", 0, True), ("alpha_cl_eps", 0, False),
+                                  ("alpha_cl_inverse_exponent", 0, True),
+                                  ("alpha_cl_pos_weight", 0, False)):
+            value = getattr(self, flag)
+            ok = math.isfinite(value) and (value > low if strict else value >= low)
+            require(ok, flag, f"must be {'>' if strict else '>='} {low}, got {value}")
+        require(self.alpha_cl_form == "inverse" or self.alpha_cl_inverse_exponent == 1.0,
+                "alpha_cl_inverse_exponent", "only --alpha_cl_form=inverse uses it; drop "
+                "--alpha_cl_inverse_exponent or set --alpha_cl_form=inverse")
+
+    def alpha_cl(self):
+        """The keyword arguments of :func:`dualssl_tf.losses.alpha_cl_loss` (beside tau)."""
+        return {"form": self.alpha_cl_form, "exponent": self.alpha_cl_exponent,
+                "eps": self.alpha_cl_eps, "inverse_exponent": self.alpha_cl_inverse_exponent,
+                "pos_weight": self.alpha_cl_pos_weight}
 
     def check_float16(self):
         """float16 (max 65504) cannot hold e^x for x > 11.09.

@@ -48,7 +48,7 @@ def describe_datasets():
 
 
 def analysis_datasets():
-    """The --dataset values whose task has analysis hooks (hltm, translation1d and the image data sets)."""
+    """The --dataset values whose task has analysis hooks (every task today)."""
     return tuple(name for task in TASKS.values() if task.analysis
                  for name, _ in task.datasets)
 

@@ -140,6 +140,17 @@ class ImageOptions(Section):
     skip_corrupt_images: bool = option(False, "Folder data: leave out files that do not "
                                        "decode (counted) instead of stopping.",
                                        resumable=True)
+    knn_monitor: bool = option(True, "Online kNN monitor: knn_top1, the kNN top-1 of the "
+                               "representation on the held-out images (the offline kNN's "
+                               "temperature-weighted vote, T 0.07), at initialisation and "
+                               "every epoch, when the data has labels and a test split; "
+                               "--noknn_monitor: off.", resumable=True)
+    knn_monitor_k: str = option("20", "k of the online kNN: K or K1,K2,... (each >= 1); the "
+                                "first is knn_top1, with several each is also "
+                                "knn_top1@K.", resumable=True)
+    knn_monitor_bank: int = option(5000, "Most labelled training images in the online "
+                                   "kNN's bank, the first in order (>= 1; its cost: a "
+                                   "forward pass each per epoch).", resumable=True)
 
     def validate(self, cfg):
         """Checks that need no data (the task's build checks the rest)."""
@@ -185,9 +196,25 @@ class ImageOptions(Section):
                                        "--dataset=generated_images (shapes re-drawn per view)")
         require(self.shuffle_buffer >= 1, "shuffle_buffer",
                 f"must be >= 1, got {self.shuffle_buffer}")
+        knn_monitor_ks(self)
+        require(self.knn_monitor_bank >= 1, "knn_monitor_bank",
+                f"must be >= 1, got {self.knn_monitor_bank}")
         if cfg.method.method == "contrastive":  # the contrastive method's options only
             require(cfg.contrastive.negatives != "explicit", "negatives",
                     "image data sets use in-batch negatives; use --negatives=batch or auto")
+
+
+def knn_monitor_ks(o):
+    """``--knn_monitor_k`` of an :class:`ImageOptions` as a list of ints >= 1 (repeats
+    once); ConfigError naming the flag otherwise."""
+    fix = (f"expected K or K1,K2,... with each K an integer >= 1 (e.g. 20,200); got "
+           f"{o.knn_monitor_k!r}")
+    try:
+        ks = [int(v) for v in o.knn_monitor_k.split(",")]
+    except ValueError:
+        raise ConfigError("knn_monitor_k", fix) from None
+    require(ks and min(ks) >= 1, "knn_monitor_k", fix)
+    return list(dict.fromkeys(ks))
 
 
 def _probabilities(text, flag):

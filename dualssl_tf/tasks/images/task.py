@@ -12,7 +12,7 @@ from dualssl_tf.models import heads, resnet, stems
 from dualssl_tf.options import ConfigError
 from dualssl_tf.run import callbacks
 from dualssl_tf.tasks.base import HeadSpec, Task
-from dualssl_tf.tasks.images import check_stem_size, view_settings
+from dualssl_tf.tasks.images import check_stem_size, knn_monitor_ks, view_settings
 from dualssl_tf.tasks.images import image_size as configured_image_size
 
 # Images of a fixed batch for the embedding-spread (collapse) monitor.
@@ -182,6 +182,9 @@ def build(cfg, start_step=0):
     cbs = [callbacks.EmbeddingSpread(encoder, head, spread_x, norm_eps=1e-4)]
     if probe is not None and eval_test is not None:
         cbs.append(callbacks.ProbeAccuracy(encoder, probe, eval_test))
+    if o.knn_monitor and eval_test is not None and eval_train is not None and num_classes > 0:
+        cbs.append(callbacks.KnnAccuracy(encoder, eval_train, eval_test, num_classes,
+                                         k=knn_monitor_ks(o), max_bank=o.knn_monitor_bank))
     if cfg.run.model_dir:
         cbs.append(callbacks.ViewSummary(os.path.join(cfg.run.model_dir, "logs", "views"),
                                          make_data(cfg.optim.batch_size), views=views))
@@ -232,10 +235,11 @@ def _data(source, cfg, size, start_step, augment_on, batch_size, input_context=N
 
 
 def summarize(initial, final):
-    """One line per health metric and the probe accuracy: at initialisation and final."""
+    """One line per health metric, the probe's and the kNN's accuracy: at initialisation
+    and final."""
     rows = []
     for key in ("embed_std", "effective_rank", "contrastive_acc", "pos_cos", "probe_acc",
-                "probe_test_acc"):
+                "probe_test_acc", "knn_top1"):
         if key in final:
             start = initial.get(key)
             start = f"{start:.3f} -> " if isinstance(start, (int, float)) else ""
