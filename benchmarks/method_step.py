@@ -1,5 +1,6 @@
-"""Train-step time of each method on the same encoder: contrastive vs BYOL, SimSiam and
-BYOL with DirectPred's predictor (the fit path: every metric, the online probe).
+"""Train-step time of each method on the same encoder: contrastive vs BYOL, SimSiam,
+BYOL with DirectPred's predictor, MoCo v2 and MoCo v3 (the fit path: every metric, the
+online probe).
 
     PYTHONPATH=. python benchmarks/method_step.py [--task=images|hltm] [--steps=20]
 
@@ -23,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 from dualssl_tf.methods.byol import BYOLMethod, SimSiamMethod  # noqa: E402
 from dualssl_tf.methods.contrastive import ContrastiveMethod  # noqa: E402
+from dualssl_tf.methods.moco import MoCoV2Method, MoCoV3Method  # noqa: E402
 from dualssl_tf.models import heads, resnet, tree_net  # noqa: E402
 
 flags.DEFINE_enum("task", "images", ["images", "hltm"], "Encoder and batch.")
@@ -70,6 +72,11 @@ def _methods():
                                                  else pred, probe=p, **shape),
         "byol_directpred": lambda e, h, p: BYOLMethod(e, h, predictor="directpred", probe=p,
                                                       total_steps=total, **shape),
+        # configs/generated_images_mocov{2,3}.cfg's heads (queue 4096 per view, symmetric).
+        "mocov2": lambda e, h, p: MoCoV2Method(e, h, queue_size=4096, symmetric=True,
+                                               probe=p, total_steps=total, **shape),
+        "mocov3": lambda e, h, p: MoCoV3Method(e, h, pred_hidden_dim=pred, probe=p,
+                                               total_steps=total, **shape),
     }
 
 

@@ -3,7 +3,8 @@ Tian, Yu, Chen and Ganguli (2020), in TensorFlow / Keras 3.
 
 The public API, ``import dualssl_tf as dt``::
 
-    methods     dt.SSLMethod, dt.ContrastiveMethod, dt.METHODS
+    methods     dt.SSLMethod, dt.ContrastiveMethod, dt.MoCoV2Method, dt.MoCoV3Method,
+                dt.METHODS
     losses      dt.losses (the paper's losses as pure functions), dt.loss_fn(name, ...)
     data        dt.view_pairs (SimCLR pairs of your own tf.data images)
     networks    dt.resnet, dt.projection_head, dt.LinearProbe, dt.TreeNet
@@ -24,6 +25,8 @@ __version__ = "0.1.0"
 _API = {
     "SSLMethod": "dualssl_tf.methods.base:SSLMethod",
     "ContrastiveMethod": "dualssl_tf.methods.contrastive:ContrastiveMethod",
+    "MoCoV2Method": "dualssl_tf.methods.moco:MoCoV2Method",
+    "MoCoV3Method": "dualssl_tf.methods.moco:MoCoV3Method",
     "METHODS": "dualssl_tf.methods:METHODS",
     "losses": "dualssl_tf.losses:",
     "loss_fn": "dualssl_tf.methods.contrastive:loss_fn",

@@ -12,7 +12,8 @@ This module is TensorFlow-free; a method's module is imported only when it is bu
 import dataclasses
 import importlib
 
-from dualssl_tf.methods.options import BYOLOptions, ContrastiveOptions, SimSiamOptions
+from dualssl_tf.methods.options import (BYOLOptions, ContrastiveOptions, MoCoV2Options,
+                                        MoCoV3Options, SimSiamOptions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,10 @@ METHODS = {
     "byol": MethodSpec("byol", "byol", BYOLOptions, "dualssl_tf.methods.byol:BYOLMethod"),
     "simsiam": MethodSpec("simsiam", "simsiam", SimSiamOptions,
                           "dualssl_tf.methods.byol:SimSiamMethod"),
+    "mocov2": MethodSpec("mocov2", "mocov2", MoCoV2Options,
+                         "dualssl_tf.methods.moco:MoCoV2Method"),
+    "mocov3": MethodSpec("mocov3", "mocov3", MoCoV3Options,
+                         "dualssl_tf.methods.moco:MoCoV3Method"),
 }
 
 

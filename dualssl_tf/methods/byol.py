@@ -37,54 +37,20 @@ target, the predictor and DirectPred's ``F`` are variables of the model, so chec
 hold them and a resumed run continues bit-identically.
 """
 
-import math
-
 import keras
 import tensorflow as tf
 
 from dualssl_tf import cross_replica, losses
 from dualssl_tf.methods.base import SSLMethod
+# target_momentum and clone_network live in momentum.py; named here too (byol.target_momentum).
+from dualssl_tf.methods.momentum import (MomentumTargets, clone_network,  # noqa: F401
+                                         momentum_copies, target_momentum)
 from dualssl_tf.models import heads
 from dualssl_tf.optim import rate_groups
 
 PREDICTORS = ("mlp", "none", "directpred")
 # Floor of DirectPred's eigenvalue map s_j (the official code clamps at 1e-4).
 DIRECTPRED_MIN = 1e-4
-
-
-def target_momentum(step, total_steps, base=0.996, final=1.0):
-    """BYOL's momentum at (0-based) ``step`` of ``total_steps``: a cosine from ``base`` to
-    ``final``, ``final - (final - base) (cos(pi k / K) + 1) / 2`` with ``k = min(step, K)``.
-
-    BYOL (Grill et al. 2020, section 3.2): ``tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2``
-    is the case ``final = 1``. Returns a float32 scalar tensor (python numbers accepted).
-    """
-    k = tf.minimum(tf.cast(step, tf.float32), float(total_steps))
-    ratio = k / float(max(total_steps, 1))
-    return final - (final - base) * (tf.cos(math.pi * ratio) + 1.0) / 2.0
-
-
-def clone_network(model, input_shape=None):
-    """A copy of ``model`` (same architecture and weight values, its own variables).
-
-    ``keras.models.clone_model`` rebuilds functional and Sequential models layer by layer
-    and a subclassed model from its ``get_config`` (the HLTM :class:`TreeNet`); the copy is
-    built on ``input_shape`` if it is not already, then takes the source's values.
-    ValueError when the copy's variables do not match the source's one by one.
-    """
-    copy = keras.models.clone_model(model)
-    if not copy.built:
-        if input_shape is None:
-            raise ValueError(f"clone_network: {model.name} copy is unbuilt; pass input_shape")
-        copy(tf.zeros([1, *input_shape]), training=False)
-    src, dst = model.variables, copy.variables
-    if len(src) != len(dst) or any(tuple(a.shape) != tuple(b.shape) or a.trainable != b.trainable
-                                   for a, b in zip(src, dst)):
-        raise ValueError(f"clone_network: the copy of {model.name} does not have the same "
-                         "variables")
-    for a, b in zip(src, dst):
-        b.assign(a)
-    return copy
 
 
 def directpred_weights(corr, eps):
@@ -189,7 +155,7 @@ class PredictionOutputs(tf.Module):
         return out
 
 
-class SiameseMethod(SSLMethod):
+class SiameseMethod(MomentumTargets, SSLMethod):
     """Online encoder + projector + predictor against a stop-gradient target (base of
     :class:`BYOLMethod` and :class:`SimSiamMethod`; see the module docstring).
 
@@ -257,9 +223,8 @@ class SiameseMethod(SSLMethod):
         else:
             self.predictor = None
         if self.ema:
-            self.target_encoder = clone_network(encoder, self.input_shape_)
-            self.target_head = (clone_network(head, h.shape[1:]) if head is not None
-                                else None)
+            self.target_encoder, self.target_head = momentum_copies(
+                encoder, head, self.input_shape_, h.shape[1:])
         else:
             self.target_encoder = self.target_head = None
         self.base_momentum = float(base_momentum)
@@ -343,19 +308,10 @@ class SiameseMethod(SSLMethod):
 
     # -- what the optimizer does not do ---------------------------------------------------
 
-    def online_pairs(self):
-        """[(target variable, online variable)] moved by the moving average."""
+    def momentum_networks(self):
         if self.target_encoder is None:
             return []
-        pairs = list(zip(self.target_encoder.trainable_variables,
-                         self.encoder.trainable_variables))
-        if self.target_head is not None:
-            pairs += list(zip(self.target_head.trainable_variables,
-                              self.head.trainable_variables))
-        return pairs
-
-    def frozen_variables(self):
-        return [t for t, _ in self.online_pairs()]
+        return [(self.target_encoder, self.encoder), (self.target_head, self.head)]
 
     def rate_group(self):
         """The predictor's learning rate (:class:`~dualssl_tf.optim.rate_groups.RateGroup`):
@@ -377,18 +333,9 @@ class SiameseMethod(SSLMethod):
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         return tf.add_n(terms) / replicas
 
-    def momentum(self, step):
-        """The target momentum used after the optimizer step ``step`` (0-based)."""
-        return target_momentum(step, self.total_steps, self.base_momentum, self.final_momentum)
-
     def after_apply(self, outputs):
         step = tf.cast(self.optimizer.iterations, tf.int64) - 1   # this update's index
-        pairs = self.online_pairs()
-        if pairs:
-            tau = self.momentum(step)
-            for target, online in pairs:
-                t = tf.convert_to_tensor(target)
-                target.assign(tau * t + (1.0 - tau) * tf.convert_to_tensor(online))
+        self.update_targets(step)
         if self.predictor_kind == "directpred":
             self.predictor.update(tf.concat([outputs["z1"], outputs["z2"]], axis=0), step)
 

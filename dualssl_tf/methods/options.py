@@ -225,3 +225,68 @@ class SimSiamOptions(_PredictorOptions):
     stop_gradient: bool = option(True, "Stop-gradient on the target branch; "
                                  "--nosimsiam_stop_gradient: the collapsing variant of the "
                                  "SimSiam paper.")
+
+
+# -- momentum contrast (MoCo v2, MoCo v3) ---------------------------------------------------
+
+
+@dataclasses.dataclass
+class _MomentumContrastOptions(Section):
+    """Fields shared by MoCo v2 and v3 (each method has its own prefixed copy, as BYOL and
+    SimSiam: a method's flags are refused with another method)."""
+    temperature: float = option(0.2, "tau of the InfoNCE loss (> 0; MoCo v2 and v3: 0.2).")
+    base_momentum: float = option(0.99, "Key (momentum) encoder momentum at the first step, "
+                                  "in [0, 1]; it moves to the final momentum by a cosine "
+                                  "over the run (equal values: constant).")
+    final_momentum: float = option(1.0, "Key encoder momentum at the last step, in [0, 1].")
+
+    def validate(self, cfg):
+        p = self.prefix
+        require(self.temperature > 0, p + "temperature",
+                f"must be > 0, got {self.temperature}")
+        for name in ("base_momentum", "final_momentum"):
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, p + name, f"must be in [0, 1], got {value}")
+
+
+@dataclasses.dataclass
+class MoCoV2Options(_MomentumContrastOptions):
+    """MoCo v2 (He et al. 2020; Chen et al. 2020): a queue of keys from a momentum encoder
+    (:class:`dualssl_tf.methods.moco.MoCoV2Method`)."""
+    prefix = "mocov2_"
+    base_momentum: float = option(0.999, "Key encoder momentum at the first step, in [0, 1] "
+                                  "(MoCo v2: 0.999, constant; solo-learn's mocov2plus: 0.99 "
+                                  "-> 0.999 by a cosine).")
+    final_momentum: float = option(0.999, "Key encoder momentum at the last step, in [0, 1] "
+                                   "(MoCo v2: 0.999).")
+    queue_size: int = option(65536, "K, keys in the queue of negatives (>= 1, a multiple of "
+                             "--batch_size; MoCo v2: 65536).")
+    symmetric: bool = option(False, "Both view orders, one queue of keys per view (solo-learn's "
+                             "mocov2plus); off: MoCo v2's query of view 1 against the key of "
+                             "view 2.")
+
+    def validate(self, cfg):
+        super().validate(cfg)
+        require(self.queue_size >= 1, "mocov2_queue_size",
+                f"must be >= 1, got {self.queue_size}")
+        batch = cfg.optim.batch_size
+        require(batch <= 0 or self.queue_size % batch == 0, "mocov2_queue_size",
+                f"{self.queue_size} is not a multiple of the global batch --batch_size="
+                f"{batch} (every step enqueues the whole batch's keys); use e.g. "
+                f"{max(1, round(self.queue_size / batch)) * batch}")
+
+
+@dataclasses.dataclass
+class MoCoV3Options(_MomentumContrastOptions):
+    """MoCo v3 (Chen, Xie & He 2021): a predictor, a momentum encoder and in-batch InfoNCE
+    (:class:`dualssl_tf.methods.moco.MoCoV3Method`)."""
+    prefix = "mocov3_"
+    base_momentum: float = option(0.99, "Key encoder momentum at the first step, in [0, 1] "
+                                  "(MoCo v3: 0.99, rising to 1 by a cosine).")
+    pred_hidden_dim: int = option(4096, "Hidden width of the predictor (>= 1; MoCo v3 "
+                                  "ResNet: 4096).")
+
+    def validate(self, cfg):
+        super().validate(cfg)
+        require(self.pred_hidden_dim >= 1, "mocov3_pred_hidden_dim",
+                f"must be >= 1 (the predictor's hidden width), got {self.pred_hidden_dim}")
