@@ -3,8 +3,10 @@ Tian, Yu, Chen and Ganguli (2020), in TensorFlow / Keras 3.
 
 The public API, ``import dualssl_tf as dt``::
 
-    methods     dt.SSLMethod, dt.ContrastiveMethod, dt.METHODS
-    losses      dt.losses (the paper's losses as pure functions), dt.loss_fn(name, ...)
+    methods     dt.SSLMethod, dt.ContrastiveMethod, dt.BarlowTwinsMethod, dt.VICRegMethod,
+                dt.METHODS
+    losses      dt.losses (the paper's losses as pure functions), dt.loss_fn(name, ...),
+                dt.decorrelation_losses (Barlow Twins, VICReg)
     data        dt.view_pairs (SimCLR pairs of your own tf.data images)
     networks    dt.resnet, dt.projection_head, dt.LinearProbe, dt.TreeNet
     optimizers  dt.LARS, dt.build_optimizer
@@ -25,6 +27,9 @@ _API = {
     "SSLMethod": "dualssl_tf.methods.base:SSLMethod",
     "ContrastiveMethod": "dualssl_tf.methods.contrastive:ContrastiveMethod",
     "METHODS": "dualssl_tf.methods:METHODS",
+    "BarlowTwinsMethod": "dualssl_tf.methods.barlow:BarlowTwinsMethod",
+    "VICRegMethod": "dualssl_tf.methods.vicreg:VICRegMethod",
+    "decorrelation_losses": "dualssl_tf.decorrelation_losses:",
     "losses": "dualssl_tf.losses:",
     "loss_fn": "dualssl_tf.methods.contrastive:loss_fn",
     "view_pairs": "dualssl_tf.data.augment:view_pairs",

@@ -12,7 +12,8 @@ This module is TensorFlow-free; a method's module is imported only when it is bu
 import dataclasses
 import importlib
 
-from dualssl_tf.methods.options import BYOLOptions, ContrastiveOptions, SimSiamOptions
+from dualssl_tf.methods.options import (BarlowOptions, BYOLOptions, ContrastiveOptions,
+                                        SimSiamOptions, VICRegOptions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,10 @@ METHODS = {
     "byol": MethodSpec("byol", "byol", BYOLOptions, "dualssl_tf.methods.byol:BYOLMethod"),
     "simsiam": MethodSpec("simsiam", "simsiam", SimSiamOptions,
                           "dualssl_tf.methods.byol:SimSiamMethod"),
+    "barlow": MethodSpec("barlow", "barlow", BarlowOptions,
+                         "dualssl_tf.methods.barlow:BarlowTwinsMethod"),
+    "vicreg": MethodSpec("vicreg", "vicreg", VICRegOptions,
+                         "dualssl_tf.methods.vicreg:VICRegMethod"),
 }
 
 
