@@ -16,7 +16,8 @@ Half-precision inputs are promoted to float32 (losses in float32 under mixed pre
 float64 stays float64 (exact checks). This module imports nothing of the package.
 
 Which code each loss follows (checked against lightly 1.6 and solo-learn in
-tests/test_decorrelation_losses.py, values from benchmarks/peer_reference_barlow_vicreg.py):
+tests/methods/test_decorrelation_losses.py, values from
+benchmarks/peer_reference_barlow_vicreg.py):
 
 * Barlow Twins (Zbontar et al. 2021; facebookresearch/barlowtwins): standardisation by a
   BatchNorm without affine (biased variance, eps 1e-5) over the *global* batch (the official
@@ -83,12 +84,12 @@ def cross_correlation(z1, z2, sum_fn=_identity, eps=BARLOW_EPS):
     return sum_fn(tf.matmul(n1, n2, transpose_a=True)) / n
 
 
-def barlow_twins_loss(z1, z2, lambda_=0.0051, scale=1.0, sum_fn=_identity, eps=BARLOW_EPS):
-    """Barlow Twins' loss ``scale * (on_diag + lambda_ * off_diag)``.
+def barlow_twins_loss(z1, z2, lambd=0.0051, scale=1.0, sum_fn=_identity, eps=BARLOW_EPS):
+    """Barlow Twins' loss ``scale * (on_diag + lambd * off_diag)``.
 
     Args:
       z1, z2: [n, D] projections of the two views (this replica's rows).
-      lambda_: weight of the redundancy-reduction term (the paper: 0.0051).
+      lambd: weight of the redundancy-reduction term (the paper: 0.0051).
       scale: factor of the whole loss (the paper: 1; solo-learn's ``scale_loss``).
       sum_fn: sum over replicas of a partial statistic (module docstring).
       eps: of the standardisation.
@@ -101,7 +102,7 @@ def barlow_twins_loss(z1, z2, lambda_=0.0051, scale=1.0, sum_fn=_identity, eps=B
     on_diag = tf.reduce_sum(tf.square(1.0 - diag))
     # sum of all squares minus the diagonal's: no [D, D] mask (D is 8192 in the paper)
     off_diag = tf.reduce_sum(tf.square(corr)) - tf.reduce_sum(tf.square(diag))
-    return scale * (on_diag + lambda_ * off_diag), on_diag, off_diag
+    return scale * (on_diag + lambd * off_diag), on_diag, off_diag
 
 
 def vicreg_variance(z, sum_fn=_identity, eps=VICREG_EPS, gamma=1.0):
