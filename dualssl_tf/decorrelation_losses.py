@@ -7,7 +7,7 @@ a loss is a scalar of the whole batch and cannot be split into per-example terms
 Global batch. Under a distribution strategy each replica holds n of the N = R n rows. Every
 statistic here is a sum over rows divided by a count, and each sum goes through ``sum_fn``:
 the elementwise sum over the replicas of this replica's partial sum (the method passes
-``distribute.replica_sum``; the default, identity, is one device). So a matrix statistic is
+``cross_replica.replica_sum``; the default, identity, is one device). So a matrix statistic is
 one [D, D] matmul of the replica's rows plus one all-reduce, never a [N, D, D] tensor, and
 the loss is the global batch's on every replica. ``sum_fn`` must be differentiable (an
 all-reduce SUM is: its gradient is the SUM of the replicas' upstream gradients).

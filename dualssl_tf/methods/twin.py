@@ -18,7 +18,7 @@ import tensorflow as tf
 from dualssl_tf import losses
 from dualssl_tf.methods.base import SSLMethod
 from dualssl_tf.models import heads
-from dualssl_tf.run import distribute
+from dualssl_tf import cross_replica
 
 
 class TwinMethod(SSLMethod):
@@ -56,7 +56,7 @@ class TwinMethod(SSLMethod):
     @classmethod
     def from_options(cls, cfg, task, gather_fn=None):
         """The method of a run on ``task``'s encoder and projector (``gather_fn``: unused,
-        the global statistics go through :func:`distribute.replica_sum`)."""
+        the global statistics go through :func:`cross_replica.replica_sum`)."""
         o = getattr(cfg, cls.section)
         return cls(task.encoder, task.head, probe=task.probe, name=cls.section,
                    **cls.method_options(o))
@@ -90,4 +90,4 @@ class TwinMethod(SSLMethod):
     @staticmethod
     def sum_fn(x):
         """A partial statistic summed over the replicas (identity on one device)."""
-        return distribute.replica_sum(x)
+        return cross_replica.replica_sum(x)
