@@ -1,11 +1,12 @@
 """Train-step time of each method on the same encoder: contrastive vs BYOL, SimSiam,
-BYOL with DirectPred's predictor, MoCo v2 and MoCo v3 (the fit path: every metric, the
-online probe).
+BYOL with DirectPred's predictor, MoCo v2, MoCo v3, Barlow Twins and VICReg (the fit path:
+every metric, the online probe).
 
     PYTHONPATH=. python benchmarks/method_step.py [--task=images|hltm] [--steps=20]
 
 images: the ResNet-18 of configs/generated_images.cfg (16 px, width 0.125, projector
-128-64, batch 64, predictors of configs/generated_images_{byol,simsiam}.cfg); hltm: the
+128-64, batch 64, predictors of configs/generated_images_{byol,simsiam}.cfg, Barlow Twins'
+and VICReg's own 3 x 256 projector of configs/generated_images_{barlow,vicreg}.cfg); hltm: the
 TreeNet of configs/hltm.cfg (depth 5, hid 10, batch 128; contrastive with one explicit
 negative, BYOL with its default 4096-wide predictor). Each timing is the best of
 ``--repeats`` fits of ``--steps`` steps on a repeated in-memory batch, the methods
@@ -22,9 +23,11 @@ from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from dualssl_tf.methods.barlow import BarlowTwinsMethod  # noqa: E402
 from dualssl_tf.methods.byol import BYOLMethod, SimSiamMethod  # noqa: E402
 from dualssl_tf.methods.contrastive import ContrastiveMethod  # noqa: E402
 from dualssl_tf.methods.moco import MoCoV2Method, MoCoV3Method  # noqa: E402
+from dualssl_tf.methods.vicreg import VICRegMethod  # noqa: E402
 from dualssl_tf.models import heads, resnet, tree_net  # noqa: E402
 
 flags.DEFINE_enum("task", "images", ["images", "hltm"], "Encoder and batch.")
@@ -77,7 +80,17 @@ def _methods():
                                                probe=p, total_steps=total, **shape),
         "mocov3": lambda e, h, p: MoCoV3Method(e, h, pred_hidden_dim=pred, probe=p,
                                                total_steps=total, **shape),
+        "barlow": lambda e, h, p: BarlowTwinsMethod(e, _twin_head(e, h), probe=p),
+        "vicreg": lambda e, h, p: VICRegMethod(e, _twin_head(e, h), probe=p),
     }
+
+
+def _twin_head(encoder, head):
+    """Barlow Twins' / VICReg's own projector (3 x 256, their CPU configs) where the task has
+    a head; none on the head-less HLTM."""
+    if head is None:
+        return None
+    return heads.projection_head(encoder.output_shape[-1], 256, 256, 3)
 
 
 def main(_):

@@ -55,6 +55,8 @@ METHODS = {
     "simclr": (["--method=contrastive", "--loss=ntxent"], ""),
     "byol": (["--method=byol"], "byol"),
     "simsiam": (["--method=simsiam"], "simsiam"),
+    "barlow": (["--method=barlow"], "barlow"),
+    "vicreg": (["--method=vicreg"], "vicreg"),
 }
 RANDOM = "random"        # the untrained encoder baseline (cell name)
 PIXELS = "pixels"        # raw pixels and their PCA (one cell per data set and seed)
@@ -404,6 +406,7 @@ def rows(results, datasets, methods):
 
 
 LABELS = {"simclr": "SimCLR (NT-Xent)", "byol": "BYOL", "simsiam": "SimSiam",
+          "barlow": "Barlow Twins", "vicreg": "VICReg",
           RANDOM: "random encoder (untrained)", "pixels": "raw pixels"}
 
 

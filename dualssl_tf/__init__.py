@@ -4,8 +4,9 @@ Tian, Yu, Chen and Ganguli (2020), in TensorFlow / Keras 3.
 The public API, ``import dualssl_tf as dt``::
 
     methods     dt.SSLMethod, dt.ContrastiveMethod, dt.MoCoV2Method, dt.MoCoV3Method,
-                dt.METHODS
-    losses      dt.losses (the paper's losses as pure functions), dt.loss_fn(name, ...)
+                dt.BarlowTwinsMethod, dt.VICRegMethod, dt.METHODS
+    losses      dt.losses (the paper's losses as pure functions), dt.loss_fn(name, ...),
+                dt.decorrelation_losses (Barlow Twins, VICReg)
     data        dt.view_pairs (SimCLR pairs of your own tf.data images)
     networks    dt.resnet, dt.projection_head, dt.LinearProbe, dt.TreeNet
     optimizers  dt.LARS, dt.build_optimizer
@@ -28,6 +29,9 @@ _API = {
     "MoCoV2Method": "dualssl_tf.methods.moco:MoCoV2Method",
     "MoCoV3Method": "dualssl_tf.methods.moco:MoCoV3Method",
     "METHODS": "dualssl_tf.methods:METHODS",
+    "BarlowTwinsMethod": "dualssl_tf.methods.barlow:BarlowTwinsMethod",
+    "VICRegMethod": "dualssl_tf.methods.vicreg:VICRegMethod",
+    "decorrelation_losses": "dualssl_tf.decorrelation_losses:",
     "losses": "dualssl_tf.losses:",
     "loss_fn": "dualssl_tf.methods.contrastive:loss_fn",
     "view_pairs": "dualssl_tf.data.augment:view_pairs",

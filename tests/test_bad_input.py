@@ -146,6 +146,24 @@ CASES = [
      "--byol_directpred_rate: must be in [0, 1)"),
     ("directpred_every_0", ["--method=simsiam", "--simsiam_directpred_every=0"],
      "--simsiam_directpred_every: must be >= 1"),
+    ("barlow_lambd_negative", ["--method=barlow", "--barlow_lambd=-0.1"],
+     "--barlow_lambd: must be >= 0, got -0.1"),
+    ("barlow_scale_loss_0", ["--method=barlow", "--barlow_scale_loss=0"],
+     "--barlow_scale_loss: must be > 0"),
+    ("vicreg_std_coeff_negative", ["--method=vicreg", "--vicreg_std_coeff=-25"],
+     "--vicreg_std_coeff: must be >= 0, got -25"),
+    ("barlow_projector_width_0", ["--method=barlow", "--barlow_proj_dim=0"],
+     "--barlow_proj_dim: must be >= 1, got 0"),
+    ("vicreg_projector_hidden_negative", ["--method=vicreg", "--vicreg_proj_hidden_dim=-8"],
+     "--vicreg_proj_hidden_dim: must be >= 1"),
+    ("vicreg_projector_layers_0", ["--method=vicreg", "--vicreg_proj_layers=0"],
+     "--vicreg_proj_layers: must be >= 1"),
+    ("vicreg_batch_1", ["--method=vicreg", "--batch_size=1"],
+     "--batch_size: --method=vicreg needs >= 2 examples per batch"),
+    ("barlow_flag_with_vicreg", ["--method=vicreg", "--barlow_lambd=0.01"],
+     "--barlow_lambd: is an option of --method=barlow, not of --method=vicreg"),
+    ("vicreg_flag_with_contrastive", ["--vicreg_cov_coeff=2"],
+     "--vicreg_cov_coeff: is an option of --method=vicreg, not of --method=contrastive"),
     # The model dir.
     ("model_dir_empty", ["--model_dir="], "--model_dir"),
     ("model_dir_under_a_file", ["--model_dir={tmp}/afile/run"], "afile"),
@@ -159,7 +177,8 @@ CASES = [
 SUBPROCESS = ["unknown_flag", "missing_flagfile", "unknown_flag_in_flagfile",
               "int_not_a_number", "negated_bool_with_value", "tri_without_margin",
               "model_dir_unwritable", "resume_other_hid", "unknown_method",
-              "contrastive_loss_with_byol", "unknown_augment_preset"]
+              "contrastive_loss_with_byol", "unknown_augment_preset",
+              "barlow_flag_with_vicreg"]
 
 
 def _fixtures(tmp):

@@ -12,8 +12,9 @@ This module is TensorFlow-free; a method's module is imported only when it is bu
 import dataclasses
 import importlib
 
-from dualssl_tf.methods.options import (BYOLOptions, ContrastiveOptions, MoCoV2Options,
-                                        MoCoV3Options, SimSiamOptions)
+from dualssl_tf.methods.options import (BarlowOptions, BYOLOptions, ContrastiveOptions,
+                                        MoCoV2Options, MoCoV3Options, SimSiamOptions,
+                                        VICRegOptions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,10 @@ METHODS = {
                          "dualssl_tf.methods.moco:MoCoV2Method"),
     "mocov3": MethodSpec("mocov3", "mocov3", MoCoV3Options,
                          "dualssl_tf.methods.moco:MoCoV3Method"),
+    "barlow": MethodSpec("barlow", "barlow", BarlowOptions,
+                         "dualssl_tf.methods.barlow:BarlowTwinsMethod"),
+    "vicreg": MethodSpec("vicreg", "vicreg", VICRegOptions,
+                         "dualssl_tf.methods.vicreg:VICRegMethod"),
 }
 
 

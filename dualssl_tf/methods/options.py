@@ -290,3 +290,64 @@ class MoCoV3Options(_MomentumContrastOptions):
         super().validate(cfg)
         require(self.pred_hidden_dim >= 1, "mocov3_pred_hidden_dim",
                 f"must be >= 1 (the predictor's hidden width), got {self.pred_hidden_dim}")
+# -- the redundancy-reduction methods (Barlow Twins, VICReg): their own projector -----------
+
+
+@dataclasses.dataclass
+class _ProjectorOptions(Section):
+    """The projector a method owns (each method has its own prefixed copy): ``layers`` Dense
+    layers, BatchNorm + ReLU after each but the last (Barlow Twins' and VICReg's 3 x 8192).
+    It replaces the task's ``--proj_*`` head; the head-less toy tasks (HLTM, translation1d)
+    stay head-less."""
+    proj_hidden_dim: int = option(8192, "Hidden width of the method's projector (>= 1; "
+                                  "the paper: 8192; solo-learn's CIFAR recipe: 2048).")
+    proj_dim: int = option(8192, "Output width D of the method's projector (>= 1; the paper: "
+                           "8192; solo-learn's CIFAR recipe: 2048).")
+    proj_layers: int = option(3, "Dense layers of the method's projector (>= 1; BatchNorm + "
+                              "ReLU after all but the last; the paper: 3). It replaces the "
+                              "images task's --proj_* head.")
+
+    def validate(self, cfg):
+        p = self.prefix
+        for name in ("proj_hidden_dim", "proj_dim", "proj_layers"):
+            value = getattr(self, name)
+            require(value >= 1, p + name, f"must be >= 1, got {value}")
+
+
+@dataclasses.dataclass
+class BarlowOptions(_ProjectorOptions):
+    """Barlow Twins (Zbontar et al. 2021): the cross-correlation of the two views'
+    projections, standardised over the global batch, pushed to the identity
+    (:class:`dualssl_tf.methods.barlow.BarlowTwinsMethod`)."""
+    prefix = "barlow_"
+    lambd: float = option(0.0051, "lambda, the weight of the off-diagonal "
+                          "(redundancy-reduction) term, >= 0 (the paper: 0.0051; named as "
+                          "the official code's --lambd).")
+    scale_loss: float = option(1.0, "Factor of the whole loss, > 0 (the paper and lightly: "
+                               "1; solo-learn's scale_loss: 0.1 in its CIFAR recipe).")
+
+    def validate(self, cfg):
+        super().validate(cfg)
+        require(self.lambd >= 0, "barlow_lambd", f"must be >= 0, got {self.lambd}")
+        require(self.scale_loss > 0, "barlow_scale_loss",
+                f"must be > 0, got {self.scale_loss}")
+
+
+@dataclasses.dataclass
+class VICRegOptions(_ProjectorOptions):
+    """VICReg (Bardes et al. 2022): invariance, variance and covariance terms over the
+    global batch (:class:`dualssl_tf.methods.vicreg.VICRegMethod`)."""
+    prefix = "vicreg_"
+    sim_coeff: float = option(25.0, "lambda: weight of the invariance (mean squared error) "
+                              "term, >= 0 (the paper: 25).")
+    std_coeff: float = option(25.0, "mu: weight of the variance hinge, >= 0 (the paper: 25).")
+    cov_coeff: float = option(1.0, "nu: weight of the covariance term, >= 0 (the paper: 1).")
+
+    def validate(self, cfg):
+        super().validate(cfg)
+        for name in ("sim_coeff", "std_coeff", "cov_coeff"):
+            value = getattr(self, name)
+            require(value >= 0, "vicreg_" + name, f"must be >= 0, got {value}")
+        # The variance and covariance are unbiased (divided by N - 1).
+        require(cfg.optim.batch_size >= 2, "batch_size",
+                f"--method=vicreg needs >= 2 examples per batch, got {cfg.optim.batch_size}")
