@@ -42,6 +42,7 @@ import tensorflow as tf
 
 import dualssl_tf
 from dualssl_tf import runfiles
+from dualssl_tf.models import vit
 
 SERVE = "serve"
 TRAIN_MODE = "train_mode"
@@ -64,7 +65,9 @@ def _intermediates_fn(encoder, intermediate_layers):
     intermediate_layers:
       None: no intermediate outputs.
       list of layer names / dict {output name: layer name}: outputs of those layers of a
-        functional (or Sequential) encoder, computed in the same forward pass.
+        functional (or Sequential) encoder, computed in the same forward pass; a dict value
+        may instead be a callable ``encoder -> symbolic tensor`` built on the encoder's
+        layers' outputs (e.g. the ViT's mean of patch tokens, :func:`vit.patch_mean`).
       callable ``(x, training) -> {name: tensor}``: for subclassed encoders (e.g. the HLTM
         tree net's per-depth activations); called in addition to the encoder. A callable
         ``tf.Module`` (e.g. a method's extra outputs, :meth:`SSLMethod.export_outputs`) is
@@ -94,15 +97,8 @@ def _intermediates_fn(encoder, intermediate_layers):
         raise ValueError(f"intermediate_layers: encoder {encoder.name!r} is not a functional "
                          "model, so its layers' outputs cannot be tapped by name; pass a "
                          "callable (x, training) -> dict instead")
-    outputs = {"representation": encoder.outputs[0]}
-    for key, layer_name in intermediate_layers.items():
-        try:
-            layer = encoder.get_layer(layer_name)
-        except ValueError:
-            names = ", ".join(l.name for l in encoder.layers)
-            raise ValueError(f"intermediate_layers: encoder {encoder.name!r} has no layer "
-                             f"{layer_name!r}; its layers are: {names}") from None
-        outputs[_output_key(key)] = layer.output
+    outputs = {"representation": encoder.outputs[0],
+               **tap_outputs(encoder, intermediate_layers)}
     # Shares the encoder's layers and variables: one forward pass gives every output.
     tap = keras.Model(inputs, outputs, name=f"{encoder.name}_taps")
 
@@ -110,6 +106,25 @@ def _intermediates_fn(encoder, intermediate_layers):
         out = dict(tap(x, training=training))
         return out.pop("representation"), out
     return fn
+
+
+def tap_outputs(encoder, taps):
+    """``{output name: symbolic tensor}`` of a functional encoder's taps ``{output name:
+    layer name, or a callable encoder -> symbolic tensor}`` (see :func:`_intermediates_fn`);
+    ValueError naming the encoder's layers for a name it does not have."""
+    outputs = {}
+    for key, layer_name in taps.items():
+        if callable(layer_name):
+            outputs[_output_key(key)] = layer_name(encoder)
+            continue
+        try:
+            layer = encoder.get_layer(layer_name)
+        except ValueError:
+            names = ", ".join(l.name for l in encoder.layers)
+            raise ValueError(f"intermediate_layers: encoder {encoder.name!r} has no layer "
+                             f"{layer_name!r}; its layers are: {names}") from None
+        outputs[_output_key(key)] = layer.output
+    return outputs
 
 
 def _forward_fn(encoder, head, intermediate_layers):
@@ -147,6 +162,9 @@ def default_intermediates(encoder):
     * an encoder with ``pre_activations(x) -> [per depth [B, groups, hid]]`` (the HLTM
       :class:`~dualssl_tf.models.tree_net.TreeNet`) exports ``depth_<d>``: the ReLU
       activations of depth d flattened to [B, groups * hid] (the root is the representation);
+    * a :func:`~dualssl_tf.models.vit.vit` encoder exports ``patch_mean``: the mean of its
+      patch tokens after the final LayerNorm, [B, D] (the representation is the [CLS]
+      token's);
     * a functional encoder with ResNet stage naming (``layer<s>_<b>_out``, as
       :mod:`dualssl_tf.models.resnet` builds it) exports ``layer<s>``: the output of each
       stage's last block, [B, h, w, c];
@@ -154,6 +172,8 @@ def default_intermediates(encoder):
     """
     if callable(getattr(encoder, "transfer_outputs", None)):
         return encoder.transfer_outputs
+    if vit.is_vit(encoder):
+        return {"patch_mean": vit.patch_mean}
     stages = {}
     for layer in getattr(encoder, "layers", []):
         match = re.fullmatch(r"(layer\d+)_(\d+)_out", layer.name)

@@ -43,6 +43,7 @@ import keras
 import tensorflow as tf
 
 from dualssl_tf import losses
+from dualssl_tf.evaluation import export
 from dualssl_tf.methods.base import SSLMethod
 from dualssl_tf.models import heads
 from dualssl_tf.optim import rate_groups
@@ -174,7 +175,7 @@ class PredictionOutputs(tf.Module):
         self.tap_model = None
         if taps is not None and not callable(taps):
             names = {t: t for t in taps} if isinstance(taps, (list, tuple)) else dict(taps)
-            outputs = {k: encoder.get_layer(v).output for k, v in names.items()}
+            outputs = export.tap_outputs(encoder, names)
             self.tap_model = keras.Model(encoder.inputs, outputs, name=f"{encoder.name}_taps")
 
     def __call__(self, x, training=False):

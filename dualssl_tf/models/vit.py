@@ -35,16 +35,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from dualssl_tf.models.stems import default_patch_size
+
 # name -> (depth, width D, heads).
 SIZES = {"vit_tiny": (12, 192, 3), "vit_small": (12, 384, 6), "vit_base": (12, 768, 12)}
 LN_EPS = 1e-6
 MLP_RATIO = 4
-
-
-def default_patch_size(image_size):
-    """Patch side of the CIFAR / STL / ImageNet recipes: 4 up to 32 px, 8 up to 96 px, else
-    16."""
-    return 4 if image_size <= 32 else 8 if image_size <= 96 else 16
 
 
 def _dense_init():
@@ -206,7 +202,7 @@ def vit(size="vit_tiny", image_size=32, patch_size=0, channels=3, depth=None, wi
     Args:
       size: ``vit_tiny`` | ``vit_small`` | ``vit_base`` (:data:`SIZES`).
       image_size: input side S (fixed in the model's input shape).
-      patch_size: P, dividing S; 0 = :func:`default_patch_size`.
+      patch_size: P, dividing S; 0 = :func:`~dualssl_tf.models.stems.default_patch_size`.
       channels: input channels C.
       depth, width, heads: override the size's (e.g. a small test model).
       name: model name, default ``size``.
