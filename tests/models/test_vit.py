@@ -229,7 +229,7 @@ def test_simclr_trains_and_exports_cls_and_patch_mean(small_vit, tmp_path):
 
 @pytest.mark.slow
 def test_byol_clones_the_vit_and_trains(small_vit, tmp_path):
-    _, run_dir = _tiny_run(tmp_path, method="byol", loss="nce", temperature=1.0,
+    _, run_dir = _tiny_run(tmp_path, method="byol", loss="nce", temperature=0.1,
                            byol_pred_hidden_dim=16)
     rows = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert np.isfinite(rows[-1]["loss"]) and "pred_cos" in rows[-1]
@@ -251,7 +251,9 @@ def test_linear_eval_runs_unchanged_on_a_vit_export(small_vit, tmp_path):
         assert proc.returncode == 0, proc.stderr
         with open(tmp_path / output / "linear_eval.json") as f:
             results = json.load(f)
-        assert 0.0 <= results["linear"]["top1"] <= 1.0 and results["knn"]["num_test"] == 32
+        assert 0.0 <= results["linear"]["top1"] <= 1.0
+        assert results["knn"]["num_train"] == results["linear"]["num_train"] > 0
+        assert results["knn"]["num_test"] == results["linear"]["num_test"] > 0
 
 
 def test_mixed_bfloat16_forward_stays_close(small_vit):
