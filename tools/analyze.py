@@ -13,6 +13,10 @@ initialisation and after training, and writes into --out_dir (default MODEL_DIR/
   filter_alignment.png (toy) trained filters vs OP's top eigenvectors at init
   lucky_nodes_by_hid.png (HLTM, with --lucky_hids) best |corr| at init vs group width
 
+An image run (ResNet or ViT) has no task hooks for these: one note line on stderr says what
+is skipped (and, for a ViT, that Theorem 3 does not hold for it), and only analysis.json
+(the note) and collapse.png are written.
+
 Bad input ends with one line on stderr naming the flag, and exit status 2.
 """
 
@@ -122,12 +126,21 @@ def main(argv):
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, "analysis")
     tmp = None
     try:
-        run = runs.load_run(FLAGS.model_dir)
-        report.task_hooks(run.cfg)   # ValueError("model_dir: ...") for unsupported tasks
-        layers = FLAGS.layers or report.default_layers(run.init.encoder)
-        report.check_layers(run.init.encoder, layers)
-        result = report.analyze_run(run, layers, FLAGS.points, FLAGS.augmentations,
-                                    FLAGS.top_k, FLAGS.seed, hids)
+        flags_path = os.path.join(FLAGS.model_dir, "flags.txt")
+        if not runfiles.exists(flags_path):
+            raise ValueError(f"model_dir: no flags.txt in {FLAGS.model_dir}; point it at a run "
+                             "written by tools/train.py")
+        cfg = runs.read_flagfile(flags_path)
+        note = report.skipped_note(cfg)
+        if note:   # an image run: only what applies to every encoder and method
+            print(note, file=sys.stderr)
+            result = {"skipped": note}
+        else:
+            run = runs.load_run(FLAGS.model_dir)
+            layers = FLAGS.layers or report.default_layers(run.init.encoder)
+            report.check_layers(run.init.encoder, layers)
+            result = report.analyze_run(run, layers, FLAGS.points, FLAGS.augmentations,
+                                        FLAGS.top_k, FLAGS.seed, hids)
         # Write into a temporary directory and rename: never a half-written output. Figures
         # are drawn to local files, so a URL (gs://) out_dir gets a local one, copied over.
         if runfiles.is_remote(out_dir):
@@ -136,9 +149,9 @@ def main(argv):
             tmp = out_dir.rstrip("/") + ".tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
-        paths = report.make_figures(result, tmp)
+        paths = report.make_figures(result, tmp) if not note else {}
         # Every method's collapse monitor (embed_std, effective_rank), when the run has it.
-        figure = collapse.run_figure(FLAGS.model_dir, tmp, f"--method={run.cfg.method.method}")
+        figure = collapse.run_figure(FLAGS.model_dir, tmp, f"--method={cfg.method.method}")
         if figure:
             paths["collapse"] = figure
         with open(os.path.join(tmp, "analysis.json"), "w") as f:

@@ -40,6 +40,22 @@ def task_hooks(cfg):
     return hooks
 
 
+def skipped_note(cfg):
+    """One line on what tools/analyze.py skips for a run whose task has no analysis hooks
+    (the image task, whatever its encoder), or None when it has them. What applies to a
+    non-ReLU encoder such as a ViT (GELU, LayerNorm, biases, residuals): the covariance
+    operator's products, not Theorem 3's reading of them (it needs reversibility)."""
+    if cfg.task.load_analysis() is not None:
+        return None
+    supported = ", ".join(t.name for t in tasks.TASKS.values() if t.analysis)
+    vit = ("; for a ViT, Theorem 3 (OP_l vec(W_l) as the training direction) needs a "
+           "reversible ReLU network and does not hold, while the operator's products "
+           "(analysis.operator_free, Python) do" if cfg.data.encoder.startswith("vit_") else "")
+    return (f"note: the operator, emergence and selectivity analyses need a {supported} "
+            f"run; skipped for --dataset={cfg.data.dataset}{vit}. Writing the collapse "
+            "figure only.")
+
+
 def _layer_ops(encoder, name, x_aug):
     """[(label, CovarianceOperator)] for a layer: one per group of a GroupedDense."""
     layer = connections.find_layer(encoder, name)

@@ -269,3 +269,36 @@ def test_mixed_bfloat16_forward_stays_close(small_vit):
     assert low(x).dtype == "bfloat16"
     # bfloat16 keeps 8 bits of mantissa: ~0.4% per rounding, a few through 2 blocks.
     np.testing.assert_allclose(a, b, rtol=0, atol=0.1 * np.abs(b).max())
+
+
+def test_analysis_skips_with_a_note_for_image_runs():
+    from dualssl_tf import config
+    from dualssl_tf.analysis import report
+
+    assert report.skipped_note(config.TrainConfig(dataset="hltm")) is None
+    resnet = report.skipped_note(config.TrainConfig(dataset="generated_images"))
+    assert resnet == ("note: the operator, emergence and selectivity analyses need a hltm, "
+                      "translation1d run; skipped for --dataset=generated_images. Writing the "
+                      "collapse figure only.")
+    note = report.skipped_note(config.TrainConfig(dataset="cifar10", encoder="vit_small"))
+    assert "for a ViT, Theorem 3" in note and "\n" not in note
+
+
+@pytest.mark.slow
+def test_two_mirrored_replicas_equal_one_device(tmp_path):
+    # tests/distribute_worker.py vit: 2 SGD steps (lr 0.5) of SimCLR and BYOL on a tiny ViT
+    # on 2 logical CPU devices vs one device on the same global batches.
+    out = tmp_path / "vit2.json"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "distribute_worker.py"),
+                           "vit", "2", str(out)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["replicas"] == 2 and set(result["cases"]) == {"simclr", "byol"}
+    for name, got in result["cases"].items():
+        assert got["moved"] > 1e-3, (name, got)
+        # float32 sums in another order over 2 replicas (the tolerance of
+        # tests/test_distribute.py); what is logged is the global batch's.
+        assert got["diff"] < 1e-5 and got["logs_diff"] < 1e-5, (name, got)
