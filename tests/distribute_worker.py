@@ -428,8 +428,12 @@ def build_vit(case, gather_fn=None):
                       heads=2)
     head = keras.Sequential([keras.Input((8,)), keras.layers.Dense(OUT_DIM)])
     if case["method"] == "byol":
+        # No BatchNorm in the predictor: a fresh ViT's [CLS] outputs are nearly equal across
+        # examples, so a batch variance of ~0 would amplify the replicas' different
+        # summation order far past rounding (the MLP cases of siamese test SyncBN).
         model = BYOLMethod(encoder, head, predictor="mlp", pred_hidden_dim=WIDTH,
-                           base_momentum=0.5, final_momentum=0.9, total_steps=2)
+                           pred_bn=False, base_momentum=0.5, final_momentum=0.9,
+                           total_steps=2)
     else:
         model = ContrastiveMethod(encoder, head, loss="ntxent", temperature=0.5,
                                   gather_fn=gather_fn)

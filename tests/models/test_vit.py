@@ -299,6 +299,9 @@ def test_two_mirrored_replicas_equal_one_device(tmp_path):
     assert result["replicas"] == 2 and set(result["cases"]) == {"simclr", "byol"}
     for name, got in result["cases"].items():
         assert got["moved"] > 1e-3, (name, got)
-        # float32 sums in another order over 2 replicas (the tolerance of
-        # tests/test_distribute.py); what is logged is the global batch's.
-        assert got["diff"] < 1e-5 and got["logs_diff"] < 1e-5, (name, got)
+        # float32 sums in another order over 2 replicas: a few ulps of how far the two
+        # steps moved the weights (measured: SimCLR 9.6e-7, weights ~0.5; BYOL 4.3e-6
+        # after moving 19.7 at lr 0.5). What is logged is the global batch's (measured
+        # 1.2e-7 and 2.4e-7).
+        assert got["diff"] < 2e-6 * max(1.0, got["moved"]), (name, got)
+        assert got["logs_diff"] < 1e-6, (name, got)
