@@ -15,11 +15,12 @@
 #   2. env: nvidia-smi, TensorFlow's version and GPU list;
 #   3. tests: `pytest -m gpu` (distributed equivalence on logical GPUs, bf16/XLA images,
 #      XLA, export/reload on the device; slow ones included);
-#   4. throughput.py on three shapes: ResNet-18 32 px batch 512 bf16 XLA device
+#   4. throughput.py on five shapes: ResNet-18 32 px batch 512 bf16 XLA device
 #      augmentations (the issue's 10,000 pairs/s goal), ResNet-18 96 px (STL-10 shape,
-#      blur), ResNet-50 224 px; each writes OUT/throughput_<shape>.{log,json}.
+#      blur), ResNet-50 224 px, ViT-T/4 at 32 px and ViT-S/16 at 224 px (issue 24, each
+#      with its PyTorch/timm row); each writes OUT/throughput_<shape>.{log,json}.
 # Everything goes under OUT: $OUT when set, else ./accelerator_check_out. The whole check
-# stays within BUDGET_S seconds (480 = 8 minutes): each step's timeout is cut to what is
+# stays within BUDGET_S seconds (630 = 10.5 minutes): each step's timeout is cut to what is
 # left. Exit status: 0 when every step passed, else 1 (see OUT/summary.txt).
 set -uo pipefail
 
@@ -41,8 +42,9 @@ OUT_DIR="${OUT:-$ROOT/accelerator_check_out}"
 mkdir -p "$OUT_DIR" || exit 2
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 SUMMARY="$OUT_DIR/summary.txt"
-# 8 minutes on the GPU host; --cpu (2 shared cores, XLA compiles of minutes) gets 20.
-BUDGET_S="${BUDGET_S:-$(( CPU ? 1200 : 480 ))}"
+# 10.5 minutes on the GPU host (8 before the two ViT rows); --cpu (2 shared cores, XLA
+# compiles of minutes) gets 30.
+BUDGET_S="${BUDGET_S:-$(( CPU ? 1800 : 630 ))}"
 START_S=$(date +%s)
 PY="${PYTHON:-python3}"
 FAILED=0
@@ -151,6 +153,10 @@ if (( CPU )); then
     --rows=host,fit "${TINY[@]}"
   bench r50_224px 300 --encoder=resnet50 --image_size=224 --width_multiplier=0.0625 \
     --batch_size=4 --steps=1 --warmup=1 --repeats=1 --rows=step
+  bench vitt4_32px 300 --encoder=vit_tiny --image_size=32 --batch_size=8 --steps=1 \
+    --warmup=1 --repeats=1 --rows=step,torch
+  bench vits16_224px 300 --encoder=vit_small --image_size=224 --batch_size=2 --steps=1 \
+    --warmup=1 --repeats=1 --rows=step,torch
 else
   # Estimated for one H200 on a 16-core host (XLA compiles of ~20-60 s per compiled
   # function); BUDGET_S=900 gives every step more room.
@@ -160,8 +166,12 @@ else
     --color_jitter_strength=0.5 --steps=50 --rows=host,device,step,fit,torch "${COMMON[@]}"
   RESERVE_S=75 bench r18_96px 75 --encoder=resnet18 --image_size=96 --batch_size=256 \
     --blur --color_jitter_strength=1.0 --steps=30 --rows=host,step,fit "${COMMON[@]}"
-  bench r50_224px 120 --encoder=resnet50 --image_size=224 --batch_size=128 --blur \
-    --color_jitter_strength=1.0 --steps=20 --rows=host,step,fit "${COMMON[@]}"
+  RESERVE_S=150 bench r50_224px 120 --encoder=resnet50 --image_size=224 --batch_size=128 \
+    --blur --color_jitter_strength=1.0 --steps=20 --rows=host,step,fit "${COMMON[@]}"
+  RESERVE_S=75 bench vitt4_32px 75 --encoder=vit_tiny --image_size=32 --batch_size=512 \
+    --color_jitter_strength=0.5 --steps=30 --rows=step,fit,torch "${COMMON[@]}"
+  bench vits16_224px 75 --encoder=vit_small --image_size=224 --batch_size=128 --blur \
+    --color_jitter_strength=1.0 --steps=20 --rows=step,torch "${COMMON[@]}"
 fi
 
 log "done in $(( $(date +%s) - START_S ))s of ${BUDGET_S}s; failed steps: $FAILED"

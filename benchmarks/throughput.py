@@ -1,7 +1,8 @@
 """SimCLR throughput on this machine's device: pairs/s, achieved TFLOP/s and MFU (issue 15).
 
     PYTHONPATH=. python benchmarks/throughput.py [--image_size=32] [--batch_size=128]
-        [--encoder=resnet18|resnet50] [--width_multiplier=1] [--mixed_precision=none|bfloat16]
+        [--encoder=resnet18|resnet50|vit_tiny|vit_small|vit_base] [--patch_size=0]
+        [--width_multiplier=1] [--mixed_precision=none|bfloat16]
         [--jit_compile] [--augment_on=host|device|auto] [--steps=10] [--json_out=FILE]
 
 One table for the device TensorFlow trains on (the first GPU, else the CPU), rows:
@@ -11,7 +12,7 @@ One table for the device TensorFlow trains on (the first GPU, else the CPU), row
   of the CIFAR/STL/ImageNet shape held in memory (no download);
 * device augmentations alone (``dualssl_tf.data.device_augment``): its
   ``device_view_pairs`` on a uint8 batch already on the device, compiled as the step is;
-* train step alone: ``ContrastiveMethod.train_step`` (ResNet, projection head
+* train step alone: ``ContrastiveMethod.train_step`` (ResNet or ViT, projection head
   512-128, NT-Xent tau 0.5, SGD momentum 0.9, the online probe) in a tf.function on fixed
   views already on the device;
 * model.fit, views in memory: Keras' fit loop on the same fixed batch (fit's own cost);
@@ -22,10 +23,12 @@ One table for the device TensorFlow trains on (the first GPU, else the CPU), row
   ratio column is ours / PyTorch.
 
 FLOPs are counted from the model (``dualssl_tf.models.flops``), analytically: every Conv2D
-/ Dense layer's multiply-adds from its kernel and output shapes (x2 FLOPs), both views, x3
-for training (forward, input gradient, weight gradient; the stem's input gradient is not
-computed and not counted), plus the probe; BatchNorm, ReLU, pooling and the loss are not
-counted. The PyTorch row runs the same network, so the same count. MFU is achieved
+/ Dense layer's multiply-adds from its kernel and output shapes (x2 FLOPs; a ViT's Dense
+layers once per token, and its attention matmuls), both views, x3 for training (forward,
+input gradient, weight gradient; the stem's / patch embedding's input gradient is not
+computed and not counted), plus the probe; BatchNorm, LayerNorm, ReLU, GELU, softmax,
+pooling and the loss are not counted. The PyTorch row runs the same network (timm's
+VisionTransformer for a ViT), so the same count. MFU is achieved
 FLOP/s over the device's dense peak for the step's precision (a table of vendor figures for
 GPUs, see PEAK_TFLOPS; on a CPU the best tf.matmul rate measured here, in the compute
 dtype, which is a measurement, not a vendor peak). Each figure is the best of --repeats
@@ -48,7 +51,9 @@ import numpy as np  # noqa: E402
 
 flags.DEFINE_integer("image_size", 32, "Image and view side (32 CIFAR, 96 STL-10, 224).")
 flags.DEFINE_integer("batch_size", 128, "Pairs per step.")
-flags.DEFINE_enum("encoder", "resnet18", ["resnet18", "resnet50"], "ResNet depth.")
+flags.DEFINE_enum("encoder", "resnet18", ["resnet18", "resnet50", "vit_tiny", "vit_small",
+                                          "vit_base"], "ResNet depth or ViT size.")
+flags.DEFINE_integer("patch_size", 0, "ViT patch side (0: 4 up to 32 px, 8 up to 96, else 16).")
 flags.DEFINE_enum("stem", "auto", ["auto", "cifar", "imagenet"],
                   "ResNet stem (auto: imagenet from 96 px, as the image task).")
 flags.DEFINE_float("width_multiplier", 1.0, "ResNet width (1 = 64..512 channels).")
@@ -145,13 +150,22 @@ def peak_tflops(tf, kind, name, compute_dtype):
 
 # -- the model -------------------------------------------------------------------------------
 
+def patch_size():
+    """The ViT's patch side: --patch_size, else the image task's default for the size."""
+    from dualssl_tf.models import stems
+    return FLAGS.patch_size or stems.default_patch_size(FLAGS.image_size)
+
+
 def networks():
     import keras
-    from dualssl_tf.models import heads, resnet
+    from dualssl_tf.models import heads, resnet, vit
     keras.utils.set_random_seed(0)
-    depth = 18 if FLAGS.encoder == "resnet18" else 50
-    enc = resnet.resnet(depth, image_size=FLAGS.image_size, stem=FLAGS.stem,
-                        width_multiplier=FLAGS.width_multiplier)
+    if FLAGS.encoder.startswith("vit_"):
+        enc = vit.vit(FLAGS.encoder, image_size=FLAGS.image_size, patch_size=patch_size())
+    else:
+        depth = 18 if FLAGS.encoder == "resnet18" else 50
+        enc = resnet.resnet(depth, image_size=FLAGS.image_size, stem=FLAGS.stem,
+                            width_multiplier=FLAGS.width_multiplier)
     rep = enc.output_shape[-1]
     head = heads.projection_head(rep, 512, 128)
     probe = heads.LinearProbe(10, name="probe")
@@ -367,7 +381,8 @@ def torch_row(kind):
             f"--batch_size={FLAGS.batch_size}", f"--encoder={FLAGS.encoder}", f"--stem={stem}",
             f"--width_multiplier={FLAGS.width_multiplier}", f"--steps={FLAGS.steps}",
             f"--warmup={FLAGS.warmup}", f"--threads={FLAGS.threads or os.cpu_count()}",
-            f"--channels_last={FLAGS.torch_channels_last}"]
+            f"--channels_last={FLAGS.torch_channels_last}",
+            f"--patch_size={patch_size()}"]
     if FLAGS.mixed_precision == "bfloat16":
         args.append("--bf16")
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -465,8 +480,10 @@ def main(_):
     load_after = load_average()
     torch_rate = torch.best if torch is not None else None
 
-    print(f"\nSimCLR throughput on {name} ({kind}); {FLAGS.encoder} width "
-          f"{FLAGS.width_multiplier:g}, {FLAGS.image_size} px, batch {FLAGS.batch_size}, "
+    shape = (f"patch {patch_size()}" if FLAGS.encoder.startswith("vit_")
+             else f"width {FLAGS.width_multiplier:g}")
+    print(f"\nSimCLR throughput on {name} ({kind}); {FLAGS.encoder} {shape}, "
+          f"{FLAGS.image_size} px, batch {FLAGS.batch_size}, "
           f"{compute_dtype} compute, XLA {'on' if FLAGS.jit_compile else 'off'}, "
           f"steps_per_execution {FLAGS.steps_per_execution}, fit views on {augment_on}")
     print(f"FLOPs per pair (analytic, conv/dense MACs x2, 2 views, x3 training): "
@@ -496,7 +513,7 @@ def main(_):
         with open(FLAGS.json_out, "w") as f:
             json.dump({"device": name, "kind": kind, "flags": {
                 k: FLAGS[k].value for k in ("image_size", "batch_size", "encoder",
-                                            "width_multiplier", "mixed_precision",
+                                            "patch_size", "width_multiplier", "mixed_precision",
                                             "jit_compile", "steps_per_execution", "steps")},
                 "augment_on": augment_on, "gflop_per_pair": flop_pair / 1e9,
                 "peak_tflops": peak, "peak": peak_note, "load": [load_before, load_after],

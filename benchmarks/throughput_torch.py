@@ -5,7 +5,8 @@
 Run by throughput.py in a subprocess (same process tree, same thread count) with --serve,
 which times one block per request so that throughput.py interleaves them with its rows;
 alone it prints one JSON line (best of --repeats blocks). The step is the one throughput.py times
-on the TensorFlow side: ResNet-18/50 with
+on the TensorFlow side: a ViT (timm's VisionTransformer, the same size and patch, no
+classifier, [CLS] token) or ResNet-18/50 with
 the same stem (cifar: 3x3/1, no max-pool; imagenet: 7x7/2 + max-pool) and width, the
 projection head Linear(R, 512, no bias)-BN-ReLU-Linear(512, 128), NT-Xent (tau 0.5) over
 the 2B views of the batch, SGD momentum 0.9, plus the online linear probe (a BatchNorm
@@ -24,11 +25,18 @@ import sys
 import time
 
 
+# The ViT sizes of dualssl_tf.models.vit by their timm names (patch and image size set).
+TIMM_VIT = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
+            "vit_base": "vit_base_patch16_224"}
+
+
 def parse():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--image_size", type=int, default=32)
     p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--encoder", choices=("resnet18", "resnet50"), default="resnet18")
+    p.add_argument("--encoder", choices=("resnet18", "resnet50") + tuple(TIMM_VIT),
+                   default="resnet18")
+    p.add_argument("--patch_size", type=int, default=4, help="ViT patch side.")
     p.add_argument("--stem", choices=("cifar", "imagenet"), default="cifar")
     p.add_argument("--width_multiplier", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=10)
@@ -125,6 +133,11 @@ def own_resnet(torch, depth, width, num_classes=1000):
 
 def encoder(torch, args):
     """(network x -> representation [B, R], R, where the architecture came from)."""
+    if args.encoder in TIMM_VIT:
+        import timm
+        net = timm.create_model(TIMM_VIT[args.encoder], pretrained=False, num_classes=0,
+                                img_size=args.image_size, patch_size=args.patch_size)
+        return net, net.num_features, f"timm {timm.__version__} {TIMM_VIT[args.encoder]}"
     depth = 18 if args.encoder == "resnet18" else 50
     source = "torchvision"
     try:

@@ -44,7 +44,9 @@ class DataOptions(Section):
                             "--strategy=tpu or a gs:// --data_dir: prepare those once with "
                             "`tfds build NAME --data_dir=gs://...`.", resumable=True)
     encoder: str = option("auto", "Encoder network; auto = the dataset's own (TreeNet for "
-                          "hltm, ResNet-18 for images); images: resnet18 | resnet50.")
+                          "hltm, ResNet-18 for images); images: resnet18 | resnet50 | "
+                          "vit_tiny | vit_small | vit_base (Vision Transformers, "
+                          "--patch_size).")
 
 
 @dataclasses.dataclass

@@ -11,6 +11,9 @@ TensorFlow initialises its devices, so each configuration runs in a fresh proces
   python tests/distribute_worker.py siamese R OUT.json
       The same equality for BYOL (moving-average target), BYOL with DirectPred's predictor
       and SimSiam, SyncBN in encoder and predictor, over two steps.
+  python tests/distribute_worker.py vit R OUT.json
+      The same equality for a tiny ViT encoder (SimCLR, and BYOL, whose target clones it)
+      on 8 x 8 images, over two steps.
   python tests/distribute_worker.py train OUT.npz
       Multi-worker run (TF_CONFIG set by the caller) or, without TF_CONFIG, the
       single-process reference: STEPS SGD steps on fixed global batches; saves weights
@@ -417,6 +420,59 @@ def images(replicas, model_dir, out_path):
         json.dump({"final": result["final"], "flags": flags}, f)
 
 
+VIT_SIDE = 8   # 8 x 8 images, patch 4: 4 patch tokens + [CLS]
+
+
+def build_vit(case, gather_fn=None):
+    """A depth-2, width-8 ViT encoder + head, SimCLR (NT-Xent) or BYOL, SGD, fixed init."""
+    import keras
+    from dualssl_tf.methods.byol import BYOLMethod
+    from dualssl_tf.methods.contrastive import ContrastiveMethod
+    from dualssl_tf.models import vit
+
+    keras.utils.set_random_seed(1)
+    encoder = vit.vit("vit_tiny", image_size=VIT_SIDE, patch_size=4, depth=2, width=8,
+                      heads=2)
+    head = keras.Sequential([keras.Input((8,)), keras.layers.Dense(OUT_DIM)])
+    if case["method"] == "byol":
+        # No BatchNorm in the predictor: a fresh ViT's [CLS] outputs are nearly equal across
+        # examples, so a batch variance of ~0 would amplify the replicas' different
+        # summation order far past rounding (the MLP cases of siamese test SyncBN).
+        model = BYOLMethod(encoder, head, predictor="mlp", pred_hidden_dim=WIDTH,
+                           pred_bn=False, base_momentum=0.5, final_momentum=0.9,
+                           total_steps=2)
+    else:
+        model = ContrastiveMethod(encoder, head, loss="ntxent", temperature=0.5,
+                                  gather_fn=gather_fn)
+    model.compile(optimizer=keras.optimizers.SGD(LR),
+                  run_eagerly=os.environ.get("DIST_TEST_EAGER") == "1")
+    return model
+
+
+def vit(replicas, out_path):
+    """SimCLR and BYOL on a tiny ViT: 2 SGD steps on R replicas vs one device."""
+    split_devices(replicas)
+    from dualssl_tf.run import distribute
+
+    strategy = distribute.make_strategy("mirrored")
+    rng = np.random.default_rng(5)
+    batches = [{k: rng.uniform(size=(GLOBAL_BATCH, VIT_SIDE, VIT_SIDE, 3)).astype(np.float32)
+                for k in ("view1", "view2")} for _ in range(2)]
+    result = {"replicas": strategy.num_replicas_in_sync, "cases": {}}
+    for name in ("simclr", "byol"):
+        case = {"method": name}
+        ref, ref_logs = fit_single(case, batches, build_vit, with_logs=True)
+        got, got_logs = fit_replicas(strategy, case, batches,
+                                     distribute.cross_replica_candidates, build_vit,
+                                     with_logs=True)
+        result["cases"][name] = {"diff": _maxdiff(ref, got),
+                                 "moved": _maxdiff(ref, weights(build_vit(case))),
+                                 "logs_diff": logs_diff(ref_logs, got_logs),
+                                 "logs": ref_logs["epoch"]}
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
 if __name__ == "__main__":
     {"equality": equality, "train": train, "images": images,
-     "siamese": siamese}[sys.argv[1]](*sys.argv[2:])
+     "siamese": siamese, "vit": vit}[sys.argv[1]](*sys.argv[2:])

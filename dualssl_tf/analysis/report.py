@@ -40,6 +40,16 @@ def task_hooks(cfg):
     return hooks
 
 
+def encoder_note(cfg):
+    """One line on how the paper's lens applies to a non-ReLU encoder (a ViT: GELU,
+    LayerNorm, biases, residuals), or None for the others."""
+    if not cfg.data.encoder.startswith("vit_"):
+        return None
+    return ("for a ViT, Theorem 3 (OP_l vec(W_l) as the training direction) needs a "
+            "reversible ReLU network and does not hold; the operator's products are measured "
+            "as they are, and op_residue says how far from reversible each layer is")
+
+
 def _layer_ops(encoder, name, x_aug):
     """[(label, CovarianceOperator)] for a layer: one per group of a GroupedDense."""
     layer = connections.find_layer(encoder, name)
@@ -214,9 +224,12 @@ def monitor_report(model_dir, cfg, metrics, layers=()):
     curves = image_monitor_curves(metrics, layers)
     result = {"model_dir": model_dir, "dataset": cfg.data.dataset,
               "method": cfg.method.method, "monitor": curves, "matrix_free": True}
+    notes = [encoder_note(cfg)]
     if curves is None:
-        result["note"] = ("no covariance-operator monitor in metrics.jsonl (train with "
-                          "--analysis_every=1 to log it); only the collapse figure is drawn")
+        notes.append("no covariance-operator monitor in metrics.jsonl (train with "
+                     "--analysis_every=1 to log it); only the collapse figure is drawn")
+    if any(notes):
+        result["note"] = "; ".join(n for n in notes if n)
     return result
 
 

@@ -42,20 +42,14 @@ import tensorflow as tf
 
 import dualssl_tf
 from dualssl_tf import runfiles
+from dualssl_tf.models import taps
+from dualssl_tf.models import vit
 
 SERVE = "serve"
 TRAIN_MODE = "train_mode"
 SIGNATURE = "serving_default"
 MODEL_CARD = "model_card.json"
-REQUIRED_OUTPUTS = ("representation", "projection")
-
-
-def _output_key(name):
-    """Signature output keys must be identifiers; layer names may hold '/' or '-'."""
-    key = re.sub(r"[^0-9A-Za-z_]", "_", str(name))
-    if key in REQUIRED_OUTPUTS:
-        raise ValueError(f"intermediate_layers: output name {name!r} is reserved; rename it")
-    return key
+REQUIRED_OUTPUTS = taps.RESERVED_OUTPUTS
 
 
 def _intermediates_fn(encoder, intermediate_layers):
@@ -64,7 +58,9 @@ def _intermediates_fn(encoder, intermediate_layers):
     intermediate_layers:
       None: no intermediate outputs.
       list of layer names / dict {output name: layer name}: outputs of those layers of a
-        functional (or Sequential) encoder, computed in the same forward pass.
+        functional (or Sequential) encoder, computed in the same forward pass; a dict value
+        may instead be a callable ``encoder -> symbolic tensor`` built on the encoder's
+        layers' outputs (e.g. the ViT's mean of patch tokens, :func:`vit.patch_mean`).
       callable ``(x, training) -> {name: tensor}``: for subclassed encoders (e.g. the HLTM
         tree net's per-depth activations); called in addition to the encoder. A callable
         ``tf.Module`` (e.g. a method's extra outputs, :meth:`SSLMethod.export_outputs`) is
@@ -79,7 +75,7 @@ def _intermediates_fn(encoder, intermediate_layers):
                 raise ValueError("intermediate_layers: the callable must return a dict of "
                                  f"tensors, got {type(extra).__name__}")
             return (encoder(x, training=training),
-                    {_output_key(k): v for k, v in extra.items()})
+                    {taps.output_key(k): v for k, v in extra.items()})
         return fn
     if isinstance(intermediate_layers, (list, tuple)):
         intermediate_layers = {name: name for name in intermediate_layers}
@@ -94,15 +90,8 @@ def _intermediates_fn(encoder, intermediate_layers):
         raise ValueError(f"intermediate_layers: encoder {encoder.name!r} is not a functional "
                          "model, so its layers' outputs cannot be tapped by name; pass a "
                          "callable (x, training) -> dict instead")
-    outputs = {"representation": encoder.outputs[0]}
-    for key, layer_name in intermediate_layers.items():
-        try:
-            layer = encoder.get_layer(layer_name)
-        except ValueError:
-            names = ", ".join(l.name for l in encoder.layers)
-            raise ValueError(f"intermediate_layers: encoder {encoder.name!r} has no layer "
-                             f"{layer_name!r}; its layers are: {names}") from None
-        outputs[_output_key(key)] = layer.output
+    outputs = {"representation": encoder.outputs[0],
+               **taps.tap_outputs(encoder, intermediate_layers)}
     # Shares the encoder's layers and variables: one forward pass gives every output.
     tap = keras.Model(inputs, outputs, name=f"{encoder.name}_taps")
 
@@ -147,6 +136,9 @@ def default_intermediates(encoder):
     * an encoder with ``pre_activations(x) -> [per depth [B, groups, hid]]`` (the HLTM
       :class:`~dualssl_tf.models.tree_net.TreeNet`) exports ``depth_<d>``: the ReLU
       activations of depth d flattened to [B, groups * hid] (the root is the representation);
+    * a :func:`~dualssl_tf.models.vit.vit` encoder exports ``patch_mean``: the mean of its
+      patch tokens after the final LayerNorm, [B, D] (the representation is the [CLS]
+      token's);
     * a functional encoder with ResNet stage naming (``layer<s>_<b>_out``, as
       :mod:`dualssl_tf.models.resnet` builds it) exports ``layer<s>``: the output of each
       stage's last block, [B, h, w, c];
@@ -154,6 +146,8 @@ def default_intermediates(encoder):
     """
     if callable(getattr(encoder, "transfer_outputs", None)):
         return encoder.transfer_outputs
+    if vit.is_vit(encoder):
+        return {"patch_mean": vit.patch_mean}
     stages = {}
     for layer in getattr(encoder, "layers", []):
         match = re.fullmatch(r"(layer\d+)_(\d+)_out", layer.name)

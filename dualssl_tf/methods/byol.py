@@ -46,6 +46,7 @@ from dualssl_tf.methods.base import SSLMethod
 from dualssl_tf.methods.momentum import (MomentumTargets, clone_network,  # noqa: F401
                                          momentum_copies, target_momentum)
 from dualssl_tf.models import heads
+from dualssl_tf.models.taps import tap_outputs
 from dualssl_tf.optim import rate_groups
 
 PREDICTORS = ("mlp", "none", "directpred")
@@ -139,7 +140,7 @@ class PredictionOutputs(tf.Module):
         self.tap_model = None
         if taps is not None and not callable(taps):
             names = {t: t for t in taps} if isinstance(taps, (list, tuple)) else dict(taps)
-            outputs = {k: encoder.get_layer(v).output for k, v in names.items()}
+            outputs = tap_outputs(encoder, names)
             self.tap_model = keras.Model(encoder.inputs, outputs, name=f"{encoder.name}_taps")
 
     def __call__(self, x, training=False):

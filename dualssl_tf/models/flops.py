@@ -1,11 +1,16 @@
 """FLOPs of the networks, counted from their Keras layers (for throughput and MFU).
 
 Analytic: every ``Conv2D`` and ``Dense`` layer of a functional model (nested models
-included) contributes its multiply-adds x 2, from its kernel and output shapes; BatchNorm,
-ReLU, pooling, additions and the loss are not counted (a few % of a ResNet's FLOPs).
+included) contributes its multiply-adds x 2, from its kernel and output shapes (a Dense on
+tokens [B, T, D] once per token), and a layer with a ``forward_flops(tokens)`` method (the
+ViT's self-attention: its projections and the two T x T attention matmuls) its own count;
+BatchNorm, LayerNorm, ReLU, GELU, softmax, pooling, additions and the loss are not counted
+(a few % of a ResNet's or a ViT's FLOPs).
 Training costs 3 x the forward pass (forward, gradient of the input, gradient of the
 weights), less the first convolution's input gradient, which nothing needs.
 """
+
+import math
 
 import keras
 
@@ -22,7 +27,10 @@ def forward_flops(model):
             first = f if first is None else first
             total += f
         elif isinstance(layer, keras.layers.Dense):
-            total += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+            tokens = math.prod(layer.output.shape[1:-1])
+            total += 2 * tokens * layer.kernel.shape[0] * layer.kernel.shape[1]
+        elif callable(getattr(layer, "forward_flops", None)):
+            total += layer.forward_flops(int(layer.output.shape[1]))
         elif isinstance(layer, keras.Model):
             inner = forward_flops(layer)
             total += inner["total"]

@@ -1,6 +1,7 @@
 """Images (docs/theory.md section 6): tfds data sets, image folders, generated shapes.
 
-Options and their validation (TensorFlow-free); the data, the ResNet, the projection head,
+Options and their validation (TensorFlow-free); the data, the encoder (ResNet or ViT), the
+projection head,
 the online probe and the monitors are built in :mod:`dualssl_tf.tasks.images.task`.
 """
 
@@ -17,7 +18,7 @@ from dualssl_tf.tasks.base import TaskSpec
 
 # --dataset values with their own source; any other tfds-shaped name is a tfds data set.
 OWN_SOURCES = ("generated_images", "folder")
-ENCODERS = ("auto", "resnet18", "resnet50")
+ENCODERS = ("auto", "resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
 # --augment_on: where the SimCLR views are made (auto = device when a GPU/TPU is there).
 AUGMENT_ON = ("auto", "host", "device")
 # --augment_preset: the field's view recipes, what each sets when its flag is left empty:
@@ -55,6 +56,11 @@ def is_image_dataset(name):
     return name in OWN_SOURCES or (name not in others and bool(_TFDS_NAME.match(name)))
 
 
+def is_vit(encoder):
+    """Whether ``--encoder`` names a Vision Transformer (no stem; --patch_size)."""
+    return encoder.startswith("vit_")
+
+
 def image_size(cfg):
     """The image side a run uses: --image_size, else the data set's native size (0 when
     unknown before the data is opened, e.g. a folder or another tfds data set)."""
@@ -87,13 +93,15 @@ def check_folder(path):
 
 @dataclasses.dataclass
 class ImageOptions(Section):
-    """The ResNet, its projection head and the SimCLR augmentations."""
+    """The encoder (ResNet or ViT), its projection head and the SimCLR augmentations."""
     image_size: int = option(0, "Image side in pixels; 0 = the data set's own (96 stl10, 32 "
                              "cifar, 32 generated). Required for folders of mixed sizes.")
     stem: str = option("auto", "ResNet stem: cifar (3x3/1, no max-pool) | imagenet (7x7/2 + "
-                       "max-pool) | auto (imagenet from 96 px).")
+                       "max-pool) | auto (imagenet from 96 px). A ViT has none (ignored).")
     width_multiplier: float = option(1.0, "ResNet width multiplier (> 0; 1 = 64..512 "
-                                     "channels).")
+                                     "channels). A ViT's width is its size's (ignored).")
+    patch_size: int = option(0, "ViT encoders: patch side P in pixels, dividing the image "
+                             "size; 0 = the recipes' 4 up to 32 px, 8 up to 96 px, 16 above.")
     proj_dim: int = option(128, "Projection head output size D.")
     proj_hidden_dim: int = option(512, "Projection head hidden width.")
     proj_layers: int = option(2, "Projection head Dense layers (0 = no head; 2 = "
@@ -173,7 +181,14 @@ class ImageOptions(Section):
         choice(self.stem, stems.STEMS, "stem")
         require(self.image_size >= 0, "image_size", f"must be >= 0, got {self.image_size}")
         size = image_size(cfg)
-        if size:
+        require(self.patch_size >= 0, "patch_size", f"must be >= 0, got {self.patch_size}")
+        if not is_vit(cfg.data.encoder):
+            require(self.patch_size == 0, "patch_size", "only for --encoder=vit_tiny|"
+                    f"vit_small|vit_base; drop it for --encoder={cfg.data.encoder}")
+        elif size:
+            problem = stems.patch_size_problem(size, self.patch_size)
+            require(problem is None, "patch_size", problem)
+        if size and not is_vit(cfg.data.encoder):
             check_stem_size(self.stem, size)
         require(self.width_multiplier > 0, "width_multiplier",
                 f"must be > 0, got {self.width_multiplier}")

@@ -1,5 +1,6 @@
 """The image task (docs/theory.md section 6): SimCLR views of tfds data sets, image
-folders or the generated shapes, a ResNet encoder, the method's projector and an online probe."""
+folders or the generated shapes, a ResNet or ViT encoder, the method's projector and an
+online probe."""
 
 import functools
 import json
@@ -12,7 +13,7 @@ from dualssl_tf.models import heads, resnet, stems
 from dualssl_tf.options import ConfigError
 from dualssl_tf.run import callbacks
 from dualssl_tf.tasks.base import HeadSpec, Task
-from dualssl_tf.tasks.images import check_stem_size, knn_monitor_ks, view_settings
+from dualssl_tf.tasks.images import check_stem_size, is_vit, knn_monitor_ks, view_settings
 from dualssl_tf.tasks.images import image_size as configured_image_size
 
 # Images of a fixed batch for the embedding-spread (collapse) monitor.
@@ -22,13 +23,19 @@ MAX_EVAL_BATCH = 256
 
 
 def _image_size(cfg, source):
-    """--image_size, else the data set's own size; checked against the stem."""
+    """--image_size, else the data set's own size; checked against the stem (ResNet) or
+    the patch size (ViT)."""
     size = configured_image_size(cfg)
     if not size:
         if source.image_shape is None:
             raise ConfigError("image_size", f"{source.name} has images of varying sizes; "
                               "set --image_size (e.g. 32 or 96)")
         size = int(source.image_shape[0])
+    if is_vit(cfg.data.encoder):
+        problem = stems.patch_size_problem(size, cfg.images.patch_size)
+        if problem:
+            raise ConfigError("patch_size", problem)
+        return size
     check_stem_size(cfg.images.stem, size)
     return size
 
@@ -159,8 +166,7 @@ def build(cfg, start_step=0):
     o = cfg.images
     # Built inside the trainer's strategy scope: BatchNorm syncs across several replicas.
     sync_bn = cfg.run.sync_bn or cross_replica.use_sync_bn()
-    encoder = resnet.resnet(ENCODER_DEPTH[cfg.data.encoder], image_size=size, stem=o.stem,
-                            width_multiplier=o.width_multiplier, sync_bn=sync_bn)
+    encoder = _encoder(cfg, size, sync_bn)
     rep_dim = encoder.output_shape[-1]
     head_spec = HeadSpec(o.proj_hidden_dim, o.proj_dim, o.proj_layers, batch_norm=o.proj_bn)
     # The method's projector, made here, between the encoder and the probe: that order fixes
@@ -204,11 +210,31 @@ def build(cfg, start_step=0):
                                  pretrain, size)) if views is not None else None),
                              "num_examples": pretrain.num_examples,
                              "num_classes": num_classes, "image_size": size,
-                             "stem": stems.resolve_stem(o.stem, size),
+                             **_input_rule(cfg, size),
                              "representation_dim": int(rep_dim),
                              "skipped_images": pretrain.skipped,
                              "holdout": getattr(probe_test, "holdout", None)}},
         summarize=summarize)
+
+
+def _encoder(cfg, size, sync_bn):
+    """``--encoder``: a ResNet (``--stem``, ``--width_multiplier``; BatchNorm synced with
+    ``sync_bn``) or a ViT (``--patch_size``; LayerNorm only, nothing to sync)."""
+    o = cfg.images
+    if is_vit(cfg.data.encoder):
+        from dualssl_tf.models import vit
+
+        return vit.vit(cfg.data.encoder, image_size=size, patch_size=o.patch_size)
+    return resnet.resnet(ENCODER_DEPTH[cfg.data.encoder], image_size=size, stem=o.stem,
+                         width_multiplier=o.width_multiplier, sync_bn=sync_bn)
+
+
+def _input_rule(cfg, size):
+    """The run.json record of how the encoder takes its input: the ResNet's stem or the
+    ViT's patch size."""
+    if is_vit(cfg.data.encoder):
+        return {"patch_size": cfg.images.patch_size or stems.default_patch_size(size)}
+    return {"stem": stems.resolve_stem(cfg.images.stem, size)}
 
 
 def _data(source, cfg, size, start_step, augment_on, batch_size, input_context=None):
