@@ -12,7 +12,8 @@ This module is TensorFlow-free; a method's module is imported only when it is bu
 import dataclasses
 import importlib
 
-from dualssl_tf.methods.options import BYOLOptions, ContrastiveOptions, SimSiamOptions
+from dualssl_tf.methods.options import (BYOLOptions, ContrastiveOptions, DINOOptions,
+                                        SimSiamOptions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,9 @@ class MethodSpec:
     section: str          # attribute of the TrainConfig holding its options
     options: type         # the options Section class
     model: str            # "module:Class" of the SSLMethod subclass
+    # Whether the method takes multi-crop batches (``local_views``, --local_crops > 0);
+    # the others are refused the flag.
+    multi_crop: bool = False
 
     def model_class(self):
         module, _, cls = self.model.partition(":")
@@ -34,6 +38,8 @@ METHODS = {
     "byol": MethodSpec("byol", "byol", BYOLOptions, "dualssl_tf.methods.byol:BYOLMethod"),
     "simsiam": MethodSpec("simsiam", "simsiam", SimSiamOptions,
                           "dualssl_tf.methods.byol:SimSiamMethod"),
+    "dino": MethodSpec("dino", "dino", DINOOptions, "dualssl_tf.methods.dino:DINOMethod",
+                       multi_crop=True),
 }
 
 
