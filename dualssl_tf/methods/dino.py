@@ -262,7 +262,8 @@ class DINOMethod(SSLMethod):
         head = task.head
         if head is None:  # a head-less toy task: the head is made here, after its encoder
             sync_bn = cfg.run.sync_bn or distribute.use_sync_bn()
-            head = cls.build_head(cfg, int(task.encoder.output_shape[-1]), None, sync_bn)
+            rep = task.encoder(tf.zeros([1, *task.input_shape]), training=False)
+            head = cls.build_head(cfg, int(rep.shape[-1]), None, sync_bn)
         return cls(task.encoder, head, total_steps=cfg.optim.epochs * task.steps_per_epoch,
                    steps_per_epoch=task.steps_per_epoch, student_temp=o.student_temp,
                    teacher_temp=o.teacher_temp, warmup_teacher_temp=o.warmup_teacher_temp,
