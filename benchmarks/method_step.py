@@ -1,10 +1,12 @@
-"""Train-step time of each method on the same encoder: contrastive vs BYOL, SimSiam and
-BYOL with DirectPred's predictor (the fit path: every metric, the online probe).
+"""Train-step time of each method on the same encoder: contrastive vs BYOL, SimSiam,
+BYOL with DirectPred's predictor and DINO (two crops, and with 2 local crops of 8 px:
+``dino_multicrop``; images only) (the fit path: every metric, the online probe).
 
     PYTHONPATH=. python benchmarks/method_step.py [--task=images|hltm] [--steps=20]
 
 images: the ResNet-18 of configs/generated_images.cfg (16 px, width 0.125, projector
-128-64, batch 64, predictors of configs/generated_images_{byol,simsiam}.cfg); hltm: the
+128-64, batch 64, predictors of configs/generated_images_{byol,simsiam}.cfg, DINO head of
+configs/generated_images_dino.cfg: 128-64-256); hltm: the
 TreeNet of configs/hltm.cfg (depth 5, hid 10, batch 128; contrastive with one explicit
 negative, BYOL with its default 4096-wide predictor). Each timing is the best of
 ``--repeats`` fits of ``--steps`` steps on a repeated in-memory batch, the methods
@@ -23,6 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 from dualssl_tf.methods.byol import BYOLMethod, SimSiamMethod  # noqa: E402
 from dualssl_tf.methods.contrastive import ContrastiveMethod  # noqa: E402
+from dualssl_tf.methods.dino import DINOMethod, dino_head  # noqa: E402
 from dualssl_tf.models import heads, resnet, tree_net  # noqa: E402
 
 flags.DEFINE_enum("task", "images", ["images", "hltm"], "Encoder and batch.")
@@ -62,7 +65,11 @@ def _methods():
                                                                     temperature=0.1)
     total = 1000
     shape = dict(input_shape=(16, 16, 3) if images else (32,))
-    return {
+    def dino(e, h, p):
+        return DINOMethod(e, dino_head(e.output_shape[-1], 256, 128, 64), probe=p,
+                          total_steps=total, **shape)
+
+    out = {
         "contrastive": lambda e, h, p: ContrastiveMethod(e, h, probe=p, **loss),
         "byol": lambda e, h, p: BYOLMethod(e, h, pred_hidden_dim=pred, probe=p,
                                            total_steps=total, **shape),
@@ -71,6 +78,9 @@ def _methods():
         "byol_directpred": lambda e, h, p: BYOLMethod(e, h, predictor="directpred", probe=p,
                                                       total_steps=total, **shape),
     }
+    if images:
+        out.update(dino=dino, dino_multicrop=dino)
+    return out
 
 
 def main(_):
@@ -80,6 +90,8 @@ def main(_):
         batch = dict(_batch())
         if name != "contrastive":
             batch.pop("negatives", None)
+        if name == "dino_multicrop":
+            batch["local_views"] = tf.random.uniform([64, 2, 8, 8, 3])
         model = make(*_nets())
         model.compile(optimizer=keras.optimizers.Adam(1e-3) if FLAGS.task == "images"
                       else keras.optimizers.SGD(0.1))

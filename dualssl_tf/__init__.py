@@ -3,7 +3,7 @@ Tian, Yu, Chen and Ganguli (2020), in TensorFlow / Keras 3.
 
 The public API, ``import dualssl_tf as dt``::
 
-    methods     dt.SSLMethod, dt.ContrastiveMethod, dt.METHODS
+    methods     dt.SSLMethod, dt.ContrastiveMethod, dt.DINOMethod, dt.METHODS
     losses      dt.losses (the paper's losses as pure functions), dt.loss_fn(name, ...)
     data        dt.view_pairs (SimCLR pairs of your own tf.data images)
     networks    dt.resnet, dt.projection_head, dt.LinearProbe, dt.TreeNet
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 _API = {
     "SSLMethod": "dualssl_tf.methods.base:SSLMethod",
     "ContrastiveMethod": "dualssl_tf.methods.contrastive:ContrastiveMethod",
+    "DINOMethod": "dualssl_tf.methods.dino:DINOMethod",
     "METHODS": "dualssl_tf.methods:METHODS",
     "losses": "dualssl_tf.losses:",
     "loss_fn": "dualssl_tf.methods.contrastive:loss_fn",
