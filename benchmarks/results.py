@@ -55,6 +55,7 @@ METHODS = {
     "simclr": (["--method=contrastive", "--loss=ntxent"], ""),
     "byol": (["--method=byol"], "byol"),
     "simsiam": (["--method=simsiam"], "simsiam"),
+    "dino": (["--method=dino"], "dino"),
 }
 RANDOM = "random"        # the untrained encoder baseline (cell name)
 PIXELS = "pixels"        # raw pixels and their PCA (one cell per data set and seed)
@@ -403,7 +404,7 @@ def rows(results, datasets, methods):
     return out
 
 
-LABELS = {"simclr": "SimCLR (NT-Xent)", "byol": "BYOL", "simsiam": "SimSiam",
+LABELS = {"simclr": "SimCLR (NT-Xent)", "byol": "BYOL", "simsiam": "SimSiam", "dino": "DINO",
           RANDOM: "random encoder (untrained)", "pixels": "raw pixels"}
 
 
