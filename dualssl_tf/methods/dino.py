@@ -328,7 +328,7 @@ class DINOMethod(SSLMethod):
         if local is not None:
             n = int(local.shape[1])
             # [B, N, h, w, C] -> [N B, h, w, C], crop-major like the global crops.
-            perm = [1, 0] + list(range(2, local.shape.rank))
+            perm = [1, 0] + list(range(2, len(local.shape)))
             flat = tf.reshape(tf.transpose(local, perm),
                               tf.concat([[-1], tf.shape(local)[2:]], axis=0))
             reps.append(self._encode_any_size(flat, training))
@@ -350,7 +350,7 @@ class DINOMethod(SSLMethod):
         global pooling (the ResNet) computes on any size, so the check is relaxed to the
         rank and channels (Keras' public ``input_spec``) the first time local crops come.
         An encoder that cannot take the size fails in its own layers."""
-        spec = keras.layers.InputSpec(ndim=x.shape.rank, axes={-1: int(x.shape[-1])})
+        spec = keras.layers.InputSpec(ndim=len(x.shape), axes={-1: int(x.shape[-1])})
         if tuple(x.shape[1:]) != self.input_shape_ and not getattr(
                 self.encoder, "_dino_any_size", False):
             self.encoder.input_spec = spec
