@@ -1,12 +1,14 @@
 """Train-step time of each method on the same encoder: contrastive vs BYOL, SimSiam,
-BYOL with DirectPred's predictor, MoCo v2, MoCo v3, Barlow Twins and VICReg (the fit path:
-every metric, the online probe).
+BYOL with DirectPred's predictor, MoCo v2, MoCo v3, Barlow Twins, VICReg and DINO (two
+crops, and with 2 local crops of 8 px: ``dino_multicrop``; images only) (the fit path: every
+metric, the online probe).
 
     PYTHONPATH=. python benchmarks/method_step.py [--task=images|hltm] [--steps=20]
 
 images: the ResNet-18 of configs/generated_images.cfg (16 px, width 0.125, projector
 128-64, batch 64, predictors of configs/generated_images_{byol,simsiam}.cfg, Barlow Twins'
-and VICReg's own 3 x 256 projector of configs/generated_images_{barlow,vicreg}.cfg); hltm: the
+and VICReg's own 3 x 256 projector of configs/generated_images_{barlow,vicreg}.cfg, DINO head
+of configs/generated_images_dino.cfg: 128-64-256); hltm: the
 TreeNet of configs/hltm.cfg (depth 5, hid 10, batch 128; contrastive with one explicit
 negative, BYOL with its default 4096-wide predictor). Each timing is the best of
 ``--repeats`` fits of ``--steps`` steps on a repeated in-memory batch, the methods
@@ -26,6 +28,7 @@ import tensorflow as tf  # noqa: E402
 from dualssl_tf.methods.barlow import BarlowTwinsMethod  # noqa: E402
 from dualssl_tf.methods.byol import BYOLMethod, SimSiamMethod  # noqa: E402
 from dualssl_tf.methods.contrastive import ContrastiveMethod  # noqa: E402
+from dualssl_tf.methods.dino import DINOMethod, dino_head  # noqa: E402
 from dualssl_tf.methods.moco import MoCoV2Method, MoCoV3Method  # noqa: E402
 from dualssl_tf.methods.vicreg import VICRegMethod  # noqa: E402
 from dualssl_tf.models import heads, resnet, tree_net  # noqa: E402
@@ -67,7 +70,11 @@ def _methods():
                                                                     temperature=0.1)
     total = 1000
     shape = dict(input_shape=(16, 16, 3) if images else (32,))
-    return {
+    def dino(e, h, p):
+        return DINOMethod(e, dino_head(e.output_shape[-1], 256, 128, 64), probe=p,
+                          total_steps=total, **shape)
+
+    out = {
         "contrastive": lambda e, h, p: ContrastiveMethod(e, h, probe=p, **loss),
         "byol": lambda e, h, p: BYOLMethod(e, h, pred_hidden_dim=pred, probe=p,
                                            total_steps=total, **shape),
@@ -83,6 +90,9 @@ def _methods():
         "barlow": lambda e, h, p: BarlowTwinsMethod(e, _twin_head(e, h), probe=p),
         "vicreg": lambda e, h, p: VICRegMethod(e, _twin_head(e, h), probe=p),
     }
+    if images:
+        out.update(dino=dino, dino_multicrop=dino)
+    return out
 
 
 def _twin_head(encoder, head):
@@ -100,6 +110,8 @@ def main(_):
         batch = dict(_batch())
         if name != "contrastive":
             batch.pop("negatives", None)
+        if name == "dino_multicrop":
+            batch["local_views"] = tf.random.uniform([64, 2, 8, 8, 3])
         model = make(*_nets())
         model.compile(optimizer=keras.optimizers.Adam(1e-3) if FLAGS.task == "images"
                       else keras.optimizers.SGD(0.1))

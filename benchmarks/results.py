@@ -57,6 +57,7 @@ METHODS = {
     "simsiam": (["--method=simsiam"], "simsiam"),
     "barlow": (["--method=barlow"], "barlow"),
     "vicreg": (["--method=vicreg"], "vicreg"),
+    "dino": (["--method=dino"], "dino"),
 }
 RANDOM = "random"        # the untrained encoder baseline (cell name)
 PIXELS = "pixels"        # raw pixels and their PCA (one cell per data set and seed)
@@ -405,7 +406,7 @@ def rows(results, datasets, methods):
     return out
 
 
-LABELS = {"simclr": "SimCLR (NT-Xent)", "byol": "BYOL", "simsiam": "SimSiam",
+LABELS = {"simclr": "SimCLR (NT-Xent)", "byol": "BYOL", "simsiam": "SimSiam", "dino": "DINO",
           "barlow": "Barlow Twins", "vicreg": "VICReg",
           RANDOM: "random encoder (untrained)", "pixels": "raw pixels"}
 

@@ -4,7 +4,7 @@ Tian, Yu, Chen and Ganguli (2020), in TensorFlow / Keras 3.
 The public API, ``import dualssl_tf as dt``::
 
     methods     dt.SSLMethod, dt.ContrastiveMethod, dt.MoCoV2Method, dt.MoCoV3Method,
-                dt.BarlowTwinsMethod, dt.VICRegMethod, dt.METHODS
+                dt.BarlowTwinsMethod, dt.VICRegMethod, dt.DINOMethod, dt.METHODS
     losses      dt.losses (the paper's losses as pure functions), dt.loss_fn(name, ...),
                 dt.decorrelation_losses (Barlow Twins, VICReg)
     data        dt.view_pairs (SimCLR pairs of your own tf.data images)
@@ -28,6 +28,7 @@ _API = {
     "ContrastiveMethod": "dualssl_tf.methods.contrastive:ContrastiveMethod",
     "MoCoV2Method": "dualssl_tf.methods.moco:MoCoV2Method",
     "MoCoV3Method": "dualssl_tf.methods.moco:MoCoV3Method",
+    "DINOMethod": "dualssl_tf.methods.dino:DINOMethod",
     "METHODS": "dualssl_tf.methods:METHODS",
     "BarlowTwinsMethod": "dualssl_tf.methods.barlow:BarlowTwinsMethod",
     "VICRegMethod": "dualssl_tf.methods.vicreg:VICRegMethod",

@@ -14,6 +14,9 @@ TensorFlow initialises its devices, so each configuration runs in a fresh proces
   python tests/distribute_worker.py vit R OUT.json
       The same equality for a tiny ViT encoder (SimCLR, and BYOL, whose target clones it)
       on 8 x 8 images, over two steps.
+  python tests/distribute_worker.py dino R OUT.json
+      The same equality for DINO (moving-average teacher, global-batch centre, frozen
+      last layer in step 1, local crops), SyncBN in the encoder, over two steps.
   python tests/distribute_worker.py train OUT.npz
       Multi-worker run (TF_CONFIG set by the caller) or, without TF_CONFIG, the
       single-process reference: STEPS SGD steps on fixed global batches; saves weights
@@ -166,6 +169,43 @@ def build_siamese(case, gather_fn=None):
             "sgd", schedules.WarmupCosineDecay(LR, SIAMESE_STEPS + 1), momentum=0.9,
             group=model.rate_group())
     model.compile(optimizer=optimizer,
+                  run_eagerly=os.environ.get("DIST_TEST_EAGER") == "1")
+    return model
+
+
+DINO_LOCAL = 2        # local crops per image in the DINO case (same size as the globals)
+
+
+def dino_batches(n_steps, seed=13):
+    """make_batches plus ``local_views`` [GLOBAL_BATCH, DINO_LOCAL, IN_DIM]."""
+    rng = np.random.default_rng(seed + 1)
+    out = make_batches(n_steps, seed=seed)
+    for b in out:
+        b["local_views"] = rng.normal(size=(GLOBAL_BATCH, DINO_LOCAL, IN_DIM)).astype(
+            np.float32)
+    return out
+
+
+def build_dino(case, gather_fn=None):
+    """Tiny MLP encoder with (Sync)BN, a DINO head, SGD with momentum; the last layer
+    frozen for the first step (steps_per_epoch=1), the teacher temperature warming up."""
+    import keras
+    from dualssl_tf.run import distribute
+    from dualssl_tf.methods.dino import DINOMethod, dino_head
+
+    keras.utils.set_random_seed(1)
+    sync = distribute.use_sync_bn()
+    encoder = keras.Sequential([keras.Input((IN_DIM,)), keras.layers.Dense(WIDTH),
+                                keras.layers.BatchNormalization(momentum=0.5,
+                                                                synchronized=sync),
+                                keras.layers.ReLU()])
+    head = dino_head(WIDTH, out_dim=OUT_DIM, hidden_dim=WIDTH, bottleneck_dim=4,
+                     num_layers=2, sync_bn=sync)
+    model = DINOMethod(encoder, head, total_steps=SIAMESE_STEPS, steps_per_epoch=1,
+                       warmup_teacher_temp_epochs=2, base_momentum=0.5,
+                       freeze_last_layer=1)
+    # A tenth of LR: at LR the head's bottleneck bias grows to O(1000) in two steps.
+    model.compile(optimizer=keras.optimizers.SGD(LR / 10, momentum=0.9),
                   run_eagerly=os.environ.get("DIST_TEST_EAGER") == "1")
     return model
 
@@ -383,6 +423,32 @@ def siamese(replicas, out_path):
         json.dump(result, f)
 
 
+def dino(replicas, out_path):
+    """DINO: SIAMESE_STEPS SGD steps on R replicas vs one device (teacher, centre and
+    logged metrics included)."""
+    split_devices(replicas)
+    from dualssl_tf.run import distribute
+
+    strategy = distribute.make_strategy("mirrored")
+    batches = dino_batches(SIAMESE_STEPS)
+    ref, ref_logs = fit_single({}, batches, build_dino, with_logs=True)
+    got, got_logs = fit_replicas(strategy, {}, batches, None, build_dino, with_logs=True)
+    model = build_dino({})
+    names = [v.path for v in model.variables if "iteration" not in v.path
+             and "learning_rate" not in v.path]
+    result = {"replicas": strategy.num_replicas_in_sync,
+              # relative to each variable's scale: the bottleneck's bias grows to O(100)
+              # (the L2 normalisation after it makes its gradient scale-free)
+              "diff": max(float(np.max(np.abs(a - b))) / max(1.0, float(np.max(np.abs(a))))
+                          for a, b in zip(ref, got)),
+              "moved": _maxdiff(ref, weights(model)),
+              "center_moved": float(np.max(np.abs(ref[names.index("center/center")]))),
+              "logs_diff": logs_diff(ref_logs, got_logs), "logs": ref_logs["epoch"],
+              "variables": len(ref)}
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
 def train(out_path):
     """Multi-worker (TF_CONFIG set) or single-process reference training."""
     import tensorflow as tf
@@ -475,4 +541,4 @@ def vit(replicas, out_path):
 
 if __name__ == "__main__":
     {"equality": equality, "train": train, "images": images,
-     "siamese": siamese, "vit": vit}[sys.argv[1]](*sys.argv[2:])
+     "siamese": siamese, "vit": vit, "dino": dino}[sys.argv[1]](*sys.argv[2:])

@@ -128,6 +128,27 @@ CASES = [
      "--augment_preset: got 'moco'; allowed: simclr, byol, simsiam"),
     ("augment_preset_with_generated", ["--dataset=generated_images", "--augment_preset=byol"],
      "--augment_preset: --dataset=generated_images renders its own views"),
+    # Multi-crop (issue 24): local crops only for a method that takes them, in range.
+    ("local_crops_with_byol", ["--dataset=cifar10", "--method=byol", "--local_crops=2"],
+     "--local_crops: --method=byol uses the two global views only"),
+    ("local_crops_negative", ["--dataset=cifar10", "--method=dino", "--local_crops=-1"],
+     "--local_crops: must be >= 0, got -1"),
+    ("local_crop_area_min_above_max", ["--dataset=cifar10", "--method=dino",
+                                       "--local_crops=2", "--local_crop_area=0.5,0.1"],
+     "--local_crop_area: expected MIN,MAX area fractions"),
+    # DINO's options (issue 24).
+    ("dino_student_temp_zero", ["--method=dino", "--dino_student_temp=0"],
+     "--dino_student_temp: must be > 0, got 0.0"),
+    ("dino_teacher_temp_negative", ["--method=dino", "--dino_warmup_teacher_temp=-0.04"],
+     "--dino_warmup_teacher_temp: must be > 0"),
+    ("dino_out_dim_zero", ["--method=dino", "--dino_out_dim=0"],
+     "--dino_out_dim: must be >= 1, got 0"),
+    ("dino_momentum_above_1", ["--method=dino", "--dino_base_momentum=1.5"],
+     "--dino_base_momentum: must be in [0, 1], got 1.5"),
+    ("dino_center_momentum_1", ["--method=dino", "--dino_center_momentum=1"],
+     "--dino_center_momentum: must be in [0, 1), got 1.0"),
+    ("dino_flag_with_byol", ["--method=byol", "--dino_out_dim=4096"],
+     "--dino_out_dim: is an option of --method=dino"),
     # Methods (--method) and their options: each method's flags only with that method.
     ("unknown_method", ["--method=moco"],
      "--method: got 'moco'; allowed: contrastive, byol, simsiam"),
@@ -187,7 +208,7 @@ SUBPROCESS = ["unknown_flag", "missing_flagfile", "unknown_flag_in_flagfile",
               "int_not_a_number", "negated_bool_with_value", "tri_without_margin",
               "model_dir_unwritable", "resume_other_hid", "unknown_method",
               "contrastive_loss_with_byol", "unknown_augment_preset",
-              "barlow_flag_with_vicreg"]
+              "barlow_flag_with_vicreg", "local_crops_with_byol"]
 
 
 def _fixtures(tmp):

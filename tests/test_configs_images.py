@@ -6,6 +6,7 @@ import pytest
 from absl import flags
 
 from dualssl_tf import config
+from dualssl_tf.tasks.images import local_view_settings, view_settings
 from tests import train_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,3 +60,28 @@ def test_generated_images_config(tool, tmp_path):
     gen = _load(tool, "generated_images", tmp_path)
     assert gen.data.dataset == "generated_images" and gen.method.probe
     assert gen.images.image_size <= 32 and gen.images.width_multiplier <= 0.25
+
+
+# DINO (issue 24): configs/dino_cifar10.cfg is solo-learn's ResNet-18 CIFAR-10 run.
+def test_dino_cifar10_is_solo_learns_recipe(tool, tmp_path):
+    c = _load(tool, "dino_cifar10", tmp_path)
+    d = c.dino
+    assert c.method.method == "dino" and c.data.dataset == "cifar10"
+    assert (d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.head_bn,
+            d.norm_last_layer) == (4096, 2048, 256, 3, False, True)
+    assert (d.student_temp, d.teacher_temp, d.warmup_teacher_temp_epochs,
+            d.center_momentum) == (0.1, 0.07, 0, 0.9)
+    assert (d.base_momentum, d.final_momentum, d.freeze_last_layer) == (0.9995, 1.0, 1)
+    assert (c.optim.optimizer, c.optim.learning_rate, c.optim.batch_size,
+            c.optim.weight_decay, c.optim.lars_eta, c.optim.epochs) == (
+        "lars", 0.3, 256, 1e-6, 0.02, 1000)
+    views = view_settings(c.images)
+    assert views["solarize_prob"] == (0.0, 0.2) and not views["blur"]
+    assert local_view_settings(c.images, 32) is None
+
+
+def test_generated_images_dino_has_local_crops(tool, tmp_path):
+    g = _load(tool, "generated_images_dino", tmp_path)
+    local = local_view_settings(g.images, 16)
+    assert (g.method.method, local["num"], local["size"]) == ("dino", 2, 8)
+    assert local["kwargs"]["area_range"] == (0.05, 0.4)   # DINO's default

@@ -450,6 +450,25 @@ def two_views(image, seed, size, **kwargs):
             simclr_view(image, s[1], size, **kw2))
 
 
+# Child seeds of a pair seed: 0 and 1 are the two global views (:func:`two_views`), local
+# crop j draws from child LOCAL_SEED_OFFSET + j. Child k of ``stateless_split`` does not
+# depend on how many are asked for, so adding local crops leaves the global views as
+# they were.
+LOCAL_SEED_OFFSET = 2
+
+
+def local_views(image, seed, size, num, **kwargs):
+    """The ``num`` local crops of multi-crop (DINO, SwAV) of one image: [num, size, size, 3].
+
+    Crop j is :func:`simclr_view` from child ``LOCAL_SEED_OFFSET + j`` of the pair seed
+    ``seed`` (the one :func:`two_views` splits), with its own ``size`` and kwargs (e.g.
+    ``area_range=(0.05, 0.4)``).
+    """
+    s = split_seed(seed, LOCAL_SEED_OFFSET + num)
+    return tf.stack([simclr_view(image, s[LOCAL_SEED_OFFSET + j], size, **kwargs)
+                     for j in range(num)])
+
+
 def augment_batch(images, seeds, size, **kwargs):
     """:func:`simclr_view` on every image of a batch.
 

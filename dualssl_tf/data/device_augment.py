@@ -522,6 +522,39 @@ def views_from_pair_seeds(images, seeds, size, color_jitter_strength=1.0, blur=F
     return tuple(tf.split(views, 2, axis=0))
 
 
+def local_views_from_pair_seeds(images, seeds, num, size, color_jitter_strength=1.0,
+                                blur=False, **kwargs):
+    """The ``num`` local crops of each image from its pair seed [B, 2], as
+    ``augment.local_views`` makes them on the host: crop j from child
+    ``augment.LOCAL_SEED_OFFSET + j`` of the pair seed. All B num crops are one batch
+    (crop-major: one sampler, one set of ops). Returns [B, num, size, size, 3] float32."""
+    height, width = images.shape[1], images.shape[2]
+    if height is None or width is None:
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+    first = augment.LOCAL_SEED_OFFSET
+    words = _blocks(seed_words(seeds), first + num)                    # [B, 2 + num, 4]
+    words = tf.reshape(tf.transpose(words[:, first:], [1, 0, 2]), [-1, 4])
+    params = _draw_words(lambda rng, seed: augment.sample_view_params(
+        seed, height, width, rng, crop=True, color_jitter_strength=color_jitter_strength,
+        blur=blur, **kwargs), words)
+    views = apply_params(tf.concat([images] * num, axis=0), params, size)
+    views = tf.reshape(views, tf.concat([[num, -1], tf.shape(views)[1:]], axis=0))
+    return tf.transpose(views, [1, 0, 2, 3, 4])
+
+
+def device_multi_crop(images, seed, step, replica_id, size, local, color_jitter_strength=1.0,
+                      blur=False, **kwargs):
+    """:func:`device_view_pairs` plus the local crops: (view1, view2, local_views).
+
+    ``local``: ``{"num": N, "size": s, "kwargs": {...}}`` (the local crops' settings, as
+    ``tasks.images.local_view_settings`` resolves them); local_views [B, N, s, s, 3]."""
+    seeds = pair_seeds(seed, step, replica_id, tf.shape(images)[0])
+    view1, view2 = views_from_pair_seeds(images, seeds, size, color_jitter_strength, blur,
+                                         **kwargs)
+    return view1, view2, local_views_from_pair_seeds(images, seeds, local["num"],
+                                                     local["size"], **local["kwargs"])
+
+
 def device_view_pairs(images, seed, step, replica_id, size, color_jitter_strength=1.0,
                       blur=False, **kwargs):
     """Two SimCLR views of every image of a batch, made where the batch is (GPU/TPU).

@@ -26,6 +26,8 @@ function of (seed, index), so any stream is reproducible from any position.
 
 import tensorflow as tf
 
+from dualssl_tf.data import augment
+
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "checker")
 NUM_FACTORS = 7  # cx, cy, scale, r, g, b, bg
 FACTOR_NAMES = ("cx", "cy", "scale", "r", "g", "b", "bg")
@@ -166,6 +168,27 @@ class GeneratedImages:
             out.append(render(label, factors_from_uniforms(u), self.image_size, s[2 * v + 1],
                               self.noise))
         return tuple(out)
+
+    def local_views(self, index, seed, num, size, area_range=(0.05, 0.4)):
+        """Multi-crop's local crops of example ``index``: crop j is a random resized crop
+        (area fraction in ``area_range``, resized to ``size``) of a view rendered as in
+        :meth:`views` from its own seeds (children 4 + 3j, 5 + 3j of ``seed``: the two
+        views' children 0-3 are untouched), the crop window from child 6 + 3j.
+
+        Returns [num, size, size, 3] float32 in [0, 1].
+        """
+        label = self.label(index)
+        own = sample_uniforms(self._seed(index, 1))
+        s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4 + 3 * num)
+        out = []
+        for j in range(num):
+            u = own + self.view_jitter * (sample_uniforms(s[4 + 3 * j]) - own)
+            whole = render(label, factors_from_uniforms(u), self.image_size, s[5 + 3 * j],
+                           self.noise)
+            window = augment.crop_window(self.image_size, self.image_size, s[6 + 3 * j],
+                                         area_range)
+            out.append(augment.crop_and_resize(whole, window, size))
+        return tf.stack(out)
 
     def indices(self, split):
         """Finite tf.data of the split's example indices (int64, offset included)."""

@@ -61,6 +61,8 @@ class ImageSource:
     image_shape: (H, W, 3) when every image has it, else None.
     views: optional ``(raw, seed [2], size) -> (view1, view2)`` replacing
       decode + SimCLR augmentation (the generated images re-render their nuisance factors).
+    local_views: with ``views``, optional ``(raw, seed [2], num, size, area_range) ->
+      [num, size, size, 3]``: the source's own local crops (multi-crop).
     skipped: files left out because they could not be decoded.
     for_pipeline: optional ``input_context -> ImageSource``, this source's share for one
       input pipeline when the source can do better than element sharding (tfds: by
@@ -81,6 +83,7 @@ class ImageSource:
     num_classes: int
     image_shape: Optional[tuple] = None
     views: Optional[Callable] = None
+    local_views: Optional[Callable] = None
     skipped: int = 0
     for_pipeline: Optional[Callable] = None
     share: Optional[tuple] = None
@@ -542,7 +545,8 @@ def generated_source(data, split="train"):
         num_classes=data.num_classes,
         num_labelled=data.num_examples[split],
         image_shape=(data.image_size, data.image_size, 3),
-        views=lambda i, seed, size: data.views(i, seed))
+        views=lambda i, seed, size: data.views(i, seed),
+        local_views=data.local_views)
 
 
 # --------------------------------------------------------------------------------------
@@ -647,8 +651,8 @@ def device_input_shape(source, image_size):
 
 def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
                      color_jitter_strength=1.0, blur=False, shuffle_buffer=10000,
-                     with_labels=True, views_on="host", view_options=None):
-    """Endless two-view training batches of a source.
+                     with_labels=True, views_on="host", view_options=None, local=None):
+    """Endless two-view training batches of a source (and multi-crop's local crops).
 
     Args:
       source: an :class:`ImageSource`.
@@ -666,9 +670,14 @@ def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
         examples is the host path's.
       view_options: further kwargs of :func:`augment.two_views` (``area_range``,
         ``flip_prob``, per-view ``blur_prob`` and ``solarize_prob``); None: SimCLR's.
+      local: multi-crop's local crops, ``{"num": N, "size": s, "kwargs": ...}``
+        (:func:`augment.local_views`; ``tasks.images.local_view_settings``), or None. On
+        the host they are ``local_views`` [B, N, s, s, 3]; with ``views_on="device"`` the
+        train step makes them.
     Returns:
       tf.data.Dataset of dicts ``view1``, ``view2`` [B, S, S, 3] float32 in [0, 1] (or
-      ``image`` with ``views_on="device"``) and optionally ``label`` [B] int32.
+      ``image`` with ``views_on="device"``), with ``local`` ``local_views``
+      [B, N, s, s, 3], and optionally ``label`` [B] int32.
     """
     if views_on not in ("host", "device"):
         raise ValueError(f"views_on must be host or device, got {views_on!r}")
@@ -703,8 +712,16 @@ def pretrain_dataset(source, batch_size, image_size, seed=0, start_step=0,
         if source.views is not None:
             v1, v2 = source.views(raw, pair_seed, image_size)
         else:
-            v1, v2 = augment.two_views(source.decode(raw), pair_seed, image_size, **kwargs)
+            image = source.decode(raw)
+            v1, v2 = augment.two_views(image, pair_seed, image_size, **kwargs)
         out = {"view1": v1, "view2": v2}
+        if local is not None and source.views is not None:
+            out["local_views"] = source.local_views(raw, pair_seed, local["num"],
+                                                    local["size"],
+                                                    local["kwargs"]["area_range"])
+        elif local is not None:
+            out["local_views"] = augment.local_views(image, pair_seed, local["size"],
+                                                     local["num"], **local["kwargs"])
         if labelled:
             out["label"] = label
         return out

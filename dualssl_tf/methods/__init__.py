@@ -13,8 +13,8 @@ import dataclasses
 import importlib
 
 from dualssl_tf.methods.options import (BarlowOptions, BYOLOptions, ContrastiveOptions,
-                                        MoCoV2Options, MoCoV3Options, SimSiamOptions,
-                                        VICRegOptions)
+                                        DINOOptions, MoCoV2Options, MoCoV3Options,
+                                        SimSiamOptions, VICRegOptions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +24,9 @@ class MethodSpec:
     section: str          # attribute of the TrainConfig holding its options
     options: type         # the options Section class
     model: str            # "module:Class" of the SSLMethod subclass
+    # Whether the method takes multi-crop batches (``local_views``, --local_crops > 0);
+    # the others are refused the flag.
+    multi_crop: bool = False
 
     def model_class(self):
         module, _, cls = self.model.partition(":")
@@ -44,6 +47,8 @@ METHODS = {
                          "dualssl_tf.methods.barlow:BarlowTwinsMethod"),
     "vicreg": MethodSpec("vicreg", "vicreg", VICRegOptions,
                          "dualssl_tf.methods.vicreg:VICRegMethod"),
+    "dino": MethodSpec("dino", "dino", DINOOptions, "dualssl_tf.methods.dino:DINOMethod",
+                       multi_crop=True),
 }
 
 

@@ -59,8 +59,9 @@ class SSLMethod(keras_internals.OneReplicaSymbolicBuild, keras.Model):
     # Whether the method reads a batch's explicit ``negatives`` (the trainer drops them
     # from the data of a method that does not).
     uses_negatives = False
-    # ``(images, step, replica_id) -> (view1, view2)`` for batches that carry ``image``
-    # (--augment_on=device; set by ``methods.build`` from ``Task.device_views``).
+    # ``(images, step, replica_id) -> (view1, view2)`` (with local crops ``(view1, view2,
+    # local_views)``) for batches that carry ``image`` (--augment_on=device; set by
+    # ``methods.build`` from ``Task.device_views``).
     device_views = None
 
     def __init__(self, **kwargs):
@@ -88,9 +89,11 @@ class SSLMethod(keras_internals.OneReplicaSymbolicBuild, keras.Model):
         ctx = tf.distribute.get_replica_context()
         replica = ctx.replica_id_in_sync_group if ctx is not None else 0
         step = self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0
-        view1, view2 = self.device_views(batch["image"], step, replica)
+        views = self.device_views(batch["image"], step, replica)
         out = {k: v for k, v in batch.items() if k != "image"}
-        out.update(view1=view1, view2=view2)
+        out.update(view1=views[0], view2=views[1])
+        if len(views) > 2:  # multi-crop: the local crops [B, N, s, s, C]
+            out["local_views"] = views[2]
         return out
 
     # -- what a method defines -------------------------------------------------------------

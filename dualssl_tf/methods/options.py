@@ -351,3 +351,58 @@ class VICRegOptions(_ProjectorOptions):
         # The variance and covariance are unbiased (divided by N - 1).
         require(cfg.optim.batch_size >= 2, "batch_size",
                 f"--method=vicreg needs >= 2 examples per batch, got {cfg.optim.batch_size}")
+# -- DINO (self-distillation with no labels) ------------------------------------------------
+
+@dataclasses.dataclass
+class DINOOptions(Section):
+    """DINO (Caron et al. 2021): a student and a moving-average teacher with DINO heads,
+    the teacher's output centred and sharpened (:class:`dualssl_tf.methods.dino.DINOMethod`).
+    Defaults are the paper's (facebookresearch/dino main_dino.py; the temperature warm-up
+    of its ViT-S/16 recipe); configs/dino_cifar10.cfg sets solo-learn's CIFAR recipe."""
+    prefix = "dino_"
+    out_dim: int = option(65536, "K, the DINO head's output (prototypes; >= 1; paper 65536, "
+                          "solo-learn CIFAR 4096).")
+    hidden_dim: int = option(2048, "Hidden width of the DINO head's MLP (>= 1).")
+    bottleneck_dim: int = option(256, "Bottleneck of the DINO head: the MLP's output, "
+                                 "L2-normalised before the last layer (>= 1).")
+    head_layers: int = option(3, "Dense layers of the DINO head's MLP (>= 1; 3: "
+                              "Linear-GELU-Linear-GELU-Linear).")
+    head_bn: bool = option(False, "BatchNorm after the hidden Dense layers of the head "
+                           "(DINO's use_bn_in_head; off in the paper and solo-learn).")
+    norm_last_layer: bool = option(True, "Weight-normalised last layer with its scale fixed "
+                                   "at 1 (the paper's default); --nodino_norm_last_layer: "
+                                   "the scale is trained.")
+    student_temp: float = option(0.1, "Student temperature (> 0).")
+    teacher_temp: float = option(0.07, "Teacher temperature after the warm-up (> 0).")
+    warmup_teacher_temp: float = option(0.04, "Teacher temperature at epoch 0 (> 0); it "
+                                        "rises linearly to --dino_teacher_temp over "
+                                        "--dino_warmup_teacher_temp_epochs, per epoch.")
+    warmup_teacher_temp_epochs: int = option(30, "Epochs of the teacher-temperature "
+                                             "warm-up (>= 0; 0: --dino_teacher_temp "
+                                             "throughout).")
+    center_momentum: float = option(0.9, "Centre <- m centre + (1 - m) mean of the global "
+                                    "batch's teacher outputs (m in [0, 1)).")
+    base_momentum: float = option(0.996, "Teacher momentum at the first step, in [0, 1]; "
+                                  "it rises to --dino_final_momentum by a cosine over the "
+                                  "run.")
+    final_momentum: float = option(1.0, "Teacher momentum at the last step, in [0, 1].")
+    freeze_last_layer: int = option(1, "Epochs during which the head's last layer is not "
+                                    "updated (>= 0; the paper and solo-learn: 1).")
+
+    def validate(self, cfg):
+        for flag in ("out_dim", "hidden_dim", "bottleneck_dim", "head_layers"):
+            value = getattr(self, flag)
+            require(value >= 1, "dino_" + flag, f"must be >= 1, got {value}")
+        for flag in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            value = getattr(self, flag)
+            require(math.isfinite(value) and value > 0, "dino_" + flag,
+                    f"must be > 0, got {value}")
+        require(self.warmup_teacher_temp_epochs >= 0, "dino_warmup_teacher_temp_epochs",
+                f"must be >= 0, got {self.warmup_teacher_temp_epochs}")
+        require(0 <= self.center_momentum < 1, "dino_center_momentum",
+                f"must be in [0, 1), got {self.center_momentum}")
+        for flag in ("base_momentum", "final_momentum"):
+            value = getattr(self, flag)
+            require(0.0 <= value <= 1.0, "dino_" + flag, f"must be in [0, 1], got {value}")
+        require(self.freeze_last_layer >= 0, "dino_freeze_last_layer",
+                f"must be >= 0 (epochs), got {self.freeze_last_layer}")

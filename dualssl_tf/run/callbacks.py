@@ -306,7 +306,7 @@ class ViewSummary(keras.callbacks.Callback):
         batch = next(iter(self.data.take(1)))
         if "view1" not in batch and self.views is not None:
             batch["view1"], batch["view2"] = self.views(
-                batch["image"], tf.constant(0, tf.int64), 0)
+                batch["image"], tf.constant(0, tf.int64), 0)[:2]
         n = min(self.max_pairs, int(batch["view1"].shape[0]))
         return tf.concat([batch["view1"][:n], batch["view2"][:n]], axis=2)
 

@@ -10,6 +10,7 @@ import math
 import os
 import re
 
+from dualssl_tf import methods
 from dualssl_tf.data import image_rules
 from dualssl_tf.data.holdout import own_split
 from dualssl_tf.models import stems
@@ -37,7 +38,17 @@ AUGMENT_PRESETS = {
              "solarize_prob": (0.0, 0.2)},
     "simsiam": {"crop_area": (0.2, 1.0), "blur_prob": (0.5, 0.5),
                 "solarize_prob": (0.0, 0.0)},
+    # DINO (Caron et al. 2021, main_dino.py DataAugmentationDINO): BYOL's global views
+    # with the global crops at scale 0.4-1 (its default with local crops).
+    "dino": {"crop_area": (0.4, 1.0), "blur_prob": (1.0, 0.1),
+             "solarize_prob": (0.0, 0.2)},
 }
+# Multi-crop's local crops (DINO's DataAugmentationDINO): area 0.05-0.4, 96 px at 224
+# (3/7 of the side), blur p 0.5 (with --blur), no solarisation; the colour jitter, flip
+# and grayscale are the global views'.
+LOCAL_CROP_AREA = (0.05, 0.4)
+LOCAL_CROP_RATIO = 96 / 224
+LOCAL_BLUR_PROB = 0.5
 # The augmentation flags the generated shapes cannot take, with their defaults.
 _VIEW_FLAGS = {"augment_preset": "simclr", "crop_area": "", "flip_prob": 0.5,
                "blur_prob": "", "solarize_prob": ""}
@@ -159,6 +170,14 @@ class ImageOptions(Section):
     knn_monitor_bank: int = option(5000, "Most labelled training images in the online "
                                    "kNN's bank, the first in order (>= 1; its cost: a "
                                    "forward pass each per epoch).", resumable=True)
+    local_crops: int = option(0, "Multi-crop: N local crops per image besides the two "
+                              "global views (>= 0; DINO ImageNet 8, solo-learn CIFAR 6); "
+                              "only for methods that take them (--method=dino).")
+    local_crop_size: int = option(0, "Side of the local crops in pixels (0: 3/7 of "
+                                  "--image_size, DINO's 96 at 224; solo-learn CIFAR 18).")
+    local_crop_area: str = option("", "MIN,MAX: area fraction range of the local crops, "
+                                  "0 < MIN <= MAX <= 1; empty: DINO's 0.05,0.4. (The global "
+                                  "views' is --crop_area.)")
 
     def validate(self, cfg):
         """Checks that need no data (the task's build checks the rest)."""
@@ -199,6 +218,11 @@ class ImageOptions(Section):
         require(self.color_jitter_strength >= 0, "color_jitter_strength",
                 f"must be >= 0, got {self.color_jitter_strength}")
         view_settings(self)  # the augmentation flags' ranges
+        local_view_settings(self, size or 32)
+        if self.local_crops > 0:
+            require(methods.spec(cfg.method.method).multi_crop, "local_crops",
+                    f"--method={cfg.method.method} uses the two global views only; set "
+                    "--local_crops=0 or use a multi-crop method (--method=dino)")
         if cfg.data.dataset == "generated_images":
             for flag, default in _VIEW_FLAGS.items():
                 require(getattr(self, flag) == default, flag,
@@ -255,6 +279,38 @@ def _crop_area(text):
     require(len(values) == 2 and all(math.isfinite(v) for v in values)
             and 0 < values[0] <= values[1] <= 1, "crop_area", fix)
     return tuple(values)
+
+
+def _local_area(text):
+    fix = (f"expected MIN,MAX area fractions with 0 < MIN <= MAX <= 1 (e.g. 0.05,0.4); "
+           f"got {text!r}")
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError("local_crop_area", fix) from None
+    require(len(values) == 2 and all(math.isfinite(v) for v in values)
+            and 0 < values[0] <= values[1] <= 1, "local_crop_area", fix)
+    return tuple(values)
+
+
+def local_view_settings(o, size):
+    """The local crops of an :class:`ImageOptions` for views of side ``size``: None
+    without them (``--local_crops=0``), else ``{"num": N, "size": s, "kwargs": ...}``,
+    the kwargs of ``augment.local_views`` / ``device_augment.local_views_from_pair_seeds``
+    (TensorFlow-free; ConfigError naming the flag for a value out of range)."""
+    require(o.local_crops >= 0, "local_crops", f"must be >= 0, got {o.local_crops}")
+    require(o.local_crop_size >= 0, "local_crop_size",
+            f"must be >= 0 (0: 3/7 of --image_size), got {o.local_crop_size}")
+    area = _local_area(o.local_crop_area) if o.local_crop_area else LOCAL_CROP_AREA
+    if o.local_crops == 0:
+        return None
+    side = o.local_crop_size or max(1, round(size * LOCAL_CROP_RATIO))
+    globals_ = view_settings(o)
+    return {"num": int(o.local_crops), "size": int(side),
+            "kwargs": {"color_jitter_strength": globals_["color_jitter_strength"],
+                       "blur": globals_["blur"], "blur_prob": LOCAL_BLUR_PROB,
+                       "area_range": area, "flip_prob": o.flip_prob,
+                       "solarize_prob": 0.0}}
 
 
 def view_settings(o):

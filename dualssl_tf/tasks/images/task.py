@@ -13,7 +13,8 @@ from dualssl_tf.models import heads, resnet, stems
 from dualssl_tf.options import ConfigError
 from dualssl_tf.run import callbacks
 from dualssl_tf.tasks.base import HeadSpec, Task
-from dualssl_tf.tasks.images import check_stem_size, is_vit, knn_monitor_ks, view_settings
+from dualssl_tf.tasks.images import (check_stem_size, is_vit, knn_monitor_ks,
+                                     local_view_settings, view_settings)
 from dualssl_tf.tasks.images import image_size as configured_image_size
 
 # Images of a fixed batch for the embedding-spread (collapse) monitor.
@@ -140,12 +141,18 @@ def resolve_augment_on(cfg, source, accelerator=None):
 def device_views(cfg, size):
     """The method's ``device_views`` hook of a run with ``--augment_on=device``:
     ``(images [B, H, W, 3] uint8, step, replica_id) -> (view1, view2)`` [B, size, size, 3]
-    float32, seeded by ``--seed``, the step and the replica (device_augment)."""
+    float32, seeded by ``--seed``, the step and the replica (device_augment); with
+    ``--local_crops`` ``(view1, view2, local_views)``, local_views [B, N, s, s, 3]."""
     from dualssl_tf.data import device_augment
 
+    settings = view_settings(cfg.images)
+    local = local_view_settings(cfg.images, size)
+    if local is not None:
+        return functools.partial(_device_views, seed=cfg.run.seed, size=size,
+                                 settings=dict(settings, local=local),
+                                 fn=device_augment.device_multi_crop)
     return functools.partial(_device_views, seed=cfg.run.seed, size=size,
-                             settings=view_settings(cfg.images),
-                             fn=device_augment.device_view_pairs)
+                             settings=settings, fn=device_augment.device_view_pairs)
 
 
 def _device_views(images, step, replica_id, seed, size, settings, fn):
@@ -257,7 +264,8 @@ def _data(source, cfg, size, start_step, augment_on, batch_size, input_context=N
         start_step=start_step * per_pipeline,
         color_jitter_strength=settings.pop("color_jitter_strength"),
         blur=settings.pop("blur"), shuffle_buffer=o.shuffle_buffer,
-        with_labels=cfg.method.probe, views_on=augment_on, view_options=settings)
+        with_labels=cfg.method.probe, views_on=augment_on, view_options=settings,
+        local=local_view_settings(o, size))
 
 
 def summarize(initial, final):
