@@ -31,7 +31,6 @@ Bad input ends with one line on stderr naming the flag, and exit status 2.
 
 import datetime
 import hashlib
-import importlib.util
 import json
 import os
 import platform
@@ -70,13 +69,16 @@ DATASETS = {
 }
 KNN_K = (20, 200)
 REFERENCES = ("", "torch")
+# Methods benchmarks/reference_torch.py trains; its cells are named <method>-torch.
+TORCH_METHODS = ("simclr", "byol", "simsiam")
+TORCH_SUFFIX = "-torch"
 
 def define_flags():
     """The harness' flags (a flag of the same name defined earlier in the process is
     replaced, as tools/train.py does: tests load several tools into one interpreter)."""
     for name in ("datasets", "methods", "seeds", "epochs", "data_dir", "holdout_fraction",
                  "extra_flags", "baselines", "pca_dim", "work_dir", "out", "reference",
-                 "verbose", "note"):
+                 "verbose", "note", "torch_python", "torch_threads"):
         if name in flags.FLAGS:
             delattr(flags.FLAGS, name)
     flags.DEFINE_list("datasets", ["generated_images"],
@@ -98,8 +100,14 @@ def define_flags():
     flags.DEFINE_string("work_dir", "runs/results", "Run directories and per-cell results.")
     flags.DEFINE_string("out", "docs/results.md", "The generated table; its JSON and figures "
                         "are written beside it.")
-    flags.DEFINE_string("reference", "", "torch: the PyTorch reference beside ours (not built "
-                        "yet).")
+    flags.DEFINE_string("reference", "", "torch: the PyTorch reference (benchmarks/"
+                        "reference_torch.py) beside ours, on the same views and probes.")
+    flags.DEFINE_string("torch_python", sys.executable, "--reference=torch: the Python that "
+                        "runs reference_torch.py (one with torch: pip install -e '.[bench]').")
+    # One thread by default: on a shared CPU torch's OpenMP threads wait on each other
+    # (8 BYOL steps at load average 13 on 2 cores: 2.5 s with 1 thread, 96 s with 2).
+    flags.DEFINE_integer("torch_threads", 1, "--reference=torch: torch's threads (0: "
+                         "torch's default, all cores; 1 stays fast on a loaded CPU).")
     flags.DEFINE_bool("verbose", False, "Show the tools' own output.")
     flags.DEFINE_string("note", "", "A sentence written into the generated page (e.g. what "
                         "else ran on the machine).")
@@ -137,15 +145,26 @@ def check_flags():
     if FLAGS.reference not in REFERENCES:
         fail(f"--reference: got {FLAGS.reference!r}; allowed: torch (or empty)")
     if FLAGS.reference == "torch":
-        if importlib.util.find_spec("torch") is None:
-            fail("--reference: torch is not installed; pip install torch, or drop "
-                 "--reference")
-        fail("--reference: the PyTorch reference is not built yet; drop --reference")
+        check_torch_python()
     if not FLAGS.out.endswith(".md"):
         fail(f"--out: expected a .md path, got {FLAGS.out!r}")
     bad = [f for f in FLAGS.extra_flags if not f.startswith("--")]
     if bad:
         fail(f"--extra_flags: expected --name=value entries, got {bad[0]!r}")
+
+
+def check_torch_python():
+    """--reference=torch: torch must import in --torch_python (one line and exit 2 if not)."""
+    try:
+        proc = subprocess.run([FLAGS.torch_python, "-c", "import numpy, torch"],
+                              capture_output=True, text=True, timeout=300)
+        ok = proc.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        fail(f"--reference: torch does not import in --torch_python={FLAGS.torch_python}; "
+             "pip install -e '.[bench]' there, or pass --torch_python=a Python that has "
+             "torch, or drop --reference")
 
 
 # -- cells ----------------------------------------------------------------------------------
@@ -295,6 +314,122 @@ def run_pixel_cell(dataset, seed, card_dir, pca_dim):
     return out
 
 
+def cell_config(dataset, method, seed):
+    """The typed TrainConfig of a cell's train.py command (its config file, then the flags
+    after it; TensorFlow-free)."""
+    from dualssl_tf import config
+    cmd = train_command(dataset, method, seed, "unused")
+    args = []
+    for arg in cmd[2:]:
+        if arg.startswith("--flagfile="):
+            with open(arg.split("=", 1)[1]) as f:
+                args += [line.strip() for line in f if line.strip().startswith("--")]
+        else:
+            args.append(arg)
+    values = {}
+    for arg in args:
+        name, eq, value = arg[2:].partition("=")
+        if not eq:  # --name / --noname booleans
+            name, value = (name[2:], "false") if name.startswith("no") and \
+                name not in config.TrainConfig._DEFAULTS else (name, "true")
+        values[name] = value
+    return config.from_flag_strings(values, unknown="error", source=show(cmd))
+
+
+# The flags that choose the training views and probe images (with --generated_*): a dump
+# made with the same values is reused by every method of the seed.
+DATA_FLAGS = ("dataset", "data_dir", "image_size", "batch_size", "seed", "shuffle_buffer",
+              "holdout_fraction", "holdout_seed", "steps_per_epoch", "color_jitter_strength",
+              "blur", "augment_preset", "crop_area", "flip_prob", "blur_prob",
+              "solarize_prob", "augment_on")
+
+
+def reference_data(seed, cfg, folder):
+    """``(folder/torch_data_s<seed>, steps per epoch)``: the training views our run of
+    ``cfg`` sees, the first ``--epochs`` x steps-per-epoch batches of the task's input
+    pipeline (the batches train.py fits on: ``views.npy`` [steps, 2, B, S, S, 3] float16),
+    and the probe's un-augmented train / test images and labels (``probe.npz``, float32 /
+    int64, the data linear_eval.py probes) -- written once per data set and seed (again
+    only when a longer run needs more steps)."""
+    import numpy as np
+    out = os.path.join(folder, f"torch_data_s{seed}")
+    meta_path = os.path.join(out, "data.json")
+    key = {k: v for k, v in cfg.flags().items() if k in DATA_FLAGS or k.startswith("generated_")}
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if (meta["flags"] == key and "steps_per_epoch" in meta and
+                meta["steps"] >= cfg.optim.epochs * meta["steps_per_epoch"]):
+            return out, meta["steps_per_epoch"]
+    cli.import_tensorflow()
+    from dualssl_tf import tasks
+
+    os.makedirs(out, exist_ok=True)
+    task = tasks.build(cfg.replace(model_dir=""))   # no model_dir: nothing written
+    steps, size = cfg.optim.epochs * task.steps_per_epoch, task.input_shape[0]
+    ds = task.make_data(cfg.optim.batch_size).take(steps)
+    if "view1" not in ds.element_spec:
+        fail("--reference: the torch reference needs host views; add "
+             "--extra_flags=--augment_on=host")
+    views = np.lib.format.open_memmap(
+        os.path.join(out, "views.npy.tmp"), mode="w+", dtype=np.float16,
+        shape=(steps, 2, cfg.optim.batch_size, size, size, 3))
+    for i, batch in enumerate(ds):
+        views[i, 0], views[i, 1] = batch["view1"].numpy(), batch["view2"].numpy()
+    views.flush()
+    del views
+    os.replace(os.path.join(out, "views.npy.tmp"), os.path.join(out, "views.npy"))
+    train_ds, test_ds, _ = tasks.eval_data(cfg, 256)
+    arrays = {}
+    for split, d in (("train", train_ds), ("test", test_ds)):
+        xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in d])
+        arrays[f"{split}_x"] = np.concatenate(xs).astype(np.float32)
+        arrays[f"{split}_y"] = np.concatenate(ys).astype(np.int64)
+    np.savez(os.path.join(out, "probe.npz"), **arrays)
+    write_json(meta_path, {"flags": key, "steps": steps,
+                           "steps_per_epoch": task.steps_per_epoch})
+    return out, task.steps_per_epoch
+
+
+def run_reference_cell(dataset, name, seed, path):
+    """A ``<method>-torch`` cell: reference_torch.py trains the method's recipe on our
+    views (through --torch_python), then our linear / kNN probes score its features of
+    the probe images, as linear_eval.py scores ours."""
+    import numpy as np
+    method = name[:-len(TORCH_SUFFIX)]
+    cfg = cell_config(dataset, method, seed)
+    start = time.time()
+    cli.import_tensorflow()
+    from dualssl_tf.evaluation import knn, linear
+    data_dir, steps_per_epoch = reference_data(seed, cfg, os.path.dirname(path))
+    steps = cfg.optim.epochs * steps_per_epoch
+    data_s = time.time() - start
+    cell_dir = os.path.join(os.path.dirname(path), cell_name(name, seed))
+    os.makedirs(cell_dir, exist_ok=True)
+    recipe = os.path.join(cell_dir, "recipe.json")
+    write_json(recipe, {"flags": cfg.flags(), "steps_per_epoch": steps_per_epoch,
+                        "total_steps": steps})
+    cmd = [FLAGS.torch_python, os.path.join(ROOT, "benchmarks", "reference_torch.py"),
+           f"--method={method}", f"--data={data_dir}", f"--recipe={recipe}",
+           f"--out={cell_dir}", f"--threads={FLAGS.torch_threads}"]
+    train_s = run_tool(cmd, f"{name} seed {seed}")
+    start = time.time()
+    feats = np.load(os.path.join(cell_dir, "features.npz"))
+    probe = np.load(os.path.join(data_dir, "probe.npz"))
+    xtr, xte = feats["train"], feats["test"]
+    ytr, yte = probe["train_y"], probe["test_y"]
+    c = (cfg.generated.classes if dataset == "generated_images"
+         else int(max(ytr.max(), yte.max())) + 1)
+    numbers = probe_numbers(linear.linear_probe(xtr, ytr, xte, yte, c),
+                            knn.knn_probe(xtr, ytr, xte, yte, c, k=list(KNN_K)))
+    with open(os.path.join(cell_dir, "reference.json")) as f:
+        log = json.load(f)
+    return {"method": name, "dataset": dataset, "seed": seed, "epochs": cfg.optim.epochs,
+            "model_dir": cell_dir, "train_command": show(cmd), "data_s": data_s,
+            "train_s": train_s, "eval_s": time.time() - start, **numbers,
+            "reference": log, "load_avg": load_average()}
+
+
 def load_average():
     """The 1-minute load average at a cell's end (how busy the shared CPU was), or None."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -316,13 +451,19 @@ def plan():
     for dataset in FLAGS.datasets:
         folder = os.path.join(FLAGS.work_dir, dataset_key(dataset))
         for seed in range(1, FLAGS.seeds + 1):
-            names = ([RANDOM] if "random" in FLAGS.baselines else []) + list(FLAGS.methods)
+            names = ([RANDOM] if "random" in FLAGS.baselines else []) + table_methods()
             names += [PIXELS] if "pixels" in FLAGS.baselines else []
             for name in names:
                 file = (f"pixels_pca{FLAGS.pca_dim}_s{seed}" if name == PIXELS
                         else cell_name(name, seed))
                 cells.append((dataset, name, seed, os.path.join(folder, file + ".json")))
     return cells
+
+
+def table_methods():
+    """FLAGS.methods, each followed by its ``-torch`` reference with --reference=torch."""
+    return [n for m in FLAGS.methods for n in [m] + (
+        [m + TORCH_SUFFIX] if FLAGS.reference == "torch" and m in TORCH_METHODS else [])]
 
 
 def run_cells(cells):
@@ -349,7 +490,9 @@ def run_cells(cells):
                     f"PCA-{result['pca_dim']} {result['pca']['linear']:.3f}")
             wall = result["wall_s"]
         else:
-            result = run_model_cell(dataset, name, seed, path)
+            result = (run_reference_cell(dataset, name, seed, path)
+                      if name.endswith(TORCH_SUFFIX) else
+                      run_model_cell(dataset, name, seed, path))
             line = (f"linear {result['linear']:.3f}, kNN@20 {result['knn@20']:.3f}, "
                     f"kNN@200 {result['knn@200']:.3f}")
             wall = result["train_s"] + result["eval_s"]
@@ -412,6 +555,9 @@ LABELS = {"simclr": "SimCLR (NT-Xent)", "byol": "BYOL", "simsiam": "SimSiam", "d
 
 
 def label(row):
+    if row["method"].endswith(TORCH_SUFFIX):
+        base = row["method"][:-len(TORCH_SUFFIX)]
+        return f"{LABELS.get(base, base)}, PyTorch reference"
     if row["method"] == "pca":
         return f"PCA-{row['pca_dim']} of pixels"
     return LABELS.get(row["method"], row["method"])
@@ -563,7 +709,7 @@ def main(argv):
     except KeyboardInterrupt:  # the tool in flight got the Ctrl-C too and stopped safely
         cli.interrupted(TOOL, "interrupted; finished cells are kept -- run the same "
                         "command to go on", 130)
-    written = write_outputs(rows(results, FLAGS.datasets, FLAGS.methods), command.strip(),
+    written = write_outputs(rows(results, FLAGS.datasets, table_methods()), command.strip(),
                             time.time() - start, ran, cells,
                             [r["load_avg"] for r in results if r.get("load_avg") is not None])
     print("Written: " + ", ".join(written))
