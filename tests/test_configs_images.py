@@ -1,15 +1,11 @@
 """The image flagfiles parse through tools/train.py's flags and pass config.validate."""
 
-import os
 
 import pytest
-from absl import flags
 
 from dualssl_tf import config
 from dualssl_tf.tasks.images import local_view_settings, view_settings
 from tests import train_tool
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -19,17 +15,8 @@ def tool():
 
 
 def _load(tool, name, tmp_path):
-    flags.FLAGS.unparse_flags()
-    cwd = os.getcwd()
-    os.chdir(ROOT)  # nested --flagfile paths are relative to the repository root
-    try:
-        flags.FLAGS(["train.py", f"--flagfile=configs/{name}.cfg",
-                     f"--model_dir={tmp_path / name}"])
-    finally:
-        os.chdir(cwd)
-    cfg = tool.config_from_flags()
-    flags.FLAGS.unparse_flags()
-    return config.validate(cfg)
+    return config.validate(train_tool.parse(tool, tmp_path / name,
+                                            f"--flagfile=configs/{name}.cfg"))
 
 
 def test_paper_settings(tool, tmp_path):

@@ -70,6 +70,19 @@ class SSLMethod(keras_internals.OneReplicaSymbolicBuild, keras.Model):
         self.probe_optimizer = None
         self._trackers = {}
 
+    @staticmethod
+    def example_shape(encoder, input_shape=None):
+        """One example's shape as a tuple of ints: ``input_shape``, else the functional
+        ``encoder``'s input (ValueError for another encoder: pass the shape). For methods
+        that build copies of their networks (a moving-average target, a teacher)."""
+        if input_shape is None:
+            try:
+                input_shape = tuple(encoder.inputs[0].shape[1:])
+            except (AttributeError, ValueError, TypeError):
+                raise ValueError(f"input_shape: {encoder.name} is not a functional model; "
+                                 "pass the shape of one example") from None
+        return tuple(int(d) for d in input_shape)
+
     # -- views made in the step --------------------------------------------------------------
 
     def make_views(self, batch):

@@ -201,13 +201,7 @@ class SiameseMethod(MomentumTargets, SSLMethod):
             raise ValueError(f"predictor: expected one of {', '.join(PREDICTORS)}, got "
                              f"{predictor!r}")
         self.ema = self.default_ema if ema is None else bool(ema)
-        if input_shape is None:
-            try:
-                input_shape = tuple(encoder.inputs[0].shape[1:])
-            except (AttributeError, ValueError, TypeError):
-                raise ValueError(f"input_shape: {encoder.name} is not a functional model; "
-                                 "pass the shape of one example") from None
-        self.input_shape_ = tuple(int(d) for d in input_shape)
+        self.input_shape_ = self.example_shape(encoder, input_shape)
         h = encoder(tf.zeros([1, *self.input_shape_]), training=False)
         dim = int((head(h, training=False) if head is not None else h).shape[-1])
         # Assignment order = variable order of the checkpoints: online networks, the

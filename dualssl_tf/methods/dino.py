@@ -209,13 +209,7 @@ class DINOMethod(SSLMethod):
         super().__init__(**kwargs)
         if head is None:
             raise ValueError("DINOMethod needs its head (dino_head / DINOMethod.build_head)")
-        if input_shape is None:
-            try:
-                input_shape = tuple(encoder.inputs[0].shape[1:])
-            except (AttributeError, ValueError, TypeError):
-                raise ValueError(f"input_shape: {encoder.name} is not a functional model; "
-                                 "pass the shape of one example") from None
-        self.input_shape_ = tuple(int(d) for d in input_shape)
+        self.input_shape_ = self.example_shape(encoder, input_shape)
         h = encoder(tf.zeros([1, *self.input_shape_]), training=False)
         dim = int(head(h, training=False).shape[-1])
         # Assignment order = variable order of the checkpoints: student, teacher, centre,

@@ -119,13 +119,7 @@ class MomentumContrastMethod(MomentumTargets, SSLMethod):
                  final_momentum=1.0, total_steps=1, input_shape=None, pred_hidden_dim=None,
                  sync_bn=False, **kwargs):
         super().__init__(**kwargs)
-        if input_shape is None:
-            try:
-                input_shape = tuple(encoder.inputs[0].shape[1:])
-            except (AttributeError, ValueError, TypeError):
-                raise ValueError(f"input_shape: {encoder.name} is not a functional model; "
-                                 "pass the shape of one example") from None
-        self.input_shape_ = tuple(int(d) for d in input_shape)
+        self.input_shape_ = self.example_shape(encoder, input_shape)
         h = encoder(tf.zeros([1, *self.input_shape_]), training=False)
         z = head(h, training=False) if head is not None else h
         self.projection_dim = int(z.shape[-1])

@@ -2,15 +2,11 @@
 options only with that method (an option is "given" when it differs from its default),
 and the contrastive-only task checks apply only to --method=contrastive. TensorFlow-free."""
 
-import os
 
 import pytest
-from absl import flags
 
 from dualssl_tf import config
 from tests import train_tool
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +16,7 @@ def tool():
 
 
 def _load(tool, tmp_path, *argv):
-    flags.FLAGS.unparse_flags()
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        flags.FLAGS(["train.py", *argv, f"--model_dir={tmp_path / 'run'}"])
-    finally:
-        os.chdir(cwd)
-    cfg = tool.config_from_flags()
-    flags.FLAGS.unparse_flags()
-    return cfg
+    return train_tool.parse(tool, tmp_path / "run", *argv)
 
 
 def test_published_configs(tool, tmp_path):

@@ -3,15 +3,11 @@ solo-learn's CIFAR-10 numbers; the CPU variants are the contrastive CPU run but 
 TensorFlow-free."""
 
 import dataclasses
-import os
 
 import pytest
-from absl import flags
 
 from dualssl_tf import config
 from tests import train_tool
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +16,7 @@ def tool():
 
 
 def _load(tool, tmp_path, *argv):
-    flags.FLAGS.unparse_flags()
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        flags.FLAGS(["train.py", *argv, f"--model_dir={tmp_path / 'run'}"])
-    finally:
-        os.chdir(cwd)
-    cfg = tool.config_from_flags()
-    flags.FLAGS.unparse_flags()
-    return config.validate(cfg)
+    return config.validate(train_tool.parse(tool, tmp_path / "run", *argv))
 
 
 def test_published_configs(tool, tmp_path):
