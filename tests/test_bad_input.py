@@ -136,6 +136,12 @@ CASES = [
     ("local_crop_area_min_above_max", ["--dataset=cifar10", "--method=dino",
                                        "--local_crops=2", "--local_crop_area=0.5,0.1"],
      "--local_crop_area: expected MIN,MAX area fractions"),
+    # A ViT's position embeddings are built for --image_size: no smaller local crops.
+    ("local_crops_smaller_than_vit_input", ["--dataset=generated_images", "--image_size=16",
+                                            "--encoder=vit_tiny", "--patch_size=4",
+                                            "--method=dino", "--local_crops=2",
+                                            "--local_crop_size=8"],
+     "--local_crop_size: a ViT encoder takes 16 px inputs only"),
     # DINO's options (issue 24).
     ("dino_student_temp_zero", ["--method=dino", "--dino_student_temp=0"],
      "--dino_student_temp: must be > 0, got 0.0"),

@@ -67,8 +67,14 @@ def test_dino_cifar10_is_solo_learns_recipe(tool, tmp_path):
     assert local_view_settings(c.images, 32) is None
 
 
-def test_generated_images_dino_has_local_crops(tool, tmp_path):
+def test_generated_images_dino_is_the_tuned_cpu_recipe(tool, tmp_path):
+    # The settings under which DINO learns the shapes in 4 epochs (docs/methods.md#dino).
     g = _load(tool, "generated_images_dino", tmp_path)
-    local = local_view_settings(g.images, 16)
-    assert (g.method.method, local["num"], local["size"]) == ("dino", 2, 8)
-    assert local["kwargs"]["area_range"] == (0.05, 0.4)   # DINO's default
+    d = g.dino
+    assert g.method.method == "dino" and g.optim.epochs == 4
+    assert (d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.head_bn,
+            d.norm_last_layer) == (256, 128, 64, 3, True, False)
+    assert (d.teacher_temp, d.warmup_teacher_temp_epochs, d.base_momentum,
+            d.freeze_last_layer) == (0.02, 0, 0.99, 0)
+    assert (g.optim.optimizer, g.optim.learning_rate) == ("adam", 0.002)
+    assert local_view_settings(g.images, 16) is None   # local crops hurt here

@@ -219,6 +219,8 @@ class ImageOptions(Section):
                 f"must be >= 0, got {self.color_jitter_strength}")
         view_settings(self)  # the augmentation flags' ranges
         local_view_settings(self, size or 32)
+        if size and is_vit(cfg.data.encoder):
+            check_vit_local_crops(self, size)
         if self.local_crops > 0:
             require(methods.spec(cfg.method.method).multi_crop, "local_crops",
                     f"--method={cfg.method.method} uses the two global views only; set "
@@ -311,6 +313,18 @@ def local_view_settings(o, size):
                        "blur": globals_["blur"], "blur_prob": LOCAL_BLUR_PROB,
                        "area_range": area, "flip_prob": o.flip_prob,
                        "solarize_prob": 0.0}}
+
+
+def check_vit_local_crops(o, size):
+    """ConfigError naming --local_crop_size when a ViT encoder would get local crops of
+    another side than ``size``: its position embeddings are built for --image_size, and
+    the student encodes local crops with the same network (the ResNet pools any size)."""
+    local = local_view_settings(o, size)
+    if local is not None and local["size"] != size:
+        raise ConfigError("local_crop_size",
+                          f"a ViT encoder takes {size} px inputs only (position embeddings "
+                          f"for --image_size={size}), got local crops of {local['size']} px; "
+                          f"set --local_crop_size={size} or --local_crops=0")
 
 
 def view_settings(o):

@@ -13,8 +13,8 @@ from dualssl_tf.models import heads, resnet, stems
 from dualssl_tf.options import ConfigError
 from dualssl_tf.run import callbacks
 from dualssl_tf.tasks.base import HeadSpec, Task
-from dualssl_tf.tasks.images import (check_stem_size, is_vit, knn_monitor_ks,
-                                     local_view_settings, view_settings)
+from dualssl_tf.tasks.images import (check_stem_size, check_vit_local_crops, is_vit,
+                                     knn_monitor_ks, local_view_settings, view_settings)
 from dualssl_tf.tasks.images import image_size as configured_image_size
 
 # Images of a fixed batch for the embedding-spread (collapse) monitor.
@@ -36,6 +36,7 @@ def _image_size(cfg, source):
         problem = stems.patch_size_problem(size, cfg.images.patch_size)
         if problem:
             raise ConfigError("patch_size", problem)
+        check_vit_local_crops(cfg.images, size)
         return size
     check_stem_size(cfg.images.stem, size)
     return size
