@@ -270,28 +270,16 @@ def _probabilities(text, flag):
     return (values[0], values[-1])
 
 
-def _crop_area(text):
-    """``MIN,MAX`` -> (min, max) area fractions, 0 < min <= max <= 1."""
-    fix = (f"expected MIN,MAX area fractions with 0 < MIN <= MAX <= 1 (e.g. 0.3,1); "
+def _area_range(text, flag, example):
+    """``MIN,MAX`` of ``--flag`` -> (min, max) area fractions, 0 < min <= max <= 1."""
+    fix = (f"expected MIN,MAX area fractions with 0 < MIN <= MAX <= 1 (e.g. {example}); "
            f"got {text!r}")
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ConfigError("crop_area", fix) from None
+        raise ConfigError(flag, fix) from None
     require(len(values) == 2 and all(math.isfinite(v) for v in values)
-            and 0 < values[0] <= values[1] <= 1, "crop_area", fix)
-    return tuple(values)
-
-
-def _local_area(text):
-    fix = (f"expected MIN,MAX area fractions with 0 < MIN <= MAX <= 1 (e.g. 0.05,0.4); "
-           f"got {text!r}")
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise ConfigError("local_crop_area", fix) from None
-    require(len(values) == 2 and all(math.isfinite(v) for v in values)
-            and 0 < values[0] <= values[1] <= 1, "local_crop_area", fix)
+            and 0 < values[0] <= values[1] <= 1, flag, fix)
     return tuple(values)
 
 
@@ -303,7 +291,8 @@ def local_view_settings(o, size):
     require(o.local_crops >= 0, "local_crops", f"must be >= 0, got {o.local_crops}")
     require(o.local_crop_size >= 0, "local_crop_size",
             f"must be >= 0 (0: 3/7 of --image_size), got {o.local_crop_size}")
-    area = _local_area(o.local_crop_area) if o.local_crop_area else LOCAL_CROP_AREA
+    area = (_area_range(o.local_crop_area, "local_crop_area", "0.05,0.4")
+            if o.local_crop_area else LOCAL_CROP_AREA)
     if o.local_crops == 0:
         return None
     side = o.local_crop_size or max(1, round(size * LOCAL_CROP_RATIO))
@@ -341,7 +330,7 @@ def view_settings(o):
     choice(o.augment_preset, tuple(AUGMENT_PRESETS), "augment_preset")
     preset = AUGMENT_PRESETS[o.augment_preset]
     require(0 <= o.flip_prob <= 1, "flip_prob", f"must be in [0, 1], got {o.flip_prob}")
-    area = _crop_area(o.crop_area) if o.crop_area else preset["crop_area"]
+    area = _area_range(o.crop_area, "crop_area", "0.3,1") if o.crop_area else preset["crop_area"]
     blur_prob = (_probabilities(o.blur_prob, "blur_prob") if o.blur_prob
                  else preset["blur_prob"])
     solarize = (_probabilities(o.solarize_prob, "solarize_prob") if o.solarize_prob
