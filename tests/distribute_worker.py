@@ -100,7 +100,7 @@ def case_batches(case, n_steps=1, seed=0):
 def build(case, gather_fn=None):
     """Tiny MLP ContrastiveMethod + SGD, built in the current strategy scope with fixed init."""
     import keras
-    from dualssl_tf.run import distribute
+    from dualssl_tf import cross_replica
     from dualssl_tf.methods.contrastive import ContrastiveMethod
 
     keras.utils.set_random_seed(1)
@@ -108,7 +108,7 @@ def build(case, gather_fn=None):
     layers = [keras.Input((IN_DIM,)), keras.layers.Dense(WIDTH, kernel_regularizer=reg)]
     if case.get("bn"):
         layers.append(keras.layers.BatchNormalization(
-            momentum=0.5, synchronized=distribute.use_sync_bn()))
+            momentum=0.5, synchronized=cross_replica.use_sync_bn()))
     layers += [keras.layers.ReLU(), keras.layers.Dense(OUT_DIM)]
     encoder = keras.Sequential(layers)
     probe = keras.layers.Dense(CLASSES, name="probe") if case.get("probe") else None
@@ -146,11 +146,11 @@ SIAMESE_STEPS = 2     # the second step's target is the moving average of the fi
 def build_siamese(case, gather_fn=None):
     """Tiny MLP encoder + head with (Sync)BN, BYOL or SimSiam + SGD, fixed init."""
     import keras
-    from dualssl_tf.run import distribute
+    from dualssl_tf import cross_replica
     from dualssl_tf.methods.byol import BYOLMethod, SimSiamMethod
 
     keras.utils.set_random_seed(1)
-    sync = distribute.use_sync_bn()
+    sync = cross_replica.use_sync_bn()
     encoder = keras.Sequential([keras.Input((IN_DIM,)), keras.layers.Dense(WIDTH),
                                 keras.layers.BatchNormalization(momentum=0.5,
                                                                 synchronized=sync),
@@ -190,11 +190,11 @@ def build_dino(case, gather_fn=None):
     """Tiny MLP encoder with (Sync)BN, a DINO head, SGD with momentum; the last layer
     frozen for the first step (steps_per_epoch=1), the teacher temperature warming up."""
     import keras
-    from dualssl_tf.run import distribute
+    from dualssl_tf import cross_replica
     from dualssl_tf.methods.dino import DINOMethod, dino_head
 
     keras.utils.set_random_seed(1)
-    sync = distribute.use_sync_bn()
+    sync = cross_replica.use_sync_bn()
     encoder = keras.Sequential([keras.Input((IN_DIM,)), keras.layers.Dense(WIDTH),
                                 keras.layers.BatchNormalization(momentum=0.5,
                                                                 synchronized=sync),
@@ -371,6 +371,7 @@ def equality(replicas, out_path, names="", model_dir=""):
     sets in one process collide on collective group keys."""
     replicas = int(replicas)
     split_devices(replicas)
+    from dualssl_tf import cross_replica
     from dualssl_tf.run import distribute
 
     strategy = distribute.make_strategy("mirrored")   # the logical devices of split_devices
@@ -382,7 +383,7 @@ def equality(replicas, out_path, names="", model_dir=""):
         ref, ref_logs = fit_single(case, batches, with_logs=True)
         refs[name] = ref
         got, got_logs = fit_replicas(strategy, case, batches,
-                                     distribute.cross_replica_candidates, with_logs=True)
+                                     cross_replica.cross_replica_candidates, with_logs=True)
         result["cases"][name] = {"diff": _maxdiff(ref, got),
                                  # how far one step moves the weights (scale of the test)
                                  "moved": _maxdiff(ref, weights(build(case))),
@@ -452,13 +453,14 @@ def dino(replicas, out_path):
 def train(out_path):
     """Multi-worker (TF_CONFIG set) or single-process reference training."""
     import tensorflow as tf
+    from dualssl_tf import cross_replica
     from dualssl_tf.run import distribute
 
     case = CASES["ntxent"]
     batches = make_batches(STEPS, seed=7)
     if os.environ.get("TF_CONFIG"):
         strategy = distribute.make_strategy("multi_worker")
-        got, logs = fit_replicas(strategy, case, batches, distribute.cross_replica_candidates,
+        got, logs = fit_replicas(strategy, case, batches, cross_replica.cross_replica_candidates,
                                  with_logs=True)
     else:
         got, logs = fit_single(case, batches, with_logs=True)
@@ -518,6 +520,7 @@ def build_vit(case, gather_fn=None):
 def vit(replicas, out_path):
     """SimCLR and BYOL on a tiny ViT: 2 SGD steps on R replicas vs one device."""
     split_devices(replicas)
+    from dualssl_tf import cross_replica
     from dualssl_tf.run import distribute
 
     strategy = distribute.make_strategy("mirrored")
@@ -529,7 +532,7 @@ def vit(replicas, out_path):
         case = {"method": name}
         ref, ref_logs = fit_single(case, batches, build_vit, with_logs=True)
         got, got_logs = fit_replicas(strategy, case, batches,
-                                     distribute.cross_replica_candidates, build_vit,
+                                     cross_replica.cross_replica_candidates, build_vit,
                                      with_logs=True)
         result["cases"][name] = {"diff": _maxdiff(ref, got),
                                  "moved": _maxdiff(ref, weights(build_vit(case))),

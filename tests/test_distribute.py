@@ -180,6 +180,7 @@ def test_make_strategy_errors(monkeypatch):
 
 def test_per_replica_batch_and_seeds():
     import tensorflow as tf
+    from dualssl_tf import cross_replica
     from dualssl_tf.run import distribute
     assert distribute.per_replica_batch_size(256, 8) == 32
     with pytest.raises(config.ConfigError, match="--batch_size: global batch 100 .* 3 "
@@ -187,9 +188,9 @@ def test_per_replica_batch_and_seeds():
         distribute.per_replica_batch_size(100, 3)
     ctx = [tf.distribute.InputContext(num_input_pipelines=4, input_pipeline_id=i,
                                       num_replicas_in_sync=8) for i in range(4)]
-    seeds = [distribute.replica_seed(5, c) for c in ctx]
+    seeds = [cross_replica.replica_seed(5, c) for c in ctx]
     assert len(set(seeds)) == 4 and all(0 <= s < 2 ** 31 for s in seeds)
-    assert distribute.replica_seed(5, tf.distribute.InputContext()) == 5  # one pipeline
+    assert cross_replica.replica_seed(5, tf.distribute.InputContext()) == 5  # one pipeline
 
 
 def test_hltm_per_replica_data_differs_across_hosts():
@@ -213,12 +214,12 @@ def test_hltm_per_replica_data_differs_across_hosts():
 
 def test_cross_replica_helpers_on_one_replica():
     import tensorflow as tf
-    from dualssl_tf.run import distribute
+    from dualssl_tf import cross_replica
     z1, z2 = tf.ones([3, 2]), tf.zeros([3, 2])
-    a, b, offset = distribute.cross_replica_candidates(z1, z2)
+    a, b, offset = cross_replica.cross_replica_candidates(z1, z2)
     assert a is z1 and b is z2 and offset == 0
     x = tf.constant([[1.0, 2.0], [3.0, 6.0]])
-    assert float(distribute.cross_replica_mean(x)) == 3.0
+    assert float(cross_replica.cross_replica_mean(x)) == 3.0
 
 
 # ---------------------------------------------------------------------------------------

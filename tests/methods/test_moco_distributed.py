@@ -2,7 +2,7 @@
 logical CPU devices equal the single-device steps on the same global batches: every
 variable (query and key networks, MoCo v3's predictor, MoCo v2's queue and pointer) AND
 every logged metric. BatchNorm in the encoder is synchronised on the replicas
-(``distribute.use_sync_bn()``), the only way its batch statistics, and so the update, are
+(``cross_replica.use_sync_bn()``), the only way its batch statistics, and so the update, are
 the global batch's (MoCo's shuffled BN is not reproduced). MoCo v2's queue is filled with
 the keys gathered from every replica, so from step 2 on every replica contrasts with the
 same global-batch keys of the step before; MoCo v3's keys are gathered and the labels
@@ -46,10 +46,10 @@ def build(case, gather_fn=None):
     """Tiny MLP encoder with BatchNorm (synchronised on replicas) + the case's method +
     SGD, fixed init (the same draws on one device and under the strategy)."""
     import keras
+    from dualssl_tf import cross_replica
     from dualssl_tf.methods.moco import MoCoV2Method, MoCoV3Method
-    from dualssl_tf.run import distribute
     keras.utils.set_random_seed(1)
-    sync = distribute.use_sync_bn()
+    sync = cross_replica.use_sync_bn()
     encoder = keras.Sequential([
         keras.Input((worker.IN_DIM,)), keras.layers.Dense(worker.WIDTH),
         keras.layers.BatchNormalization(momentum=0.5, synchronized=sync),

@@ -39,16 +39,16 @@ LR = 0.05        # VICReg's gradient is ~25x Barlow's at this size: SGD stays st
 def build(case, gather_fn=None):
     """Tiny MLP encoder + the method's projector (3 layers, BN synchronised on replicas)."""
     import keras
+    from dualssl_tf import cross_replica
     from dualssl_tf.methods.barlow import BarlowTwinsMethod
     from dualssl_tf.methods.vicreg import VICRegMethod
     from dualssl_tf.models import heads
-    from dualssl_tf.run import distribute
 
     keras.utils.set_random_seed(1)
     encoder = keras.Sequential([keras.Input((worker.IN_DIM,)), keras.layers.Dense(worker.WIDTH),
                                 keras.layers.ReLU()])
     head = heads.projection_head(worker.WIDTH, worker.WIDTH, worker.OUT_DIM, 3,
-                                 sync_bn=distribute.use_sync_bn())
+                                 sync_bn=cross_replica.use_sync_bn())
     if case == "barlow":
         model = BarlowTwinsMethod(encoder, head, lambd=0.05)
     else:
