@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from dualssl_tf.analysis import connections
 from dualssl_tf.analysis.covariance import batched_summary_tf
+from dualssl_tf.monitors.base import EpochMetric
 from dualssl_tf.options import ConfigError
-from dualssl_tf.run.callbacks import EpochMetric
 
 # Augmentations per base point for the per-epoch estimate.
 NUM_AUG = 8
