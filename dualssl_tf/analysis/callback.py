@@ -11,7 +11,7 @@ with ``<name>`` = ``<layer>`` or ``<layer>.g<k>`` for group k of a grouped kerne
 ``op_align_mean/<layer>`` averaged over groups. OP_l is re-estimated at each analysed epoch
 from a fresh, small sample of M base points x A augmentations (subsampled so it costs a
 fraction of an epoch), with ``f_L`` the encoder output before normalisation (the network of
-the theory). This module is imported by the trainer only when the user asks for it.
+the theory). :mod:`dualssl_tf.training` imports this module only when the user asks for it.
 """
 
 import numpy as np
