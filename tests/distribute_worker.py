@@ -1,4 +1,5 @@
-"""Subprocess half of tests/test_distribute.py (not collected by pytest).
+"""Subprocess half of tests/test_distribute.py and the methods' replica tests (not collected
+by pytest), and :func:`launch`, which those tests call to run a half in a fresh process.
 
 Splitting the CPU into logical devices, and MultiWorkerMirroredStrategy, must happen before
 TensorFlow initialises its devices, so each configuration runs in a fresh process:
@@ -21,14 +22,21 @@ TensorFlow initialises its devices, so each configuration runs in a fresh proces
       Multi-worker run (TF_CONFIG set by the caller) or, without TF_CONFIG, the
       single-process reference: STEPS SGD steps on fixed global batches; saves weights
       (and OUT.npz.logs.json: what fit logged).
+
+A test imports it as ``from tests import distribute_worker as worker`` (a test module that is
+its own subprocess half too, e.g. tests/methods/test_moco_distributed.py, imports it the same
+way when run as a script).
 """
 
 import json
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.abspath(__file__)
+ROOT = os.path.dirname(os.path.dirname(SCRIPT))
+sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
@@ -73,6 +81,27 @@ CASES_4 = ("ntxent", "cov", "nce_explicit", "nce_batch_explicit", "ntxent_wd_l2"
 # Probe classes; the first UNLABELLED rows of every global batch are unlabelled (-1), so
 # replica 0 of 2 holds 1 labelled example of 4 and replica 0 of 4 none.
 CLASSES, UNLABELLED = 3, 3
+
+
+def launch(script, args, out_path, eager=True):
+    """Runs ``python script *args out_path`` in a fresh process and returns the JSON it wrote
+    to ``out_path``; asserts it exited 0 (else fails with its stderr's tail).
+
+    ``script``: :data:`SCRIPT` with a mode as the first of ``args`` (``siamese``, ``dino``,
+    ...), or a test module that is its own subprocess half. The caller's TF_CONFIG is left
+    out (no multi-worker cluster), and the step runs eagerly (``DIST_TEST_EAGER=1``) unless
+    ``eager`` is False: then as a run trains it (fit's tf.function), or as the caller's own
+    environment says.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    if eager:
+        env["DIST_TEST_EAGER"] = "1"
+    proc = subprocess.run([sys.executable, script, *map(str, args), str(out_path)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out_path) as f:
+        return json.load(f)
 
 
 def make_batches(n_steps, negatives=0, seed=0, labels=False):

@@ -5,7 +5,6 @@ TensorFlow initialises its devices, so they run tests/distribute_worker.py in on
 process per replica count (module fixtures below) and assert on the differences it reports.
 """
 
-import importlib.util
 import json
 import os
 import socket
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from dualssl_tf import config
+from tests import distribute_worker as worker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -26,10 +26,6 @@ MOVED = 1e-3      # a step must move the weights far more than TOL, or the test 
 # another order (per replica, then across), a few ulp apart. Logging a replica's share of
 # the loss (the defect of issue 20) is off by (1 - 1/R) x loss, orders of magnitude more.
 LOG_TOL = 1e-5
-
-spec = importlib.util.spec_from_file_location("distribute_worker", WORKER)
-worker = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(worker)
 
 
 def _env(**extra):

@@ -12,20 +12,13 @@ Run as a script this module is the subprocess half (the CPU must be split before
 TensorFlow starts): ``python tests/methods/test_moco_distributed.py R OUT.json``.
 """
 
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-spec = importlib.util.spec_from_file_location(
-    "distribute_worker", os.path.join(ROOT, "tests", "distribute_worker.py"))
-worker = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(worker)
+from tests import distribute_worker as worker
 
 TOL = 1e-6        # variables after 3 float32 SGD steps: a few ulp (tests/test_distribute.py)
 # MoCo v3's predictor output bias: its gradient is a global-batch sum of per-example terms
@@ -88,15 +81,10 @@ def main(replicas, out_path):
 
 
 def _run(tmp_path, replicas):
-    out = tmp_path / f"moco{replicas}.json"
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     # The compiled step (fit's tf.function), as a run trains; DIST_TEST_EAGER=1 runs it
     # eagerly, as the BYOL and contract tests do.
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(replicas), str(out)],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return worker.launch(os.path.abspath(__file__), [replicas],
+                         tmp_path / f"moco{replicas}.json", eager=False)
 
 
 def _check(result, replicas):
