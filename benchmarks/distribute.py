@@ -83,6 +83,7 @@ def gather_child(replicas, steps, batch, dim):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    from dualssl_tf import cross_replica
     from dualssl_tf.run import distribute
     strategy = distribute.make_strategy("mirrored")
     rng = np.random.default_rng(0)
@@ -94,7 +95,7 @@ def gather_child(replicas, steps, batch, dim):
 
     out = {}
     weights = {}
-    for method, fn in (("all_gather", distribute.cross_replica_candidates),
+    for method, fn in (("all_gather", cross_replica.cross_replica_candidates),
                        ("scatter+all_reduce", scatter_allreduce_candidates)):
         with strategy.scope():
             model = _mlp_model(fn, dim)

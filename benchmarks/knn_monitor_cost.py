@@ -32,9 +32,10 @@ def main():
     config.validate(cfg)
     shutil.rmtree(args.model_dir, ignore_errors=True)
 
-    from dualssl_tf.run import callbacks, trainer
+    from dualssl_tf.monitors import probes
+    from dualssl_tf.run import trainer
     knn_times, epoch_ends = [], []
-    compute = callbacks.KnnAccuracy.compute
+    compute = probes.KnnAccuracy.compute
 
     def timed(self, epoch=0):
         start = time.perf_counter()
@@ -44,7 +45,7 @@ def main():
             epoch_ends.append(time.perf_counter())
         return out
 
-    callbacks.KnnAccuracy.compute = timed
+    probes.KnnAccuracy.compute = timed
     start = time.perf_counter()
     trainer.run(cfg)
     print(f"{args.flagfile}: {args.epochs} epochs, wall {time.perf_counter() - start:.1f} s")

@@ -34,7 +34,7 @@ def main(argv):
     del argv
     import keras
 
-    from dualssl_tf import config
+    from dualssl_tf import config, training
     from dualssl_tf.analysis import callback, plots, report, runs
     from dualssl_tf.run import trainer
 
@@ -87,7 +87,7 @@ def main(argv):
         whole = WholeEpochTimer(timer)
         trainer.fit_callbacks = lambda *a, **k: [timer, *fit_callbacks(*a, **k), whole]
         toy_seconds.clear()
-        trainer.run(cfg)
+        training.train(cfg)
         metrics = runs.read_metrics(os.path.join(cfg.run.model_dir, "metrics.jsonl"))
         monitor = ([m.get("op_monitor_seconds") for m in metrics[1:]]
                    if "op_monitor_seconds" in metrics[-1] else toy_seconds[1:])

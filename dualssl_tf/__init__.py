@@ -44,7 +44,7 @@ _API = {
     "build_optimizer": "dualssl_tf.optim.schedules:build_optimizer",
     "tasks": "dualssl_tf.tasks:",
     "TrainConfig": "dualssl_tf.config:TrainConfig",
-    "train": "dualssl_tf.run.trainer:run",
+    "train": "dualssl_tf.training:train",
     "export_encoder": "dualssl_tf.evaluation.export:export_encoder",
     "load_encoder": "dualssl_tf.evaluation.export:load_encoder",
     "extract_features": "dualssl_tf.evaluation.features:extract_features",

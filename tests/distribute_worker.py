@@ -1,4 +1,5 @@
-"""Subprocess half of tests/test_distribute.py (not collected by pytest).
+"""Subprocess half of tests/test_distribute.py and the methods' replica tests (not collected
+by pytest), and :func:`launch`, which those tests call to run a half in a fresh process.
 
 Splitting the CPU into logical devices, and MultiWorkerMirroredStrategy, must happen before
 TensorFlow initialises its devices, so each configuration runs in a fresh process:
@@ -21,14 +22,21 @@ TensorFlow initialises its devices, so each configuration runs in a fresh proces
       Multi-worker run (TF_CONFIG set by the caller) or, without TF_CONFIG, the
       single-process reference: STEPS SGD steps on fixed global batches; saves weights
       (and OUT.npz.logs.json: what fit logged).
+
+A test imports it as ``from tests import distribute_worker as worker`` (a test module that is
+its own subprocess half too, e.g. tests/methods/test_moco_distributed.py, imports it the same
+way when run as a script).
 """
 
 import json
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.abspath(__file__)
+ROOT = os.path.dirname(os.path.dirname(SCRIPT))
+sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
@@ -75,6 +83,27 @@ CASES_4 = ("ntxent", "cov", "nce_explicit", "nce_batch_explicit", "ntxent_wd_l2"
 CLASSES, UNLABELLED = 3, 3
 
 
+def launch(script, args, out_path, eager=True):
+    """Runs ``python script *args out_path`` in a fresh process and returns the JSON it wrote
+    to ``out_path``; asserts it exited 0 (else fails with its stderr's tail).
+
+    ``script``: :data:`SCRIPT` with a mode as the first of ``args`` (``siamese``, ``dino``,
+    ...), or a test module that is its own subprocess half. The caller's TF_CONFIG is left
+    out (no multi-worker cluster), and the step runs eagerly (``DIST_TEST_EAGER=1``) unless
+    ``eager`` is False: then as a run trains it (fit's tf.function), or as the caller's own
+    environment says.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    if eager:
+        env["DIST_TEST_EAGER"] = "1"
+    proc = subprocess.run([sys.executable, script, *map(str, args), str(out_path)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out_path) as f:
+        return json.load(f)
+
+
 def make_batches(n_steps, negatives=0, seed=0, labels=False):
     """Fixed global batches: list of dicts of float32 arrays [GLOBAL_BATCH, ...] (and an
     int32 ``label`` [GLOBAL_BATCH], -1 = unlabelled, with ``labels``)."""
@@ -100,7 +129,7 @@ def case_batches(case, n_steps=1, seed=0):
 def build(case, gather_fn=None):
     """Tiny MLP ContrastiveMethod + SGD, built in the current strategy scope with fixed init."""
     import keras
-    from dualssl_tf.run import distribute
+    from dualssl_tf import cross_replica
     from dualssl_tf.methods.contrastive import ContrastiveMethod
 
     keras.utils.set_random_seed(1)
@@ -108,7 +137,7 @@ def build(case, gather_fn=None):
     layers = [keras.Input((IN_DIM,)), keras.layers.Dense(WIDTH, kernel_regularizer=reg)]
     if case.get("bn"):
         layers.append(keras.layers.BatchNormalization(
-            momentum=0.5, synchronized=distribute.use_sync_bn()))
+            momentum=0.5, synchronized=cross_replica.use_sync_bn()))
     layers += [keras.layers.ReLU(), keras.layers.Dense(OUT_DIM)]
     encoder = keras.Sequential(layers)
     probe = keras.layers.Dense(CLASSES, name="probe") if case.get("probe") else None
@@ -146,11 +175,11 @@ SIAMESE_STEPS = 2     # the second step's target is the moving average of the fi
 def build_siamese(case, gather_fn=None):
     """Tiny MLP encoder + head with (Sync)BN, BYOL or SimSiam + SGD, fixed init."""
     import keras
-    from dualssl_tf.run import distribute
+    from dualssl_tf import cross_replica
     from dualssl_tf.methods.byol import BYOLMethod, SimSiamMethod
 
     keras.utils.set_random_seed(1)
-    sync = distribute.use_sync_bn()
+    sync = cross_replica.use_sync_bn()
     encoder = keras.Sequential([keras.Input((IN_DIM,)), keras.layers.Dense(WIDTH),
                                 keras.layers.BatchNormalization(momentum=0.5,
                                                                 synchronized=sync),
@@ -190,11 +219,11 @@ def build_dino(case, gather_fn=None):
     """Tiny MLP encoder with (Sync)BN, a DINO head, SGD with momentum; the last layer
     frozen for the first step (steps_per_epoch=1), the teacher temperature warming up."""
     import keras
-    from dualssl_tf.run import distribute
+    from dualssl_tf import cross_replica
     from dualssl_tf.methods.dino import DINOMethod, dino_head
 
     keras.utils.set_random_seed(1)
-    sync = distribute.use_sync_bn()
+    sync = cross_replica.use_sync_bn()
     encoder = keras.Sequential([keras.Input((IN_DIM,)), keras.layers.Dense(WIDTH),
                                 keras.layers.BatchNormalization(momentum=0.5,
                                                                 synchronized=sync),
@@ -371,6 +400,7 @@ def equality(replicas, out_path, names="", model_dir=""):
     sets in one process collide on collective group keys."""
     replicas = int(replicas)
     split_devices(replicas)
+    from dualssl_tf import cross_replica
     from dualssl_tf.run import distribute
 
     strategy = distribute.make_strategy("mirrored")   # the logical devices of split_devices
@@ -382,7 +412,7 @@ def equality(replicas, out_path, names="", model_dir=""):
         ref, ref_logs = fit_single(case, batches, with_logs=True)
         refs[name] = ref
         got, got_logs = fit_replicas(strategy, case, batches,
-                                     distribute.cross_replica_candidates, with_logs=True)
+                                     cross_replica.cross_replica_candidates, with_logs=True)
         result["cases"][name] = {"diff": _maxdiff(ref, got),
                                  # how far one step moves the weights (scale of the test)
                                  "moved": _maxdiff(ref, weights(build(case))),
@@ -452,13 +482,14 @@ def dino(replicas, out_path):
 def train(out_path):
     """Multi-worker (TF_CONFIG set) or single-process reference training."""
     import tensorflow as tf
+    from dualssl_tf import cross_replica
     from dualssl_tf.run import distribute
 
     case = CASES["ntxent"]
     batches = make_batches(STEPS, seed=7)
     if os.environ.get("TF_CONFIG"):
         strategy = distribute.make_strategy("multi_worker")
-        got, logs = fit_replicas(strategy, case, batches, distribute.cross_replica_candidates,
+        got, logs = fit_replicas(strategy, case, batches, cross_replica.cross_replica_candidates,
                                  with_logs=True)
     else:
         got, logs = fit_single(case, batches, with_logs=True)
@@ -518,6 +549,7 @@ def build_vit(case, gather_fn=None):
 def vit(replicas, out_path):
     """SimCLR and BYOL on a tiny ViT: 2 SGD steps on R replicas vs one device."""
     split_devices(replicas)
+    from dualssl_tf import cross_replica
     from dualssl_tf.run import distribute
 
     strategy = distribute.make_strategy("mirrored")
@@ -529,7 +561,7 @@ def vit(replicas, out_path):
         case = {"method": name}
         ref, ref_logs = fit_single(case, batches, build_vit, with_logs=True)
         got, got_logs = fit_replicas(strategy, case, batches,
-                                     distribute.cross_replica_candidates, build_vit,
+                                     cross_replica.cross_replica_candidates, build_vit,
                                      with_logs=True)
         result["cases"][name] = {"diff": _maxdiff(ref, got),
                                  "moved": _maxdiff(ref, weights(build_vit(case))),

@@ -1,4 +1,5 @@
-"""The per-epoch covariance monitor and its --analysis_every wiring in the trainer."""
+"""The per-epoch covariance monitor and its --analysis_every wiring (dualssl_tf.training hands
+it to the trainer)."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from dualssl_tf import config
+from dualssl_tf import config, training
 from dualssl_tf.run import trainer
 from dualssl_tf.analysis import sampling
 from dualssl_tf.analysis.callback import CovarianceMonitor
@@ -56,7 +57,7 @@ def test_trainer_writes_analysis_into_metrics(tmp_path):
                              epochs=2, steps_per_epoch=5, hltm_samples_per_epoch=160,
                              hltm_eval_samples=200, analysis_every=1, analysis_points=8,
                              model_dir=str(tmp_path / "run"), verbose=0)
-    trainer.run(cfg)
+    training.train(cfg)
     lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
     assert [l["epoch"] for l in lines] == [0, 1, 2]
     for line in lines:
@@ -71,3 +72,18 @@ def test_analysis_flags_validated():
         config.validate(config.TrainConfig(model_dir="/tmp/x", analysis_points=1))
     with pytest.raises(config.ConfigError, match="--analysis_every"):
         config.validate(config.TrainConfig(model_dir="/tmp/x", analysis_every=-1))
+
+
+def test_trainer_refuses_analysis_without_its_monitor(tmp_path):
+    """The trainer imports no analysis: run.trainer.run with --analysis_every and no monitor
+    fails before writing anything, rather than training without it; dualssl_tf.train
+    (dualssl_tf.training) hands it over, and asks for none with --analysis_every=0."""
+    import dualssl_tf
+    from dualssl_tf.analysis.callback import build_analysis_callback
+    cfg = config.TrainConfig(dataset="hltm", analysis_every=2, model_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="--analysis_every: .*dualssl_tf.train"):
+        trainer.run(cfg)
+    assert not (tmp_path / "run").exists()
+    assert training.monitors(cfg) == [build_analysis_callback]
+    assert training.monitors(cfg.replace(analysis_every=0)) == []
+    assert dualssl_tf.train is training.train

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf import config
+from dualssl_tf import config, training
 from dualssl_tf.analysis import callback, theorems
 from dualssl_tf.analysis.covariance import CovarianceOperator
 from dualssl_tf.analysis.operator_free import MatrixFreeOperator
 from dualssl_tf.analysis.operator_monitor import OperatorMonitor, passes_per_epoch
 from dualssl_tf.models.resnet import resnet
 from dualssl_tf.options import ConfigError
-from dualssl_tf.run import trainer
 from dualssl_tf.tasks.images import analysis as image_analysis
 from tests.test_analysis_operator_free import TOL64, bias_free_conv_net
 
@@ -157,7 +156,7 @@ def test_monitor_leaves_training_unchanged(tmp_path):
     for every in (0, 1):
         cfg = _images_cfg(tmp_path, analysis_every=every, model_dir=str(tmp_path / f"r{every}"),
                           **({"analysis_layers": "layer4_0_conv1"} if every else {}))
-        trainer.run(cfg)
+        training.train(cfg)
         with open(os.path.join(cfg.run.model_dir, "metrics.jsonl")) as f:
             lines[every] = [json.loads(line) for line in f]
     for off, on in zip(lines[0], lines[1]):

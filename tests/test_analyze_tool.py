@@ -9,8 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-from dualssl_tf import config
-from dualssl_tf.run import trainer
+from dualssl_tf import config, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "analyze.py")
@@ -30,7 +29,7 @@ def toy_run(tmp_path_factory):
                              steps_per_epoch=10, translation1d_length=8,
                              translation1d_filters=4, seed=2, analysis_every=1,
                              model_dir=model_dir, verbose=0)
-    trainer.run(cfg)
+    training.train(cfg)
     return model_dir
 
 

@@ -269,7 +269,7 @@ def _run_in_process(tool, argv, monkeypatch, capsys):
     """The tool's parse + main, as app.run would call them; returns (status, stderr)."""
     fake_trainer = types.ModuleType("dualssl_tf.run.trainer")
 
-    def run(cfg):
+    def run(cfg, monitors=()):
         raise AssertionError(f"validation let a bad invocation through: {cfg}")
 
     fake_trainer.run = run

@@ -5,7 +5,6 @@ TensorFlow initialises its devices, so they run tests/distribute_worker.py in on
 process per replica count (module fixtures below) and assert on the differences it reports.
 """
 
-import importlib.util
 import json
 import os
 import socket
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from dualssl_tf import config
+from tests import distribute_worker as worker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -26,10 +26,6 @@ MOVED = 1e-3      # a step must move the weights far more than TOL, or the test 
 # another order (per replica, then across), a few ulp apart. Logging a replica's share of
 # the loss (the defect of issue 20) is off by (1 - 1/R) x loss, orders of magnitude more.
 LOG_TOL = 1e-5
-
-spec = importlib.util.spec_from_file_location("distribute_worker", WORKER)
-worker = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(worker)
 
 
 def _env(**extra):
@@ -180,6 +176,7 @@ def test_make_strategy_errors(monkeypatch):
 
 def test_per_replica_batch_and_seeds():
     import tensorflow as tf
+    from dualssl_tf import cross_replica
     from dualssl_tf.run import distribute
     assert distribute.per_replica_batch_size(256, 8) == 32
     with pytest.raises(config.ConfigError, match="--batch_size: global batch 100 .* 3 "
@@ -187,9 +184,9 @@ def test_per_replica_batch_and_seeds():
         distribute.per_replica_batch_size(100, 3)
     ctx = [tf.distribute.InputContext(num_input_pipelines=4, input_pipeline_id=i,
                                       num_replicas_in_sync=8) for i in range(4)]
-    seeds = [distribute.replica_seed(5, c) for c in ctx]
+    seeds = [cross_replica.replica_seed(5, c) for c in ctx]
     assert len(set(seeds)) == 4 and all(0 <= s < 2 ** 31 for s in seeds)
-    assert distribute.replica_seed(5, tf.distribute.InputContext()) == 5  # one pipeline
+    assert cross_replica.replica_seed(5, tf.distribute.InputContext()) == 5  # one pipeline
 
 
 def test_hltm_per_replica_data_differs_across_hosts():
@@ -213,12 +210,12 @@ def test_hltm_per_replica_data_differs_across_hosts():
 
 def test_cross_replica_helpers_on_one_replica():
     import tensorflow as tf
-    from dualssl_tf.run import distribute
+    from dualssl_tf import cross_replica
     z1, z2 = tf.ones([3, 2]), tf.zeros([3, 2])
-    a, b, offset = distribute.cross_replica_candidates(z1, z2)
+    a, b, offset = cross_replica.cross_replica_candidates(z1, z2)
     assert a is z1 and b is z2 and offset == 0
     x = tf.constant([[1.0, 2.0], [3.0, 6.0]])
-    assert float(distribute.cross_replica_mean(x)) == 3.0
+    assert float(cross_replica.cross_replica_mean(x)) == 3.0
 
 
 # ---------------------------------------------------------------------------------------

@@ -93,9 +93,10 @@ def _train(cfg):
     try:
         config.validate(cfg)
         cli.import_tensorflow()  # its C++ start-up lines captured (--tf_log shows them)
-        from dualssl_tf.run import callbacks, rundir, trainer  # TensorFlow only for valid settings
+        from dualssl_tf import training  # TensorFlow only for valid settings
+        from dualssl_tf.run import callbacks, rundir
         try:
-            return trainer.run(cfg)
+            return training.train(cfg)
         except callbacks.NonFiniteLossError as e:
             fail(str(e), EXIT_NON_FINITE)
         except rundir.RunWriteError as e:

@@ -1,5 +1,6 @@
 """The paper's analysis toolkit (Tian et al. 2020, docs/theory.md sections 2-5). Reads models only;
-never imported by training code (the trainer imports ``callback`` when --analysis_every > 0).
+never imported by training code (:mod:`dualssl_tf.training` hands ``callback``'s monitor to the
+trainer when --analysis_every > 0).
 
 connections   K_l(x)^T = d f_L / d vec(W_l), vectorised; reversibility residual
 covariance    low-rank OP_l = V[Kbar_l] and the xi-weighted Theorem-4 operator

@@ -11,7 +11,7 @@ with ``<name>`` = ``<layer>`` or ``<layer>.g<k>`` for group k of a grouped kerne
 ``op_align_mean/<layer>`` averaged over groups. OP_l is re-estimated at each analysed epoch
 from a fresh, small sample of M base points x A augmentations (subsampled so it costs a
 fraction of an epoch), with ``f_L`` the encoder output before normalisation (the network of
-the theory). This module is imported by the trainer only when the user asks for it.
+the theory). :mod:`dualssl_tf.training` imports this module only when the user asks for it.
 """
 
 import numpy as np
@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from dualssl_tf.analysis import connections
 from dualssl_tf.analysis.covariance import batched_summary_tf
+from dualssl_tf.monitors.base import EpochMetric
 from dualssl_tf.options import ConfigError
-from dualssl_tf.run.callbacks import EpochMetric
 
 # Augmentations per base point for the per-epoch estimate.
 NUM_AUG = 8

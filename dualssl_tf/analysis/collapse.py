@@ -2,7 +2,7 @@
 
 For the BYOL/SimSiam BatchNorm, predictor and stop-gradient study (several runs, one per
 variant) of any task, read from each run's ``metrics.jsonl`` only (``embed_std`` and
-``effective_rank`` of :class:`dualssl_tf.run.callbacks.EmbeddingSpread`, epoch 0 = at
+``effective_rank`` of :class:`dualssl_tf.monitors.collapse.EmbeddingSpread`, epoch 0 = at
 initialisation). ``tools/analyze.py`` draws it for the run it analyses
 (:func:`run_figure`); several runs in one figure have their own small tool,
 ``tools/collapse_figure.py``.

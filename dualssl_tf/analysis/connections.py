@@ -23,12 +23,12 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from dualssl_tf.run import distribute
+from dualssl_tf import keras_internals
 
 
 def _iter_layers(model):
     """All sub-layers of ``model`` (recursively, nested models and layers included)."""
-    return distribute.nested_layers(model)   # the one Keras-internals shim
+    return keras_internals.nested_layers(model)   # the one Keras-internals shim
 
 
 def find_layer(model, layer):

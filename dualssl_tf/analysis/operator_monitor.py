@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from dualssl_tf.analysis import connections
 from dualssl_tf.analysis.operator_free import MatrixFreeOperator
-from dualssl_tf.run.callbacks import EpochMetric
+from dualssl_tf.monitors.base import EpochMetric
 
 KEYS = ("op_w_norm", "op_grad_cos", "op_residue", "op_top_eig", "op_trace")
 

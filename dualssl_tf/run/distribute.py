@@ -22,14 +22,6 @@ import tensorflow as tf
 
 from dualssl_tf.config import STRATEGIES, check_tf_config
 from dualssl_tf.options import ConfigError
-# Re-exported for the modules that still import them from here (new method modules of
-# parallel work): their home is dualssl_tf.cross_replica / dualssl_tf.keras_internals; point
-# imports there, then drop these.
-from dualssl_tf.keras_internals import (  # noqa: F401
-    KERAS_FLATTEN_LAYERS, KERAS_SYMBOLIC_BUILD, OneReplicaSymbolicBuild, nested_layers)
-from dualssl_tf.cross_replica import (  # noqa: F401
-    cross_replica_candidates, cross_replica_mean, global_gather, global_mean, global_sum,
-    num_replicas, num_workers, replica_seed, replica_sum, step_results, use_sync_bn)
 
 
 def make_strategy(name, tpu=None, num_gpus=None):
@@ -131,7 +123,8 @@ def distributed_dataset(strategy, global_batch_size, make_data):
       make_data: ``(per_replica_batch_size, input_context) -> tf.data.Dataset`` of
         endless per-replica batch dicts (the :class:`~dualssl_tf.tasks.Task` contract). It must
         draw a different stream per ``input_context.input_pipeline_id``
-        (see :func:`replica_seed`); the replicas of one host take consecutive batches.
+        (see :func:`dualssl_tf.cross_replica.replica_seed`); the replicas of one host take
+        consecutive batches.
     Returns:
       A ``tf.distribute.DistributedDataset`` for ``Model.fit``.
     Raises:

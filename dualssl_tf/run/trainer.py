@@ -18,8 +18,14 @@ from dualssl_tf.run.lock import RunLock, RunLocked
 from dualssl_tf.run.rundir import RunDir
 
 
-def run(cfg):
+def run(cfg, monitors=()):
     """Trains per ``cfg`` and writes ``cfg.run.model_dir``; resumes a run found there.
+
+    ``monitors``: extra per-epoch measurements, each a ``(cfg, task) -> callback`` factory
+    called once the task is built; their callbacks follow the task's own, on the epoch-0
+    line too. The analysis monitor of ``--analysis_every`` comes this way
+    (:func:`dualssl_tf.training.train`, ``dt.train``), so no training module imports the
+    analysis; without it a config with ``--analysis_every`` > 0 is refused (ValueError).
 
     Raises ConfigError before anything is written if a setting is bad or another process
     holds the run directory (:mod:`dualssl_tf.run.lock`), NonFiniteLossError if the loss
@@ -29,6 +35,10 @@ def run(cfg):
     ``finished`` (True when there was nothing left to do).
     """
     config.validate(cfg)
+    if cfg.analysis.every and not monitors:  # rather than a run silently without it
+        raise ValueError("--analysis_every: the analysis monitor is added by "
+                         "dualssl_tf.train (dualssl_tf.training.train); call that instead "
+                         "of run.trainer.run, or pass monitors=")
     check_remote_model_dir(cfg)
     rundir = RunDir(cfg.run.model_dir, cfg.run.keep_checkpoints)
     try:
@@ -36,7 +46,7 @@ def run(cfg):
             # Again under the lock: a run with other flags may have started since.
             config.check_resume_compatible(cfg, read_text=runfiles.read_text,
                                            exists=runfiles.exists)
-            return _run_locked(cfg, rundir)
+            return _run_locked(cfg, rundir, monitors)
     except RunLocked as e:
         raise config.ConfigError("model_dir", str(e)) from None
     except config.ConfigError:
@@ -48,7 +58,7 @@ def run(cfg):
         raise failure from None
 
 
-def _run_locked(cfg, rundir):
+def _run_locked(cfg, rundir, monitors):
     """:func:`run` once the run directory is this process's."""
     done = rundir.finished_epochs()
     if done is not None and done >= cfg.optim.epochs:
@@ -64,18 +74,14 @@ def _run_locked(cfg, rundir):
         epoch_steps.check_resume_step(found, task.steps_per_epoch)
     data = distribute.train_input(strategy, cfg.optim.batch_size, task,
                                   lambda ds: select_negatives(cfg, task, ds))
-    callbacks = list(task.callbacks)
-    monitor = None
-    if cfg.analysis.every:  # imported on request only: training never needs the analysis
-        from dualssl_tf.analysis.callback import build_analysis_callback
-        monitor = build_analysis_callback(cfg, task)
-        callbacks.append(monitor)
+    extra = [make(cfg, task) for make in monitors]
+    callbacks = list(task.callbacks) + extra
     # Nothing is written before every setting has been checked and the data built.
     rundir.write_config(config.to_flagfile(cfg), task.metadata)
     with strategy.scope():
         model = build_model(cfg, task)
         rundir.attach(model)
-    if monitor is not None:  # the method's loss at epoch 0 too (fit sets it again)
+    for monitor in extra:  # e.g. the method's loss at epoch 0 too (fit sets it again)
         monitor.set_model(model)
     initial = rundir.begin(found, lambda: initial_logs(callbacks), network_variables(task))
     model.fit(data, epochs=cfg.optim.epochs, steps_per_epoch=task.steps_per_epoch,

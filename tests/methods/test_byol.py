@@ -12,7 +12,7 @@ import tensorflow as tf
 from dualssl_tf import losses
 from dualssl_tf.methods import byol
 from dualssl_tf.methods.byol import BYOLMethod, SimSiamMethod
-from dualssl_tf.run.callbacks import effective_rank
+from dualssl_tf.monitors.collapse import effective_rank
 
 
 def _nets(seed=1, bn=True):

@@ -5,16 +5,10 @@ fixed) under momentum and a schedule, and so do the logged metrics
 (tests/distribute_worker.py, one process per replica count: splitting the CPU must happen
 before TensorFlow starts)."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROOT = os.path.dirname(HERE)
-WORKER = os.path.join(HERE, "distribute_worker.py")
+from tests import distribute_worker as worker
+
 TOL = 1e-6
 MOVED = 1e-3
 LOG_TOL = 1e-5  # logged metrics: float32 sums in another order (tests/test_distribute.py)
@@ -22,13 +16,8 @@ CASES = ("byol", "byol_directpred", "simsiam", "simsiam_pred_lr")
 
 
 def _run(tmp_path, replicas):
-    out = tmp_path / f"siamese{replicas}.json"
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, DIST_TEST_EAGER="1")
-    proc = subprocess.run([sys.executable, WORKER, "siamese", str(replicas), str(out)],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return worker.launch(worker.SCRIPT, ["siamese", replicas],
+                         tmp_path / f"siamese{replicas}.json")
 
 
 def _check(result, replicas):

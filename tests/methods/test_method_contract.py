@@ -11,21 +11,14 @@ Run as a script this module is the subprocess half (the CPU must be split before
 TensorFlow starts): ``python tests/methods/test_method_contract.py R OUT.json``.
 """
 
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-spec = importlib.util.spec_from_file_location(
-    "distribute_worker", os.path.join(ROOT, "tests", "distribute_worker.py"))
-worker = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(worker)
+from tests import distribute_worker as worker
 
 TOL = 1e-6        # variables after 2 float32 SGD steps: a few ulp of the step (x moved)
 LOG_TOL = 1e-5    # logged metrics: float32 sums in another order (tests/test_distribute.py)
@@ -111,13 +104,7 @@ def main(replicas, out_path):
 
 @pytest.mark.gpu
 def test_new_methods_on_two_replicas_equal_one_device(tmp_path):
-    out = tmp_path / "result.json"
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, DIST_TEST_EAGER="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "2", str(out)],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = worker.launch(os.path.abspath(__file__), [2], tmp_path / "result.json")
     assert result["replicas"] == 2 and set(result["cases"]) == {"neg_cosine", "decorrelate"}
     for name, got in result["cases"].items():
         assert got["moved"] > MOVED, (name, got)

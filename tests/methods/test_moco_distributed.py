@@ -2,7 +2,7 @@
 logical CPU devices equal the single-device steps on the same global batches: every
 variable (query and key networks, MoCo v3's predictor, MoCo v2's queue and pointer) AND
 every logged metric. BatchNorm in the encoder is synchronised on the replicas
-(``distribute.use_sync_bn()``), the only way its batch statistics, and so the update, are
+(``cross_replica.use_sync_bn()``), the only way its batch statistics, and so the update, are
 the global batch's (MoCo's shuffled BN is not reproduced). MoCo v2's queue is filled with
 the keys gathered from every replica, so from step 2 on every replica contrasts with the
 same global-batch keys of the step before; MoCo v3's keys are gathered and the labels
@@ -12,20 +12,13 @@ Run as a script this module is the subprocess half (the CPU must be split before
 TensorFlow starts): ``python tests/methods/test_moco_distributed.py R OUT.json``.
 """
 
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-spec = importlib.util.spec_from_file_location(
-    "distribute_worker", os.path.join(ROOT, "tests", "distribute_worker.py"))
-worker = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(worker)
+from tests import distribute_worker as worker
 
 TOL = 1e-6        # variables after 3 float32 SGD steps: a few ulp (tests/test_distribute.py)
 # MoCo v3's predictor output bias: its gradient is a global-batch sum of per-example terms
@@ -46,10 +39,10 @@ def build(case, gather_fn=None):
     """Tiny MLP encoder with BatchNorm (synchronised on replicas) + the case's method +
     SGD, fixed init (the same draws on one device and under the strategy)."""
     import keras
+    from dualssl_tf import cross_replica
     from dualssl_tf.methods.moco import MoCoV2Method, MoCoV3Method
-    from dualssl_tf.run import distribute
     keras.utils.set_random_seed(1)
-    sync = distribute.use_sync_bn()
+    sync = cross_replica.use_sync_bn()
     encoder = keras.Sequential([
         keras.Input((worker.IN_DIM,)), keras.layers.Dense(worker.WIDTH),
         keras.layers.BatchNormalization(momentum=0.5, synchronized=sync),
@@ -88,15 +81,10 @@ def main(replicas, out_path):
 
 
 def _run(tmp_path, replicas):
-    out = tmp_path / f"moco{replicas}.json"
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     # The compiled step (fit's tf.function), as a run trains; DIST_TEST_EAGER=1 runs it
     # eagerly, as the BYOL and contract tests do.
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(replicas), str(out)],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return worker.launch(os.path.abspath(__file__), [replicas],
+                         tmp_path / f"moco{replicas}.json", eager=False)
 
 
 def _check(result, replicas):

@@ -11,20 +11,13 @@ Run as a script this module is the subprocess half (the CPU must be split before
 TensorFlow starts): ``python tests/methods/test_twin_distributed.py R OUT.json``.
 """
 
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-spec = importlib.util.spec_from_file_location(
-    "distribute_worker", os.path.join(ROOT, "tests", "distribute_worker.py"))
-worker = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(worker)
+from tests import distribute_worker as worker
 
 CASES = ("barlow", "vicreg")
 STEPS = 2
@@ -39,16 +32,16 @@ LR = 0.05        # VICReg's gradient is ~25x Barlow's at this size: SGD stays st
 def build(case, gather_fn=None):
     """Tiny MLP encoder + the method's projector (3 layers, BN synchronised on replicas)."""
     import keras
+    from dualssl_tf import cross_replica
     from dualssl_tf.methods.barlow import BarlowTwinsMethod
     from dualssl_tf.methods.vicreg import VICRegMethod
     from dualssl_tf.models import heads
-    from dualssl_tf.run import distribute
 
     keras.utils.set_random_seed(1)
     encoder = keras.Sequential([keras.Input((worker.IN_DIM,)), keras.layers.Dense(worker.WIDTH),
                                 keras.layers.ReLU()])
     head = heads.projection_head(worker.WIDTH, worker.WIDTH, worker.OUT_DIM, 3,
-                                 sync_bn=distribute.use_sync_bn())
+                                 sync_bn=cross_replica.use_sync_bn())
     if case == "barlow":
         model = BarlowTwinsMethod(encoder, head, lambd=0.05)
     else:
@@ -85,13 +78,7 @@ def main(replicas, out_path):
 
 
 def _run(tmp_path, replicas):
-    out = tmp_path / f"twin{replicas}.json"
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, DIST_TEST_EAGER="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(replicas), str(out)],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return worker.launch(os.path.abspath(__file__), [replicas], tmp_path / f"twin{replicas}.json")
 
 
 def _check(result, replicas):

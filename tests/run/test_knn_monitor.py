@@ -1,4 +1,4 @@
-"""The online kNN monitor (callbacks.KnnAccuracy): the offline kNN's value on the same
+"""The online kNN monitor (monitors.probes.KnnAccuracy): the offline kNN's value on the same
 features, a hand-checked nearest neighbour, its flags, and the images task's wiring."""
 
 import json
@@ -11,7 +11,7 @@ import tensorflow as tf
 from dualssl_tf import config
 from dualssl_tf.evaluation import knn
 from dualssl_tf.options import ConfigError
-from dualssl_tf.run import callbacks
+from dualssl_tf.monitors import probes
 
 
 def _linear(w):
@@ -37,7 +37,7 @@ def test_monitor_equals_the_offline_knn_on_the_same_features():
     xte, yte = _data(3, 21)
     bank = tf.data.Dataset.from_tensor_slices((xtr, ytr)).batch(8)  # last batch has 5
     queries = tf.data.Dataset.from_tensor_slices((xte, yte)).batch(8)
-    cb = callbacks.KnnAccuracy(enc, bank, queries, num_classes=3, k=[3, 50], max_bank=30)
+    cb = probes.KnnAccuracy(enc, bank, queries, num_classes=3, k=[3, 50], max_bank=30)
     got = cb.compute()
     # The bank is the first 30 examples (cut inside the fourth batch of 8).
     want = knn.knn_probe(enc(xtr[:30]).numpy(), ytr[:30], enc(xte).numpy(), yte, 3,
@@ -47,7 +47,7 @@ def test_monitor_equals_the_offline_knn_on_the_same_features():
     assert 0.5 < got["knn_top1"] < 1.0  # informative, not a trivial 0 or 1
     # Another bank gives another value: the limit is honoured.
     other = knn.knn_probe(enc(xtr[:10]).numpy(), ytr[:10], enc(xte).numpy(), yte, 3, k=3)
-    cb10 = callbacks.KnnAccuracy(enc, bank, queries, num_classes=3, k=3, max_bank=10)
+    cb10 = probes.KnnAccuracy(enc, bank, queries, num_classes=3, k=3, max_bank=10)
     assert cb10.compute() == {"knn_top1": other["top1"]}
     logs = {}
     cb10.on_epoch_end(0, logs)
@@ -63,7 +63,7 @@ def test_nearest_neighbour_by_hand():
         (np.array([[1, 0], [0, 1], [-1, 0]], np.float32), np.array([0, 1, 0]))).batch(2)
     queries = tf.data.Dataset.from_tensor_slices(
         (np.array([[1, 0.1], [0.1, 1], [-1, 0.2]], np.float32), np.array([0, 1, 1]))).batch(2)
-    cb = callbacks.KnnAccuracy(enc, bank, queries, num_classes=2, k=1)
+    cb = probes.KnnAccuracy(enc, bank, queries, num_classes=2, k=1)
     assert cb.compute() == {"knn_top1": pytest.approx(2 / 3, abs=0)}
 
 
@@ -91,10 +91,10 @@ def test_bad_flags_name_the_flag(tmp_path, kw, flag):
 def test_images_task_wires_the_monitor_and_the_flag_turns_it_off():
     from dualssl_tf.tasks.images import task
     t = task.build(_images_cfg(knn_monitor_k="5,20,5", knn_monitor_bank=40))
-    (cb,) = [c for c in t.callbacks if isinstance(c, callbacks.KnnAccuracy)]
+    (cb,) = [c for c in t.callbacks if isinstance(c, probes.KnnAccuracy)]
     assert cb.ks == [5, 20] and cb.max_bank == 40 and cb.num_classes == 6
     t = task.build(_images_cfg(knn_monitor=False))
-    assert not any(isinstance(c, callbacks.KnnAccuracy) for c in t.callbacks)
+    assert not any(isinstance(c, probes.KnnAccuracy) for c in t.callbacks)
 
 
 @pytest.mark.slow  # two short trainer runs

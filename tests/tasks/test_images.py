@@ -154,7 +154,7 @@ def test_folder_holdout_is_the_probe_test_split_and_recorded(tmp_path):
     the pretraining data, and the model card's record rebuilds them for linear_eval even
     after the folder changed."""
     from dualssl_tf.evaluation import data, export
-    from dualssl_tf.run import callbacks
+    from dualssl_tf.monitors.probes import ProbeAccuracy
 
     root = _image_folder(tmp_path / "imgs")
     cfg = _cfg(tmp_path, dataset="folder", data_dir=str(root), image_size=8, batch_size=4,
@@ -163,7 +163,7 @@ def test_folder_holdout_is_the_probe_test_split_and_recorded(tmp_path):
     record = exp.metadata["images"]["holdout"]
     assert record["num_files"] == 6 and len(record["files"]) == 6   # 2 of each class's 6
     assert exp.metadata["images"]["num_examples"] == 12
-    (probe_cb,) = [c for c in exp.callbacks if isinstance(c, callbacks.ProbeAccuracy)]
+    (probe_cb,) = [c for c in exp.callbacks if isinstance(c, ProbeAccuracy)]
     assert _count(probe_cb.dataset) == 6
     # The pretraining stream only ever shows the 12 kept images: its pixel values (each
     # image a distinct constant) never include a held-out one's.

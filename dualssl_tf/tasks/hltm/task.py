@@ -9,7 +9,8 @@ import tensorflow as tf
 from dualssl_tf import correlation, cross_replica
 from dualssl_tf.data.hltm import HLTM, forest_dataset
 from dualssl_tf.models.tree_net import TreeNet
-from dualssl_tf.run.callbacks import EmbeddingSpread, EpochMetric
+from dualssl_tf.monitors.base import EpochMetric
+from dualssl_tf.monitors.collapse import EmbeddingSpread
 from dualssl_tf.tasks.base import Task
 
 # Held-out samples of the collapse monitor (embed_std, effective_rank).

@@ -10,8 +10,10 @@ from dualssl_tf import cross_replica, methods, runfiles
 from dualssl_tf.data import image_rules, images
 from dualssl_tf.data.generated_images import GeneratedImages
 from dualssl_tf.models import heads, resnet, stems
+from dualssl_tf.monitors.collapse import EmbeddingSpread
+from dualssl_tf.monitors.probes import KnnAccuracy, ProbeAccuracy
+from dualssl_tf.monitors.views import ViewSummary
 from dualssl_tf.options import ConfigError
-from dualssl_tf.run import callbacks
 from dualssl_tf.tasks.base import HeadSpec, Task
 from dualssl_tf.tasks.images import (check_stem_size, check_vit_local_crops, is_vit,
                                      knn_monitor_ks, local_view_settings, view_settings)
@@ -193,15 +195,15 @@ def build(cfg, start_step=0):
     eval_train, eval_test = _eval_splits(cfg, probe_train, probe_test, size)
     spread_x = next(iter(images.eval_dataset(probe_test or probe_train, SPREAD_SAMPLES, size,
                                              labelled_only=False).take(1)))[0]
-    cbs = [callbacks.EmbeddingSpread(encoder, head, spread_x, norm_eps=1e-4)]
+    cbs = [EmbeddingSpread(encoder, head, spread_x, norm_eps=1e-4)]
     if probe is not None and eval_test is not None:
-        cbs.append(callbacks.ProbeAccuracy(encoder, probe, eval_test))
+        cbs.append(ProbeAccuracy(encoder, probe, eval_test))
     if o.knn_monitor and eval_test is not None and eval_train is not None and num_classes > 0:
-        cbs.append(callbacks.KnnAccuracy(encoder, eval_train, eval_test, num_classes,
-                                         k=knn_monitor_ks(o), max_bank=o.knn_monitor_bank))
+        cbs.append(KnnAccuracy(encoder, eval_train, eval_test, num_classes,
+                               k=knn_monitor_ks(o), max_bank=o.knn_monitor_bank))
     if cfg.run.model_dir:
-        cbs.append(callbacks.ViewSummary(os.path.join(cfg.run.model_dir, "logs", "views"),
-                                         make_data(cfg.optim.batch_size), views=views))
+        cbs.append(ViewSummary(os.path.join(cfg.run.model_dir, "logs", "views"),
+                               make_data(cfg.optim.batch_size), views=views))
     return Task(
         make_data=make_data,
         steps_per_epoch=cfg.optim.steps_per_epoch or pretrain.num_examples // cfg.optim.batch_size,

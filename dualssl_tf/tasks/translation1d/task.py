@@ -8,7 +8,7 @@ import numpy as np
 
 from dualssl_tf.data.translation1d import Translation1D
 from dualssl_tf.models.conv1d import conv1d_encoder
-from dualssl_tf.run.callbacks import EpochMetric
+from dualssl_tf.monitors.base import EpochMetric
 from dualssl_tf.tasks.base import Task
 
 # Steps in the toy's "natural" epoch when --steps_per_epoch=0.
