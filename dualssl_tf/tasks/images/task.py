@@ -278,12 +278,13 @@ def _data(source, cfg, size, start_step, augment_on, batch_size, input_context=N
     ``start_step * replicas_per_pipeline`` batches of this stream.
     """
     per_pipeline = 1
-    if input_context is not None:
-        per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-        source = pipeline.pipeline_source(source, input_context)
     o = cfg.images
     settings = view_settings(o)
-    with data_errors_as_flags():
+    with data_errors_as_flags():   # a tfds pipeline's share is read here: its errors too
+        if input_context is not None:
+            per_pipeline = (input_context.num_replicas_in_sync
+                            // input_context.num_input_pipelines)
+            source = pipeline.pipeline_source(source, input_context)
         return pipeline.pretrain_dataset(
             source, batch_size, size,
             seed=cross_replica.replica_seed(cfg.run.seed, input_context),
