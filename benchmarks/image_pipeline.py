@@ -17,7 +17,9 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from dualssl_tf.data import images  # noqa: E402
+from dualssl_tf.data import pipeline  # noqa: E402
+from dualssl_tf.data.sources.base import ImageSource  # noqa: E402
+from dualssl_tf.data.sources.generated import generated_source  # noqa: E402
 from dualssl_tf.data.generated_images import GeneratedImages  # noqa: E402
 
 flags.DEFINE_integer("batches", 20, "Timed batches per configuration (after 3 warm-up).")
@@ -39,7 +41,7 @@ def memory_source(side, n, encoded):
     else:
         raw = tf.constant(arr)
         decode = lambda a: tf.image.convert_image_dtype(a, tf.float32)  # noqa: E731
-    return images.ImageSource(name=f"memory{side}", elements=tf.data.Dataset.from_tensor_slices(
+    return ImageSource(name=f"memory{side}", elements=tf.data.Dataset.from_tensor_slices(
         (raw, labels)), decode=decode, num_examples=n, num_classes=10,
         image_shape=(side, side, 3))
 
@@ -59,13 +61,14 @@ def main(_):
     rows = []
     for side, strength, blur in ((96, 1.0, True), (32, 0.5, False)):
         src = memory_source(side, FLAGS.num_images, FLAGS.encoded)
-        ds = images.pretrain_dataset(src, b, side, seed=0, color_jitter_strength=strength,
-                                     blur=blur)
+        ds = pipeline.pretrain_dataset(src, b, side, seed=0, color_jitter_strength=strength,
+                                       blur=blur)
         rows.append((f"simclr {side}px" + (" +blur" if blur else ""),
                      rate(ds, FLAGS.batches, b)))
     gen = GeneratedImages(image_size=32, seed=0)
-    src = images.generated_source(gen)
-    rows.append(("generated 32px", rate(images.pretrain_dataset(src, b, 32), FLAGS.batches, b)))
+    src = generated_source(gen)
+    rows.append(("generated 32px", rate(pipeline.pretrain_dataset(src, b, 32), FLAGS.batches,
+                                        b)))
     print(f"\nTwo-view pipeline throughput (batch {b}, {os.cpu_count()} CPUs, shared; "
           f"PNG decode {'on' if FLAGS.encoded else 'off'})")
     print(f"{'pipeline':<22} {'pairs/s':>9} {'views/s':>9}")

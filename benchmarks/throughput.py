@@ -8,7 +8,7 @@
 One table for the device TensorFlow trains on (the first GPU, else the CPU), rows:
 
 * host pipeline alone: the tf.data SimCLR pipeline (crop, flip, colour jitter, grayscale,
-  blur with --blur) of ``dualssl_tf.data.images.pretrain_dataset`` on random uint8 images
+  blur with --blur) of ``dualssl_tf.data.pipeline.pretrain_dataset`` on random uint8 images
   of the CIFAR/STL/ImageNet shape held in memory (no download);
 * device augmentations alone (``dualssl_tf.data.device_augment``): its
   ``device_view_pairs`` on a uint8 batch already on the device, compiled as the step is;
@@ -209,17 +209,18 @@ def random_uint8(n, side):
 def host_pipeline():
     """The training pipeline of the image task on in-memory uint8 images."""
     import tensorflow as tf
-    from dualssl_tf.data import images
+    from dualssl_tf.data import pipeline
+    from dualssl_tf.data.sources.base import ImageSource
     arr, labels = random_uint8(FLAGS.num_images, FLAGS.image_size)
-    src = images.ImageSource(
+    src = ImageSource(
         name=f"random{FLAGS.image_size}",
         elements=tf.data.Dataset.from_tensor_slices((arr, labels)),
         decode=lambda a: tf.image.convert_image_dtype(a, tf.float32),
         num_examples=FLAGS.num_images, num_classes=10,
         image_shape=(FLAGS.image_size, FLAGS.image_size, 3))
-    return images.pretrain_dataset(src, FLAGS.batch_size, FLAGS.image_size, seed=0,
-                                   color_jitter_strength=FLAGS.color_jitter_strength,
-                                   blur=FLAGS.blur)
+    return pipeline.pretrain_dataset(src, FLAGS.batch_size, FLAGS.image_size, seed=0,
+                                     color_jitter_strength=FLAGS.color_jitter_strength,
+                                     blur=FLAGS.blur)
 
 
 def uint8_batches():

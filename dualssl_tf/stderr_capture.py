@@ -5,7 +5,7 @@ the image decoders' lines about bad files (``E0000 ... jpeg_mem.cc:331] Prematur
 JPEG data``, libjpeg's ``Improper call to JPEG library``) are written by C++ straight to
 file descriptor 2, past ``sys.stderr``; the tools report such events in their own one
 line, so they capture the descriptor around the code that writes them and decide what of
-it to show (tools/cli.py: the start-up log; data/images.py: the decoders' lines).
+it to show (tools/cli.py: the start-up log; data/sources/folders.py: the decoders' lines).
 """
 
 import contextlib

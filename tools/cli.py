@@ -72,7 +72,7 @@ def parse_flags(tool, argv):
     expand_paths(flags.FLAGS)
     if "tf_log" in flags.FLAGS and flags.FLAGS.tf_log:
         # Library code reads no flags: --tf_log reaches the image decoders' captured lines
-        # (dualssl_tf/data/images.py) through the environment.
+        # (dualssl_tf/data/sources/folders.py) through the environment.
         os.environ["DUALSSL_TF_LOG"] = "1"
     return rest
 

@@ -3,7 +3,7 @@
 Every function takes a float32 image in [0, 1] of shape [H, W, 3] and a *seed*: an int
 tensor of shape [2], as used by ``tf.random.stateless_*``. The same (image, seed) always
 gives the same output, so a tf.data pipeline that derives one seed per element from a
-global seed and the element index is deterministic (see :mod:`dualssl_tf.data.images`).
+global seed and the element index is deterministic (see :mod:`dualssl_tf.data.pipeline`).
 Batches go through :func:`augment_batch` (one seed per image, ``tf.map_fn``).
 
 A SimCLR view (:func:`simclr_view`) is, in order (the defaults are SimCLR's):

@@ -288,11 +288,11 @@ def test_flip_probability_zero_and_one():
 
 
 def test_the_flags_reach_the_host_pipeline_and_the_device_views():
-    from dualssl_tf.data import images
+    from dualssl_tf.data.sources.base import ImageSource
     from dualssl_tf.tasks.images import task
 
     ramp = tf.reshape(tf.range(420, dtype=tf.float32) / 420.0, [10, 14, 3])
-    src = images.ImageSource("s", tf.data.Dataset.range(4).map(
+    src = ImageSource("s", tf.data.Dataset.range(4).map(
         lambda i: (i, tf.cast(i % 2, tf.int32))),
         lambda i: tf.roll(ramp, tf.cast(i, tf.int32), axis=1), 4, 2, image_shape=(10, 14, 3))
     # Solarisation p 1 on view 2 only (the last op); no jitter keeps the graphs small.

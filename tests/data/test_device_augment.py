@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf.data import augment, device_augment as da, images
+from dualssl_tf.data import augment, device_augment as da, pipeline
+from dualssl_tf.data.sources.base import ImageSource
+from dualssl_tf.data.sources.folders import folder_source
 
 B = 12
 TOL = 1e-5   # per-transform tolerance; the measured max abs diffs (CPU, 64 images) are in
@@ -294,19 +296,19 @@ def _write_folder(root, sizes):
 
 
 def test_device_pipeline_batches_uint8_images_in_the_host_order(tmp_path):
-    src = images.folder_source(str(_write_folder(tmp_path / "f", [(12, 20), (30, 18)])))
-    dev = list(images.pretrain_dataset(src, 4, 8, seed=3, views_on="device").take(3))
-    host = list(images.pretrain_dataset(src, 4, 8, seed=3).take(3))
-    assert images.device_input_shape(src, 8) == (8, 8, 3)  # mixed sizes: resized
+    src = folder_source(str(_write_folder(tmp_path / "f", [(12, 20), (30, 18)])))
+    dev = list(pipeline.pretrain_dataset(src, 4, 8, seed=3, views_on="device").take(3))
+    host = list(pipeline.pretrain_dataset(src, 4, 8, seed=3).take(3))
+    assert pipeline.device_input_shape(src, 8) == (8, 8, 3)  # mixed sizes: resized
     for d, h in zip(dev, host):
         assert sorted(d) == ["image", "label"] and d["image"].dtype == tf.uint8
         assert d["image"].shape == (4, 8, 8, 3)
         np.testing.assert_array_equal(d["label"], h["label"])
     # Fixed-size images go to the device untouched (the host path's crop input).
-    fixed = images.ImageSource("fixed", tf.data.Dataset.range(8).map(
+    fixed = ImageSource("fixed", tf.data.Dataset.range(8).map(
         lambda i: (i, tf.cast(i % 2, tf.int32))), lambda i: tf.fill([10, 14, 3], tf.cast(
             i, tf.float32) / 255.0), 8, 2, image_shape=(10, 14, 3))
-    (b,) = images.pretrain_dataset(fixed, 8, 6, views_on="device").take(1)
+    (b,) = pipeline.pretrain_dataset(fixed, 8, 6, views_on="device").take(1)
     assert b["image"].shape == (8, 10, 14, 3)
     np.testing.assert_array_equal(np.sort(b["image"].numpy()[:, 0, 0, 0]), np.arange(8))
 
@@ -326,8 +328,8 @@ def test_augment_on_option_and_resolution(tmp_path):
     with pytest.raises(config.ConfigError, match="--augment_on: device needs images"):
         config.validate(cfg.replace(dataset="generated_images", augment_on="device"))
 
-    plain = images.ImageSource("s", None, None, 8, 2)
-    rendered = images.ImageSource("g", None, None, 8, 2, views=lambda *a: a)
+    plain = ImageSource("s", None, None, 8, 2)
+    rendered = ImageSource("g", None, None, 8, 2, views=lambda *a: a)
     resolve = image_task.resolve_augment_on
     assert resolve(cfg, plain, accelerator=False) == "host"
     assert resolve(cfg, plain, accelerator=True) == "device"

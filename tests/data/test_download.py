@@ -9,7 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from dualssl_tf import config
-from dualssl_tf.data import images
+from dualssl_tf.data.errors import DataError
+from dualssl_tf.data.pipeline import eval_dataset
+from dualssl_tf.data.sources import tfds as tfds_sets
 from dualssl_tf.tasks.images import task as image_task
 
 NAME = "local_source_images"
@@ -63,7 +65,7 @@ def test_prepared_on_first_use_then_read(source, tmp_path, capsys):
     assert "Downloading and preparing local_source_images" in capsys.readouterr().out
     assert os.path.isdir(data_dir / NAME / "1.0.0")
     assert (pretrain.num_examples, probe_test.num_examples, size) == (N_TRAIN, N_TEST, SIZE)
-    batches = list(images.eval_dataset(probe_train, 4, SIZE))
+    batches = list(eval_dataset(probe_train, 4, SIZE))
     assert batches[0][0].shape == (4, SIZE, SIZE, 3)
     labels = sorted(int(v) for _, y in batches for v in y.numpy())
     assert labels == sorted(np.arange(N_TRAIN) % 3)
@@ -113,10 +115,10 @@ def test_gs_data_dir_refuses_with_how_to_prepare():
         def download_and_prepare(self, **kwargs):
             raise AssertionError("must not download into a bucket")
 
-    with pytest.raises(config.ConfigError) as e:
-        images.prepare_tfds(NotPrepared(), "cifar10", "gs://bucket/tensorflow_datasets")
+    with pytest.raises(DataError) as e:
+        tfds_sets.prepare_tfds(NotPrepared(), "cifar10", "gs://bucket/tensorflow_datasets")
     msg = str(e.value)
-    assert msg.startswith("--data_dir: --dataset=cifar10 is not prepared in "
+    assert msg.startswith("data_dir: --dataset=cifar10 is not prepared in "
                           "--data_dir=gs://bucket/tensorflow_datasets")
     assert "into a gs:// --data_dir" in msg
     assert "`tfds build cifar10 --data_dir=gs://bucket/tensorflow_datasets`" in msg
@@ -160,6 +162,6 @@ def test_registered_builder_url_and_checksum_tables_load(name, tmp_path, no_netw
     infos = builder.url_infos
     assert list(infos) == [url]
     assert (int(infos[url].size), infos[url].checksum) == (size, sha256)
-    # The size the --nodownload hint quotes (images.DOWNLOAD_SIZES) is this one.
-    assert str(infos[url].size) == images.DOWNLOAD_SIZES[name]
+    # The size the --nodownload hint quotes (tfds_sets.DOWNLOAD_SIZES) is this one.
+    assert str(infos[url].size) == tfds_sets.DOWNLOAD_SIZES[name]
     assert not builder.is_prepared() and os.listdir(tmp_path) == []

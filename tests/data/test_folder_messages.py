@@ -10,14 +10,15 @@ import tensorflow as tf
 
 from dualssl_tf import tasks
 from dualssl_tf.config import ConfigError
-from dualssl_tf.data import images
+from dualssl_tf.data.errors import DataError
+from dualssl_tf.data.sources import folders
 from dualssl_tf.evaluation import data as eval_data
 from tests.tiny_runs import TINY_IMAGES
 
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch):
-    monkeypatch.setattr(images, "_WARNED", set())   # each message once per process
+    monkeypatch.setattr(folders, "_WARNED", set())   # each message once per process
     monkeypatch.setattr(sys, "argv", ["train.py"])  # the prefix names the running tool
     monkeypatch.delenv("DUALSSL_TF_LOG", raising=False)  # what the user did not ask for
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -41,14 +42,14 @@ def test_skipped_files_are_one_warning_and_the_decoders_lines_are_captured(tmp_p
     (root / "cat" / "0.jpg").write_bytes(good[: len(good) // 2])   # truncated JPEG
     (root / "dog" / "9.jpg").write_bytes(good[:200])
     capfd.readouterr()
-    with pytest.raises(ConfigError, match=r"^--data_dir: 2 of 7 image files cannot be "
+    with pytest.raises(DataError, match=r"^path: 2 of 7 image files cannot be "
                        rf"decoded, e.g. {root}/cat/0.jpg; fix or remove them, or pass "
                        r"--skip_corrupt_images to leave them out$"):
-        images.folder_source(str(root))
+        folders.folder_source(str(root))
     # libjpeg's "Improper call to JPEG library ..." / jpeg_mem.cc's "Premature end of
     # JPEG data" would be printed here, before the tool's own line.
     assert capfd.readouterr().err == ""
-    src = images.folder_source(str(root), skip_corrupt=True)
+    src = folders.folder_source(str(root), skip_corrupt=True)
     assert (src.num_examples, src.skipped, src.labelled_classes) == (5, 2, 2)
     assert capfd.readouterr().err == (
         f"train.py: warning: --skip_corrupt_images: left out 2 of 7 image files of {root} "
@@ -66,7 +67,7 @@ def test_decoder_lines_are_shown_when_the_user_asks_for_tf_logging(tmp_path, cap
     good = (root / "cat" / "0.jpg").read_bytes()
     (root / "cat" / "1.jpg").write_bytes(good[: len(good) // 2])
     capfd.readouterr()
-    images.folder_source(str(root), skip_corrupt=True)
+    folders.folder_source(str(root), skip_corrupt=True)
     err = capfd.readouterr().err.splitlines()
     assert err[-1].startswith("train.py: warning: --skip_corrupt_images: left out 1 of 3")
     assert len(err) > 1  # the decoder's own line(s) came through
@@ -79,14 +80,14 @@ def test_class_folders_without_supported_images_are_named(tmp_path, capfd):
     (root / "webp" / "a.webp").write_bytes(b"RIFF")
     (root / "webp" / "b.TIF").write_bytes(b"II*")
     capfd.readouterr()
-    src = images.folder_source(str(root))
+    src = folders.folder_source(str(root))
     assert (src.num_classes, src.labelled_classes) == (4, 2)  # labels stay folder-sorted
     assert capfd.readouterr().err == (
         f"train.py: warning: 2 class folders of {root} hold no image file of a supported "
         "type (.jpg, .jpeg, .png, .bmp, .gif): empty/ (empty), webp/ (only .tif, .webp); "
         "they still count as classes (labels follow the sorted folder names): add images "
         "or remove them\n")
-    images.folder_source(str(root))
+    folders.folder_source(str(root))
     assert capfd.readouterr().err == ""  # said once
 
 

@@ -7,9 +7,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dualssl_tf.config import ConfigError
 from dualssl_tf.data import images
+from dualssl_tf.data.errors import DataError
 from dualssl_tf.data.generated_images import GeneratedImages
+from dualssl_tf.data.pipeline import eval_dataset, pretrain_dataset, shard_source
+from dualssl_tf.data.sources.folders import folder_source
+from dualssl_tf.data.sources.generated import generated_source
+from dualssl_tf.data.sources.tfds import tfds_source
 
 
 def _first(ds, n=1):
@@ -30,15 +34,15 @@ def _check_batch(batch, b, s, labelled=True):
 
 def test_tfds_cifar10_pretrain_and_eval(tmp_path):
     with tfds.testing.mock_data(num_examples=12):
-        src = images.tfds_source("cifar10", "train", str(tmp_path))
+        src = tfds_source("cifar10", "train", str(tmp_path))
         assert (src.num_examples, src.num_classes, src.image_shape) == (12, 10, (32, 32, 3))
-        ds = images.pretrain_dataset(src, 4, 32, seed=1, color_jitter_strength=0.5)
+        ds = pretrain_dataset(src, 4, 32, seed=1, color_jitter_strength=0.5)
         assert ds.element_spec["view1"].shape == (4, 32, 32, 3)  # static for TPU
         (batch,) = _first(ds)
         _check_batch(batch, 4, 32)
         assert np.all((batch["label"] >= 0) & (batch["label"] < 10))
-        test = images.tfds_source("cifar10", "test", str(tmp_path))
-        evals = list(images.eval_dataset(test, 5, 32).as_numpy_iterator())
+        test = tfds_source("cifar10", "test", str(tmp_path))
+        evals = list(eval_dataset(test, 5, 32).as_numpy_iterator())
         assert [x.shape[0] for x, _ in evals] == [5, 5, 2]  # keeps the remainder
         x, y = evals[0]
         assert x.shape == (5, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
@@ -51,32 +55,32 @@ def test_tfds_stl10_train_plus_unlabeled(tmp_path):
         pre, train, test = images.sources("stl10", str(tmp_path))
         assert pre.name == "stl10/train+unlabeled" and train.name == "stl10/train"
         assert pre.image_shape == (96, 96, 3) and pre.num_classes == 10
-        (batch,) = _first(images.pretrain_dataset(pre, 3, 24, blur=True))
+        (batch,) = _first(pretrain_dataset(pre, 3, 24, blur=True))
         _check_batch(batch, 3, 24)
-        x, y = _first(images.eval_dataset(test, 2, 96))[0]
+        x, y = _first(eval_dataset(test, 2, 96))[0]
         assert x.shape == (2, 96, 96, 3)
         # Resized for a smaller encoder input by the eval transform (centre resize).
-        x, _ = _first(images.eval_dataset(test, 2, 48))[0]
+        x, _ = _first(eval_dataset(test, 2, 48))[0]
         assert x.shape == (2, 48, 48, 3)
 
 
 def test_tfds_cifar100_labels(tmp_path):
     with tfds.testing.mock_data(num_examples=4):
-        src = images.tfds_source("cifar100", "train", str(tmp_path))
+        src = tfds_source("cifar100", "train", str(tmp_path))
         assert src.num_classes == 100
 
 
 def test_tfds_not_prepared_says_how_to_download(tmp_path):
-    with pytest.raises(ConfigError) as err:
-        images.tfds_source("cifar10", "train", str(tmp_path))
-    msg = str(err.value)
-    assert msg.startswith("--data_dir:") and "\n" not in msg
+    with pytest.raises(DataError) as err:
+        tfds_source("cifar10", "train", str(tmp_path))
+    msg = err.value.message
+    assert err.value.argument == "data_dir" and "\n" not in msg
     assert f"tfds build cifar10 --data_dir={tmp_path}" in msg and "--dataset=cifar10" in msg
 
 
 def test_tfds_unknown_name():
-    with pytest.raises(ConfigError, match="^--dataset: unknown dataset 'no_such_images'"):
-        images.tfds_source("no_such_images", "train")
+    with pytest.raises(DataError, match="^name: unknown dataset 'no_such_images'"):
+        tfds_source("no_such_images", "train")
 
 
 # ---------------------------------------------------------------- folders
@@ -97,11 +101,11 @@ def _make_folder(root, classes=("cat", "dog"), per_class=3):
 
 def test_folder_with_classes(tmp_path):
     root = _make_folder(tmp_path / "imgs")
-    src = images.folder_source(str(root))
+    src = folder_source(str(root))
     assert (src.num_examples, src.num_classes, src.skipped) == (6, 2, 0)
-    (batch,) = _first(images.pretrain_dataset(src, 4, 8, seed=3))
+    (batch,) = _first(pretrain_dataset(src, 4, 8, seed=3))
     _check_batch(batch, 4, 8)
-    x, y = list(images.eval_dataset(src, 6, 8).as_numpy_iterator())[0]
+    x, y = list(eval_dataset(src, 6, 8).as_numpy_iterator())[0]
     # Labels follow the sorted class folders; constant images keep their value.
     order = np.argsort(x[:, 0, 0, 0])
     np.testing.assert_array_equal(y[order], [0, 0, 0, 1, 1, 1])
@@ -112,25 +116,25 @@ def test_folder_with_classes(tmp_path):
 def test_flat_folder_is_unlabelled(tmp_path):
     for i in range(4):
         _write_png(tmp_path / f"img{i}.PNG", i)
-    src = images.folder_source(str(tmp_path))
+    src = folder_source(str(tmp_path))
     assert src.num_classes == 0
-    (batch,) = _first(images.pretrain_dataset(src, 2, 8))
+    (batch,) = _first(pretrain_dataset(src, 2, 8))
     _check_batch(batch, 2, 8, labelled=False)
-    assert list(images.eval_dataset(src, 2, 8)) == []  # nothing to probe
+    assert list(eval_dataset(src, 2, 8)) == []  # nothing to probe
 
 
 def test_folder_errors_and_skip_corrupt(tmp_path):
-    with pytest.raises(ConfigError, match=f"^--data_dir: {tmp_path} contains no image"):
-        images.folder_source(str(tmp_path))
-    with pytest.raises(ConfigError, match="is not a directory"):
-        images.folder_source(str(tmp_path / "missing"))
+    with pytest.raises(DataError, match=f"^path: {tmp_path} contains no image"):
+        folder_source(str(tmp_path))
+    with pytest.raises(DataError, match="^path: .* is not a directory"):
+        folder_source(str(tmp_path / "missing"))
     root = _make_folder(tmp_path / "imgs", per_class=2)
     bad = root / "dog" / "broken.jpg"
     bad.write_bytes(b"not an image at all")
-    with pytest.raises(ConfigError) as err:
-        images.folder_source(str(root))
+    with pytest.raises(DataError) as err:
+        folder_source(str(root))
     assert str(bad) in str(err.value) and "--skip_corrupt_images" in str(err.value)
-    src = images.folder_source(str(root), skip_corrupt=True)
+    src = folder_source(str(root), skip_corrupt=True)
     assert (src.num_examples, src.skipped) == (4, 1)
 
 
@@ -188,25 +192,25 @@ def test_folder_recorded_holdout_survives_new_files(tmp_path):
     assert _names(again[2], root) == held.holdout["files"]
     assert again[0].num_examples == 18 - 6
     (root / "cat" / held.holdout["files"][0].split("/")[-1]).unlink()
-    with pytest.raises(ConfigError, match="^--data_dir: 1 of the 6 held-out files the run "
-                                          "recorded are not in"):
+    with pytest.raises(DataError, match="^path: 1 of the 6 held-out files the run "
+                                        "recorded are not in"):
         images.sources("folder", str(root), holdout_files=held.holdout["files"])
 
 
 def test_folder_holdout_errors(tmp_path):
     for i in range(3):
         _write_png(tmp_path / f"flat{i}.png", i)
-    with pytest.raises(ConfigError, match="^--holdout_fraction: .* no class sub-folders"):
+    with pytest.raises(DataError, match="^fraction: .* no class sub-folders"):
         images.sources("folder", str(tmp_path), holdout_fraction=0.2)
     single = _make_folder(tmp_path / "single", per_class=1)
-    with pytest.raises(ConfigError, match="^--holdout_fraction: 0.2 sets aside no image"):
+    with pytest.raises(DataError, match="^fraction: 0.2 sets aside no image"):
         images.sources("folder", str(single), holdout_fraction=0.2)
 
 
 def test_batch_larger_than_dataset(tmp_path):
-    src = images.folder_source(str(_make_folder(tmp_path / "i", per_class=1)))
-    with pytest.raises(ConfigError, match="^--batch_size: 4 is larger than"):
-        images.pretrain_dataset(src, 4, 8)
+    src = folder_source(str(_make_folder(tmp_path / "i", per_class=1)))
+    with pytest.raises(DataError, match="^batch_size: 4 is larger than"):
+        pretrain_dataset(src, 4, 8)
 
 
 # ---------------------------------------------------------------- generated + determinism
@@ -215,10 +219,10 @@ def test_batch_larger_than_dataset(tmp_path):
 def test_generated_pipeline_deterministic_and_resumable():
     data = GeneratedImages(image_size=16, num_examples=64, num_test=16, seed=2)
     pre, train, test = images.sources("generated_images", generated=data)
-    a = _first(images.pretrain_dataset(pre, 8, 16, seed=5), 3)
-    b = _first(images.pretrain_dataset(pre, 8, 16, seed=5), 3)
-    c = _first(images.pretrain_dataset(pre, 8, 16, seed=6), 1)
-    resumed = _first(images.pretrain_dataset(pre, 8, 16, seed=5, start_step=2), 1)
+    a = _first(pretrain_dataset(pre, 8, 16, seed=5), 3)
+    b = _first(pretrain_dataset(pre, 8, 16, seed=5), 3)
+    c = _first(pretrain_dataset(pre, 8, 16, seed=6), 1)
+    resumed = _first(pretrain_dataset(pre, 8, 16, seed=5, start_step=2), 1)
     _check_batch(a[0], 8, 16)
     for x, y in zip(a, b):
         for k in x:
@@ -226,14 +230,14 @@ def test_generated_pipeline_deterministic_and_resumable():
     assert np.abs(a[0]["view1"] - c[0]["view1"]).max() > 0.1
     for k in a[2]:
         np.testing.assert_array_equal(resumed[0][k], a[2][k])
-    x, y = list(images.eval_dataset(test, 16, 16).as_numpy_iterator())[0]
+    x, y = list(eval_dataset(test, 16, 16).as_numpy_iterator())[0]
     assert x.shape == (16, 16, 16, 3) and set(y) <= set(range(6))
 
 
 def test_augmented_folder_pipeline_deterministic(tmp_path):
-    src = images.folder_source(str(_make_folder(tmp_path / "i", per_class=4)))
-    a = _first(images.pretrain_dataset(src, 4, 8, seed=1), 2)
-    b = _first(images.pretrain_dataset(src, 4, 8, seed=1), 2)
+    src = folder_source(str(_make_folder(tmp_path / "i", per_class=4)))
+    a = _first(pretrain_dataset(src, 4, 8, seed=1), 2)
+    b = _first(pretrain_dataset(src, 4, 8, seed=1), 2)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x["view1"], y["view1"])
         np.testing.assert_array_equal(x["label"], y["label"])
@@ -241,12 +245,12 @@ def test_augmented_folder_pipeline_deterministic(tmp_path):
 
 def test_shard_source_splits_examples():
     data = GeneratedImages(image_size=16, num_examples=10, num_test=4, seed=0)
-    src = images.generated_source(data)
-    shards = [images.shard_source(src, 3, i) for i in range(3)]
+    src = generated_source(data)
+    shards = [shard_source(src, 3, i) for i in range(3)]
     assert [s.num_examples for s in shards] == [4, 3, 3]
     ids = [sorted(int(r) for r, _ in s.elements.as_numpy_iterator()) for s in shards]
     assert sorted(sum(ids, [])) == list(range(10)) and ids[1] == [1, 4, 7]
-    assert images.shard_source(src, 1, 0) is src
+    assert shard_source(src, 1, 0) is src
 
 
 def test_stream_is_the_same_for_every_iterator_and_resumes_across_passes():
@@ -254,12 +258,12 @@ def test_stream_is_the_same_for_every_iterator_and_resumes_across_passes():
     # run only) must not change the order: each pass is shuffled with a seed of its own.
     data = GeneratedImages(image_size=16, num_examples=12, num_test=4, seed=2)
     pre, _, _ = images.sources("generated_images", generated=data)
-    ds = images.pretrain_dataset(pre, 4, 16, seed=5, shuffle_buffer=8)
+    ds = pretrain_dataset(pre, 4, 16, seed=5, shuffle_buffer=8)
     first = _first(ds, 1)
     a = _first(ds, 7)  # 28 elements: passes 0, 1 and part of 2
     for k in first[0]:
         np.testing.assert_array_equal(first[0][k], a[0][k])
-    resumed = _first(images.pretrain_dataset(pre, 4, 16, seed=5, shuffle_buffer=8,
+    resumed = _first(pretrain_dataset(pre, 4, 16, seed=5, shuffle_buffer=8,
                                              start_step=4), 3)  # element 16: inside pass 1
     for x, y in zip(a[4:], resumed):
         for k in x:

@@ -10,7 +10,9 @@ import pytest
 import tensorflow as tf
 
 from dualssl_tf import config
-from dualssl_tf.data import augment, device_augment as da, images
+from dualssl_tf.data import augment, device_augment as da, pipeline
+from dualssl_tf.data.sources.base import ImageSource
+from dualssl_tf.data.sources.generated import generated_source
 from dualssl_tf.data.generated_images import GeneratedImages
 from dualssl_tf.tasks.images import local_view_settings
 
@@ -23,15 +25,15 @@ LOCAL = {"num": 3, "size": 6, "kwargs": {"color_jitter_strength": 0.5, "blur": T
 def _source(n=8, h=12, w=14):
     rng = np.random.default_rng(0)
     pixels = tf.constant(rng.integers(0, 256, (n, h, w, 3)).astype(np.uint8))
-    return images.ImageSource(
+    return ImageSource(
         "noise", tf.data.Dataset.range(n).map(lambda i: (i, tf.cast(i % 2, tf.int32))),
         lambda i: augment.to_float(tf.gather(pixels, i)), n, 2, image_shape=(h, w, 3)), pixels
 
 
 def test_host_local_crops_leave_the_global_views_and_draw_new_children():
     src, pixels = _source()
-    plain = next(iter(images.pretrain_dataset(src, 4, 8, seed=5, shuffle_buffer=1)))
-    multi = next(iter(images.pretrain_dataset(src, 4, 8, seed=5, shuffle_buffer=1,
+    plain = next(iter(pipeline.pretrain_dataset(src, 4, 8, seed=5, shuffle_buffer=1)))
+    multi = next(iter(pipeline.pretrain_dataset(src, 4, 8, seed=5, shuffle_buffer=1,
                                               local=LOCAL)))
     assert sorted(multi) == ["label", "local_views", "view1", "view2"]
     np.testing.assert_array_equal(multi["view1"], plain["view1"])   # byte-identical
@@ -75,9 +77,9 @@ def test_device_local_crops_equal_the_host_for_the_same_pair_seeds():
 @pytest.mark.slow
 def test_generated_local_crops_leave_the_global_views():
     data = GeneratedImages(image_size=16, num_examples=16, num_test=8, seed=2)
-    src = images.generated_source(data)
-    plain = next(iter(images.pretrain_dataset(src, 2, 16, seed=1, shuffle_buffer=1)))
-    multi = next(iter(images.pretrain_dataset(src, 2, 16, seed=1, shuffle_buffer=1,
+    src = generated_source(data)
+    plain = next(iter(pipeline.pretrain_dataset(src, 2, 16, seed=1, shuffle_buffer=1)))
+    multi = next(iter(pipeline.pretrain_dataset(src, 2, 16, seed=1, shuffle_buffer=1,
                                               local=LOCAL)))
     np.testing.assert_array_equal(multi["view1"], plain["view1"])
     np.testing.assert_array_equal(multi["view2"], plain["view2"])

@@ -12,7 +12,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dualssl_tf.data import images
+from dualssl_tf.data import pipeline
+from dualssl_tf.data.sources.folders import folder_source
+from dualssl_tf.data.sources.tfds import tfds_source
 from tests.data import tiny_tfds
 
 NUM = tiny_tfds.NUM_TRAIN
@@ -34,9 +36,9 @@ def _ctx(pipelines, index):
 
 
 def _host(data_dir, pipelines, index, seed=3):
-    whole = images.tfds_source(tiny_tfds.NAME, "train", data_dir, shuffle_files=True,
+    whole = tfds_source(tiny_tfds.NAME, "train", data_dir, shuffle_files=True,
                                seed=seed)
-    return images.pipeline_source(whole, _ctx(pipelines, index))
+    return pipeline.pipeline_source(whole, _ctx(pipelines, index))
 
 
 def _labels(source):
@@ -59,9 +61,9 @@ def test_hosts_read_disjoint_files_covering_the_split(data_dir, pipelines, count
     assert sorted(sum(got, [])) == list(range(NUM))  # disjoint, and the whole split
     # A share is final: asked again for its own pipeline it is returned as is (no second
     # sharding); for another pipeline it is refused.
-    assert images.pipeline_source(hosts[1], _ctx(pipelines, 1)) is hosts[1]
+    assert pipeline.pipeline_source(hosts[1], _ctx(pipelines, 1)) is hosts[1]
     with pytest.raises(ValueError, match=r"already input pipeline 1 of \d's share"):
-        images.pipeline_source(hosts[1], _ctx(pipelines, 0))
+        pipeline.pipeline_source(hosts[1], _ctx(pipelines, 0))
     assert sum("reads by file" in r.getMessage() for r in caplog.records) == pipelines
 
 
@@ -75,7 +77,7 @@ def test_more_pipelines_than_files_shards_by_element(data_dir, caplog):
                                        for i in range(5)]
     assert sorted(sum(got, [])) == list(range(NUM))
     # Host i keeps elements i, i + 5, ... of the one seeded order every host reads.
-    order = _labels(images.tfds_source(tiny_tfds.NAME, "train", data_dir,
+    order = _labels(tfds_source(tiny_tfds.NAME, "train", data_dir,
                                        shuffle_files=True, seed=3))
     assert got[2] == order[2::5]
     msgs = [r.getMessage() for r in caplog.records if "shards by element" in r.getMessage()]
@@ -83,16 +85,16 @@ def test_more_pipelines_than_files_shards_by_element(data_dir, caplog):
 
 
 def test_one_pipeline_is_the_whole_split(data_dir):
-    whole = images.tfds_source(tiny_tfds.NAME, "train", data_dir)
-    assert images.pipeline_source(whole, _ctx(1, 0)) is whole
-    assert images.pipeline_source(whole, None) is whole
+    whole = tfds_source(tiny_tfds.NAME, "train", data_dir)
+    assert pipeline.pipeline_source(whole, _ctx(1, 0)) is whole
+    assert pipeline.pipeline_source(whole, None) is whole
     assert whole.num_examples == NUM and sorted(_labels(whole)) == list(range(NUM))
 
 
 def test_file_sharded_stream_is_deterministic_and_resumes(data_dir):
     def stream(start_step=0, n=3):
         host = _host(data_dir, 2, 1, seed=7)  # rebuilt from scratch, as in a new process
-        ds = images.pretrain_dataset(host, 4, 8, seed=11, start_step=start_step)
+        ds = pipeline.pretrain_dataset(host, 4, 8, seed=11, start_step=start_step)
         return list(ds.take(n).as_numpy_iterator())
 
     a = stream(n=5)
@@ -109,8 +111,8 @@ def test_mocked_data_without_files_shards_by_element(tmp_path, caplog):
     # an earlier SavedModel export leaves it at WARNING
     caplog.set_level(logging.INFO, logger="absl")
     with tfds.testing.mock_data(num_examples=7):
-        whole = images.tfds_source("cifar10", "train", str(tmp_path))
-        hosts = [images.pipeline_source(whole, _ctx(2, i)) for i in range(2)]
+        whole = tfds_source("cifar10", "train", str(tmp_path))
+        hosts = [pipeline.pipeline_source(whole, _ctx(2, i)) for i in range(2)]
         assert [h.num_examples for h in hosts] == [4, 3]
         assert [len(_labels(h)) for h in hosts] == [4, 3]
     assert any("file list is unknown" in r.getMessage() for r in caplog.records)
@@ -123,12 +125,12 @@ def test_folder_hosts_open_only_their_own_files(tmp_path):
         data = (tf.io.encode_png(np.full((8, 8, 3), 10 * i, np.uint8)).numpy() if i % 2 == 0
                 else b"not an image")
         (tmp_path / f"{i}.png").write_bytes(data)
-    src = images.folder_source(str(tmp_path), verify=False)
-    host0 = images.pipeline_source(src, _ctx(2, 0))
+    src = folder_source(str(tmp_path), verify=False)
+    host0 = pipeline.pipeline_source(src, _ctx(2, 0))
     values = sorted(float(x[0, 0, 0, 0]) * 255 for x, _ in
-                    images.eval_dataset(host0, 1, 8, labelled_only=False))
+                    pipeline.eval_dataset(host0, 1, 8, labelled_only=False))
     np.testing.assert_allclose(values, [0, 20], atol=1e-3)
     assert host0.num_examples == 2
-    host1 = images.pipeline_source(src, _ctx(2, 1))
+    host1 = pipeline.pipeline_source(src, _ctx(2, 1))
     with pytest.raises(tf.errors.InvalidArgumentError):
-        list(images.eval_dataset(host1, 1, 8, labelled_only=False))
+        list(pipeline.eval_dataset(host1, 1, 8, labelled_only=False))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf.data import images
+from dualssl_tf.data.pipeline import eval_dataset
+from dualssl_tf.data.sources.base import ImageSource
 from dualssl_tf.evaluation import export, features
 
 SHAPE = (8, 8, 3)
@@ -25,7 +26,7 @@ def tiny_export(tmp_path_factory):
 
 def _source(num_labelled):
     labels = np.array([0, 1, -1, 2, 0, 1, -1, 2, 1, 0, 2, 1], np.int32)   # 10 labelled
-    return images.ImageSource(
+    return ImageSource(
         name="tiny", elements=tf.data.Dataset.from_tensor_slices(
             (np.arange(len(labels), dtype=np.int64), labels)),
         decode=lambda i: tf.fill(SHAPE, tf.cast(i, tf.float32) / 12.0),
@@ -33,7 +34,7 @@ def _source(num_labelled):
 
 
 def test_extraction_bar_shows_the_real_total(tiny_export, capsys):
-    ds = images.eval_dataset(_source(10), batch_size=4, image_size=8)
+    ds = eval_dataset(_source(10), batch_size=4, image_size=8)
     assert int(ds.cardinality()) == 3   # ceil(10 labelled / 4), known without a pass
     feats, labels = features.extract_features(tiny_export, ds, verbose=1)
     print("next message")
@@ -44,7 +45,7 @@ def test_extraction_bar_shows_the_real_total(tiny_export, capsys):
 
 
 def test_bar_without_a_total_still_ends_its_line(tiny_export, capsys):
-    ds = images.eval_dataset(_source(None), batch_size=4, image_size=8)
+    ds = eval_dataset(_source(None), batch_size=4, image_size=8)
     assert int(ds.cardinality()) < 0
     features.extract_features(tiny_export, ds, verbose=1)
     print("next message")

@@ -232,9 +232,10 @@ class ImageOptions(Section):
                         "per view) and takes no augmentation settings; drop it, or use "
                         "--dataset=folder or a tfds data set")
         choice(self.augment_on, AUGMENT_ON, "augment_on")
-        image_rules.check_device_views(self.augment_on,
-                                       cfg.data.dataset == "generated_images",
-                                       "--dataset=generated_images (shapes re-drawn per view)")
+        problem = image_rules.device_views_problem(
+            self.augment_on, cfg.data.dataset == "generated_images",
+            "--dataset=generated_images (shapes re-drawn per view)")
+        require(not problem, "augment_on", problem)
         require(self.shuffle_buffer >= 1, "shuffle_buffer",
                 f"must be >= 1, got {self.shuffle_buffer}")
         knn_monitor_ks(self)

@@ -2,13 +2,16 @@
 folders or the generated shapes, a ResNet or ViT encoder, the method's projector and an
 online probe."""
 
+import contextlib
 import functools
 import json
 import os
 
 from dualssl_tf import cross_replica, methods, runfiles
-from dualssl_tf.data import image_rules, images
+from dualssl_tf.data import image_rules, images, pipeline
+from dualssl_tf.data.errors import DataError
 from dualssl_tf.data.generated_images import GeneratedImages
+from dualssl_tf.data.sources import folders
 from dualssl_tf.models import heads, resnet, stems
 from dualssl_tf.monitors.collapse import EmbeddingSpread
 from dualssl_tf.monitors.probes import KnnAccuracy, ProbeAccuracy
@@ -23,6 +26,23 @@ from dualssl_tf.tasks.images import image_size as configured_image_size
 SPREAD_SAMPLES = 256
 ENCODER_DEPTH = {"auto": 18, "resnet18": 18, "resnet50": 50}
 MAX_EVAL_BATCH = 256
+# The flag behind each argument a data-layer DataError names (the data layer knows no
+# flags): tfds_source's name / split / data_dir, a folder's path, a held-out fraction,
+# pretrain_dataset's batch_size and views_on.
+FLAG_OF_ARGUMENT = {"name": "dataset", "split": "dataset", "data_dir": "data_dir",
+                    "path": "data_dir", "fraction": "holdout_fraction",
+                    "batch_size": "batch_size", "views_on": "augment_on"}
+
+
+@contextlib.contextmanager
+def data_errors_as_flags():
+    """A :class:`DataError` raised in the block becomes the ConfigError of the flag that
+    supplied its argument (:data:`FLAG_OF_ARGUMENT`), same message: one line naming the
+    flag, as the tools print it."""
+    try:
+        yield
+    except DataError as e:
+        raise ConfigError(FLAG_OF_ARGUMENT[e.argument], e.message) from None
 
 
 def _image_size(cfg, source):
@@ -60,20 +80,21 @@ def sources(cfg, holdout_files=None):
                                     num_classes=g.classes, num_examples=g.examples,
                                     num_test=max(g.examples // 5, cfg.optim.batch_size),
                                     view_jitter=g.view_jitter, seed=cfg.run.seed)
-    pretrain, probe_train, probe_test = images.sources(
-        cfg.data.dataset, cfg.data.data_dir, seed=cfg.run.seed,
-        skip_corrupt=cfg.images.skip_corrupt_images, generated=generated,
-        download=cfg.data.download,
-        download_refused="with --strategy=tpu" if cfg.run.strategy == "tpu" else "",
-        holdout_fraction=cfg.images.holdout_fraction, holdout_seed=cfg.images.holdout_seed,
-        holdout_files=holdout_files)
+    with data_errors_as_flags():
+        pretrain, probe_train, probe_test = images.sources(
+            cfg.data.dataset, cfg.data.data_dir, seed=cfg.run.seed,
+            skip_corrupt=cfg.images.skip_corrupt_images, generated=generated,
+            download=cfg.data.download,
+            download_refused="with --strategy=tpu" if cfg.run.strategy == "tpu" else "",
+            holdout_fraction=cfg.images.holdout_fraction,
+            holdout_seed=cfg.images.holdout_seed, holdout_files=holdout_files)
     return pretrain, probe_train, probe_test, _image_size(cfg, pretrain)
 
 
 def _eval_splits(cfg, probe_train, probe_test, size):
     batch = min(cfg.optim.batch_size, MAX_EVAL_BATCH)
-    train = images.eval_dataset(probe_train, batch, size)
-    test = images.eval_dataset(probe_test, batch, size) if probe_test is not None else None
+    train = pipeline.eval_dataset(probe_train, batch, size)
+    test = pipeline.eval_dataset(probe_test, batch, size) if probe_test is not None else None
     return train, test
 
 
@@ -128,7 +149,9 @@ def resolve_augment_on(cfg, source, accelerator=None):
     """
     wanted = cfg.images.augment_on
     own_views = source.views is not None
-    image_rules.check_device_views(wanted, own_views, source.name)
+    problem = image_rules.device_views_problem(wanted, own_views, source.name)
+    if problem:
+        raise ConfigError("augment_on", problem)
     if wanted != "auto":
         return wanted
     recorded = recorded_augment_on(cfg.run.model_dir)
@@ -188,13 +211,13 @@ def build(cfg, start_step=0):
         probe = heads.LinearProbe(num_classes, name="probe")
         probe.build((None, rep_dim))
         if probe_train.labelled_classes == 1:
-            images.warn(f"{cfg.data.data_dir} has images of a single class: the online "
-                        "probe's accuracy is 1.0 whatever the features (add a sub-folder "
-                        "per class, or pass --noprobe)")
+            folders.warn(f"{cfg.data.data_dir} has images of a single class: the online "
+                         "probe's accuracy is 1.0 whatever the features (add a sub-folder "
+                         "per class, or pass --noprobe)")
 
     eval_train, eval_test = _eval_splits(cfg, probe_train, probe_test, size)
-    spread_x = next(iter(images.eval_dataset(probe_test or probe_train, SPREAD_SAMPLES, size,
-                                             labelled_only=False).take(1)))[0]
+    spread_x = next(iter(pipeline.eval_dataset(probe_test or probe_train, SPREAD_SAMPLES,
+                                               size, labelled_only=False).take(1)))[0]
     cbs = [EmbeddingSpread(encoder, head, spread_x, norm_eps=1e-4)]
     if probe is not None and eval_test is not None:
         cbs.append(ProbeAccuracy(encoder, probe, eval_test))
@@ -216,7 +239,7 @@ def build(cfg, start_step=0):
         device_views=views,
         metadata={"images": {"dataset": cfg.data.dataset, "pretrain": pretrain.name,
                              "augment_on": augment_on,
-                             "device_input_shape": (list(images.device_input_shape(
+                             "device_input_shape": (list(pipeline.device_input_shape(
                                  pretrain, size)) if views is not None else None),
                              "num_examples": pretrain.num_examples,
                              "num_classes": num_classes, "image_size": size,
@@ -252,23 +275,26 @@ def _data(source, cfg, size, start_step, augment_on, batch_size, input_context=N
     with ``augment_on="device"`` the uint8 images the train step makes them from.
 
     Each pipeline (host) reads only its own share of the examples
-    (:func:`images.pipeline_source`: tfds data sets by file, others by element) with its
+    (:func:`pipeline.pipeline_source`: tfds data sets by file, others by element) with its
     own seed; its replicas take consecutive batches, so ``start_step`` global steps are
     ``start_step * replicas_per_pipeline`` batches of this stream.
     """
     per_pipeline = 1
-    if input_context is not None:
-        per_pipeline = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-        source = images.pipeline_source(source, input_context)
     o = cfg.images
     settings = view_settings(o)
-    return images.pretrain_dataset(
-        source, batch_size, size, seed=cross_replica.replica_seed(cfg.run.seed, input_context),
-        start_step=start_step * per_pipeline,
-        color_jitter_strength=settings.pop("color_jitter_strength"),
-        blur=settings.pop("blur"), shuffle_buffer=o.shuffle_buffer,
-        with_labels=cfg.method.probe, views_on=augment_on, view_options=settings,
-        local=local_view_settings(o, size))
+    with data_errors_as_flags():   # a tfds pipeline's share is read here: its errors too
+        if input_context is not None:
+            per_pipeline = (input_context.num_replicas_in_sync
+                            // input_context.num_input_pipelines)
+            source = pipeline.pipeline_source(source, input_context)
+        return pipeline.pretrain_dataset(
+            source, batch_size, size,
+            seed=cross_replica.replica_seed(cfg.run.seed, input_context),
+            start_step=start_step * per_pipeline,
+            color_jitter_strength=settings.pop("color_jitter_strength"),
+            blur=settings.pop("blur"), shuffle_buffer=o.shuffle_buffer,
+            with_labels=cfg.method.probe, views_on=augment_on, view_options=settings,
+            local=local_view_settings(o, size))
 
 
 def summarize(initial, final):
