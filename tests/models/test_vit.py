@@ -329,8 +329,9 @@ def test_analysis_notes_what_holds_for_a_vit():
 
 @pytest.mark.slow
 def test_two_mirrored_replicas_equal_one_device(tmp_path):
-    # tests/distribute_worker.py vit: 2 SGD steps (lr 0.5) of SimCLR and BYOL on a tiny ViT
-    # on 2 logical CPU devices vs one device on the same global batches.
+    # tests/distribute_worker.py vit: 2 SGD steps (lr 0.5) of SimCLR, BYOL and DINO (4 px
+    # local crops of the 8 px ViT, clipping and the weight-decay cosine) on a tiny ViT on 2
+    # logical CPU devices vs one device on the same global batches.
     out = tmp_path / "vit2.json"
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
@@ -339,7 +340,7 @@ def test_two_mirrored_replicas_equal_one_device(tmp_path):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["replicas"] == 2 and set(result["cases"]) == {"simclr", "byol"}
+    assert result["replicas"] == 2 and set(result["cases"]) == {"simclr", "byol", "dino"}
     for name, got in result["cases"].items():
         assert got["moved"] > 1e-3, (name, got)
         # float32 sums in another order over 2 replicas: a few ulps of how far the two
