@@ -88,6 +88,20 @@ def test_dino_cifar10_vit_is_gani_et_als_recipe(tool, tmp_path):
     assert (local["num"], local["size"], local["kwargs"]["area_range"]) == (8, 16, (0.2, 0.5))
 
 
+def test_issue_24_commands_with_a_vit(tool, tmp_path):
+    def parse(*argv):
+        return config.validate(train_tool.parse(tool, tmp_path / "run", *argv))
+
+    moco = parse("--flagfile=configs/mocov3_cifar10.cfg", "--encoder=vit_small")
+    assert (moco.method.method, moco.data.encoder) == ("mocov3", "vit_small")
+    dino = parse("--flagfile=configs/generated_images_dino.cfg", "--encoder=vit_tiny",
+                 "--local_crops=2", "--local_crop_size=8")     # 8 px crops of the 16 px ViT
+    assert local_view_settings(dino.images, 16)["size"] == 8
+    # SimCLR's CPU config with --method=dino keeps SimCLR's --loss: refused, naming it.
+    with pytest.raises(config.ConfigError, match="--loss: is an option of --method=contrast"):
+        parse("--flagfile=configs/generated_images.cfg", "--encoder=vit_tiny", "--method=dino")
+
+
 def test_generated_images_dino_is_the_tuned_cpu_recipe(tool, tmp_path):
     # The settings under which DINO learns the shapes in 4 epochs (docs/methods.md#dino).
     g = _load(tool, "generated_images_dino", tmp_path)
