@@ -251,6 +251,10 @@ def test_simclr_trains_and_exports_cls_and_patch_mean(small_vit, tmp_path):
     assert json.load(open(os.path.join(run_dir, "run.json")))["images"]["patch_size"] == 4
     loaded = export.load_encoder(os.path.join(run_dir, "saved_model"))
     assert {"representation", "projection", "patch_mean"} <= set(loaded.output_keys)
+    # The export signs the side the ViT was built for, though the model takes others.
+    serving = tf.saved_model.load(os.path.join(run_dir, "saved_model")).signatures[
+        "serving_default"]
+    assert serving.structured_input_signature[1]["x"].shape.as_list() == [None, 16, 16, 3]
     x = np.random.default_rng(3).uniform(size=(4, 16, 16, 3)).astype(np.float32)
     out = {k: v.numpy() for k, v in loaded(x, training=False).items()}
     assert out["representation"].shape == out["patch_mean"].shape == (4, SMALL[1])
