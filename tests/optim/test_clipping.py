@@ -60,3 +60,16 @@ def test_trainer_takes_the_norm_from_the_method():
     assert type(trainer.build_optimizer(cfg, 5)) is keras.optimizers.AdamW    # 0: none
     with pytest.raises(config.ConfigError, match="--dino_clip_grad: must be >= 0"):
         config.validate(cfg.replace(dino_clip_grad=-1.0))
+
+
+def test_with_a_rate_group_the_group_steps_at_its_rate_after_clipping():
+    from dualssl_tf.optim.rate_groups import RateGroup
+
+    variables = _variables()
+    start = [v.numpy().copy() for v in variables]
+    opt = schedules.build_optimizer("sgd", 0.5, momentum=0.0, clip_norm=3.0,
+                                    group=RateGroup((variables[1],), multiplier=2.0))
+    opt.apply_gradients(zip([tf.constant(g) for g in GRADS], variables))
+    np.testing.assert_allclose(variables[0].numpy(),
+                               start[0] - 0.5 * GRADS[0] * 3.0 / (5.0 + 1e-6), atol=EXACT)
+    np.testing.assert_allclose(variables[1].numpy(), start[1] - 1.0 * GRADS[1], atol=EXACT)
