@@ -85,6 +85,11 @@ class OptimOptions(Section):
     momentum: float = option(0.0, "SGD momentum in [0, 1).")
     weight_decay: float = option(0.0, "Weight decay (>= 0), in the form --weight_decay_mode "
                                  "says; biases and BatchNorm are exempt.")
+    weight_decay_end: float = option(-1.0, "Weight decay at the end of the run: the "
+                                     "coefficient goes from --weight_decay to this by a "
+                                     "per-step cosine (DINO's 0.04 -> 0.4 with adamw), in "
+                                     "--weight_decay_mode's form; -1 = constant "
+                                     "--weight_decay.")
     weight_decay_mode: str = option("decoupled", "Form of --weight_decay for sgd and adam: "
                                     "decoupled (Keras: w -= lr*wd*w each step) | coupled "
                                     "(PyTorch's SGD/Adam: wd*w added to the gradient, before "
@@ -113,6 +118,8 @@ class OptimOptions(Section):
         require(self.lars_eta > 0, "lars_eta", f"must be > 0, got {self.lars_eta}")
         require(self.weight_decay >= 0, "weight_decay",
                 f"must be >= 0, got {self.weight_decay}")
+        require(self.weight_decay_end >= 0 or self.weight_decay_end == -1, "weight_decay_end",
+                f"must be >= 0, or -1 (constant --weight_decay), got {self.weight_decay_end}")
         choice(self.weight_decay_mode, WEIGHT_DECAY_MODES, "weight_decay_mode")
         require(not (self.optimizer == "adamw" and self.weight_decay_mode == "coupled"),
                 "weight_decay_mode", "coupled is not for --optimizer=adamw (AdamW's decay is "

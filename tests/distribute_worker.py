@@ -530,6 +530,8 @@ def build_vit(case, gather_fn=None):
     keras.utils.set_random_seed(1)
     encoder = vit.vit("vit_tiny", image_size=VIT_SIDE, patch_size=4, depth=2, width=8,
                       heads=2)
+    if case["method"] == "dino":
+        return build_vit_dino(encoder)
     head = keras.Sequential([keras.Input((8,)), keras.layers.Dense(OUT_DIM)])
     if case["method"] == "byol":
         # No BatchNorm in the predictor: a fresh ViT's [CLS] outputs are nearly equal across
@@ -546,8 +548,28 @@ def build_vit(case, gather_fn=None):
     return model
 
 
+def build_vit_dino(encoder):
+    """DINO on the tiny ViT with local crops of half its side (positions resampled), SGD
+    with momentum, DINO's weight-decay cosine and per-variable clipping at 0.01 (below
+    every gradient's norm, so it acts: it must clip the global batch's gradient, not a
+    replica's share)."""
+    from dualssl_tf.methods.dino import DINOMethod, dino_head
+    from dualssl_tf.optim import schedules
+    from dualssl_tf.optim.weight_decay import CosineWeightDecay
+
+    head = dino_head(8, out_dim=OUT_DIM, hidden_dim=8, bottleneck_dim=4, num_layers=2)
+    model = DINOMethod(encoder, head, total_steps=2, steps_per_epoch=1,
+                       warmup_teacher_temp_epochs=0, base_momentum=0.5, freeze_last_layer=0)
+    model.compile(optimizer=schedules.build_optimizer(
+        "sgd", LR, momentum=0.9, weight_decay=0.04,
+        weight_decay_schedule=CosineWeightDecay(0.04, 0.4, 2), clip_norm=0.01),
+        run_eagerly=os.environ.get("DIST_TEST_EAGER") == "1")
+    return model
+
+
 def vit(replicas, out_path):
-    """SimCLR and BYOL on a tiny ViT: 2 SGD steps on R replicas vs one device."""
+    """SimCLR, BYOL and DINO (with smaller local crops) on a tiny ViT: 2 SGD steps on R
+    replicas vs one device."""
     split_devices(replicas)
     from dualssl_tf import cross_replica
     from dualssl_tf.run import distribute
@@ -557,8 +579,12 @@ def vit(replicas, out_path):
     batches = [{k: rng.uniform(size=(GLOBAL_BATCH, VIT_SIDE, VIT_SIDE, 3)).astype(np.float32)
                 for k in ("view1", "view2")} for _ in range(2)]
     result = {"replicas": strategy.num_replicas_in_sync, "cases": {}}
-    for name in ("simclr", "byol"):
+    for name in ("simclr", "byol", "dino"):
         case = {"method": name}
+        if name == "dino":
+            for b in batches:
+                b["local_views"] = rng.uniform(size=(GLOBAL_BATCH, 2, VIT_SIDE // 2,
+                                                     VIT_SIDE // 2, 3)).astype(np.float32)
         ref, ref_logs = fit_single(case, batches, build_vit, with_logs=True)
         got, got_logs = fit_replicas(strategy, case, batches,
                                      cross_replica.cross_replica_candidates, build_vit,

@@ -136,12 +136,13 @@ CASES = [
     ("local_crop_area_min_above_max", ["--dataset=cifar10", "--method=dino",
                                        "--local_crops=2", "--local_crop_area=0.5,0.1"],
      "--local_crop_area: expected MIN,MAX area fractions"),
-    # A ViT's position embeddings are built for --image_size: no smaller local crops.
-    ("local_crops_smaller_than_vit_input", ["--dataset=generated_images", "--image_size=16",
-                                            "--encoder=vit_tiny", "--patch_size=4",
-                                            "--method=dino", "--local_crops=2",
-                                            "--local_crop_size=8"],
-     "--local_crop_size: a ViT encoder takes 16 px inputs only"),
+    # A ViT takes local crops of any side its patch divides (positions resampled), no other.
+    ("local_crops_not_divided_by_vit_patch", ["--dataset=generated_images", "--image_size=16",
+                                              "--encoder=vit_tiny", "--patch_size=4",
+                                              "--method=dino", "--local_crops=2",
+                                              "--local_crop_size=6"],
+     "--local_crop_size: a ViT of patch 4 takes sides that 4 divides, got local crops of 6 "
+     "px; set --local_crop_size to a multiple of 4 (e.g. 4 or 8)"),
     # DINO's options (issue 24).
     ("dino_student_temp_zero", ["--method=dino", "--dino_student_temp=0"],
      "--dino_student_temp: must be > 0, got 0.0"),

@@ -67,6 +67,41 @@ def test_dino_cifar10_is_solo_learns_recipe(tool, tmp_path):
     assert local_view_settings(c.images, 32) is None
 
 
+# configs/dino_cifar10_vit.cfg: Gani et al.'s DINO/ViT CIFAR-10 recipe (patch 4, multi-crop).
+def test_dino_cifar10_vit_is_gani_et_als_recipe(tool, tmp_path):
+    c = _load(tool, "dino_cifar10_vit", tmp_path)
+    d, o = c.dino, c.optim
+    assert (c.data.encoder, c.images.patch_size, c.images.image_size) == ("vit_tiny", 4, 32)
+    assert (d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.head_bn,
+            d.norm_last_layer) == (1024, 512, 256, 3, False, True)
+    assert (d.student_temp, d.warmup_teacher_temp, d.teacher_temp,
+            d.warmup_teacher_temp_epochs, d.center_momentum) == (0.1, 0.04, 0.07, 10, 0.9)
+    assert (d.base_momentum, d.final_momentum, d.freeze_last_layer, d.clip_grad) == (
+        0.996, 1.0, 1, 3.0)
+    assert (o.optimizer, o.batch_size, o.learning_rate * o.batch_size / 256, o.weight_decay,
+            o.weight_decay_end, o.warmup_epochs, o.epochs) == (
+        "adamw", 512, 1e-4, 0.04, 0.4, 30, 200)
+    views = view_settings(c.images)
+    assert views["area_range"] == (0.7, 1.0) and views["blur"]
+    assert (views["blur_prob"], views["solarize_prob"]) == ((1.0, 0.1), (0.0, 0.2))
+    local = local_view_settings(c.images, 32)
+    assert (local["num"], local["size"], local["kwargs"]["area_range"]) == (8, 16, (0.2, 0.5))
+
+
+def test_issue_24_commands_with_a_vit(tool, tmp_path):
+    def parse(*argv):
+        return config.validate(train_tool.parse(tool, tmp_path / "run", *argv))
+
+    moco = parse("--flagfile=configs/mocov3_cifar10.cfg", "--encoder=vit_small")
+    assert (moco.method.method, moco.data.encoder) == ("mocov3", "vit_small")
+    dino = parse("--flagfile=configs/generated_images_dino.cfg", "--encoder=vit_tiny",
+                 "--local_crops=2", "--local_crop_size=8")     # 8 px crops of the 16 px ViT
+    assert local_view_settings(dino.images, 16)["size"] == 8
+    # SimCLR's CPU config with --method=dino keeps SimCLR's --loss: refused, naming it.
+    with pytest.raises(config.ConfigError, match="--loss: is an option of --method=contrast"):
+        parse("--flagfile=configs/generated_images.cfg", "--encoder=vit_tiny", "--method=dino")
+
+
 def test_generated_images_dino_is_the_tuned_cpu_recipe(tool, tmp_path):
     # The settings under which DINO learns the shapes in 4 epochs (docs/methods.md#dino).
     g = _load(tool, "generated_images_dino", tmp_path)

@@ -185,6 +185,12 @@ class SSLMethod(keras_internals.OneReplicaSymbolicBuild, keras.Model):
         (one rate for all; the default)."""
         return None
 
+    def gradient_clip(self):
+        """The norm (> 0) each variable's gradient is clipped to by the method's optimizer
+        (:mod:`dualssl_tf.optim.clipping`, DINO's ``clip_gradients``), or 0 for none (the
+        default); the trainer passes it to ``build_optimizer``."""
+        return 0.0
+
     def export_outputs(self, intermediate_layers):
         """The ``intermediate_layers`` argument of the export: the task's taps (None, layer
         names or a callable) plus the method's own named outputs. A method without extra

@@ -195,6 +195,8 @@ class DINOMethod(SSLMethod):
       center_momentum: m of the centre's moving average.
       base_momentum, final_momentum: the teacher momentum schedule.
       freeze_last_layer: epochs with the head's last layer frozen.
+      clip_grad: each variable's gradient clipped to this norm by the optimizer
+        (:meth:`gradient_clip`; DINO's ``clip_gradients``), 0 = none.
       input_shape: one example's shape (default: the encoder's input).
       probe: optional online probe on ``stop_gradient(representation)`` of view 1.
     """
@@ -205,7 +207,8 @@ class DINOMethod(SSLMethod):
     def __init__(self, encoder, head, total_steps=1, steps_per_epoch=1, student_temp=0.1,
                  teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=30,
                  center_momentum=0.9, base_momentum=0.996, final_momentum=1.0,
-                 freeze_last_layer=1, input_shape=None, probe=None, **kwargs):
+                 freeze_last_layer=1, clip_grad=0.0, input_shape=None, probe=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if head is None:
             raise ValueError("DINOMethod needs its head (dino_head / DINOMethod.build_head)")
@@ -230,6 +233,7 @@ class DINOMethod(SSLMethod):
         self.base_momentum = float(base_momentum)
         self.final_momentum = float(final_momentum)
         self.freeze_steps = int(freeze_last_layer) * self.steps_per_epoch
+        self.clip_grad = float(clip_grad)
         self._in_train_step = False
         last = self.last_layer()
         if last is not None and self.freeze_steps > 0:
@@ -264,7 +268,8 @@ class DINOMethod(SSLMethod):
                    warmup_teacher_temp_epochs=o.warmup_teacher_temp_epochs,
                    center_momentum=o.center_momentum, base_momentum=o.base_momentum,
                    final_momentum=o.final_momentum, freeze_last_layer=o.freeze_last_layer,
-                   input_shape=task.input_shape, probe=task.probe, name="dino")
+                   clip_grad=o.clip_grad, input_shape=task.input_shape, probe=task.probe,
+                   name="dino")
 
     # -- schedules ----------------------------------------------------------------------
 
@@ -371,6 +376,9 @@ class DINOMethod(SSLMethod):
 
     def frozen_variables(self):
         return [t for t, _ in self.online_pairs()]
+
+    def gradient_clip(self):
+        return self.clip_grad
 
     def regularization_loss(self):
         """The student's regularisation only (the teacher takes no gradient)."""

@@ -21,6 +21,8 @@ import math
 import keras
 import tensorflow as tf
 
+from dualssl_tf.models import vit
+
 
 def target_momentum(step, total_steps, base=0.996, final=1.0):
     """BYOL's momentum at (0-based) ``step`` of ``total_steps``: a cosine from ``base`` to
@@ -40,9 +42,12 @@ def clone_network(model, input_shape=None):
     ``keras.models.clone_model`` rebuilds functional and Sequential models layer by layer
     and a subclassed model from its ``get_config`` (the HLTM :class:`TreeNet`); the copy is
     built on ``input_shape`` if it is not already, then takes the source's values.
+    A ViT's copy takes any image side as the ViT does (:func:`dualssl_tf.models.vit.any_side`).
     ValueError when the copy's variables do not match the source's one by one.
     """
     copy = keras.models.clone_model(model)
+    if vit.is_vit(model):
+        vit.any_side(copy)
     if not copy.built:
         if input_shape is None:
             raise ValueError(f"clone_network: {model.name} copy is unbuilt; pass input_shape")

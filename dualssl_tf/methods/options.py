@@ -388,6 +388,9 @@ class DINOOptions(Section):
     final_momentum: float = option(1.0, "Teacher momentum at the last step, in [0, 1].")
     freeze_last_layer: int = option(1, "Epochs during which the head's last layer is not "
                                     "updated (>= 0; the paper and solo-learn: 1).")
+    clip_grad: float = option(0.0, "Clip each variable's gradient to this norm (DINO's "
+                              "utils.clip_gradients, the paper's 3.0; after the replicas' "
+                              "sum); 0 = no clipping.")
 
     def validate(self, cfg):
         for flag in ("out_dim", "hidden_dim", "bottleneck_dim", "head_layers"):
@@ -406,3 +409,5 @@ class DINOOptions(Section):
             require(0.0 <= value <= 1.0, "dino_" + flag, f"must be in [0, 1], got {value}")
         require(self.freeze_last_layer >= 0, "dino_freeze_last_layer",
                 f"must be >= 0 (epochs), got {self.freeze_last_layer}")
+        require(self.clip_grad >= 0, "dino_clip_grad",
+                f"must be >= 0 (0 = no clipping), got {self.clip_grad}")

@@ -5,7 +5,7 @@ the DeiT / timm ``VisionTransformer`` definition.
 (timm's ``global_pool="token"``, no classifier). The layers, in order:
 
 * ``patch_embed``: Conv2D of kernel = stride = patch P (with bias), flattened to the
-  N = (S / P)^2 patch tokens [B, N, D];
+  N = (S / P)^2 patch tokens [B, N, D] (:class:`PatchTokens`);
 * ``tokens``: :class:`ClassTokenPositions`, the learned [CLS] token prepended and the
   learned position embeddings [1, 1 + N, D] added (the [CLS] token has its own; resampled
   as timm does when the image size differs from the one they were made for);
@@ -13,6 +13,13 @@ the DeiT / timm ``VisionTransformer`` definition.
   LayerNorm epsilon 1e-6, multi-head self-attention with a qkv bias
   (:class:`MultiHeadSelfAttention`), MLP D -> 4 D -> D with exact (erf) GELU;
 * ``norm``: the final LayerNorm [B, 1 + N, D]; ``cls``: its token 0.
+
+The model is built for one side S (its ``input_shape``, what an export's signature and
+the FLOP count use) but takes any side S' that the patch divides, e.g. DINO's smaller local
+crops: its ``input_spec`` asks only for rank 4 and C channels, and the position embeddings
+are resampled to the (S' / P)^2 grid in the call (timm's ``dynamic_img_size``); at S they
+are the stored variable itself. Each side is a static shape, so a ``tf.function`` (and
+XLA) traces once per side.
 
 Sizes (depth / width D / heads): tiny 12/192/3, small 12/384/6, base 12/768/12 (DeiT).
 Initialisation as timm's: Dense and patch kernels truncated normal std 0.02, biases 0,
@@ -26,6 +33,8 @@ into the install; its ViT also does not resample position embeddings.
 Example:
   >>> enc = vit("vit_tiny", image_size=32, patch_size=4)
   >>> enc(tf.zeros([2, 32, 32, 3])).shape
+  TensorShape([2, 192])
+  >>> enc(tf.zeros([2, 16, 16, 3])).shape        # a 4 x 4 grid: positions resampled
   TensorShape([2, 192])
 """
 
@@ -77,6 +86,33 @@ def resize_matrix(n_in, n_out):
 
 
 @keras.saving.register_keras_serializable(package="dualssl_tf")
+class PatchTokens(keras.layers.Layer):
+    """``[image [B, S, S, C], patch map [B, S/P, S/P, D]] -> patch tokens [B, (S/P)^2, D]``
+    (row-major). The image is there for its side only: a side the patch P does not divide
+    is a ValueError (the strided patch convolution would silently drop the last pixels)."""
+
+    def __init__(self, patch_size, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = int(patch_size)
+
+    def call(self, inputs):
+        image, patches = inputs
+        sides = tuple(image.shape[1:3])
+        if any(s is not None and s % self.patch_size for s in sides):
+            raise ValueError(f"a ViT of patch {self.patch_size} takes image sides that "
+                             f"{self.patch_size} divides; got {sides[0]} x {sides[1]}")
+        return ops.reshape(patches, (-1, patches.shape[1] * patches.shape[2],
+                                     patches.shape[3]))
+
+    def compute_output_shape(self, input_shape):
+        _, (batch, h, w, dim) = input_shape
+        return (batch, None if h is None or w is None else h * w, dim)
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size}
+
+
+@keras.saving.register_keras_serializable(package="dualssl_tf")
 class ClassTokenPositions(keras.layers.Layer):
     """Patch tokens [B, N, D] -> [B, 1 + N, D]: the learned [CLS] token prepended, the learned
     position embeddings added.
@@ -84,8 +120,9 @@ class ClassTokenPositions(keras.layers.Layer):
     ``grid``: the side of the patch grid the embeddings are made for (their variable is
     [1, 1 + grid^2, D]); an input with another grid side g (N = g^2) gets them resampled to
     g x g by :func:`resize_matrix` in each direction, the [CLS] token's own left as is, as
-    timm does when a model is used at another image size. Exact (the same values) at the
-    same size.
+    timm's ``resample_abs_pos_embed`` does when a model is used at another image size;
+    at each call, from the grid of the tokens it gets (a static shape), so one model takes
+    several sizes. At ``grid`` the embeddings are the variable itself, unresampled.
     """
 
     def __init__(self, grid, **kwargs):
@@ -201,7 +238,8 @@ def vit(size="vit_tiny", image_size=32, patch_size=0, channels=3, depth=None, wi
 
     Args:
       size: ``vit_tiny`` | ``vit_small`` | ``vit_base`` (:data:`SIZES`).
-      image_size: input side S (fixed in the model's input shape).
+      image_size: input side S of the model's input shape (the position embeddings' grid
+        S / P); other sides that P divides are taken too (resampled positions).
       patch_size: P, dividing S; 0 = :func:`~dualssl_tf.models.stems.default_patch_size`.
       channels: input channels C.
       depth, width, heads: override the size's (e.g. a small test model).
@@ -221,13 +259,26 @@ def vit(size="vit_tiny", image_size=32, patch_size=0, channels=3, depth=None, wi
     inputs = keras.Input([image_size, image_size, channels], name="image")
     x = keras.layers.Conv2D(width, patch_size, strides=patch_size,
                             kernel_initializer=_dense_init(), name="patch_embed")(inputs)
-    x = keras.layers.Reshape((grid * grid, width), name="patch_tokens")(x)
+    x = PatchTokens(patch_size, name="patch_tokens")([inputs, x])
     x = ClassTokenPositions(grid, name="tokens")(x)
     for i in range(depth):
         x = _block(x, width, heads, f"block{i}")
     x = keras.layers.LayerNormalization(epsilon=LN_EPS, name="norm")(x)
     x = ClassToken(name="cls")(x)
-    return keras.Model(inputs, x, name=name or size)
+    model = keras.Model(inputs, x, name=name or size)
+    any_side(model)
+    return model
+
+
+def any_side(model):
+    """Lets a functional image model take inputs of any side (Keras checks a call's input
+    against the Input's full shape otherwise): its ``input_spec`` asks for rank 4 and the
+    Input's channels only. Its ``input_shape`` stays the one it was built for. A copy by
+    ``keras.models.clone_model`` / ``from_config`` gets the full check back; call this on it
+    (``methods.momentum.clone_network`` does)."""
+    shape = model.inputs[0].shape
+    model.input_spec = keras.layers.InputSpec(ndim=len(shape), axes={-1: int(shape[-1])})
+    return model
 
 
 def is_vit(encoder):

@@ -90,10 +90,11 @@ def _grouped_class(base):
     return keras.saving.register_keras_serializable(package="dualssl_tf", name=name)(cls)
 
 
-# One class per optimizer :func:`dualssl_tf.optim.schedules.build_optimizer` makes.
-GROUPED = {base: _grouped_class(base) for base in (
-    keras.optimizers.SGD, keras.optimizers.Adam, keras.optimizers.AdamW, LARS, CoupledSGD,
-    CoupledAdam)}
+# One class per optimizer :func:`dualssl_tf.optim.schedules.build_optimizer` makes (and,
+# made when first asked for, one per subclass of these it makes with mixins).
+_BASES = (keras.optimizers.SGD, keras.optimizers.Adam, keras.optimizers.AdamW, LARS, CoupledSGD,
+          CoupledAdam)
+GROUPED = {base: _grouped_class(base) for base in _BASES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,17 +118,19 @@ def decays_outside_update(optimizer):
 
 
 def grouped(base, variables, multiplier=1.0, fixed_rate=None, **kwargs):
-    """``base(**kwargs)`` (one of :data:`GROUPED`'s keys) with ``variables`` as its rate
-    group. ValueError for an optimizer with decoupled weight decay (see the module
-    docstring).
+    """``base(**kwargs)`` (an optimizer class of :data:`GROUPED`'s keys or a subclass of
+    one) with ``variables`` as its rate group. ValueError for an optimizer with Keras'
+    decoupled weight decay (see the module docstring).
 
     Example:
       >>> opt = grouped(keras.optimizers.SGD, model.predictor.trainable_variables,
       ...               multiplier=10.0, learning_rate=0.05, momentum=0.9)
     """
     if base not in GROUPED:
-        raise ValueError(f"no rate group for {base.__name__}: allowed "
-                         f"{', '.join(b.__name__ for b in GROUPED)}")
+        if not any(issubclass(base, b) for b in _BASES):
+            raise ValueError(f"no rate group for {base.__name__}: allowed "
+                             f"{', '.join(b.__name__ for b in _BASES)} and their subclasses")
+        GROUPED[base] = _grouped_class(base)   # e.g. with clipping (optim/clipping.py)
     opt = GROUPED[base](group_multiplier=multiplier, group_fixed_rate=fixed_rate, **kwargs)
     if decays_outside_update(opt):
         raise ValueError(f"{base.__name__}: Keras' decoupled weight decay uses one rate for "

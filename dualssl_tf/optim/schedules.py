@@ -5,9 +5,11 @@ import math
 import keras
 from keras import ops
 
+from dualssl_tf.optim.clipping import _PerVariableClip
 from dualssl_tf.optim.coupled_decay import CoupledAdam, CoupledSGD
 from dualssl_tf.optim.lars import DEFAULT_EXCLUDE, LARS
 from dualssl_tf.optim.rate_groups import grouped
+from dualssl_tf.optim.weight_decay import _ScheduledDecay
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 WEIGHT_DECAY_MODES = ("decoupled", "coupled")
@@ -110,9 +112,29 @@ def peak_rate(learning_rate):
     return float(learning_rate)
 
 
+_COMPOSED = {}
+
+
+def with_mixins(base, *mixins):
+    """The class ``(*mixins, base)`` (made once, registered for serialisation), e.g.
+    ``with_mixins(keras.optimizers.AdamW, _PerVariableClip)``; ``base`` itself without
+    mixins."""
+    if not mixins:
+        return base
+    key = (base, *mixins)
+    if key not in _COMPOSED:
+        name = "".join(m.__name__.strip("_") for m in mixins) + base.__name__
+        cls = type(name, (*mixins, base), {
+            "__doc__": f"``{base.__name__}`` with {', '.join(m.__name__ for m in mixins)}."})
+        _COMPOSED[key] = keras.saving.register_keras_serializable(
+            package="dualssl_tf", name=name)(cls)
+    return _COMPOSED[key]
+
+
 def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0,
                     exclude_from_decay=DEFAULT_EXCLUDE, eta=0.001,
-                    weight_decay_mode="decoupled", group=None):
+                    weight_decay_mode="decoupled", group=None, weight_decay_schedule=None,
+                    clip_norm=0.0):
     """Keras optimizer by name.
 
     * ``sgd``: SGD with (heavy-ball) momentum;
@@ -132,12 +154,23 @@ def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0,
     gamma/beta) are not decayed, in both forms. For LARS the same substrings are matched
     against ``variable.path``.
 
+    With ``weight_decay_schedule`` (a callable step -> coefficient, e.g.
+    :class:`~dualssl_tf.optim.weight_decay.CosineWeightDecay`, DINO's) the coefficient
+    follows it instead of ``weight_decay``, in the same form (decoupled, or coupled for the
+    coupled mode and lars; :mod:`dualssl_tf.optim.weight_decay`), the exclusions matched
+    on ``variable.name`` for every optimizer. ``clip_norm`` > 0 clips each variable's
+    gradient to that norm first (DINO's ``clip_gradients``;
+    :mod:`dualssl_tf.optim.clipping`). Without either, the optimizer is the same as
+    before they existed.
+
     Args:
       name: one of :data:`OPTIMIZERS`.
       learning_rate: float or ``LearningRateSchedule``.
       momentum: for sgd and lars (ignored by adam/adamw).
       weight_decay: >= 0; 0 disables it.
       weight_decay_mode: one of :data:`WEIGHT_DECAY_MODES` (above).
+      weight_decay_schedule: optional callable (0-based step) -> coefficient.
+      clip_norm: per-variable gradient clipping (> 0), 0 = none.
       group: optional :class:`~dualssl_tf.optim.rate_groups.RateGroup` (e.g. a method's
         predictor): its variables take ``multiplier`` x the rate, with ``fixed`` the
         :func:`peak_rate` at every step. None or a default group: the optimizer of the
@@ -169,12 +202,33 @@ def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0,
         cls, kwargs = keras.optimizers.AdamW, dict(weight_decay=weight_decay)
     else:
         raise ValueError(f"optimizer={name!r}: allowed {', '.join(OPTIMIZERS)}")
+    mixins = []
+    if clip_norm:
+        mixins.append(_PerVariableClip)
+        kwargs["clip_norm"] = clip_norm
+    if weight_decay_schedule is not None:
+        # The schedule replaces the class's own constant decay, in the same form.
+        coupled = name == "lars" or weight_decay_mode == "coupled"
+        # (Keras' AdamW is its Adam with the decoupled decay it insists be a float.)
+        cls = {CoupledSGD: keras.optimizers.SGD, CoupledAdam: keras.optimizers.Adam,
+               keras.optimizers.AdamW: keras.optimizers.Adam}.get(cls, cls)
+        for key in ("weight_decay", "exclude_from_decay"):
+            kwargs.pop(key, None)
+        if cls is LARS:   # its trust ratio keeps its exclusions
+            kwargs.update(weight_decay=0.0, exclude_from_adaptation=exclude)
+        else:
+            kwargs["weight_decay"] = None
+        mixins.append(_ScheduledDecay)
+        kwargs.update(weight_decay_schedule=weight_decay_schedule,
+                      decay_form="coupled" if coupled else "decoupled",
+                      exclude_from_decay=exclude)
+    base, cls = cls, with_mixins(cls, *mixins)
     if group is not None and not group.is_default:
         return grouped(cls, group.variables, group.multiplier,
                        peak_rate(learning_rate) if group.fixed else None,
                        learning_rate=learning_rate, **kwargs)
     opt = cls(learning_rate, **kwargs)
-    if weight_decay and exclude and cls in (keras.optimizers.SGD, keras.optimizers.Adam,
-                                            keras.optimizers.AdamW):
+    if weight_decay and exclude and kwargs.get("weight_decay") and base in (
+            keras.optimizers.SGD, keras.optimizers.Adam, keras.optimizers.AdamW):
         opt.exclude_from_weight_decay(var_names=exclude)
     return opt

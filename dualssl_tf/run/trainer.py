@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from dualssl_tf import config, cross_replica, methods, runfiles, tasks
 from dualssl_tf.evaluation import export
-from dualssl_tf.optim import schedules
+from dualssl_tf.optim import schedules, weight_decay
 from dualssl_tf.run import distribute, epoch_steps, safe_stop
 from dualssl_tf.run.callbacks import NonFiniteLossGuard
 from dualssl_tf.run.lock import RunLock, RunLocked
@@ -115,7 +115,8 @@ def build_model(cfg, task):
         rep = task.encoder(tf.zeros([1, *task.input_shape]), training=False)
         task.probe.build(rep.shape)
     model = methods.build(cfg, task, gather_fn=cross_replica.cross_replica_candidates)
-    optimizer = build_optimizer(cfg, task.steps_per_epoch, model.rate_group())
+    optimizer = build_optimizer(cfg, task.steps_per_epoch, model.rate_group(),
+                                model.gradient_clip())
     probe_optimizer = keras.optimizers.Adam(cfg.method.probe_learning_rate)
     if cfg.run.mixed_precision == "float16":  # dynamic loss scale
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -128,18 +129,24 @@ def build_model(cfg, task):
     return model
 
 
-def build_optimizer(cfg, steps_per_epoch=1, group=None):
+def build_optimizer(cfg, steps_per_epoch=1, group=None, clip_norm=0.0):
     """Keras optimizer named by ``--optimizer`` (sgd | adam | adamw | lars) with the run's
-    learning-rate scaling, warmup and schedule (:mod:`dualssl_tf.optim`), and the method's
-    learning-rate ``group`` (:meth:`SSLMethod.rate_group`), if any."""
+    learning-rate scaling, warmup and schedule, the weight-decay schedule
+    (``--weight_decay_end``) (:mod:`dualssl_tf.optim`), the method's learning-rate
+    ``group`` (:meth:`SSLMethod.rate_group`), if any, and its per-variable gradient
+    clipping ``clip_norm`` (:meth:`SSLMethod.gradient_clip`; 0 = none)."""
     o = cfg.optim
+    total_steps = o.epochs * steps_per_epoch
     lr = schedules.learning_rate_schedule(
         o.learning_rate, o.batch_size, o.lr_scaling, o.lr_schedule,
-        total_steps=o.epochs * steps_per_epoch,
-        warmup_steps=int(round(o.warmup_epochs * steps_per_epoch)))
+        total_steps=total_steps, warmup_steps=int(round(o.warmup_epochs * steps_per_epoch)))
+    wd_schedule = (weight_decay.CosineWeightDecay(o.weight_decay, o.weight_decay_end,
+                                                  max(total_steps, 1))
+                   if o.weight_decay_end >= 0 else None)
     return schedules.build_optimizer(o.optimizer, lr, momentum=o.momentum,
                                      weight_decay=o.weight_decay, eta=o.lars_eta,
-                                     weight_decay_mode=o.weight_decay_mode, group=group)
+                                     weight_decay_mode=o.weight_decay_mode, group=group,
+                                     weight_decay_schedule=wd_schedule, clip_norm=clip_norm)
 
 
 def fit_callbacks(cfg, task, model, rundir, task_callbacks, found):

@@ -196,6 +196,36 @@ def test_multi_crop_batch_through_the_student_crop_major():
     assert 0 < logs["teacher_entropy"] < math.log(6) + 1e-6
 
 
+def test_multi_crop_step_on_a_vit_with_smaller_local_crops():
+    """DINO's 2 global + N local crops of another side on a ViT (its positions resampled to
+    the local crops' grid in the call): the local rows are the student on the 4 px crops,
+    the teacher a copy of the 8 px ViT, and a step moves the student (loss by hand)."""
+    from dualssl_tf.models import vit
+
+    keras.utils.set_random_seed(3)
+    encoder = vit.vit("vit_tiny", image_size=8, patch_size=2, depth=1, width=8, heads=2)
+    model = DINOMethod(encoder, dino_head(8, out_dim=6, hidden_dim=8, bottleneck_dim=3),
+                       warmup_teacher_temp_epochs=0, freeze_last_layer=0)
+    rng = np.random.default_rng(1)
+    b, n = 2, 2
+    batch = {"view1": rng.random((b, 8, 8, 3), np.float32),
+             "view2": rng.random((b, 8, 8, 3), np.float32),
+             "local_views": rng.random((b, n, 4, 4, 3), np.float32)}
+    out = model.forward(batch, training=True)
+    assert out["student"].shape == ((2 + n) * b, 6)
+    for j in range(n):
+        want = model.head(encoder(batch["local_views"][:, j]))
+        np.testing.assert_allclose(out["student"][(2 + j) * b:(3 + j) * b], want, atol=1e-6)
+    want_loss = _hand_loss(out["student"].numpy().astype(np.float64).reshape(2 + n, b, 6),
+                           out["teacher"].numpy().astype(np.float64).reshape(2, b, 6),
+                           np.zeros(6), 0.1, 0.07)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    before = encoder.get_layer("tokens").pos_embed.numpy()
+    logs = {k: float(v) for k, v in model.train_step(batch).items()}
+    assert logs["loss"] == pytest.approx(want_loss, abs=LOSS_TOL)
+    assert np.abs(encoder.get_layer("tokens").pos_embed.numpy() - before).max() > 1e-6
+
+
 def test_last_layer_is_weight_normalised():
     layer = DINOLastLayer(5, norm_last_layer=True)
     x = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)

@@ -164,6 +164,48 @@ def test_model_at_another_image_size_takes_the_same_weights():
     np.testing.assert_array_equal(got[0], pos[0] + cls)
 
 
+def test_built_at_16_called_at_8_equals_a_vit_built_at_8_on_resampled_positions():
+    # One model, two sides: at 8 px its 4 x 4 grid of positions is resampled to 2 x 2 in the
+    # call (timm's rule, float64 NumPy here), and the result is exactly a ViT built at 8 px
+    # holding those positions; at 16 px nothing is resampled.
+    big = _randomised(vit.vit("vit_tiny", image_size=16, patch_size=4, depth=1, width=8,
+                              heads=2))
+    small = vit.vit("vit_tiny", image_size=8, patch_size=4, depth=1, width=8, heads=2)
+    tokens = big.get_layer("tokens")
+    resampled = tokens.positions(2).numpy()
+    pos = tokens.pos_embed.numpy()[0]
+    r = vit.resize_matrix(4, 2)
+    want = np.einsum("ia,jb,abd->ijd", r, r, pos[1:].reshape(4, 4, 8).astype(np.float64))
+    # float32 einsum of 16 terms against float64: a few ulps of values ~0.3.
+    np.testing.assert_allclose(resampled[0, 1:], want.reshape(4, 8), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(resampled[0, 0], pos[0])       # [CLS]'s own, as is
+    for v_small, v_big in zip(small.weights, big.weights):
+        v_small.assign(resampled if v_small.path == "tokens/pos_embed" else v_big.numpy())
+    x8 = np.random.default_rng(4).uniform(size=(3, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(big(x8).numpy(), small(x8).numpy())
+    assert big.input_shape == (None, 16, 16, 3)                  # what the export signs
+    x16 = np.random.default_rng(5).uniform(size=(3, 16, 16, 3)).astype(np.float32)
+    want16, _ = _numpy_vit(big, x16.astype(np.float64), 4, 2)   # stored positions as they are
+    np.testing.assert_allclose(big(x16).numpy(), want16, rtol=0, atol=2e-5)
+    with pytest.raises(ValueError, match="takes image sides that 4 divides; got 10 x 10"):
+        big(np.zeros([1, 10, 10, 3], np.float32))
+
+
+def test_xla_traces_once_per_side_and_a_clone_takes_any_side():
+    from dualssl_tf.methods.momentum import clone_network
+
+    model = vit.vit("vit_tiny", image_size=16, patch_size=4, depth=1, width=8, heads=2)
+    fn = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    for side in (16, 8, 16):
+        x = tf.random.stateless_uniform([2, side, side, 3], seed=[side, 0])
+        # XLA fuses differently from the eager kernels: float32 rounding only.
+        np.testing.assert_allclose(fn(x).numpy(), model(x).numpy(), rtol=0, atol=1e-5)
+    assert fn.experimental_get_tracing_count() == 2              # 16 and 8 px
+    copy = clone_network(model, (16, 16, 3))
+    x = tf.random.stateless_uniform([2, 8, 8, 3], seed=[1, 2])
+    np.testing.assert_array_equal(copy(x).numpy(), model(x).numpy())
+
+
 def test_clone_model_and_config_round_trip():
     model = vit.vit("vit_tiny", image_size=8, patch_size=4, depth=2, width=8, heads=2)
     x = np.random.default_rng(2).uniform(size=(2, 8, 8, 3)).astype(np.float32)
@@ -209,6 +251,10 @@ def test_simclr_trains_and_exports_cls_and_patch_mean(small_vit, tmp_path):
     assert json.load(open(os.path.join(run_dir, "run.json")))["images"]["patch_size"] == 4
     loaded = export.load_encoder(os.path.join(run_dir, "saved_model"))
     assert {"representation", "projection", "patch_mean"} <= set(loaded.output_keys)
+    # The export signs the side the ViT was built for, though the model takes others.
+    serving = tf.saved_model.load(os.path.join(run_dir, "saved_model")).signatures[
+        "serving_default"]
+    assert serving.structured_input_signature[1]["x"].shape.as_list() == [None, 16, 16, 3]
     x = np.random.default_rng(3).uniform(size=(4, 16, 16, 3)).astype(np.float32)
     out = {k: v.numpy() for k, v in loaded(x, training=False).items()}
     assert out["representation"].shape == out["patch_mean"].shape == (4, SMALL[1])
@@ -287,8 +333,9 @@ def test_analysis_notes_what_holds_for_a_vit():
 
 @pytest.mark.slow
 def test_two_mirrored_replicas_equal_one_device(tmp_path):
-    # tests/distribute_worker.py vit: 2 SGD steps (lr 0.5) of SimCLR and BYOL on a tiny ViT
-    # on 2 logical CPU devices vs one device on the same global batches.
+    # tests/distribute_worker.py vit: 2 SGD steps (lr 0.5) of SimCLR, BYOL and DINO (4 px
+    # local crops of the 8 px ViT, clipping and the weight-decay cosine) on a tiny ViT on 2
+    # logical CPU devices vs one device on the same global batches.
     out = tmp_path / "vit2.json"
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
@@ -297,7 +344,7 @@ def test_two_mirrored_replicas_equal_one_device(tmp_path):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["replicas"] == 2 and set(result["cases"]) == {"simclr", "byol"}
+    assert result["replicas"] == 2 and set(result["cases"]) == {"simclr", "byol", "dino"}
     for name, got in result["cases"].items():
         assert got["moved"] > 1e-3, (name, got)
         # float32 sums in another order over 2 replicas: a few ulps of how far the two

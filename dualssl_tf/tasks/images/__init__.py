@@ -306,15 +306,20 @@ def local_view_settings(o, size):
 
 
 def check_vit_local_crops(o, size):
-    """ConfigError naming --local_crop_size when a ViT encoder would get local crops of
-    another side than ``size``: its position embeddings are built for --image_size, and
-    the student encodes local crops with the same network (the ResNet pools any size)."""
+    """ConfigError naming --local_crop_size when a ViT encoder would get local crops of a
+    side its patch does not divide (the ViT takes any side its patch divides, the position
+    embeddings made for --image_size resampled to the crops' grid; models/vit.py)."""
     local = local_view_settings(o, size)
-    if local is not None and local["size"] != size:
+    patch = o.patch_size or stems.default_patch_size(size)
+    if local is not None and local["size"] % patch:
+        side = local["size"]
+        near = sorted({max(patch, side // patch * patch), (side // patch + 1) * patch})
         raise ConfigError("local_crop_size",
-                          f"a ViT encoder takes {size} px inputs only (position embeddings "
-                          f"for --image_size={size}), got local crops of {local['size']} px; "
-                          f"set --local_crop_size={size} or --local_crops=0")
+                          f"a ViT of patch {patch} takes sides that {patch} divides, got "
+                          f"local crops of {side} px"
+                          f"{'' if o.local_crop_size else ' (the default, 3/7 of --image_size)'}"
+                          f"; set --local_crop_size to a multiple of {patch} (e.g. "
+                          f"{' or '.join(map(str, near))})")
 
 
 def view_settings(o):
