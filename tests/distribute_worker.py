@@ -131,6 +131,7 @@ def build(case, gather_fn=None):
     import keras
     from dualssl_tf import cross_replica
     from dualssl_tf.methods.contrastive import ContrastiveMethod
+    from dualssl_tf.models import heads
 
     keras.utils.set_random_seed(1)
     reg = keras.regularizers.L2(case["l2"]) if case.get("l2") else None
@@ -140,7 +141,10 @@ def build(case, gather_fn=None):
             momentum=0.5, synchronized=cross_replica.use_sync_bn()))
     layers += [keras.layers.ReLU(), keras.layers.Dense(OUT_DIM)]
     encoder = keras.Sequential(layers)
-    probe = keras.layers.Dense(CLASSES, name="probe") if case.get("probe") else None
+    # The online probe of the image task: its standardising BatchNorm synced like the
+    # encoder's, so the probe's update and logs are the global batch's on every replica count.
+    probe = (heads.LinearProbe(CLASSES, synchronized=distribute.use_sync_bn(), name="probe")
+             if case.get("probe") else None)
     model = ContrastiveMethod(encoder, None, loss=case["loss"],
                               temperature=case.get("temperature", 0.5),
                               margin=case.get("margin", 0.0), beta=case.get("beta", 0.0),

@@ -56,6 +56,9 @@ class LinearProbe(keras.layers.Layer):
     Args:
       num_classes: K.
       standardize: standardise the features before the Dense layer.
+      synchronized: the standardising BatchNorm takes its batch statistics over all
+        replicas (as the encoder's ``sync_bn``), so the probe's update and its logged loss
+        on R replicas are one device's on the global batch.
 
     Example:
       >>> probe = LinearProbe(10)
@@ -63,12 +66,14 @@ class LinearProbe(keras.layers.Layer):
       TensorShape([4, 10])
     """
 
-    def __init__(self, num_classes, standardize=True, **kwargs):
+    def __init__(self, num_classes, standardize=True, synchronized=False, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.standardize = bool(standardize)
+        self.synchronized = bool(synchronized)
         self.norm = (keras.layers.BatchNormalization(center=False, scale=False, momentum=0.9,
-                                                     epsilon=1e-5, name="standardize")
+                                                     epsilon=1e-5, synchronized=self.synchronized,
+                                                     name="standardize")
                      if self.standardize else None)
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
 
@@ -88,4 +93,4 @@ class LinearProbe(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,
-                "standardize": self.standardize}
+                "standardize": self.standardize, "synchronized": self.synchronized}

@@ -211,3 +211,14 @@ def test_tfds_hosts_read_their_own_files(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "reads by file" in r.getMessage()]
     assert len(lines) == 2 and "input pipeline 1 of 2 reads by file: 2 of the split's 4 " \
         "files, 18 examples" in lines[1]
+
+
+def test_probe_batchnorm_is_synced_with_the_encoder(tmp_path):
+    """The online probe standardises by batch statistics: on several replicas they are the
+    global batch's, like the encoder's (its update and logged probe_loss are one device's;
+    tests/distribute_worker.py's ntxent_probe case has the numbers), one device's own
+    otherwise."""
+    for sync_bn in (False, True):
+        exp = build(_cfg(tmp_path, steps_per_epoch=0, sync_bn=sync_bn))
+        assert exp.probe.norm.synchronized is sync_bn
+        assert exp.encoder.get_layer("stem_bn").synchronized is sync_bn

@@ -208,7 +208,8 @@ def build(cfg, start_step=0):
     num_classes = probe_train.num_classes
     probe = None
     if cfg.method.probe and num_classes > 0 and pretrain.num_classes > 0:
-        probe = heads.LinearProbe(num_classes, name="probe")
+        # Its BatchNorm synced too: else each replica standardises by its own batch.
+        probe = heads.LinearProbe(num_classes, synchronized=sync_bn, name="probe")
         probe.build((None, rep_dim))
         if probe_train.labelled_classes == 1:
             folders.warn(f"{cfg.data.data_dir} has images of a single class: the online "
