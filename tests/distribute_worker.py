@@ -143,7 +143,7 @@ def build(case, gather_fn=None):
     encoder = keras.Sequential(layers)
     # The online probe of the image task: its standardising BatchNorm synced like the
     # encoder's, so the probe's update and logs are the global batch's on every replica count.
-    probe = (heads.LinearProbe(CLASSES, synchronized=distribute.use_sync_bn(), name="probe")
+    probe = (heads.LinearProbe(CLASSES, synchronized=cross_replica.use_sync_bn(), name="probe")
              if case.get("probe") else None)
     model = ContrastiveMethod(encoder, None, loss=case["loss"],
                               temperature=case.get("temperature", 0.5),
