@@ -22,6 +22,11 @@ The VJP side needs no centring: the c_i sum to zero, so the mean connection drop
   L_simp gradient (Theorem 3 without reversibility).
 * ``theorem3_alignment()``: ``cos(S_l, OP_l vec(W_l))``, 1 where Theorem 3 holds exactly.
 * ``quadratic(u) = u^T OP u = 1/M sum_i ||c_i(u)||^2``: the JVP pass alone.
+* Theorem 4's weighted operator, ``xi`` [M, M] (symmetrised) given to :meth:`apply` or
+  :meth:`weights_products`: ``OP_xi u = 1/M^2 sum_i Kbar_i (L_xi d(u))_i`` with ``d_i(u)`` the
+  augmentation-averaged JVPs and ``L_xi = diag(xi 1) - xi`` their graph Laplacian: the same
+  JVP pass, the Laplacian on the [M, n_L] coefficients, and one VJP pass (the rows of
+  ``L_xi d`` sum to zero, so the mean connection drops out again).
 * ``top_eigen``: power iteration (fixed seed); ``trace_estimate``: Hutchinson with Rademacher
   probes (fixed seed), each probe one JVP pass.
 
@@ -133,6 +138,20 @@ class MatrixFreeOperator:
     def _centre(d):
         return d - tf.reduce_mean(d, axis=0, keepdims=True)
 
+    def _laplacian(self, d, xi):
+        """``(L_xi d) / M`` [M, n_L]: ``h_i = 1/M sum_j xi_ij (d_i - d_j)``, xi symmetrised.
+
+        With :meth:`_vjp_mean`'s 1/M this gives ``OP_xi u = F (L_xi (x) I) F^T u / M^2``
+        (docs/theory.md section 3); d need not be centred (``L_xi 1 = 0``)."""
+        xi = tf.convert_to_tensor(np.asarray(xi, np.float64))
+        if tuple(xi.shape) != (self.num_points,) * 2:
+            raise ValueError(f"xi: expected shape ({self.num_points}, {self.num_points}) for "
+                             f"M={self.num_points} base points, got {tuple(xi.shape)}")
+        xi = tf.cast(0.5 * (xi + tf.transpose(xi)), self.dtype)
+        d = tf.cast(d, self.dtype)
+        lap = tf.reduce_sum(xi, axis=1, keepdims=True) * d - tf.matmul(xi, d)
+        return lap / self.num_points
+
     def averaged_outputs(self):
         """fbar_i = 1/A sum_a f(x_{i,a}), [M, n_L] in ``dtype`` (computed once)."""
         if self._fbar is None:
@@ -157,15 +176,18 @@ class MatrixFreeOperator:
         return total / self.num_points
 
     # ------------------------------------------------------------------ products
-    def apply(self, u):
-        """OP u for any direction u (shape ``self.shape`` or flat [P]) -> ``self.shape``.
+    def apply(self, u, xi=None):
+        """OP u for any direction u (shape ``self.shape`` or flat [P]) -> ``self.shape``;
+        with ``xi`` [M, M] Theorem 4's weighted ``OP_xi u`` (the operator of
+        ``CovarianceOperator.weighted(xi)``, matrix-free).
 
         One JVP pass (forward mode) and one VJP pass (backward) over the M x A sample.
         """
-        return self._vjp_mean(self._coefficients(u))
+        c = self._coefficients(u)
+        return self._vjp_mean(c if xi is None else self._laplacian(c, xi))
 
-    def apply_weights(self, shortcut=False):
-        """OP vec(W_l), shape ``self.shape``.
+    def apply_weights(self, shortcut=False, xi=None):
+        """OP vec(W_l) (with ``xi``: OP_xi vec(W_l)), shape ``self.shape``.
 
         shortcut: use reversibility ``K^T vec(W_l) = f`` (c_i = fbar_i - fmean, VJP pass
           only). That computes ``S = 1/M sum_i Kbar_i (fbar_i - fmean)``, which for *any*
@@ -176,11 +198,12 @@ class MatrixFreeOperator:
           a whole kernel, not group by group.
         """
         if not shortcut:
-            return self.apply(self.weights())
+            return self.apply(self.weights(), xi)
         if self.index is not None:
             raise ValueError("shortcut: reversibility holds for a whole kernel, not for group "
                              f"{self.index}; use shortcut=False")
-        return self._vjp_mean(self._centre(self.averaged_outputs()))
+        fbar = self.averaged_outputs()
+        return self._vjp_mean(self._centre(fbar) if xi is None else self._laplacian(fbar, xi))
 
     def theorem3_alignment(self):
         """How well Theorem 3 holds at this layer: ``cos(S_l, OP_l vec(W_l))``.
@@ -208,6 +231,18 @@ class MatrixFreeOperator:
         Returns:
           (tensor of shape ``self.shape`` in ``dtype``, Python float).
         """
+        out = self.weights_products()
+        return out["op_w"], out["residue"]
+
+    def weights_products(self, xi=None):
+        """``OP vec(W_l)``, the residue and, with ``xi`` [M, M], Theorem 4's
+        ``OP_xi vec(W_l)``, all from one JVP pass (tangent ``vec(W_l)``) and one VJP pass per
+        product (whole kernel).
+
+        Returns:
+          dict ``op_w`` (shape ``self.shape``, ``dtype``), ``residue`` (float) and, with
+          ``xi``, ``op_xi_w``.
+        """
         if self.index is not None:
             raise ValueError(f"index: the residue is of a whole kernel, not group {self.index}")
         tangent = tf.convert_to_tensor(self._var)
@@ -218,8 +253,12 @@ class MatrixFreeOperator:
             num += float(tf.reduce_sum(tf.square(f - kw)))
             den += float(tf.reduce_sum(tf.square(f)))
             coeffs.append(tf.reduce_mean(kw, 1))
-        product = self._vjp_mean(self._centre(tf.concat(coeffs, 0)))
-        return product, float(np.sqrt(num) / max(np.sqrt(den), 1e-300))
+        d = tf.concat(coeffs, 0)
+        out = {"op_w": self._vjp_mean(self._centre(d)),
+               "residue": float(np.sqrt(num) / max(np.sqrt(den), 1e-300))}
+        if xi is not None:
+            out["op_xi_w"] = self._vjp_mean(self._laplacian(d, xi))
+        return out
 
     def quadratic(self, u):
         """u^T OP u = 1/M sum_i ||c_i(u)||^2 (JVP pass only). Python float."""
