@@ -30,6 +30,15 @@ The VJP side needs no centring: the c_i sum to zero, so the mean connection drop
 * ``top_eigen``: power iteration (fixed seed); ``trace_estimate``: Hutchinson with Rademacher
   probes (fixed seed), each probe one JVP pass.
 
+Replicas: when W_l is mirrored over R > 1 replicas (a run under MirroredStrategy or a TPU
+strategy, the operator made in cross-replica context, e.g. by a Keras callback), every pass
+is split: replica r takes base points ``[r s, (r + 1) s)``, ``s = ceil(M / R)`` (the last
+share padded with copies of the last point, masked out), runs its share in chunks with its own
+copy of the weights (``strategy.run``), and the results meet through
+:mod:`dualssl_tf.cross_replica`: the JVP coefficients by ``global_gather`` (point order),
+the VJP sums and the residue's sums by ``replica_sum``. Each replica makes 1/R of the
+passes; the numbers are one device's up to the order of the sums (float32: a few ulps).
+
 Memory: the sample stays a device tensor and is processed ``chunk_size`` base points (times A
 augmentations) at a time; besides one chunk's activations only [M, n_L] coefficients and one
 weight-shaped accumulator are alive. The model runs in its own dtype; sums across chunks and
@@ -40,6 +49,9 @@ float32 model sums in float64).
 import numpy as np
 import tensorflow as tf
 
+import keras
+
+from dualssl_tf import cross_replica
 from dualssl_tf.analysis import connections
 
 
@@ -118,6 +130,13 @@ class MatrixFreeOperator:
                                         f"opfree_jvp_{var.name}")
         self._vjp = connections._traced(model, ("opfree_vjp",) + key, vjp,
                                         f"opfree_vjp_{var.name}")
+        self._replicas = None
+        mirrored = (self.variable.value if isinstance(self.variable, keras.Variable)
+                    else self.variable)
+        if (isinstance(mirrored, tf.distribute.DistributedValues)
+                and mirrored.distribute_strategy.num_replicas_in_sync > 1):
+            self._replicas = _ReplicaPasses(model, mirrored, self.x_aug, fn, output_fn,
+                                            self.chunk_size, self.dtype, self.index)
 
     # ------------------------------------------------------------------ passes
     def _chunks(self):
@@ -162,14 +181,18 @@ class MatrixFreeOperator:
     def _coefficients(self, u):
         """c_i(u): the centred, augmentation-averaged JVPs [M, n_L] (one forward-mode pass)."""
         tangent = self._full_tangent(u)
+        if self._replicas is not None:
+            return self._centre(self._replicas.jvp(tangent)[0])
         d = tf.concat([tf.reduce_mean(tf.cast(self._jvp(x, tangent)[1], self.dtype), 1)
                        for x in self._chunks()], 0)
         return self._centre(d)
 
     def _vjp_mean(self, coeff):
         """1/M sum_i 1/A sum_a K(x_{i,a}) c_i, shape ``self.shape`` (one backward pass)."""
-        total = None
         coeff = tf.cast(coeff, self._var.dtype)
+        if self._replicas is not None:
+            return self._replicas.vjp(coeff) / self.num_points
+        total = None
         for s, x in zip(range(0, self.num_points, self.chunk_size), self._chunks()):
             g = tf.cast(self._pick(self._vjp(x, coeff[s:s + self.chunk_size])), self.dtype)
             total = g if total is None else total + g
@@ -246,14 +269,18 @@ class MatrixFreeOperator:
         if self.index is not None:
             raise ValueError(f"index: the residue is of a whole kernel, not group {self.index}")
         tangent = tf.convert_to_tensor(self._var)
-        coeffs, num, den = [], 0.0, 0.0
-        for x in self._chunks():
-            f, kw = self._jvp(x, tangent)
-            f, kw = tf.cast(f, self.dtype), tf.cast(kw, self.dtype)
-            num += float(tf.reduce_sum(tf.square(f - kw)))
-            den += float(tf.reduce_sum(tf.square(f)))
-            coeffs.append(tf.reduce_mean(kw, 1))
-        d = tf.concat(coeffs, 0)
+        if self._replicas is not None:
+            d, num, den = self._replicas.jvp(tangent)
+            num, den = float(num), float(den)
+        else:
+            coeffs, num, den = [], 0.0, 0.0
+            for x in self._chunks():
+                f, kw = self._jvp(x, tangent)
+                f, kw = tf.cast(f, self.dtype), tf.cast(kw, self.dtype)
+                num += float(tf.reduce_sum(tf.square(f - kw)))
+                den += float(tf.reduce_sum(tf.square(f)))
+                coeffs.append(tf.reduce_mean(kw, 1))
+            d = tf.concat(coeffs, 0)
         out = {"op_w": self._vjp_mean(self._centre(d)),
                "residue": float(np.sqrt(num) / max(np.sqrt(den), 1e-300))}
         if xi is not None:
@@ -336,3 +363,91 @@ class MatrixFreeOperator:
         values = np.asarray(values)
         err = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0
         return float(values.mean()), float(err)
+
+
+class _ReplicaPasses:
+    """The JVP and VJP passes of one :class:`MatrixFreeOperator`, split over the replicas
+    of a mirrored W_l (module docstring, "Replicas"). Called in cross-replica context."""
+
+    def __init__(self, model, mirrored, x_aug, fn, output_fn, chunk_size, dtype, index):
+        strategy = mirrored.distribute_strategy
+        self.strategy = strategy
+        replicas = strategy.num_replicas_in_sync
+        m, a = int(x_aug.shape[0]), int(x_aug.shape[1])
+        share = -(-m // replicas)
+        self.num_points, self.share = m, share
+        pad = share * replicas - m
+        x = tf.concat([x_aug, tf.repeat(x_aug[-1:], pad, axis=0)], 0) if pad else x_aug
+        mask = tf.cast(tf.range(share * replicas) < m, dtype)  # padded points: 0
+        parts = [(x[r * share:(r + 1) * share], mask[r * share:(r + 1) * share])
+                 for r in range(replicas)]
+        self._x = strategy.experimental_distribute_values_from_function(
+            lambda ctx: parts[ctx.replica_id_in_sync_group][0])
+        self._mask = strategy.experimental_distribute_values_from_function(
+            lambda ctx: parts[ctx.replica_id_in_sync_group][1])
+        starts = range(0, share, chunk_size)
+
+        def outputs(x):
+            flat = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
+            return tf.reshape(fn(flat), [tf.shape(x)[0], a, -1])
+
+        def jvp_share(x, mask, tangent):
+            """-> (d [R s, n_L] every replica's averaged JVPs in point order, [num, den])."""
+            rows, num, den = [], 0.0, 0.0
+            for s in starts:
+                with tf.autodiff.ForwardAccumulator(mirrored, tangent) as acc:
+                    f = outputs(x[s:s + chunk_size])
+                kw = acc.jvp(f, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                f, kw = tf.cast(f, dtype), tf.cast(kw, dtype)
+                # Per chunk in ``dtype``, across chunks and replicas in float64: the
+                # one-device path's order of sums (MatrixFreeOperator.weights_products).
+                keep = mask[s:s + chunk_size, None, None]
+                num += tf.cast(tf.reduce_sum(tf.square(f - kw) * keep), tf.float64)
+                den += tf.cast(tf.reduce_sum(tf.square(f) * keep), tf.float64)
+                rows.append(tf.reduce_mean(kw, 1))
+            return (cross_replica.global_gather(tf.concat(rows, 0)),
+                    cross_replica.replica_sum(tf.stack([num, den])))
+
+        def vjp_share(x, coeff):
+            """-> sum over every replica's points of K(x_{i,a}) coeff_i / A (``dtype``)."""
+            total = 0.0
+            for s in starts:
+                with tf.GradientTape() as tape:
+                    f = outputs(x[s:s + chunk_size])
+                    dot = tf.reduce_sum(f * coeff[s:s + chunk_size, None, :]) / a
+                g = tape.gradient(dot, mirrored,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                total += tf.cast(g if index is None else g[index], dtype)
+            return cross_replica.replica_sum(total)
+
+        def run(replica_fn):
+            def on_replicas(*args):
+                return strategy.run(replica_fn, args=args)
+            return on_replicas
+
+        key = (id(mirrored), output_fn, a, m, replicas, chunk_size, dtype, index)
+        name = mirrored.name
+        self._jvp = connections._traced(model, ("opfree_rjvp",) + key, run(jvp_share),
+                                        f"opfree_replica_jvp_{name}")
+        self._vjp = connections._traced(model, ("opfree_rvjp",) + key, run(vjp_share),
+                                        f"opfree_replica_vjp_{name}")
+
+    def _first(self, value):
+        return self.strategy.experimental_local_results(value)[0]
+
+    def jvp(self, tangent):
+        """-> (d [M, n_L] augmentation-averaged JVPs, residue numerator, denominator)."""
+        d, sums = self._jvp(self._x, self._mask, tangent)
+        sums = self._first(sums)
+        return self._first(d)[:self.num_points], sums[0], sums[1]
+
+    def vjp(self, coeff):
+        """coeff [M, n_L] -> sum_i Kbar_i coeff_i (the operator's shape, ``dtype``)."""
+        pad = self.share * self.strategy.num_replicas_in_sync - self.num_points
+        if pad:
+            coeff = tf.concat([coeff, tf.zeros([pad, coeff.shape[1]], coeff.dtype)], 0)
+        parts = [coeff[r * self.share:(r + 1) * self.share]
+                 for r in range(self.strategy.num_replicas_in_sync)]
+        coeff = self.strategy.experimental_distribute_values_from_function(
+            lambda ctx: parts[ctx.replica_id_in_sync_group])
+        return self._first(self._vjp(self._x, coeff))
