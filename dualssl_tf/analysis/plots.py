@@ -246,12 +246,18 @@ def init_selectivity_by_hid(result, path, title="Lucky nodes at init vs group wi
     return _save(fig, path)
 
 
-def layer_curves(epochs, series, path, title, ylabel, ylim=None, log=False):
-    """One curve per layer vs epoch. series: dict layer -> [T] aligned with epochs [T]."""
+def layer_curves(epochs, series, path, title, ylabel, ylim=None, log=False, dashed=None,
+                 dashed_label=""):
+    """One curve per layer vs epoch. series: dict layer -> [T] aligned with epochs [T].
+    dashed: optional second dict of the same layers, drawn dashed in each layer's colour and
+    labelled ``<layer> <dashed_label>`` (e.g. Theorem 4's cosine beside Theorem 3's)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(series), 1)))
     for color, (label, values) in zip(colors, series.items()):
         ax.plot(epochs, values, marker="o", ms=3, color=color, label=label)
+        if dashed and label in dashed:
+            ax.plot(epochs, dashed[label], ls="--", marker="x", ms=3, color=color,
+                    label=f"{label} {dashed_label}".strip())
     if log:
         ax.set_yscale("log")
     if ylim is not None:
