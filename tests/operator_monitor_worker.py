@@ -42,7 +42,7 @@ def main(replicas, out_path):
     def loss_fn(model, v1, v2):
         return tf.reduce_mean(tf.square(model(v1, training=False) - model(v2, training=False)))
 
-    def monitor_logs(sync_bn, weights, points, chunk_size):
+    def monitor_logs(sync_bn, weights, points, chunk_size, one_trace=False):
         """(encoder, logs): ``points`` base points in chunks of ``chunk_size``."""
         keras.utils.set_random_seed(0)
         enc = resnet(18, image_size=8, stem="cifar", width_multiplier=0.0625,
@@ -51,14 +51,15 @@ def main(replicas, out_path):
             enc.set_weights(weights)
         mon = OperatorMonitor(enc, ["layer2_0_conv1"], x_aug[:points], budget=1, seed=1,
                               chunk_size=chunk_size, loss_fn=loss_fn, x0=x0[:points],
-                              pair_weights=pair_weights)
+                              pair_weights=pair_weights, one_trace=one_trace)
         mon.set_model(enc)
         return enc, mon.compute(epoch=1)
 
     # "same_chunks": 4 points in chunks of 2, on 2 replicas one chunk each (the same
     # kernels on the same chunks); "padded": 5 points in one chunk on one device, 3 + 3
-    # (one padded) on 2 replicas.
-    cases = {"same_chunks": (4, 2), "padded": (5, 64)}
+    # (one padded) on 2 replicas; "one_trace": the same with every layer's VJPs in one
+    # traced function (analysis.operator_free.LayerVJPs).
+    cases = {"same_chunks": (4, 2), "padded": (5, 64), "one_trace": (5, 64, True)}
     enc, _ = monitor_logs(False, None, 4, 2)
     weights = enc.get_weights()
     logs = {name: [monitor_logs(False, weights, *case)[1]] for name, case in cases.items()}

@@ -84,6 +84,16 @@ def test_monitor_theorem3_and_estimators_float64():
         assert one[f"op_trace/{layer}"] == pytest.approx(z @ explicit.apply(z), rel=TOL64)
     assert logs[1]["op_monitor_seconds"] > 0
     assert passes_per_epoch(3, 1) == 16
+    # One traced VJP function for all layers, power iteration in step: the same numbers
+    # (float64: no fused float32 kernels to round differently).
+    mon = OperatorMonitor(model, layers, x_aug, budget=1, seed=4, chunk_size=3,
+                          loss_fn=loss_fn, one_trace=True)
+    mon.set_model(model)
+    shared = mon.compute(epoch=2)
+    assert set(shared) == set(logs[1])
+    for key, value in logs[1].items():
+        if key != "op_monitor_seconds":
+            assert shared[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
 
 
 def test_weights_product_and_residue_equal_separate_passes():
@@ -179,14 +189,15 @@ def test_monitor_same_on_one_and_two_replicas(tmp_path):
     """The monitor's numbers (on the same weights) under MirroredStrategy over 2 logical
     devices, its passes split over the replicas, equal one device's: to the bit where each
     replica runs the chunks one device runs (and the sums add the same terms); with one
-    chunk of 5 points on one device against 3 + 3 (one padded) on two, to float32 rounding."""
+    chunk of 5 points on one device against 3 + 3 (one padded) on two, to float32 rounding;
+    the same with one traced VJP function for all layers (``one_trace``)."""
     out = tmp_path / "monitor.json"
     proc = subprocess.run([sys.executable, WORKER, "2", str(out)], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())
     assert got["replicas"] == [1, 2] and got["share"] == 3    # 5 points: 3 per replica
-    for case in ("same_chunks", "padded"):
+    for case in ("same_chunks", "padded", "one_trace"):
         one, two = got["logs"][case]
         one.pop("op_monitor_seconds"), two.pop("op_monitor_seconds")
         assert len(one) == 8 and one["op_w_norm/layer2_0_conv1"] > 0

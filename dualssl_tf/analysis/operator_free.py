@@ -266,6 +266,15 @@ class MatrixFreeOperator:
           dict ``op_w`` (shape ``self.shape``, ``dtype``), ``residue`` (float) and, with
           ``xi``, ``op_xi_w``.
         """
+        d, residue = self.weights_jvp()
+        out = {"op_w": self._vjp_mean(self._centre(d)), "residue": residue}
+        if xi is not None:
+            out["op_xi_w"] = self._vjp_mean(self._laplacian(d, xi))
+        return out
+
+    def weights_jvp(self):
+        """The JVP pass of :meth:`weights_products`: ``(d, residue)``, d [M, n_L] the
+        augmentation-averaged ``K_l^T vec(W_l)`` (not centred), residue a float."""
         if self.index is not None:
             raise ValueError(f"index: the residue is of a whole kernel, not group {self.index}")
         tangent = tf.convert_to_tensor(self._var)
@@ -281,11 +290,22 @@ class MatrixFreeOperator:
                 den += float(tf.reduce_sum(tf.square(f)))
                 coeffs.append(tf.reduce_mean(kw, 1))
             d = tf.concat(coeffs, 0)
-        out = {"op_w": self._vjp_mean(self._centre(d)),
-               "residue": float(np.sqrt(num) / max(np.sqrt(den), 1e-300))}
+        return d, float(np.sqrt(num) / max(np.sqrt(den), 1e-300))
+
+    def vjp_coefficients(self, d, xi=None, centre=True):
+        """What the VJP pass contracts the connections with, from JVP coefficients d [M, n_L]:
+        d centred (``OP``; ``centre=False``: d is already, e.g. :meth:`jvp_coefficients`) or
+        ``L_xi d / M`` (``OP_xi``), in W_l's dtype; the product is ``1/M sum_i Kbar_i
+        coeff_i`` (:class:`LayerVJPs` for several layers at once)."""
         if xi is not None:
-            out["op_xi_w"] = self._vjp_mean(self._laplacian(d, xi))
-        return out
+            d = self._laplacian(d, xi)
+        elif centre:
+            d = self._centre(d)
+        return tf.cast(d, self._var.dtype)
+
+    def jvp_coefficients(self, u):
+        """``c_i(u)`` [M, n_L] (``dtype``): the centred augmentation-averaged JVPs, one pass."""
+        return self._coefficients(u)
 
     def quadratic(self, u):
         """u^T OP u = 1/M sum_i ||c_i(u)||^2 (JVP pass only). Python float."""
@@ -451,3 +471,108 @@ class _ReplicaPasses:
         coeff = self.strategy.experimental_distribute_values_from_function(
             lambda ctx: parts[ctx.replica_id_in_sync_group])
         return self._first(self._vjp(self._x, coeff))
+
+
+class LayerVJPs:
+    """The VJP passes of several layers' operators at once: ``coeffs[l]`` [M, n_L] ->
+    ``1/M sum_i Kbar_{l,i} coeffs[l]_i`` per layer (each in ``dtype``, its kernel's shape),
+    from one forward per chunk and one backward per layer (a persistent tape), in one traced
+    function for all layers: the same products as each layer's
+    :meth:`MatrixFreeOperator.apply` VJP pass (the same operations, chunks and sums), with
+    one model trace instead of one per layer. On mirrored variables the points are split
+    over the replicas as in :class:`MatrixFreeOperator`.
+
+    Args:
+      model, x_aug, output_fn, chunk_size: as :class:`MatrixFreeOperator`.
+      variables: the layers' whole kernels (variables or layer names).
+      dtype: accumulation dtype (default the first variable's).
+    """
+
+    def __init__(self, model, variables, x_aug, output_fn=None, chunk_size=64, dtype=None):
+        self.variables = [connections.resolve_variable(model, v) for v in variables]
+        tvars = [connections._tf_var(v) for v in self.variables]
+        self.x_aug = tf.convert_to_tensor(x_aug)
+        self.num_points, a = int(self.x_aug.shape[0]), int(self.x_aug.shape[1])
+        self.chunk_size = int(chunk_size)
+        self.dtype = tf.as_dtype(dtype or tvars[0].dtype)
+        fn = output_fn or (lambda x: model(x, training=False))
+        dtype = self.dtype
+        mirrored = [v.value if isinstance(v, keras.Variable) else v for v in self.variables]
+        self.strategy = None
+        if all(isinstance(v, tf.distribute.DistributedValues) for v in mirrored):
+            strategy = mirrored[0].distribute_strategy
+            if strategy.num_replicas_in_sync > 1:
+                self.strategy = strategy
+
+        def outputs(x):
+            flat = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
+            return tf.reshape(fn(flat), [tf.shape(x)[0], a, -1])
+
+        def chunk_vjps(x, coeffs, watched):
+            """One chunk: -> [grad_{W_l} <f, coeffs[l]> / A] per layer (W_l's dtype)."""
+            with tf.GradientTape(persistent=True) as tape:
+                f = outputs(x)
+                dots = [tf.reduce_sum(f * c[:, None, :]) / a for c in coeffs]
+            grads = [tape.gradient(dot, var, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                     for dot, var in zip(dots, watched)]
+            del tape
+            return grads
+
+        names = "_".join(v.name for v in tvars)
+        if self.strategy is None:
+            def all_vjps(x, coeffs):
+                return chunk_vjps(x, coeffs, tvars)
+
+            key = ("opfree_layer_vjps", tuple(id(v) for v in tvars), output_fn, a)
+            self._vjps = connections._traced(model, key, all_vjps, f"opfree_vjps_{names}")
+            return
+        replicas = self.strategy.num_replicas_in_sync
+        m, chunk = self.num_points, self.chunk_size
+        self.share = share = -(-m // replicas)
+        pad = share * replicas - m
+        x = (tf.concat([self.x_aug, tf.repeat(self.x_aug[-1:], pad, axis=0)], 0) if pad
+             else self.x_aug)
+        parts = [x[r * share:(r + 1) * share] for r in range(replicas)]
+        self._x = self.strategy.experimental_distribute_values_from_function(
+            lambda ctx: parts[ctx.replica_id_in_sync_group])
+
+        def share_vjps(x, coeffs):
+            totals = [0.0] * len(coeffs)
+            for s in range(0, share, chunk):
+                grads = chunk_vjps(x[s:s + chunk], [c[s:s + chunk] for c in coeffs], mirrored)
+                totals = [t + tf.cast(g, dtype) for t, g in zip(totals, grads)]
+            return [cross_replica.replica_sum(t) for t in totals]
+
+        strategy = self.strategy
+
+        def on_replicas(x, coeffs):
+            return strategy.run(share_vjps, args=(x, coeffs))
+
+        key = ("opfree_layer_rvjps", tuple(id(v) for v in mirrored), output_fn, a, m,
+               replicas, chunk, dtype)
+        self._vjps = connections._traced(model, key, on_replicas,
+                                         f"opfree_replica_vjps_{names}")
+
+    def __call__(self, coeffs):
+        """coeffs: one [M, n_L] per layer (W_l's dtype, e.g.
+        :meth:`MatrixFreeOperator.vjp_coefficients`) -> one product per layer."""
+        coeffs = tuple(coeffs)
+        if self.strategy is not None:
+            replicas = self.strategy.num_replicas_in_sync
+            pad = self.share * replicas - self.num_points
+            split = []
+            for c in coeffs:
+                c = tf.concat([c, tf.zeros([pad, c.shape[1]], c.dtype)], 0) if pad else c
+                split.append([c[r * self.share:(r + 1) * self.share] for r in range(replicas)])
+            dist = self.strategy.experimental_distribute_values_from_function(
+                lambda ctx: tuple(s[ctx.replica_id_in_sync_group] for s in split))
+            out = self._vjps(self._x, dist)
+            return [self.strategy.experimental_local_results(t)[0] / self.num_points
+                    for t in out]
+        totals = None
+        for s in range(0, self.num_points, self.chunk_size):
+            grads = self._vjps(self.x_aug[s:s + self.chunk_size],
+                               tuple(c[s:s + self.chunk_size] for c in coeffs))
+            grads = [tf.cast(g, self.dtype) for g in grads]
+            totals = grads if totals is None else [t + g for t, g in zip(totals, grads)]
+        return [t / self.num_points for t in totals]

@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from dualssl_tf.analysis import connections, theorems
-from dualssl_tf.analysis.operator_free import MatrixFreeOperator
+from dualssl_tf.analysis.operator_free import LayerVJPs, MatrixFreeOperator
 from dualssl_tf.methods import contrastive
 from dualssl_tf.run.callbacks import EpochMetric
 
@@ -83,6 +83,12 @@ class OperatorMonitor(EpochMetric):
         weights are taken at); without it no ``op_xi_*`` key is logged.
       pair_weights: ``(model, x0) -> xi [M, M]`` float64 or None (no Theorem 4 weights for
         this method); default :func:`theorem4_weights`.
+      one_trace: every layer's VJP passes in one traced function
+        (:class:`~dualssl_tf.analysis.operator_free.LayerVJPs`: one model trace instead of
+        one per layer, one forward per chunk for all layers; power iteration in step). The
+        same products, but TensorFlow's graph rewrites (forward ops fused where the backward
+        does not need their outputs) differ from the per-layer functions', so float32
+        numbers move by ~1e-7 relative; off by default, so logged values stay as they were.
 
     Example:
       >>> monitor = OperatorMonitor(encoder, ["layer1_0_conv1"], x_aug, budget=2)
@@ -90,7 +96,7 @@ class OperatorMonitor(EpochMetric):
     """
 
     def __init__(self, encoder, layers, x_aug, budget=1, every=1, seed=0, chunk_size=64,
-                 loss_fn=None, x0=None, pair_weights=None):
+                 loss_fn=None, x0=None, pair_weights=None, one_trace=False):
         super().__init__()
         if every < 1:
             raise ValueError(f"every: must be >= 1, got {every}")
@@ -114,6 +120,7 @@ class OperatorMonitor(EpochMetric):
                                  f"{tuple(x0.shape)}")
         self.x0 = x0
         self._pair_weights = pair_weights or theorem4_weights
+        self.one_trace = bool(one_trace)
         self.budget = int(budget)
         self.every = int(every)
         self.seed = int(seed)
@@ -141,31 +148,83 @@ class OperatorMonitor(EpochMetric):
             grads = self._grad_fn(self.x_aug[:, 0], self.x_aug[:, 1])
             if self.x0 is not None:
                 xi = self._pair_weights(self.model, self.x0)
-        logs = {}
+        ops = [MatrixFreeOperator(self.encoder, var, self.x_aug, output_fn=self._output_fn,
+                                  chunk_size=self.chunk_size) for var in self.variables]
+        vjps = None
+        if self.one_trace:
+            # Every layer's VJP passes in one traced function (one model trace, one forward
+            # per chunk for all layers); the JVP passes stay per layer (forward mode watches
+            # one kernel).
+            vjps = LayerVJPs(self.encoder, self.variables, self.x_aug,
+                             output_fn=self._output_fn, chunk_size=self.chunk_size)
+            jvps = [op.weights_jvp() for op in ops]
+            products = vjps([op.vjp_coefficients(d) for op, (d, _) in zip(ops, jvps)])
+            residues = [r for _, r in jvps]
+            xi_products = (vjps([op.vjp_coefficients(d, xi) for op, (d, _) in zip(ops, jvps)])
+                           if xi is not None else None)
+        else:
+            outs = [op.weights_products(xi) for op in ops]
+            products = [out["op_w"] for out in outs]
+            residues = [out["residue"] for out in outs]
+            xi_products = [out.get("op_xi_w") for out in outs]
+        logs, starts = {}, []
         for i, name in enumerate(self.layers):
-            op = MatrixFreeOperator(self.encoder, self.variables[i], self.x_aug,
-                                    output_fn=self._output_fn, chunk_size=self.chunk_size)
-            products = op.weights_products(xi)
-            product = products["op_w"]
+            product = products[i]
             norm = float(tf.norm(product))
             logs[f"op_w_norm/{name}"] = norm
-            logs[f"op_residue/{name}"] = products["residue"]
+            logs[f"op_residue/{name}"] = residues[i]
             if grads is not None:
                 g = -tf.cast(grads[i], product.dtype)
                 denom = max(float(tf.norm(g)) * norm, 1e-300)
                 logs[f"op_grad_cos/{name}"] = float(tf.reduce_sum(g * product)) / denom
             if xi is not None:
                 logs.update({f"{k}/{name}": v for k, v in
-                             theorem4_logs(products["op_xi_w"],
+                             theorem4_logs(xi_products[i],
                                            None if grads is None else grads[i]).items()})
-            start_vec = product if norm > 0 else None
-            value, _, _ = op.top_eigen(iterations=self.budget, tol=0.0, start=start_vec,
-                                       seed=self.seed + epoch)
-            logs[f"op_top_eig/{name}"] = value
-            logs[f"op_trace/{name}"] = op.trace_estimate(
+            starts.append(product if norm > 0 else None)
+        if vjps is not None:
+            values = self._power_iteration(ops, vjps, starts, epoch)
+        else:
+            values = [op.top_eigen(iterations=self.budget, tol=0.0, start=start,
+                                   seed=self.seed + epoch)[0] for op, start in zip(ops, starts)]
+        for i, name in enumerate(self.layers):
+            logs[f"op_top_eig/{name}"] = values[i]
+            logs[f"op_trace/{name}"] = ops[i].trace_estimate(
                 probes=self.budget, seed=probe_seed(self.seed, epoch, i))[0]
         logs["op_monitor_seconds"] = time.perf_counter() - start
         return logs
+
+
+    def _power_iteration(self, ops, vjps, starts, epoch):
+        """``budget`` power steps on every layer in step: each layer's Rayleigh quotient,
+        exactly :meth:`MatrixFreeOperator.top_eigen` (``tol=0``, from ``starts[l]``, else a
+        Gaussian start seeded by ``seed + epoch``), its VJPs through ``vjps``."""
+        vs = []
+        for op, start in zip(ops, starts):
+            if start is None:
+                start = np.random.default_rng(self.seed + epoch).standard_normal(op.shape)
+            v = tf.cast(tf.reshape(tf.convert_to_tensor(start), op.shape), op.dtype)
+            vs.append(v / tf.norm(v))
+        values = [0.0] * len(ops)
+        done = [False] * len(ops)
+        for _ in range(self.budget):
+            if all(done):
+                break
+            ws = vjps([op.vjp_coefficients(op.jvp_coefficients(v), centre=False)
+                       for op, v in zip(ops, vs)])
+            for i, (v, w) in enumerate(zip(vs, ws)):
+                if done[i]:
+                    continue
+                new = float(tf.reduce_sum(v * w))
+                norm = tf.norm(w)
+                if float(norm) == 0.0:
+                    values[i], done[i] = 0.0, True
+                    continue
+                vs[i] = w / norm
+                if abs(new - values[i]) <= 0.0:
+                    done[i] = True
+                values[i] = new
+        return values
 
 
 def theorem4_logs(op_xi_w, grad):
