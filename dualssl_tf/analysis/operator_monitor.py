@@ -32,11 +32,18 @@ one backward pass of the method's loss over the M pairs for all layers at once; 
 Theorem 4's weights one more VJP pass per layer (the JVP pass is shared) and one forward
 pass of the method over the M un-augmented points.
 
-Everything runs in the callback's cross-replica context on the encoder's variables, so the
-numbers do not depend on the number of replicas; the sample is a device tensor and only
-scalars come back to the host. It reads the variables and never writes them, never calls
-the networks in training mode (no BatchNorm statistics move) and draws nothing from a
-stateful random generator, so training is the same with the monitor on or off.
+It is called in the callback's cross-replica context. With the encoder's variables
+mirrored over R > 1 replicas every JVP and VJP pass is split over them (1/R of the base
+points each, :class:`~dualssl_tf.analysis.operator_free.MatrixFreeOperator`); the loss
+gradient and Theorem 4's weights run on the first replica. The numbers are one device's up to
+the order of float32 sums. The sample is a device tensor and only scalars come back to the
+host. It reads the variables and never writes them, never calls the networks in training
+mode (no BatchNorm statistics move) and draws nothing from a stateful random generator, so
+training is the same with the monitor on or off.
+
+Tracing: the first analysis traces, per layer, one JVP and one VJP function (each a trace of
+the encoder) and the loss gradient once; later epochs reuse them. ``one_trace=True`` traces
+one VJP function for all layers instead (see the argument).
 """
 
 import time
