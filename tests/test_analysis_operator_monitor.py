@@ -273,6 +273,7 @@ def test_monitor_theorem4_exact_for_cov_float64():
         for key in ("op_w_norm", "op_residue", "op_top_eig", "op_trace"):
             assert logs[f"{key}/{layer}"] == plain[f"{key}/{layer}"]
     assert not any(k.startswith("op_xi") for k in plain)
+    assert passes_per_epoch(3, 1, weighted=True) == 19   # one more VJP pass per layer
 
 
 def test_monitor_theorem4_residue_share_grows_with_augmentation():

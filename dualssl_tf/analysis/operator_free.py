@@ -31,10 +31,12 @@ The VJP side needs no centring: the c_i sum to zero, so the mean connection drop
   probes (fixed seed), each probe one JVP pass.
 
 Replicas: when W_l is mirrored over R > 1 replicas (a run under MirroredStrategy or a TPU
-strategy, the operator made in cross-replica context, e.g. by a Keras callback), every pass
-is split: replica r takes base points ``[r s, (r + 1) s)``, ``s = ceil(M / R)`` (the last
-share padded with copies of the last point, masked out), runs its share in chunks with its own
-copy of the weights (``strategy.run``), and the results meet through
+strategy, the operator made in cross-replica context, e.g. by a Keras callback), the passes
+of ``apply``, ``weights_products``, ``quadratic`` and the estimators are split (``residue``
+and the shortcut's outputs run on the first replica's copy): replica r takes base points
+``[r s, (r + 1) s)``, ``s = ceil(M / R)`` (the last share padded with copies of the last
+point, masked out), runs its share in chunks with its own copy of the weights
+(``strategy.run``), and the results meet through
 :mod:`dualssl_tf.cross_replica`: the JVP coefficients by ``global_gather`` (point order),
 the VJP sums and the residue's sums by ``replica_sum``. Each replica makes 1/R of the
 passes; the numbers are one device's up to the order of the sums (float32: a few ulps).

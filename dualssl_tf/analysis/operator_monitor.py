@@ -201,7 +201,6 @@ class OperatorMonitor(EpochMetric):
         logs["op_monitor_seconds"] = time.perf_counter() - start
         return logs
 
-
     def _power_iteration(self, ops, vjps, starts, epoch):
         """``budget`` power steps on every layer in step: each layer's Rayleigh quotient,
         exactly :meth:`MatrixFreeOperator.top_eigen` (``tol=0``, from ``starts[l]``, else a
