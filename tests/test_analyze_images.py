@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest
 
 from dualssl_tf import config
-from dualssl_tf.analysis import report
+from dualssl_tf.analysis import plots, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "analyze.py")
@@ -82,6 +82,13 @@ def test_monitor_figures_with_theorem4(tmp_path):
     assert set(paths) == {"op_alignment", "op_norm", "op_residue", "op_spectrum_estimates",
                           "op_xi_residue_share"}
     with open(paths["op_xi_residue_share"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # The SimCLR-vs-BYOL panels (benchmarks/operator_monitor.py --figure): one run with
+    # Theorem 4's dashed cosines, one without.
+    byol = report.monitor_report("r", cfg, fake_image_run(tmp_path / "byol")[1])
+    path = plots.operator_monitor_panels({"simclr": result["monitor"], "byol": byol["monitor"]},
+                                         str(tmp_path / "panels.png"))
+    with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
