@@ -2,7 +2,7 @@
 
   PYTHONPATH=. python benchmarks/operator_monitor.py --config=configs/generated_images.cfg \
       --config=configs/generated_images_byol.cfg [--epochs=4] [--out_dir=/tmp/opmon]
-      [--figure=docs/figures/operator_monitor_alignment.png]
+      [--figure=docs/figures/operator_monitor_alignment.png] [--one_trace]
 
 Trains each config with the monitor on and prints, per epoch, the training time (the epoch's
 steps, measured before any epoch-end callback), the monitor's time (op_monitor_seconds on
@@ -28,6 +28,9 @@ flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch (0 = the config's)."
 flags.DEFINE_integer("budget", 1, "--analysis_budget.")
 flags.DEFINE_string("out_dir", "/tmp/operator_monitor", "Where the runs go.")
 flags.DEFINE_string("figure", "", "PNG of the image runs' curves (empty: none).")
+flags.DEFINE_bool("one_trace", False, "Images: every layer's VJP passes in one traced "
+                  "function (OperatorMonitor(one_trace=True)), to compare the epoch-0 "
+                  "tracing cost.")
 
 
 def main(argv):
@@ -35,8 +38,13 @@ def main(argv):
     import keras
 
     from dualssl_tf import config, training
-    from dualssl_tf.analysis import callback, plots, report, runs
+    from dualssl_tf.analysis import callback, operator_monitor, plots, report, runs
     from dualssl_tf.run import trainer
+
+    if FLAGS.one_trace:
+        monitor_init = operator_monitor.OperatorMonitor.__init__
+        operator_monitor.OperatorMonitor.__init__ = (
+            lambda self, *a, **k: monitor_init(self, *a, **{**k, "one_trace": True}))
 
     class EpochTimer(keras.callbacks.Callback):
         """Training time per epoch; first in fit's list, so no epoch-end callback counts."""

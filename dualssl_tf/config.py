@@ -207,7 +207,8 @@ class AnalysisOptions(Section):
                          resumable=True)
     budget: int = option(1, "Images: power-iteration steps and Hutchinson probes per layer "
                          "and analysed epoch (>= 1); an epoch costs layers x (2 + 3 budget) "
-                         "+ 1 passes over the M x 2 sample.", resumable=True)
+                         "+ 1 passes over the M x 2 sample (one more per layer for Theorem "
+                         "4's product: ntxent, nce, cov, tri).", resumable=True)
 
     def validate(self, cfg):
         require(self.every >= 0, "analysis_every",

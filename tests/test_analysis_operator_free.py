@@ -210,3 +210,24 @@ def test_bad_input(mlp, x_aug):
         MatrixFreeOperator(mlp, "nope", x_aug)
     with pytest.raises(ValueError, match="probes"):
         MatrixFreeOperator(mlp, "dense_0", x_aug).trace_estimate(probes=0)
+
+
+@pytest.mark.parametrize("layer", ["dense_0", "dense_2"])
+def test_weighted_products_equal_explicit_operator(mlp, x_aug, layer):
+    """Theorem 4's OP_xi u and OP_xi vec(W), matrix-free (JVP, Laplacian of xi, VJP), equal
+    the explicit CovarianceOperator.weighted(xi); xi not symmetric (both symmetrise it)."""
+    xi = np.random.default_rng(5).uniform(0.1, 2.0, (6, 6))
+    explicit = CovarianceOperator.from_model(mlp, layer, x_aug).weighted(xi)
+    op = MatrixFreeOperator(mlp, layer, x_aug, chunk_size=4)
+    u = np.random.default_rng(7).standard_normal(op.shape)
+    assert rel(op.apply(u, xi), explicit.apply(u.ravel())) < TOL64
+    w_op = explicit.apply(explicit.weight_vector)
+    assert rel(op.apply_weights(xi=xi), w_op) < TOL64
+    assert rel(op.apply_weights(shortcut=True, xi=xi), w_op) < TOL64   # reversible
+    products = op.weights_products(xi)
+    assert rel(products["op_xi_w"], w_op) < TOL64
+    assert rel(products["op_w"], op.apply_weights()) < TOL64
+    # xi = 1 is Theorem 3's operator (half the mean squared difference is the covariance).
+    assert rel(op.apply(u, np.ones((6, 6))), op.apply(u)) < TOL64
+    with pytest.raises(ValueError, match=r"xi: expected shape \(6, 6\)"):
+        op.apply(u, np.ones((5, 5)))

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualssl_tf import config, training
-from dualssl_tf.analysis import callback, theorems
+from dualssl_tf import config, losses, training
+from dualssl_tf.analysis import callback, operator_monitor, theorems
 from dualssl_tf.analysis.covariance import CovarianceOperator
 from dualssl_tf.analysis.operator_free import MatrixFreeOperator
 from dualssl_tf.analysis.operator_monitor import OperatorMonitor, passes_per_epoch
@@ -83,6 +83,16 @@ def test_monitor_theorem3_and_estimators_float64():
         assert one[f"op_trace/{layer}"] == pytest.approx(z @ explicit.apply(z), rel=TOL64)
     assert logs[1]["op_monitor_seconds"] > 0
     assert passes_per_epoch(3, 1) == 16
+    # One traced VJP function for all layers, power iteration in step: the same numbers
+    # (float64: no fused float32 kernels to round differently).
+    mon = OperatorMonitor(model, layers, x_aug, budget=1, seed=4, chunk_size=3,
+                          loss_fn=loss_fn, one_trace=True)
+    mon.set_model(model)
+    shared = mon.compute(epoch=2)
+    assert set(shared) == set(logs[1])
+    for key, value in logs[1].items():
+        if key != "op_monitor_seconds":
+            assert shared[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
 
 
 def test_weights_product_and_residue_equal_separate_passes():
@@ -165,22 +175,142 @@ def test_monitor_leaves_training_unchanged(tmp_path):
         assert -1.0 <= on["op_grad_cos"]["layer4_0_conv1"] <= 1.0
         assert on["op_w_norm"]["layer4_0_conv1"] > 0 and on["op_trace"]["layer4_0_conv1"] > 0
         assert 0 < on["op_residue"]["layer4_0_conv1"]
+        # ntxent has Theorem 4's weights: its keys are logged by default.
+        assert on["op_xi_w_norm"]["layer4_0_conv1"] > 0
+        assert -1.0 <= on["op_xi_grad_cos"]["layer4_0_conv1"] <= 1.0
+        assert 0.0 <= on["op_xi_residue_share"]["layer4_0_conv1"] <= 1.0
     assert len(lines[1]) == 2
 
 
 @pytest.mark.gpu
-@pytest.mark.slow  # a subprocess tracing the products twice: ~45 s on 2 shared cores
+@pytest.mark.slow  # a subprocess tracing the products on 1 and 2 devices: ~1 min on 2 cores
 def test_monitor_same_on_one_and_two_replicas(tmp_path):
     """The monitor's numbers (on the same weights) under MirroredStrategy over 2 logical
-    devices equal one device's, to the bit: it runs in the callback's cross-replica
-    context, on the same kernels."""
+    devices, its passes split over the replicas, equal one device's: to the bit where each
+    replica runs the chunks one device runs (and the sums add the same terms); with one
+    chunk of 5 points on one device against 3 + 3 (one padded) on two, to float32 rounding;
+    the same with one traced VJP function for all layers (``one_trace``)."""
     out = tmp_path / "monitor.json"
     proc = subprocess.run([sys.executable, WORKER, "2", str(out)], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())
-    assert got["replicas"] == [1, 2]
-    one, two = got["logs"]
-    one.pop("op_monitor_seconds"), two.pop("op_monitor_seconds")
-    assert one == two
-    assert len(one) == 5 and one["op_w_norm/layer2_0_conv1"] > 0
+    assert got["replicas"] == [1, 2] and got["share"] == 3    # 5 points: 3 per replica
+    for case in ("same_chunks", "padded", "one_trace"):
+        one, two = got["logs"][case]
+        one.pop("op_monitor_seconds"), two.pop("op_monitor_seconds")
+        assert len(one) == 8 and one["op_w_norm/layer2_0_conv1"] > 0
+        assert one["op_xi_w_norm/layer2_0_conv1"] > 0
+        if case == "same_chunks":
+            assert one == two
+        else:
+            # Convolutions on a batch of 10 vs 6 views and float32 sums in another order:
+            # a few float32 ulps (measured below 1e-6 relative); the Hutchinson and power
+            # steps amplify nothing at budget 1.
+            assert set(one) == set(two)
+            for key in one:
+                assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
+
+
+def enumerated_loss(per_anchor, x_aug, r0=None):
+    """E[L] over Theorem 4's enumerated tuples (H = 1): anchor (i, a), positive (i, a'),
+    negative (j, b) for every i, a, a', j, b, through all towers. ``r0`` [M, M]: the loss
+    sees the un-augmented distance r0[i, j] as r- (its gradient flows through the real r-),
+    as ``theorems.theorem4_check`` feeds L_cov."""
+    m, a = x_aug.shape[0], x_aug.shape[1]
+
+    def loss_fn(model, view1, view2):
+        f = tf.reshape(model(tf.reshape(x_aug, [m * a, *x_aug.shape[2:]])), [m, a, -1])
+        r_pos = 0.5 * tf.reduce_sum(tf.square(f[:, :, None] - f[:, None, :]), -1)
+        r_neg = 0.5 * tf.reduce_sum(tf.square(f[:, :, None, None] - f[None, None]), -1)
+        if r0 is not None:
+            shown = tf.constant(r0, r_neg.dtype)[:, None, :, None]
+            r_neg = shown + (r_neg - tf.stop_gradient(r_neg))
+        shape = [m, a, a, m, a]
+        r_pos = tf.reshape(tf.broadcast_to(r_pos[:, :, :, None, None], shape), [-1])
+        r_neg = tf.reshape(tf.broadcast_to(r_neg[:, :, None], shape), [-1, 1])
+        return tf.reduce_mean(per_anchor(r_pos, r_neg))
+    return loss_fn
+
+
+def _theorem4_monitor(model, layers, x_aug, x0, per_anchor, override):
+    r0 = theorems.base_distances(model, x0)
+    mon = OperatorMonitor(
+        model, layers, x_aug, budget=1, seed=4, chunk_size=3, x0=x0,
+        loss_fn=enumerated_loss(per_anchor, x_aug, r0 if override else None),
+        pair_weights=lambda m, x: theorems.loss_weights(per_anchor, theorems.base_distances(
+            m, x)))
+    mon.set_model(model)
+    return mon.compute(epoch=1)
+
+
+def test_monitor_theorem4_exact_for_cov_float64():
+    """L_cov with its weights at the un-augmented distances (theorems.theorem4_check's
+    setting) on a bias-free ReLU conv net: -grad E[L_cov] = 2 OP_xi vec(W) exactly, so the
+    matrix-free monitor logs cosine 1, ||OP_xi vec W|| = ||grad|| / 2 and residue share 0,
+    against theorem4_check's explicit connections; Theorem 3's keys are unchanged by xi."""
+    model = bias_free_conv_net()
+    x0 = np.random.default_rng(2).standard_normal((4, 6, 6, 2))
+    x_aug = tf.constant(theorems.enumerated_augmentations(x0, num_aug=2, strength=0.4,
+                                                          seed=3))
+    per_anchor = lambda rp, rn: losses.exact_cov_loss(rp, rn, 0.5)  # noqa: E731
+    layers = ["conv_a", "head"]
+    logs = _theorem4_monitor(model, layers, x_aug, x0, per_anchor, override=True)
+    plain = OperatorMonitor(model, layers, x_aug, budget=1, seed=4, chunk_size=3,
+                            loss_fn=enumerated_loss(per_anchor, x_aug))
+    plain.set_model(model)
+    plain = plain.compute(epoch=1)
+    for layer in layers:
+        ref = theorems.theorem4_check(model, layer, x_aug, x0, loss="cov", towers="all")
+        assert ref["rel_error"] < TOL64
+        grad = np.linalg.norm(ref["grad"])
+        assert logs[f"op_xi_grad_cos/{layer}"] == pytest.approx(1.0, abs=TOL64)
+        assert logs[f"op_xi_w_norm/{layer}"] == pytest.approx(grad / 2, rel=TOL64)
+        assert logs[f"op_xi_w_norm/{layer}"] == pytest.approx(
+            np.linalg.norm(ref["predicted"]) / 2, rel=TOL64)
+        assert logs[f"op_xi_residue_share/{layer}"] < TOL64
+        for key in ("op_w_norm", "op_residue", "op_top_eig", "op_trace"):
+            assert logs[f"{key}/{layer}"] == plain[f"{key}/{layer}"]
+    assert not any(k.startswith("op_xi") for k in plain)
+    assert passes_per_epoch(3, 1, weighted=True) == 19   # one more VJP pass per layer
+
+
+def test_monitor_theorem4_residue_share_grows_with_augmentation():
+    """InfoNCE (the real augmented distances): the residue share is 0 without augmentation
+    and grows with its strength; it is the least-squares share of theorem4_check's vectors."""
+    model = bias_free_conv_net()
+    x0 = np.random.default_rng(2).standard_normal((4, 6, 6, 2))
+    per_anchor = lambda rp, rn: losses.info_nce_loss(rp, rn, 0.5)  # noqa: E731
+    shares = []
+    for strength in (0.0, 0.3, 1.0):
+        x_aug = tf.constant(theorems.enumerated_augmentations(x0, num_aug=2,
+                                                              strength=strength, seed=3))
+        logs = _theorem4_monitor(model, ["conv_b"], x_aug, x0, per_anchor, override=False)
+        ref = theorems.theorem4_check(model, "conv_b", x_aug, x0, loss="nce", towers="all")
+        g, p = ref["grad"], ref["predicted"]
+        c = max(g @ p / (p @ p), 0.0)
+        share = logs["op_xi_residue_share/conv_b"]
+        # Both in float64 from the same float64 network: rounding only.
+        assert share == pytest.approx(np.linalg.norm(g - c * p) / np.linalg.norm(g),
+                                      abs=TOL64)
+        assert share <= ref["rel_error"] + TOL64   # least squares: never above the theorem's c
+        shares.append(share)
+    assert shares[0] < TOL64 < 1e-4 < shares[1] < shares[2]
+
+
+def test_theorem4_weights_of_a_contrastive_method():
+    """The default weights: the paper's sigmoid(-r0/tau)/tau for ntxent at the method's
+    embedding of the un-augmented points; none for simp or a method without negatives."""
+    from dualssl_tf.methods.contrastive import ContrastiveMethod
+
+    enc = theorems.bias_free_mlp([6, 4], input_dim=5, dtype="float32", seed=1)
+    method = ContrastiveMethod(enc, None, loss="ntxent", temperature=0.3)
+    x0 = tf.constant(np.random.default_rng(0).standard_normal((5, 5)), tf.float32)
+    xi = operator_monitor.theorem4_weights(method, x0)
+    z = tf.cast(method.embed(x0), tf.float64).numpy()
+    r0 = 0.5 * np.sum((z[:, None] - z[None]) ** 2, -1)
+    # float32 embedding, float64 weights of its distances: only the sigmoid's rounding.
+    np.testing.assert_allclose(xi, 1 / (1 + np.exp(r0 / 0.3)) / 0.3, rtol=1e-12)
+    assert operator_monitor.theorem4_weights(
+        ContrastiveMethod(enc, None, loss="simp"), x0) is None
+    assert operator_monitor.theorem4_weights(keras.Sequential(), x0) is None

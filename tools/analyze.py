@@ -16,10 +16,13 @@ initialisation and after training, and writes into --out_dir (default MODEL_DIR/
 An image run is read from its metrics.jsonl (the matrix-free monitor of --analysis_every;
 --layers picks among the monitored layers; --points, --augmentations, --top_k unused):
 
-  op_alignment.png     cos(-grad L, OP_l vec W_l) per layer over epochs
+  op_alignment.png     cos(-grad L, OP_l vec W_l) per layer over epochs (dashed: Theorem 4's
+                       cos(-grad L, OP_xi vec W_l), where the loss has its weights)
   op_norm.png          ||OP_l vec W_l|| per layer over epochs
   op_residue.png       the reversibility residue ||f - K_l^T vec W_l|| / ||f|| per layer
   op_spectrum_estimates.png  lambda_max(OP_l) estimate per layer
+  op_xi_residue_share.png    Theorem 4: the gradient's share OP_xi vec W_l does not explain
+                       (ntxent, nce, cov, tri runs)
   collapse.png         embed_std, effective_rank (also for the toys, when logged)
 
 An image run trained without the monitor: one line says so, and the collapse figure is

@@ -246,12 +246,18 @@ def init_selectivity_by_hid(result, path, title="Lucky nodes at init vs group wi
     return _save(fig, path)
 
 
-def layer_curves(epochs, series, path, title, ylabel, ylim=None, log=False):
-    """One curve per layer vs epoch. series: dict layer -> [T] aligned with epochs [T]."""
+def layer_curves(epochs, series, path, title, ylabel, ylim=None, log=False, dashed=None,
+                 dashed_label=""):
+    """One curve per layer vs epoch. series: dict layer -> [T] aligned with epochs [T].
+    dashed: optional second dict of the same layers, drawn dashed in each layer's colour and
+    labelled ``<layer> <dashed_label>`` (e.g. Theorem 4's cosine beside Theorem 3's)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(series), 1)))
     for color, (label, values) in zip(colors, series.items()):
         ax.plot(epochs, values, marker="o", ms=3, color=color, label=label)
+        if dashed and label in dashed:
+            ax.plot(epochs, dashed[label], ls="--", marker="x", ms=3, color=color,
+                    label=f"{label} {dashed_label}".strip())
     if log:
         ax.set_yscale("log")
     if ylim is not None:
@@ -267,7 +273,8 @@ def layer_curves(epochs, series, path, title, ylabel, ylim=None, log=False):
 
 def operator_monitor_panels(panels, path):
     """Runs side by side (columns) with two rows: the loss gradient's cosine with
-    OP_l vec(W_l) and ||OP_l vec(W_l)||, one curve per layer. panels: dict run name ->
+    OP_l vec(W_l) (dashed: with Theorem 4's OP_xi vec(W_l), where logged) and
+    ||OP_l vec(W_l)||, one curve per layer. panels: dict run name ->
     ``{"epochs": [...], "series": {key: {layer: [...]}}}`` (report.image_monitor_curves)."""
     rows = (("op_grad_cos", "cos(-grad_W L, OP_l vec W_l)", False),
             ("op_w_norm", "||OP_l vec W_l||", True))
@@ -278,8 +285,12 @@ def operator_monitor_panels(panels, path):
             ax = axes[row, col]
             series = curves["series"].get(key, {})
             colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(series), 1)))
+            dashed = curves["series"].get("op_xi_grad_cos", {}) if row == 0 else {}
             for color, (label, values) in zip(colors, series.items()):
                 ax.plot(curves["epochs"], values, marker="o", ms=3, color=color, label=label)
+                if label in dashed:
+                    ax.plot(curves["epochs"], dashed[label], ls="--", marker="x", ms=3,
+                            color=color, label=f"{label} (OP_xi)")
             if log:
                 ax.set_yscale("log")
             else:

@@ -192,7 +192,8 @@ def _representative(ops, limit=6):
 # -- image runs: the matrix-free monitor's curves (metrics.jsonl) ---------------------------
 
 # metrics.jsonl keys of the matrix-free monitor (analysis.operator_monitor.KEYS), in order.
-MONITOR_KEYS = ("op_grad_cos", "op_w_norm", "op_residue", "op_top_eig", "op_trace")
+MONITOR_KEYS = ("op_grad_cos", "op_w_norm", "op_residue", "op_top_eig", "op_trace",
+                "op_xi_grad_cos", "op_xi_w_norm", "op_xi_residue_share")
 
 
 def image_monitor_curves(metrics, layers=()):
@@ -249,13 +250,22 @@ def monitor_figures(result, out_dir):
                        "Reversibility residue (0: the lens is exact at l)", None, False),
         "op_spectrum_estimates": ("op_top_eig", "lambda_max(OP_l) (power iteration)",
                                   "Top eigenvalue estimate per layer", None, True),
+        "op_xi_residue_share": ("op_xi_residue_share",
+                                "min_c ||-grad - c OP_xi vec(W_l)|| / ||grad||",
+                                "Theorem 4: share of the gradient the weighted operator "
+                                "does not explain", (-0.02, 1.02), False),
     }
+    theorem4 = series.get("op_xi_grad_cos")
+    if theorem4:   # Theorem 4's cosine beside Theorem 3's, dashed
+        title, ylabel = specs["op_alignment"][2], specs["op_alignment"][1]
+        specs["op_alignment"] = ("op_grad_cos", f"{ylabel}; dashed: OP_xi",
+                                 f"{title}; dashed: Theorem 4's OP_xi", (-1.02, 1.02), False)
     paths = {}
     for name, (key, ylabel, title, ylim, log) in specs.items():
         if key in series:
-            paths[name] = plots.layer_curves(epochs, series[key],
-                                             os.path.join(out_dir, f"{name}.png"),
-                                             title=f"{title}\n({result['method']}, "
-                                                   f"{result['dataset']})",
-                                             ylabel=ylabel, ylim=ylim, log=log)
+            paths[name] = plots.layer_curves(
+                epochs, series[key], os.path.join(out_dir, f"{name}.png"),
+                title=f"{title}\n({result['method']}, {result['dataset']})", ylabel=ylabel,
+                ylim=ylim, log=log, dashed=theorem4 if name == "op_alignment" else None,
+                dashed_label="(OP_xi)")
     return paths

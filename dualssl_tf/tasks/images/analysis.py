@@ -1,9 +1,10 @@
 """What the analysis tools need of the image task (never imported by training).
 
 The per-epoch monitor is the matrix-free one (:mod:`dualssl_tf.analysis.operator_monitor`):
-its layers (one conv per ResNet stage, or ``--analysis_layers``) and its fixed sample of
-held-out base points x augmentations. ``tools/analyze.py`` reads the monitor's curves from
-metrics.jsonl (:func:`dualssl_tf.analysis.report.monitor_report`).
+its layers (one conv per ResNet stage, or ``--analysis_layers``), its fixed sample of
+held-out base points x augmentations and those points un-augmented (Theorem 4's weights).
+``tools/analyze.py`` reads the monitor's curves from metrics.jsonl
+(:func:`dualssl_tf.analysis.report.monitor_report`).
 """
 
 import tensorflow as tf
@@ -45,16 +46,9 @@ def monitor_sample(cfg, num_points, num_aug=NUM_AUG, seed=0):
     else its training split) with A training-style views each (A/2 pairs, the run's
     augmentation), drawn with stateless seeds from ``seed``: no training stream or random
     generator is touched. A must be even."""
-    from dualssl_tf.tasks.images import task as image_task
-
-    _, probe_train, probe_test, size = image_task.sources(cfg)
-    source = probe_test if probe_test is not None else probe_train
+    source, raws, size = _held_out(cfg, num_points)
     settings = view_settings(cfg.images)
     pairs = num_aug // 2
-    raws = [raw for raw, _ in source.elements.take(num_points)]
-    if len(raws) < 2:
-        raise ConfigError("analysis_points", f"{source.name} has {len(raws)} image(s); the "
-                          "monitor needs >= 2 base points")
     rows = []
     for i, raw in enumerate(raws):
         views = []
@@ -69,10 +63,32 @@ def monitor_sample(cfg, num_points, num_aug=NUM_AUG, seed=0):
     return tf.stack(rows)
 
 
+def monitor_base_points(cfg, num_points):
+    """x0 [M, S, S, 3] float32: the un-augmented images of :func:`monitor_sample`'s base
+    points, as the probe sees them (resized, centre-cropped; a generated image's own
+    factors), where Theorem 4's weights are taken."""
+    source, raws, size = _held_out(cfg, num_points)
+    return tf.stack([augment.center_resize(source.decode(raw), size) for raw in raws])
+
+
+def _held_out(cfg, num_points):
+    """``(source, raws, size)``: the first M elements of the probe's test split (else its
+    training split) and the image side."""
+    from dualssl_tf.tasks.images import task as image_task
+
+    _, probe_train, probe_test, size = image_task.sources(cfg)
+    source = probe_test if probe_test is not None else probe_train
+    raws = [raw for raw, _ in source.elements.take(num_points)]
+    if len(raws) < 2:
+        raise ConfigError("analysis_points", f"{source.name} has {len(raws)} image(s); the "
+                          "monitor needs >= 2 base points")
+    return source, raws, size
+
+
 def monitor(cfg, task):
     """The run's :class:`~dualssl_tf.analysis.operator_monitor.OperatorMonitor`."""
     layers = monitor_layers(cfg, task.encoder)
     x_aug = monitor_sample(cfg, cfg.analysis.points, NUM_AUG, seed=cfg.run.seed * 100_003)
     return operator_monitor.OperatorMonitor(
         task.encoder, layers, x_aug, budget=cfg.analysis.budget, every=cfg.analysis.every,
-        seed=cfg.run.seed * 100_003)
+        seed=cfg.run.seed * 100_003, x0=monitor_base_points(cfg, cfg.analysis.points))
