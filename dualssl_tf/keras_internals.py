@@ -63,19 +63,25 @@ class ReplicaStepLoop:
     Why: Keras 3.15's function (``multi_step_on_iterator`` in
     keras/src/backend/tensorflow/trainer.py) runs each step in a ``tf.cond`` (inside a
     ``tf.while_loop``) that calls a nested ``tf.function`` calling ``strategy.run``. With more
-    than one local replica ``MirroredStrategy.run`` traces each replica in its own thread,
-    and a value the nested function captures inside the cond branch is left as an unfed
+    than one replica a value captured inside that cond branch is left as an unfed
     placeholder: every call fails with "You must feed a value for placeholder tensor
-    ...multi_step_on_iterator" (keras-team/keras#19246; a plain ``keras.Sequential`` with
-    ``loss="mse"`` fails the same way, so nothing in the package's step causes it).
+    ...multi_step_on_iterator" (keras-team/keras#19246). Measured: 2 mirrored replicas and
+    2 multi-worker workers of one device each fail, one mirrored replica works, and a plain
+    ``keras.Sequential`` with ``loss="mse"`` fails the same way (nothing in the package's
+    step causes it); ``strategy.run`` in a nested function inside a ``tf.cond`` alone, no
+    loop, fails too, and without the nesting or without the cond it works.
 
     The loop here has no cond around the step: the first step, then a ``tf.while_loop`` of
     the others while the iterator has data (the cond only picks the next element, as Keras'
     does, so no element past the execution is read). The step is the same nested
     ``tf.function`` of ``strategy.run(train_step)`` with the logs reduced as Keras reduces
-    them, so an execution of N steps is N steps of ``steps_per_execution=1``, bit for bit.
-    Everything else (one device, one replica, ``steps_per_execution=1``, TPUStrategy, whose
-    replicas run in one XLA program without threads, and eager runs) keeps Keras' own.
+    them, so an execution of N steps is N steps of ``steps_per_execution=1``: the variables
+    bit for bit, the logs to an ulp (grappler folds the loop body's log arithmetic apart
+    from the top-level step's). Not N unrolled calls: bit-exact logs too, but graph
+    optimisation then grows with N (docs/distributed.md).
+    Everything else keeps Keras' own function: one device, one replica,
+    ``steps_per_execution=1``, eager runs, and TPUStrategy (its replicas compile into one
+    XLA program, where ``steps_per_execution`` matters most; not reproducible here).
     """
 
     def make_train_function(self, force=False):
