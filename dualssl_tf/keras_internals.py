@@ -30,12 +30,14 @@ KERAS_FLATTEN_LAYERS = "keras.Layer._flatten_layers(self, include_self=True, rec
 # Nor a public way to change the function ``fit`` calls per execution: ``fit`` calls
 # ``make_train_function()`` once, which sets ``self.train_function``, then
 # ``logs = self.train_function(iterator)`` once per ``steps_per_execution`` steps (the
-# distributed iterator of its data). :class:`ReplicaStepLoop` overrides the first; it reduces
-# a step's per-replica logs with Keras' own ``reduce_per_replica`` (what Keras' function does,
+# distributed iterator of its data); ``evaluate`` the same with ``make_test_function`` and
+# ``test_function``. :class:`ReplicaStepLoop` overrides both makers; it reduces a step's
+# per-replica logs with Keras' own ``reduce_per_replica`` (what Keras' function does,
 # so the logs are those of steps_per_execution=1). ``tests/run/test_keras_internals.py::
-# test_train_function_still_matches`` pins both signatures, and tests/run/
+# test_train_function_still_matches`` pins the signatures and calls, and tests/run/
 # test_replica_step_loop.py fails when Keras' own function stops failing (then the loop can go).
 KERAS_TRAIN_FUNCTION = "keras.Model.make_train_function(self, force=False)"
+KERAS_TEST_FUNCTION = "keras.Model.make_test_function(self, force=False)"
 KERAS_REDUCE_PER_REPLICA = ("keras.src.backend.tensorflow.trainer.reduce_per_replica("
                             "values, strategy, reduction)")
 
@@ -69,7 +71,10 @@ class ReplicaStepLoop:
     2 multi-worker workers of one device each fail, one mirrored replica works, and a plain
     ``keras.Sequential`` with ``loss="mse"`` fails the same way (nothing in the package's
     step causes it); ``strategy.run`` in a nested function inside a ``tf.cond`` alone, no
-    loop, fails too, and without the nesting or without the cond it works.
+    loop, fails too, and without the nesting or without the cond it works. The step must
+    talk across replicas: a plain model's ``evaluate`` runs, but the methods' test step
+    (its all-reduces and all-gathers) fails like any train step, so ``evaluate`` gets the
+    loop too.
 
     The loop here has no cond around the step: the first step, then a ``tf.while_loop`` of
     the others while the iterator has data (the cond only picks the next element, as Keras'
@@ -95,14 +100,28 @@ class ReplicaStepLoop:
         self.train_function = replica_step_loop(self.train_step, strategy, steps,
                                                 jit_compile=bool(self.jit_compile))
 
+    def make_test_function(self, force=False):
+        if self.test_function is not None and not force:
+            return self.test_function
+        steps = int(self.steps_per_execution)
+        strategy = self.distribute_strategy
+        if (steps == 1 or self.run_eagerly or strategy.num_replicas_in_sync == 1
+                or isinstance(strategy, tf.distribute.TPUStrategy)):
+            return super().make_test_function(force=force)
+        self.test_function = replica_step_loop(self.test_step, strategy, steps,
+                                               jit_compile=bool(self.jit_compile))
+
 
 def replica_step_loop(step_function, strategy, steps, jit_compile=False):
-    """A ``fit`` train function: ``iterator -> logs`` of the last of up to ``steps`` steps
+    """A ``fit`` train (``evaluate`` test) function: ``iterator -> logs`` of the last of up
+    to ``steps`` steps
     (fewer when the iterator runs out; ``tf.errors.OutOfRangeError``, which ``fit`` reads as
-    the end of the data, when it has none).
+    the end of the data, when it has none; ``train_on_batch``'s generator of one batch:
+    that one step).
 
-    ``step_function``: the model's ``train_step(batch) -> {name: scalar}``, run on every
-    replica by ``strategy.run``; ``iterator``: a ``tf.distribute.DistributedIterator``.
+    ``step_function``: the model's ``train_step`` (``test_step``), ``batch -> {name:
+    scalar}``, run on every replica by ``strategy.run``; ``iterator``: a
+    ``tf.distribute.DistributedIterator``.
     """
     from keras.src.backend.tensorflow.trainer import reduce_per_replica
 
@@ -131,7 +150,16 @@ def replica_step_loop(step_function, strategy, steps, jit_compile=False):
                                    [tf.constant(1), logs, iterator.get_next_as_optional()])
         return logs
 
-    return tf.function(multi_step, reduce_retracing=True)
+    multi_step = tf.function(multi_step, reduce_retracing=True)
+
+    def function(iterator):
+        if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+            return multi_step(iterator)
+        for _, batch in zip(range(steps), iterator):  # train_on_batch's one-batch generator
+            logs = one_step(batch)
+        return logs
+
+    return function
 
 
 def nested_layers(layer):

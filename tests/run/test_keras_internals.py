@@ -136,15 +136,23 @@ def test_optimizer_variable_index_still_matches():
 def test_train_function_still_matches():
     """``ReplicaStepLoop`` (keras_internals) replaces the function ``fit`` calls per
     execution, which ``fit`` gets from ``make_train_function()`` and calls as
-    ``self.train_function(iterator)``, and reduces a step's logs with Keras' own
-    ``reduce_per_replica``. Its run on 2 replicas is tests/run/test_replica_step_loop.py;
-    here what it relies on: the signatures, the calls in ``fit``, the delegation to
-    Keras' own function where that works, and the reduction of a plain tensor."""
+    ``self.train_function(iterator)`` (``evaluate``: the test function), and reduces a
+    step's logs with Keras' own ``reduce_per_replica``. Its run on 2 replicas is
+    tests/run/test_replica_step_loop.py; here what it relies on: the signatures, the calls
+    in ``fit`` and ``evaluate``, the delegation to Keras' own function where that works,
+    and the reduction of a plain tensor."""
     from keras.src.backend.tensorflow import trainer as tf_trainer
     params = list(inspect.signature(keras.Model.make_train_function).parameters)
     assert params == ["self", "force"], (
         f"Keras changed {keras_internals.KERAS_TRAIN_FUNCTION} (now {params}); update "
         "ReplicaStepLoop in dualssl_tf/keras_internals.py")
+    params = list(inspect.signature(keras.Model.make_test_function).parameters)
+    assert params == ["self", "force"], (
+        f"Keras changed {keras_internals.KERAS_TEST_FUNCTION} (now {params})")
+    evaluate = inspect.getsource(tf_trainer.TensorFlowTrainer.evaluate)
+    assert ("self.make_test_function()" in evaluate
+            and "self.test_function(iterator)" in evaluate), (
+        "Keras' evaluate no longer calls make_test_function() and test_function(iterator)")
     params = list(inspect.signature(tf_trainer.reduce_per_replica).parameters)
     assert params == ["values", "strategy", "reduction"], (
         f"Keras changed {keras_internals.KERAS_REDUCE_PER_REPLICA} (now {params})")
@@ -159,4 +167,6 @@ def test_train_function_still_matches():
     model = ContrastiveMethod(enc, loss="ntxent")
     model.compile(optimizer="sgd", steps_per_execution=2)
     model.make_train_function()
+    model.make_test_function()
     assert model.train_function.__qualname__.startswith("TensorFlowTrainer._make_function")
+    assert model.test_function.__qualname__.startswith("TensorFlowTrainer._make_function")

@@ -11,6 +11,8 @@ their own; here, on 2 logical CPU devices under MirroredStrategy:
 * (slow) a tiny HLTM run of the trainer (5 steps per epoch, ``--steps_per_execution=3``:
   full and short executions through ``run.epoch_steps.ExactEpochs``) writes the metrics.jsonl of
   ``--steps_per_execution=1`` (to an ulp: see SAME_TOL);
+* ``evaluate`` with 2 steps per execution equals 1 (its test function has the same bug for
+  a step with cross-replica calls, as the methods' is);
 * Keras' own function still fails there (when a Keras upgrade fixes it, this says so, and
   the loop can go).
 
@@ -73,6 +75,24 @@ def _keras_own_error(strategy):
     return ""
 
 
+def _evaluate(strategy, gather, batches, steps_per_execution):
+    """``evaluate``'s logs on ``strategy``."""
+    import tensorflow as tf
+    from dualssl_tf.run import distribute
+    with strategy.scope():
+        model = _with_spe(steps_per_execution)(CASE, gather)
+    r = strategy.num_replicas_in_sync
+    per = worker.GLOBAL_BATCH // r
+
+    def make(per_replica, ctx):  # one pipeline: consecutive elements to consecutive replicas
+        return tf.data.Dataset.from_tensor_slices(worker._stack(
+            [{k: v[i * per:(i + 1) * per] for k, v in b.items()}
+             for b in batches for i in range(r)]))
+
+    data = distribute.distributed_dataset(strategy, worker.GLOBAL_BATCH, make)
+    return model.evaluate(data, steps=len(batches), verbose=0, return_dict=True)
+
+
 def _trainer_metrics(root, steps_per_execution):
     from dualssl_tf import config
     from dualssl_tf.run import trainer
@@ -111,6 +131,7 @@ def main(mode, out_path):
             "spe2_vs_one_device": worker._maxdiff(spe2, one),
             "moved": worker._maxdiff(one, worker.weights(worker.build(CASE))),
             "logs": {"one_device": one_logs, "spe1": spe1_logs, "spe2": spe2_logs},
+            "evaluate": {spe: _evaluate(strategy, gather, batches, spe) for spe in (1, 2)},
             "keras_own_error": _keras_own_error(strategy),
         }
     with open(out_path, "w") as f:
@@ -146,6 +167,10 @@ def test_two_replicas_several_steps_per_execution(tmp_path):
         assert _close(got_step, want_step) < SAME_TOL, logs
     assert _close(spe2["epoch"], one["epoch"]) < LOG_TOL, logs
     assert abs(one["epoch"]["loss"]) > 100 * LOG_TOL
+    # evaluate(): 2 steps per execution as 1.
+    evaluate = got["evaluate"]
+    assert {"loss", "pos_cos", "probe_acc"} <= set(evaluate["2"])
+    assert _close(evaluate["2"], evaluate["1"]) < SAME_TOL, evaluate
     # Keras' own function on 2 replicas: still keras-team/keras#19246.
     assert "You must feed a value for placeholder tensor" in got["keras_own_error"], (
         "Keras' own train function now runs steps_per_execution > 1 on 2 mirrored "
