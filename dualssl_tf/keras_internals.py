@@ -80,10 +80,10 @@ class ReplicaStepLoop:
     the others while the iterator has data (the cond only picks the next element, as Keras'
     does, so no element past the execution is read). The step is the same nested
     ``tf.function`` of ``strategy.run(train_step)`` with the logs reduced as Keras reduces
-    them, so an execution of N steps is N steps of ``steps_per_execution=1``: the variables
-    bit for bit, the logs to an ulp (grappler folds the loop body's log arithmetic apart
-    from the top-level step's). Not N unrolled calls: bit-exact logs too, but graph
-    optimisation then grows with N (docs/distributed.md).
+    them, so an execution of N steps is N steps of ``steps_per_execution=1`` up to float32
+    rounding (grappler optimises the loop body apart from the top-level step; often bit for
+    bit, see docs/distributed.md). Not N unrolled calls: bit-exact, but graph optimisation
+    then grows with N (docs/distributed.md).
     Everything else keeps Keras' own function: one device, one replica,
     ``steps_per_execution=1``, eager runs, and TPUStrategy (its replicas compile into one
     XLA program, where ``steps_per_execution`` matters most; not reproducible here).

@@ -5,9 +5,9 @@ Keras 3.15's own train function fails on 2 mirrored replicas with steps_per_exec
 keras-team/keras#19246), for any model. The methods run those executions through a loop of
 their own; here, on 2 logical CPU devices under MirroredStrategy:
 
-* ``fit`` with 2 steps per execution equals 1 step per execution: the variables to the
-  bit, every logged metric at the same step to an ulp (SAME_TOL); and one device within
-  float32 rounding;
+* ``fit`` with 2 steps per execution equals 1 step per execution, the variables and every
+  logged metric at the same step, to an ulp (SAME_TOL); and one device within float32
+  rounding;
 * (slow) a tiny HLTM run of the trainer (5 steps per epoch, ``--steps_per_execution=3``:
   full and short executions through ``run.epoch_steps.ExactEpochs``) writes the metrics.jsonl of
   ``--steps_per_execution=1`` (to an ulp: see SAME_TOL);
@@ -39,11 +39,12 @@ CASE = dict(loss="ntxent", temperature=0.5, bn=True, probe=True)
 TOL = 1e-6        # 2 replicas vs one device, variables after 4 float32 SGD steps: a few
 #                   ulp (the all-reduce sums in another order; tests/test_distribute.py)
 LOG_TOL = 1e-5    # logged metrics, the same float32 sums in another order
-# Logs of 2 vs 1 steps per execution (same process, same replicas): an ulp or two. The
-# update is bit-equal, but grappler optimises the loop body's copy of the step apart from
-# the top-level one, and its constant folding and arithmetic optimizer rewrite log-only
-# arithmetic (pos_cos' normalisation) differently there: measured 1.5e-8 on pos_cos, and
-# turning off either optimizer makes the logs bit-equal too.
+# 2 vs 1 steps per execution (same process, same replicas): an ulp or two. Grappler
+# optimises the loop body's copy of the step apart from the top-level one, and its constant
+# folding and arithmetic optimizer may round differently there: here the variables came out
+# bit-equal and pos_cos 1.5e-8 off (turning off either optimizer makes it bit-equal too);
+# configs/hltm.cfg's metrics after 100 steps moved by 2.4e-7. A step too many or too few
+# moves the variables by ~0.1.
 SAME_TOL = 1e-6
 MOVED = 1e-3      # the steps move the variables far more than TOL: the test is not vacuous
 
@@ -153,9 +154,9 @@ def test_two_replicas_several_steps_per_execution(tmp_path):
     assert got["replicas"] == 2
     assert got["train_function"] == "ReplicaStepLoop.make_train_function"
     assert got["moved"] > MOVED
-    # Variables: 2 steps per execution are 1 step per execution, bit for bit (one process),
-    # and one device's within float32 rounding.
-    assert got["spe2_vs_spe1"] == 0.0, got
+    # Variables: 2 steps per execution are 1 step per execution (to an ulp), and one
+    # device's within float32 rounding.
+    assert got["spe2_vs_spe1"] < SAME_TOL, got
     assert got["spe2_vs_one_device"] < TOL, got
     logs = got["logs"]
     # fit's logs: the epoch's, and the batch logs of each execution's last step.
