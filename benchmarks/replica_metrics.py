@@ -7,8 +7,9 @@ The CPU is split into 2 logical devices; the config is trained on one device, on
 replicas (MirroredStrategy) and on one device with every training batch reversed (the same
 updates in exact arithmetic, another float32 summation order: the size of rounding noise
 after the network amplified it). Prints a markdown table: key, the three values and the
-relative differences to one device. ``--steps_per_execution`` is set to 1 (Keras 3 fails
-multi-step executions under MirroredStrategy on CPU devices, keras-team/keras#19246).
+relative differences to one device. ``--steps_per_execution`` is set to 1 (the table was
+made before multi-step executions on replicas worked: keras-team/keras#19246, now run by
+keras_internals.ReplicaStepLoop).
 """
 
 import argparse

@@ -42,7 +42,8 @@ from dualssl_tf import cross_replica, keras_internals
 from dualssl_tf.models import heads
 
 
-class SSLMethod(keras_internals.OneReplicaSymbolicBuild, keras.Model):
+class SSLMethod(keras_internals.OneReplicaSymbolicBuild, keras_internals.ReplicaStepLoop,
+                keras.Model):
     """Base of the self-supervised methods (see the module docstring).
 
     Batches are dicts: ``view1``, ``view2`` [B, ...]; optionally ``negatives`` [B, H, ...]

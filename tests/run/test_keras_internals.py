@@ -131,3 +131,42 @@ def test_optimizer_variable_index_still_matches():
 
     step()
     assert sorted(seen) == [0, 1, 2], seen
+
+
+def test_train_function_still_matches():
+    """``ReplicaStepLoop`` (keras_internals) replaces the function ``fit`` calls per
+    execution, which ``fit`` gets from ``make_train_function()`` and calls as
+    ``self.train_function(iterator)`` (``evaluate``: the test function), and reduces a
+    step's logs with Keras' own ``reduce_per_replica``. Its run on 2 replicas is
+    tests/run/test_replica_step_loop.py; here what it relies on: the signatures, the calls
+    in ``fit`` and ``evaluate``, the delegation to Keras' own function where that works,
+    and the reduction of a plain tensor."""
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+    params = list(inspect.signature(keras.Model.make_train_function).parameters)
+    assert params == ["self", "force"], (
+        f"Keras changed {keras_internals.KERAS_TRAIN_FUNCTION} (now {params}); update "
+        "ReplicaStepLoop in dualssl_tf/keras_internals.py")
+    params = list(inspect.signature(keras.Model.make_test_function).parameters)
+    assert params == ["self", "force"], (
+        f"Keras changed {keras_internals.KERAS_TEST_FUNCTION} (now {params})")
+    evaluate = inspect.getsource(tf_trainer.TensorFlowTrainer.evaluate)
+    assert ("self.make_test_function()" in evaluate
+            and "self.test_function(iterator)" in evaluate), (
+        "Keras' evaluate no longer calls make_test_function() and test_function(iterator)")
+    params = list(inspect.signature(tf_trainer.reduce_per_replica).parameters)
+    assert params == ["values", "strategy", "reduction"], (
+        f"Keras changed {keras_internals.KERAS_REDUCE_PER_REPLICA} (now {params})")
+    fit = inspect.getsource(tf_trainer.TensorFlowTrainer.fit)
+    assert "self.make_train_function()" in fit and "self.train_function(iterator)" in fit, (
+        "Keras' fit no longer calls make_train_function() and train_function(iterator); "
+        "update ReplicaStepLoop in dualssl_tf/keras_internals.py")
+    x = tf.constant([1.0, 2.0])
+    assert tf_trainer.reduce_per_replica(x, tf.distribute.get_strategy(), "auto") is x
+    # One replica (or one step per execution): Keras' own function, untouched.
+    enc = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model = ContrastiveMethod(enc, loss="ntxent")
+    model.compile(optimizer="sgd", steps_per_execution=2)
+    model.make_train_function()
+    model.make_test_function()
+    assert model.train_function.__qualname__.startswith("TensorFlowTrainer._make_function")
+    assert model.test_function.__qualname__.startswith("TensorFlowTrainer._make_function")
