@@ -92,24 +92,29 @@ class ReplicaStepLoop:
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
-        steps = int(self.steps_per_execution)
-        strategy = self.distribute_strategy
-        if (steps == 1 or self.run_eagerly or strategy.num_replicas_in_sync == 1
-                or isinstance(strategy, tf.distribute.TPUStrategy)):
+        if self._keras_loop_serves():
             return super().make_train_function(force=force)
-        self.train_function = replica_step_loop(self.train_step, strategy, steps,
-                                                jit_compile=bool(self.jit_compile))
+        self.train_function = self._own_loop(self.train_step)
 
     def make_test_function(self, force=False):
         if self.test_function is not None and not force:
             return self.test_function
-        steps = int(self.steps_per_execution)
-        strategy = self.distribute_strategy
-        if (steps == 1 or self.run_eagerly or strategy.num_replicas_in_sync == 1
-                or isinstance(strategy, tf.distribute.TPUStrategy)):
+        if self._keras_loop_serves():
             return super().make_test_function(force=force)
-        self.test_function = replica_step_loop(self.test_step, strategy, steps,
-                                               jit_compile=bool(self.jit_compile))
+        self.test_function = self._own_loop(self.test_step)
+
+    def _keras_loop_serves(self):
+        """Whether Keras' own function runs this model: one step per execution, eager,
+        one replica, or TPUStrategy."""
+        strategy = self.distribute_strategy
+        return (int(self.steps_per_execution) == 1 or self.run_eagerly
+                or strategy.num_replicas_in_sync == 1
+                or isinstance(strategy, tf.distribute.TPUStrategy))
+
+    def _own_loop(self, step_function):
+        return replica_step_loop(step_function, self.distribute_strategy,
+                                 int(self.steps_per_execution),
+                                 jit_compile=bool(self.jit_compile))
 
 
 def replica_step_loop(step_function, strategy, steps, jit_compile=False):

@@ -17,12 +17,10 @@ Variables are excluded by the rule Keras' decoupled path uses after
 ``re.search("|".join(names), variable.name)``, decided once per variable at ``build``.
 """
 
-import re
-
 import keras
 from keras import ops
 
-from dualssl_tf.optim.lars import DEFAULT_EXCLUDE
+from dualssl_tf.optim.lars import DEFAULT_EXCLUDE, decay_mask
 
 
 class _CoupledDecay:
@@ -40,11 +38,7 @@ class _CoupledDecay:
         if self.built:
             return
         super().build(variables)
-        # By index, as LARS: under tf.distribute update_step may get a per-replica
-        # component. Matched on .name (not .path) to decay exactly what Keras'
-        # decoupled path decays with the same names.
-        pattern = "|".join(self.exclude_from_decay)
-        self._decay = [not pattern or re.search(pattern, v.name) is None for v in variables]
+        self._decay = decay_mask(variables, self.exclude_from_decay)
 
     def update_step(self, gradient, variable, learning_rate):
         # Under tf.distribute Keras all-reduces (sums) the replicas' gradients before

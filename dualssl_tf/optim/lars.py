@@ -12,11 +12,22 @@ Biases and BatchNorm parameters are excluded from both weight decay and adaptati
 matching substrings of ``variable.path`` (default: ``bias``, ``gamma``, ``beta``).
 """
 
+import re
+
 import keras
 from keras import ops
 
 # Substrings of variable.path excluded by default: biases and BatchNorm scale/shift.
 DEFAULT_EXCLUDE = ("bias", "gamma", "beta")
+
+
+def decay_mask(variables, exclude):
+    """One bool per variable, by index: True where no pattern of ``exclude`` is found in
+    ``variable.name`` (``re.search`` of ``"|".join(exclude)``), i.e. the variable decays.
+    By index because under tf.distribute ``update_step`` may get a per-replica handle, and
+    on ``.name`` (not ``.path``) to decay exactly what Keras' decoupled path decays."""
+    pattern = "|".join(exclude or ())
+    return [not pattern or re.search(pattern, v.name) is None for v in variables]
 
 
 @keras.saving.register_keras_serializable(package="dualssl_tf")

@@ -26,12 +26,11 @@ names in ``variable.name``; biases and norm parameters by default, DINO's
 """
 
 import math
-import re
 
 import keras
 from keras import ops
 
-from dualssl_tf.optim.lars import DEFAULT_EXCLUDE
+from dualssl_tf.optim.lars import DEFAULT_EXCLUDE, decay_mask
 
 DECAY_FORMS = ("decoupled", "coupled")
 
@@ -95,10 +94,7 @@ class _ScheduledDecay:
         if self.built:
             return
         super().build(variables)
-        # By index, as LARS: under tf.distribute update_step may get a per-replica handle.
-        pattern = "|".join(self.scheduled_exclude)
-        self._scheduled_decay = [not pattern or re.search(pattern, v.name) is None
-                                 for v in variables]
+        self._scheduled_decay = decay_mask(variables, self.scheduled_exclude)
 
     def update_step(self, gradient, variable, learning_rate):
         # Under tf.distribute the gradient is already the replicas' sum (the global batch's)

@@ -163,6 +163,15 @@ def test_last_layer_frozen_for_its_epochs_even_under_weight_decay():
     assert np.max(np.abs(last.kernel.numpy() - start)) > 1e-4    # epoch 2: trained
 
 
+
+def multi_crop_batch(seed, b, n, side=8, local_side=4):
+    """A batch of 2 global crops [b, side, side, 3] and n local crops [b, n, local_side,
+    local_side, 3], uniform in [0, 1) from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return {"view1": rng.random((b, side, side, 3), np.float32),
+            "view2": rng.random((b, side, side, 3), np.float32),
+            "local_views": rng.random((b, n, local_side, local_side, 3), np.float32)}
+
 def test_multi_crop_batch_through_the_student_crop_major():
     """Global crops through the encoder as one batch, local crops of another size as
     another, the head on all: the student's rows are view 1, view 2, then each local crop
@@ -173,11 +182,8 @@ def test_multi_crop_batch_through_the_student_crop_major():
     encoder = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
     model = DINOMethod(encoder, dino_head(4, out_dim=6, hidden_dim=8, bottleneck_dim=3),
                        warmup_teacher_temp_epochs=0)
-    rng = np.random.default_rng(0)
     b, n = 3, 2
-    batch = {"view1": rng.random((b, 8, 8, 3), np.float32),
-             "view2": rng.random((b, 8, 8, 3), np.float32),
-             "local_views": rng.random((b, n, 4, 4, 3), np.float32)}
+    batch = multi_crop_batch(0, b, n)
     out = model.forward(batch, training=False)
     assert out["student"].shape == ((2 + n) * b, 6) and out["crops"] == 2 + n
     assert out["teacher"].shape == (2 * b, 6)
@@ -206,11 +212,8 @@ def test_multi_crop_step_on_a_vit_with_smaller_local_crops():
     encoder = vit.vit("vit_tiny", image_size=8, patch_size=2, depth=1, width=8, heads=2)
     model = DINOMethod(encoder, dino_head(8, out_dim=6, hidden_dim=8, bottleneck_dim=3),
                        warmup_teacher_temp_epochs=0, freeze_last_layer=0)
-    rng = np.random.default_rng(1)
     b, n = 2, 2
-    batch = {"view1": rng.random((b, 8, 8, 3), np.float32),
-             "view2": rng.random((b, 8, 8, 3), np.float32),
-             "local_views": rng.random((b, n, 4, 4, 3), np.float32)}
+    batch = multi_crop_batch(1, b, n)
     out = model.forward(batch, training=True)
     assert out["student"].shape == ((2 + n) * b, 6)
     for j in range(n):
