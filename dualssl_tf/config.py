@@ -20,15 +20,13 @@ import os
 import tempfile
 
 from dualssl_tf import methods, tasks
+from dualssl_tf.optim.rates import (LR_SCALINGS, LR_SCHEDULES, OPTIMIZERS,
+                                    WEIGHT_DECAY_MODES, scale_learning_rate)
 from dualssl_tf.options import (ConfigError, Section, check_types, choice, option,  # noqa: F401
                                 require)
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")   # --strategy (run/distribute.py)
 MIXED_PRECISION = ("none", "bfloat16", "float16")
-OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
-WEIGHT_DECAY_MODES = ("decoupled", "coupled")   # --weight_decay_mode (optim/schedules.py)
-LR_SCHEDULES = ("constant", "cosine")
-LR_SCALINGS = ("none", "linear", "sqrt")
 
 
 @dataclasses.dataclass
@@ -97,6 +95,9 @@ class OptimOptions(Section):
                                     "is refused); lars is always coupled and ignores it.")
     lr_schedule: str = option("constant", "constant | cosine (decay to 0 over the run, "
                               "after the warmup).")
+    min_learning_rate: float = option(0.0, "The rate --lr_schedule=cosine decays to, "
+                                      "absolute (not batch-scaled; DINO's min_lr, 1e-6 in "
+                                      "its ViT recipes); 0 = decay to 0.")
     warmup_epochs: float = option(0.0, "Linear learning-rate warmup, in epochs.")
     lr_scaling: str = option("none", "Batch-size scaling of --learning_rate: none | linear "
                              "(lr*B/256) | sqrt (lr*sqrt(B)).")
@@ -113,6 +114,15 @@ class OptimOptions(Section):
         require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         choice(self.lr_scaling, LR_SCALINGS, "lr_scaling")
+        require(self.min_learning_rate >= 0, "min_learning_rate",
+                f"must be >= 0, got {self.min_learning_rate}")
+        require(self.min_learning_rate == 0 or self.lr_schedule == "cosine",
+                "min_learning_rate", "is the end of --lr_schedule=cosine; set that, or "
+                "leave --min_learning_rate at 0")
+        peak = scale_learning_rate(self.learning_rate, self.batch_size, self.lr_scaling)
+        require(self.min_learning_rate <= peak, "min_learning_rate",
+                f"{self.min_learning_rate} is above the peak rate {peak:g} (--learning_rate "
+                f"after --lr_scaling); lower it")
         require(0 <= self.warmup_epochs <= max(self.epochs, 0), "warmup_epochs",
                 f"must be in [0, --epochs={self.epochs}], got {self.warmup_epochs}")
         require(self.lars_eta > 0, "lars_eta", f"must be > 0, got {self.lars_eta}")

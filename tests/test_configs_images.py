@@ -81,6 +81,15 @@ def test_dino_cifar10_vit_is_gani_et_als_recipe(tool, tmp_path):
     assert (o.optimizer, o.batch_size, o.learning_rate * o.batch_size / 256, o.weight_decay,
             o.weight_decay_end, o.warmup_epochs, o.epochs) == (
         "adamw", 512, 1e-4, 0.04, 0.4, 30, 200)
+    # Their cosine ends at min_lr 1e-6: so does the trainer's optimizer (97 steps an epoch,
+    # 50000 / 512), read at the run's last step and at its peak (float32 schedule: terms of
+    # size 1e-4 rounded to ~1e-11).
+    from dualssl_tf.run import trainer
+    opt = trainer.build_optimizer(c, steps_per_epoch=97)
+    opt.iterations.assign(200 * 97)
+    assert float(opt.learning_rate) == pytest.approx(1e-6, abs=1e-10)
+    opt.iterations.assign(30 * 97)
+    assert float(opt.learning_rate) == pytest.approx(1e-4, rel=1e-5)
     views = view_settings(c.images)
     assert views["area_range"] == (0.7, 1.0) and views["blur"]
     assert (views["blur_prob"], views["solarize_prob"]) == ((1.0, 0.1), (0.0, 0.2))

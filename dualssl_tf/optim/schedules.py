@@ -8,13 +8,11 @@ from keras import ops
 from dualssl_tf.optim.clipping import _PerVariableClip
 from dualssl_tf.optim.coupled_decay import CoupledAdam, CoupledSGD
 from dualssl_tf.optim.lars import DEFAULT_EXCLUDE, LARS
+from dualssl_tf.optim.rates import (LR_SCALINGS, LR_SCHEDULES, OPTIMIZERS,  # noqa: F401
+                                    WEIGHT_DECAY_MODES, scale_learning_rate)
 from dualssl_tf.optim.rate_groups import grouped
 from dualssl_tf.optim.weight_decay import _ScheduledDecay
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
-WEIGHT_DECAY_MODES = ("decoupled", "coupled")
-LR_SCALINGS = ("none", "linear", "sqrt")
-LR_SCHEDULES = ("constant", "cosine")
 
 
 @keras.saving.register_keras_serializable(package="dualssl_tf")
@@ -66,34 +64,30 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "alpha": self.alpha, "name": self.name}
 
 
-def scale_learning_rate(learning_rate, batch_size, scaling="none"):
-    """Batch-size scaling of a base rate: ``none``, ``linear`` (lr B / 256) or ``sqrt``
-    (lr sqrt(B), SimCLR's rule for small batches)."""
-    if scaling == "none":
-        return float(learning_rate)
-    if scaling == "linear":
-        return learning_rate * batch_size / 256.0
-    if scaling == "sqrt":
-        return learning_rate * math.sqrt(batch_size)
-    raise ValueError(f"lr_scaling={scaling!r}: allowed {', '.join(LR_SCALINGS)}")
-
-
 def learning_rate_schedule(learning_rate, batch_size=256, scaling="none",
-                           schedule="constant", total_steps=1, warmup_steps=0):
+                           schedule="constant", total_steps=1, warmup_steps=0,
+                           min_learning_rate=0.0):
     """The learning rate of a run: scaled by batch size, then scheduled.
 
     Args:
       learning_rate: base rate (before batch-size scaling).
       batch_size, scaling: see :func:`scale_learning_rate`.
       schedule: ``constant`` (after an optional linear warmup) or ``cosine``
-        (:class:`WarmupCosineDecay` to 0 at ``total_steps``).
+        (:class:`WarmupCosineDecay` to ``min_learning_rate`` at ``total_steps``).
       total_steps, warmup_steps: schedule length and warmup, in optimizer steps.
+      min_learning_rate: the cosine's end, absolute (DINO's ``min_lr``: its
+        ``cosine_scheduler(lr, min_lr, ...)`` is ``min + (peak - min)(1 + cos) / 2``, which is
+        ``WarmupCosineDecay``'s form with ``alpha = min / peak``).
     Returns:
       a float (constant, no warmup) or a LearningRateSchedule.
     """
     lr = scale_learning_rate(learning_rate, batch_size, scaling)
     if schedule == "cosine":
-        return WarmupCosineDecay(lr, max(total_steps, 1), min(warmup_steps, total_steps))
+        if min_learning_rate > lr:
+            raise ValueError(f"min_learning_rate={min_learning_rate} is above the peak rate "
+                             f"{lr} (--learning_rate after --lr_scaling)")
+        return WarmupCosineDecay(lr, max(total_steps, 1), min(warmup_steps, total_steps),
+                                 alpha=min_learning_rate / lr if min_learning_rate else 0.0)
     if schedule != "constant":
         raise ValueError(f"lr_schedule={schedule!r}: allowed {', '.join(LR_SCHEDULES)}")
     if warmup_steps > 0:  # alpha = 1: warmup, then flat

@@ -139,7 +139,8 @@ def build_optimizer(cfg, steps_per_epoch=1, group=None, clip_norm=0.0):
     total_steps = o.epochs * steps_per_epoch
     lr = schedules.learning_rate_schedule(
         o.learning_rate, o.batch_size, o.lr_scaling, o.lr_schedule,
-        total_steps=total_steps, warmup_steps=int(round(o.warmup_epochs * steps_per_epoch)))
+        total_steps=total_steps, warmup_steps=int(round(o.warmup_epochs * steps_per_epoch)),
+        min_learning_rate=o.min_learning_rate)
     wd_schedule = (weight_decay.CosineWeightDecay(o.weight_decay, o.weight_decay_end,
                                                   max(total_steps, 1))
                    if o.weight_decay_end >= 0 else None)

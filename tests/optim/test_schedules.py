@@ -94,3 +94,20 @@ def test_learning_rate_schedule_combinations():
     assert float(cos(0)) == pytest.approx(4.8) and float(cos(50)) == pytest.approx(2.4)
     with pytest.raises(ValueError, match="lr_schedule"):
         schedules.learning_rate_schedule(0.1, schedule="step")
+
+
+def test_cosine_ends_at_min_learning_rate_as_dinos_cosine_scheduler():
+    """DINO's utils.cosine_scheduler(base, final, ...) after the warmup:
+    final + (base - final) (1 + cos(pi t / T')) / 2, T' the steps after warmup; the rate
+    stays at final after T. min_learning_rate is absolute, not batch-scaled."""
+    base, final, total, warm = 5e-5 * 512 / 256, 1e-6, 100, 20
+    sched = schedules.learning_rate_schedule(5e-5, 512, "linear", "cosine", total, warm,
+                                             min_learning_rate=final)
+    for t in (20, 35, 60, 99, 100, 150):
+        p = min((t - warm) / (total - warm), 1.0)
+        want = final + (base - final) * (1 + math.cos(math.pi * p)) / 2
+        # float32 schedule: terms of size base, rounded to ~1e-7 of base each
+        assert float(sched(t)) == pytest.approx(want, rel=1e-6, abs=base * 1e-6)
+    assert float(sched(10)) == pytest.approx(base * 10 / warm, rel=1e-6)
+    with pytest.raises(ValueError, match="min_learning_rate"):
+        schedules.learning_rate_schedule(1e-3, schedule="cosine", min_learning_rate=1e-2)
