@@ -29,8 +29,8 @@ CORE_FLAGS = {
     "data": "dataset data_dir download encoder",
     "method": "method probe probe_learning_rate",
     "optim": "batch_size epochs steps_per_epoch optimizer learning_rate momentum "
-             "weight_decay weight_decay_end weight_decay_mode lr_schedule min_learning_rate warmup_epochs "
-             "lr_scaling lars_eta",
+             "weight_decay weight_decay_end weight_decay_mode lr_schedule "
+             "min_learning_rate warmup_epochs lr_scaling lars_eta",
     "run": "seed steps_per_execution jit_compile strategy tpu num_gpus sync_bn "
            "mixed_precision model_dir verbose checkpoint_every keep_checkpoints deterministic",
     "analysis": "analysis_every analysis_points analysis_layers analysis_budget",
