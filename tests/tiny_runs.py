@@ -2,6 +2,7 @@
 of TensorBoard event files."""
 
 import os
+import shutil
 import signal
 
 import keras
@@ -72,6 +73,30 @@ def metrics_bytes(model_dir):
     with open(os.path.join(model_dir, "metrics.jsonl"), "rb") as f:
         return f.read()
 
+
+
+def check_resume(tmp_path, base=TINY_HLTM, **changes):
+    """A 2-epoch run, and its copy as a kill during epoch 2 leaves it (ckpt-2, the export
+    and finished.json gone; schedules span the same --epochs), resumed from ckpt-1: asserts
+    metrics.jsonl and every epoch-2 checkpoint tensor equal bit for bit; returns the
+    tensors ({name: array})."""
+    import numpy as np
+
+    ref, part = tmp_path / "ref", tmp_path / "part"
+    train(ref, base=base, epochs=2, **changes)
+    shutil.copytree(ref, part)
+    for name in os.listdir(part / "checkpoints"):
+        if name.startswith("ckpt-2."):
+            os.remove(part / "checkpoints" / name)
+    shutil.rmtree(part / "saved_model")
+    os.remove(part / "finished.json")
+    train(part, base=base, epochs=2, **changes)   # resumes from ckpt-1
+    assert metrics_bytes(ref) == metrics_bytes(part)
+    a, b = ckpt_tensors(ref, 2), ckpt_tensors(part, 2)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    return a
 
 def events(log_dir):
     """[(subdir, tag, step, value)] of every scalar summary in every events file under

@@ -2,40 +2,17 @@
 target network (moved only by the moving average), the predictor, DirectPred's F and the
 optimizer state are all in the checkpoint (tiny HLTM, CPU, deterministic ops)."""
 
-import os
-import shutil
 
 import numpy as np
 import pytest
 
-from tests.tiny_runs import (TINY_HLTM, ckpt_tensors as _tensors, metrics_bytes as _metrics,
-                              train)
+from tests.tiny_runs import TINY_HLTM, check_resume
 
 BYOL = dict(method="byol", byol_pred_hidden_dim=8, byol_base_momentum=0.9)
 
 
-def _check_resume(tmp_path, **kw):
-    """A 2-epoch run, and its copy as a kill during epoch 2 leaves it (ckpt-2, the export
-    and finished.json gone; the momentum schedule spans the same --epochs) resumed."""
-    ref, part = tmp_path / "ref", tmp_path / "part"
-    train(ref, epochs=2, **kw)
-    shutil.copytree(ref, part)
-    for name in os.listdir(part / "checkpoints"):
-        if name.startswith("ckpt-2."):
-            os.remove(part / "checkpoints" / name)
-    shutil.rmtree(part / "saved_model")
-    os.remove(part / "finished.json")
-    train(part, epochs=2, **kw)   # resumes from ckpt-1
-    assert _metrics(ref) == _metrics(part)
-    a, b = _tensors(ref, 2), _tensors(part, 2)
-    assert sorted(a) == sorted(b)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    return a
-
-
 def test_byol_resume_is_bit_identical(tmp_path):
-    tensors = _check_resume(tmp_path, **BYOL)
+    tensors = check_resume(tmp_path, **BYOL)
     model = [tensors[k] for k in sorted((k for k in tensors if k.startswith("model/")),
                                         key=lambda k: int(k.split("/")[1]))]
     # TreeNet depth 3 (6), mlp predictor (7), the target TreeNet (6).
@@ -54,7 +31,7 @@ def test_predictor_rate_resume_is_bit_identical(tmp_path):
     from dualssl_tf.run import trainer
     kw = dict(method="simsiam", simsiam_pred_hidden_dim=8, simsiam_pred_lr_mult=10.0,
               simsiam_pred_fixed_lr=True, lr_schedule="cosine", warmup_epochs=1)
-    _check_resume(tmp_path, **kw)
+    check_resume(tmp_path, **kw)
     cfg = TINY_HLTM.replace(model_dir=str(tmp_path / "x"), epochs=2, **kw)
     task = tasks.build(cfg)
     model = trainer.build_model(cfg, task)
@@ -70,6 +47,6 @@ def test_predictor_rate_resume_is_bit_identical(tmp_path):
 @pytest.mark.slow
 def test_directpred_resume_is_bit_identical(tmp_path):
     kw = {k: v for k, v in BYOL.items() if k != "byol_pred_hidden_dim"}
-    tensors = _check_resume(tmp_path, byol_predictor="directpred", byol_directpred_every=2,
+    tensors = check_resume(tmp_path, byol_predictor="directpred", byol_directpred_every=2,
                             **kw)
     assert len([k for k in tensors if k.startswith("model/")]) == 6 + 3 + 6
