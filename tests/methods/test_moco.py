@@ -256,9 +256,9 @@ def test_mocov2_resume_is_bit_identical_with_the_queue(tmp_path):
     """A MoCo v2 run (tiny HLTM, 3 steps of 16 an epoch, queue 64: it wraps within the run)
     resumed from its epoch-1 checkpoint equals the uninterrupted run bit for bit: metrics,
     networks, the key network, the queue and its pointer."""
-    from tests.methods.test_byol_resume import _check_resume
-    tensors = _check_resume(tmp_path, method="mocov2", mocov2_queue_size=64,
-                            mocov2_symmetric=True, mocov2_base_momentum=0.9)
+    from tests.tiny_runs import check_resume
+    tensors = check_resume(tmp_path, method="mocov2", mocov2_queue_size=64,
+                           mocov2_symmetric=True, mocov2_base_momentum=0.9)
     queue = [v for v in tensors.values() if v.ndim == 3 and v.shape[:2] == (2, 64)]
     ptr = [v for v in tensors.values() if v.dtype == np.int64 and v.shape == ()]
     assert len(queue) == 1 and 6 * 16 % 64 == 32 and 32 in [int(p) for p in ptr]
